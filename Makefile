@@ -1,0 +1,55 @@
+# The two Quick start commands: `make demo` and `make test`. Both create .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: demo test test-fast bench notebook stack-up stack-down stack-status report clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime-installed: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $(VENV)/.runtime-installed $@
+
+## demo: run the simulated RAG service with /metrics on 127.0.0.1:8000 (ARGS="--fault errors" ...)
+demo: $(VENV)/.runtime-installed
+	$(PY) m2_3_monitoring.py $(ARGS)
+
+## test: every test, including the real Prometheus/Alertmanager/Pushgateway ones and the notebook
+test: $(VENV)/.dev-installed
+	bash scripts/install-debs.sh
+	$(PY) -m pytest -q $(ARGS)
+
+## bench: the overhead and report benchmarks (print tables)
+bench: $(VENV)/.dev-installed
+	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_report.py
+
+## notebook: open the course notebook in Jupyter Lab
+notebook: $(VENV)/.dev-installed
+	$(PY) -m pip install -q --disable-pip-version-check "jupyterlab>=4,<5"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(VENV)/bin/jupyter lab M2_3_Production_Monitoring_Dashboard.ipynb
+
+## stack-up / stack-down / stack-status: the local monitoring stack without Docker
+stack-up: $(VENV)/.runtime-installed
+	bash scripts/install-debs.sh
+	$(PY) m2_3_stack.py up $(ARGS)
+stack-down: $(VENV)/.runtime-installed
+	$(PY) m2_3_stack.py down
+stack-status: $(VENV)/.runtime-installed
+	$(PY) m2_3_stack.py status
+
+## report: the request-log report for the last hour
+report: $(VENV)/.runtime-installed
+	$(PY) m2_3_report.py report $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .stack

@@ -1,0 +1,269 @@
+"""The metric catalog: every metric the workspace exposes, defined once, in one class.
+
+Names follow Prometheus conventions: one prefix (``rag_``), snake_case, base units as suffixes,
+``_total`` on counters. Rules, dashboard and tests refer to these names; a contract test checks
+that they agree with this file.
+
+Each labelled metric is wrapped in a ``GuardedMetric``: ``.labels(...)`` first passes every value
+through a ``LabelGuard`` that admits at most N distinct values per label (default 100) and maps
+the rest to ``__other__``. Everything else is forwarded to the plain prometheus_client metric
+underneath, so multiprocess mode keeps working.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from .pricing import PriceTable, check_token_count
+
+log = logging.getLogger("m2_3_monitoring")
+
+PREFIX = "rag_"
+OTHER = "__other__"
+
+# LLM calls take from tens of milliseconds (cache hits) to a minute (long generations); the 2 s
+# bucket is the latency alert's threshold, so p95 > 2 s is judged on a bucket edge.
+QUERY_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5,
+                         10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
+STAGE_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+                         30.0, 60.0)
+TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+COST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 5.0)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+TOKEN_TYPES = ("input", "output", "cached_input")
+
+
+class LabelGuard:
+    """Admits at most `limit(metric)` distinct values per (metric, label); the rest become OTHER.
+
+    The admitted sets only grow, so the hot path is one dict lookup and one set lookup.
+    """
+
+    def __init__(self, limit: Callable[[str], int], on_overflow: Callable[[str, str, str], None]):
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._seen: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, metric: str, label: str, value: object) -> str:
+        value = value if type(value) is str else str(value)
+        seen = self._seen.get((metric, label))
+        if seen is not None and value in seen:
+            return value
+        with self._lock:
+            seen = self._seen.setdefault((metric, label), set())
+            if value in seen:
+                return value
+            if len(seen) < self._limit(metric):
+                seen.add(value)
+                return value
+        self._on_overflow(metric, label, value)
+        return OTHER
+
+    def distinct(self, metric: str, label: str) -> int:
+        return len(self._seen.get((metric, label), ()))
+
+
+class GuardedMetric:
+    """A prometheus_client metric whose ``labels()`` passes each value through a LabelGuard."""
+
+    __slots__ = ("metric", "_name", "_labelnames", "_guard")
+
+    def __init__(self, metric, guard: LabelGuard):
+        self.metric = metric
+        # The name as exposed and as users write it in LABEL_LIMITS (counters end in _total).
+        self._name = metric._name + ("_total" if metric._type == "counter" else "")
+        self._labelnames = tuple(metric._labelnames)
+        self._guard = guard
+
+    def labels(self, *values: object, **kwvalues: object):
+        if kwvalues and not values:
+            if set(kwvalues) != set(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {list(self._labelnames)}; got "
+                                 f"{sorted(kwvalues)}. Pass exactly those label names.")
+            values = tuple(kwvalues[name] for name in self._labelnames)
+        elif kwvalues or len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {list(self._labelnames)}; got "
+                             f"{values or ''}{kwvalues or ''}. Pass one value per label.")
+        admit = self._guard.admit
+        return self.metric.labels(*(admit(self._name, label, value)
+                                    for label, value in zip(self._labelnames, values)))
+
+    def __getattr__(self, item):
+        return getattr(self.metric, item)
+
+    def __repr__(self):
+        return f"GuardedMetric({self.metric!r})"
+
+
+class RAGMetrics:
+    """Every metric of a RAG service, registered in one registry.
+
+    ``registry`` defaults to prometheus_client's global REGISTRY; tests pass their own.
+    ``settings`` (config.Settings) supplies label limits and prices; it is loaded lazily so that
+    importing the library reads no configuration.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, settings=None,
+                 price_table: PriceTable | None = None):
+        self.registry = REGISTRY if registry is None else registry
+        self._settings = settings
+        self._price_table = price_table
+        self._warned_models: set[str] = set()
+        self._warned_overflow: set[tuple[str, str]] = set()
+        self.guard = LabelGuard(self._label_limit, self._record_overflow)
+        self._names: list[str] = []
+        # Labelled children looked up by the helpers in instrument.py, keyed by purpose+labels.
+        self.child_cache: dict[tuple, object] = {}
+
+        def histogram(name, doc, labels, buckets, **kw):
+            return self._add(Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw))
+
+        def counter(name, doc, labels=()):
+            return self._add(Counter(name, doc, labels, registry=self.registry))
+
+        def gauge(name, doc, labels, mode):
+            return self._add(Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode))
+
+        P = PREFIX
+        self.query_latency = histogram(
+            f"{P}query_duration_seconds", "End-to-end query latency.", ["operation"],
+            QUERY_LATENCY_BUCKETS)
+        self.stage_latency = histogram(
+            f"{P}stage_duration_seconds", "Latency of one stage (retrieval, generation, ...) of a query.",
+            ["operation", "stage"], STAGE_LATENCY_BUCKETS)
+        self.time_to_first_token = histogram(
+            f"{P}time_to_first_token_seconds", "Time from query start to the first streamed chunk.",
+            ["operation", "model"], TTFT_BUCKETS)
+        self.queries = counter(
+            f"{P}queries_total", "Queries finished, by outcome (success, error, cancelled).",
+            ["operation", "status"])
+        self.errors = counter(
+            f"{P}errors_total", "Failed queries by exception type.", ["operation", "error_type"])
+        self.tokens = counter(
+            f"{P}tokens_total", "LLM tokens by model and type (input, output, cached_input).",
+            ["model", "token_type"])
+        self.query_cost = histogram(
+            f"{P}query_cost_dollars", "Cost of one query in dollars.", ["model"], COST_BUCKETS)
+        self.spend = counter(
+            f"{P}spend_dollars_total", "Money spent on LLM calls, in dollars.", ["model"])
+        self.relevance = histogram(
+            f"{P}relevance_score", "Relevance of the answer's context, 0..1.", ["operation"],
+            SCORE_BUCKETS)
+        self.context_precision = histogram(
+            f"{P}context_precision", "Share of retrieved context that was relevant, 0..1.",
+            ["operation"], SCORE_BUCKETS)
+        self.cache_operations = counter(
+            f"{P}cache_operations_total", "Cache lookups by cache type and result (hit, miss).",
+            ["cache_type", "result"])
+        self.in_flight = gauge(
+            f"{P}queries_in_flight", "Queries currently being processed.", ["operation"], "livesum")
+        self.rate_limit_requests = gauge(
+            f"{P}rate_limit_remaining_requests", "Requests left in the provider's rate-limit window.",
+            ["provider"], "mostrecent")
+        self.rate_limit_tokens = gauge(
+            f"{P}rate_limit_remaining_tokens", "Tokens left in the provider's rate-limit window.",
+            ["provider"], "mostrecent")
+        self.instrumentation_errors = counter(
+            f"{P}instrumentation_errors_total",
+            "Monitoring failures that were logged and swallowed so the application kept running.",
+            ["reason"])
+        self.label_overflow = counter(
+            f"{P}label_overflow_total",
+            "Label values mapped to __other__ because a label passed its cardinality limit.",
+            ["metric", "label"])
+        self.unknown_model = counter(
+            f"{P}unknown_model_total", "Cost calculations for models missing from the price table.")
+        self.service_info = gauge(
+            f"{P}service_info", "Constant 1; labels name the service and environment.",
+            ["service", "env"], "max")
+
+        # Guarded wrappers for every metric whose label values come from callers.
+        for attr in ("query_latency", "stage_latency", "time_to_first_token", "queries", "errors",
+                     "tokens", "query_cost", "spend", "relevance", "context_precision",
+                     "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens"):
+            setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
+
+    def _add(self, metric):
+        self._names.append(metric._name)
+        return metric
+
+    # --- catalog facts -----------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Metric family names as exposed (counters without the ``_total`` suffix's twin)."""
+        return tuple(self._names)
+
+    def exposed_series_names(self) -> set[str]:
+        """Every sample name Prometheus will see: ``_bucket``, ``_sum``, ``_count``, ``_total``..."""
+        suffixes = {"histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "counter": ("_total", "_created"), "gauge": ("",)}
+        out = set()
+        for family in self._families():
+            out.update(family.name + s for s in suffixes.get(family.type, ("",)))
+        return out
+
+    def _families(self) -> Iterable:
+        for attr, value in vars(self).items():
+            metric = value.metric if isinstance(value, GuardedMetric) else value
+            if hasattr(metric, "describe") and hasattr(metric, "_labelnames"):
+                yield from metric.describe()
+
+    # --- settings-driven behaviour ----------------------------------------------------------
+    @property
+    def settings(self):
+        if self._settings is None:
+            from config import get_settings
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def price_table(self) -> PriceTable:
+        if self._price_table is None:
+            self._price_table = PriceTable.from_settings(self.settings)
+        return self._price_table
+
+    def _label_limit(self, metric_name: str) -> int:
+        return self.settings.label_limit(metric_name)
+
+    def _record_overflow(self, metric: str, label: str, value: str) -> None:
+        self.label_overflow.labels(metric, label).inc()
+        if (metric, label) not in self._warned_overflow:
+            self._warned_overflow.add((metric, label))
+            log.warning("label %r of %s passed its limit of %d distinct values; further new values "
+                        "are recorded as %r. Is an unbounded value (user id, query text, request "
+                        "id) being used as a label? Raise LABEL_LIMITS=%s=N only if the label is "
+                        "bounded.", label, metric, self._label_limit(metric), OTHER, metric)
+
+    # --- cost ------------------------------------------------------------------------------------
+    def calculate_cost(self, input_tokens: int = 0, output_tokens: int = 0, model: str | None = None,
+                       cached_input_tokens: int = 0) -> float:
+        """Dollars for one call. Token counts must be whole numbers >= 0 (ValueError otherwise).
+
+        An unknown model is priced at the configured default, warned about once and counted in
+        ``rag_unknown_model_total``.
+        """
+        input_tokens = check_token_count("input_tokens", input_tokens)
+        output_tokens = check_token_count("output_tokens", output_tokens)
+        cached_input_tokens = check_token_count("cached_input_tokens", cached_input_tokens)
+        table = self.price_table
+        price, known = table.lookup(model)
+        if not known:
+            self._note_unknown_model(model)
+        return table.cost(price, input_tokens, output_tokens, cached_input_tokens)
+
+    def _note_unknown_model(self, model: str) -> None:
+        self.unknown_model.inc()
+        if model not in self._warned_models and len(self._warned_models) < 1000:
+            self._warned_models.add(model)
+            log.warning("model %r is not in the price table; priced at the default (input $%s, "
+                        "output $%s per 1K tokens). Add it to MODEL_PRICES_FILE.", model,
+                        self.price_table.default.input, self.price_table.default.output)
+
+    def count_instrumentation_error(self, reason: str) -> None:
+        self.instrumentation_errors.labels(reason).inc()

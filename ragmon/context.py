@@ -1,0 +1,90 @@
+"""The query in progress, carried in a ContextVar so stages, loggers and helpers can find it.
+
+A ContextVar follows threads and asyncio tasks correctly: two concurrent queries never see each
+other's context. The request id is cheap to make (a random per-process prefix and a counter)
+because it is made on every query.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from contextvars import ContextVar
+
+_ID_PREFIX = os.urandom(4).hex()
+_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+class QueryContext:
+    """What one query has accumulated so far; turned into metrics and a record when it ends."""
+
+    __slots__ = ("request_id", "owner", "operation", "model", "start", "start_wall", "stages",
+                 "input_tokens", "output_tokens", "cached_input_tokens", "relevance_score",
+                 "context_precision", "first_token", "cache_hits", "cache_misses", "attributes")
+
+    def __init__(self, request_id: str, owner, operation: str, model: str | None,
+                 start: float, start_wall: float):
+        self.request_id = request_id
+        self.owner = owner  # the _Instrumented that started the query (its metrics catalog)
+        self.operation = operation
+        self.model = model
+        self.start = start
+        self.start_wall = start_wall
+        self.stages: dict | None = None
+        self.input_tokens = self.output_tokens = self.cached_input_tokens = 0
+        self.relevance_score = self.context_precision = self.first_token = None
+        self.cache_hits = self.cache_misses = 0
+        self.attributes: dict | None = None
+
+    def add_stage(self, name: str, duration: float, metadata: dict | None) -> None:
+        stages = self.stages
+        if stages is None:
+            stages = self.stages = {}
+        entry = stages.get(name)
+        if entry is None:
+            stages[name] = {"duration": duration, "metadata": dict(metadata) if metadata else {}}
+        else:  # a stage run twice in one query (e.g. two retrieval rounds) adds up
+            entry["duration"] += duration
+            if metadata:
+                entry["metadata"].update(metadata)
+
+
+CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("m2_3_current_query", default=None)
+_BOUND_REQUEST_ID: ContextVar[str | None] = ContextVar("m2_3_bound_request_id", default=None)
+
+
+def current_query() -> QueryContext | None:
+    return CURRENT_QUERY.get()
+
+
+def current_request_id() -> str | None:
+    """The id of the query in progress, or one bound with request_context(); else None."""
+    query = CURRENT_QUERY.get()
+    return query.request_id if query is not None else _BOUND_REQUEST_ID.get()
+
+
+def inherited_request_id() -> str:
+    """Id for a new query: the enclosing query's, a bound one, or a fresh one."""
+    query = CURRENT_QUERY.get()
+    if query is not None:
+        return query.request_id
+    bound = _BOUND_REQUEST_ID.get()
+    return bound if bound is not None else new_request_id()
+
+
+@contextlib.contextmanager
+def request_context(request_id: str):
+    """Binds a request id you already have (e.g. an X-Request-ID header) to the queries and log
+    lines inside the block."""
+    if not isinstance(request_id, str) or not request_id:
+        raise ValueError(f"request_id={request_id!r} must be a non-empty string, e.g. the value "
+                         "of your X-Request-ID header")
+    token = _BOUND_REQUEST_ID.set(request_id)
+    try:
+        yield request_id
+    finally:
+        _BOUND_REQUEST_ID.reset(token)

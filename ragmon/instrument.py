@@ -1,0 +1,658 @@
+"""Instrumenting RAG code: @monitored_query, stage(), and the cache, rate-limit and token helpers.
+
+Two promises shape this module:
+- The host application never notices monitoring. The decorated function's result and exceptions
+  pass through untouched (the same exception object, the same traceback). Anything that goes
+  wrong while *recording* is logged and counted in rag_instrumentation_errors_total, never raised.
+- The per-query cost stays small. Labelled children are resolved once per operation/model and
+  cached; a query costs one context switch-in/out plus the metric updates themselves.
+
+Explicit calls with bad arguments (a negative token count, a stage without a name) still raise
+ValueError at once: that is a programming error the caller should see in development.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping
+
+from .catalog import RAGMetrics
+from .context import CURRENT_QUERY, QueryContext, inherited_request_id
+from .pricing import check_token_count
+from .records import make_record, sink_from_settings
+
+log = logging.getLogger("m2_3_monitoring")
+_perf = time.perf_counter
+
+# Ending a query this way is the caller's choice, not a failure of the service.
+_CANCELLED = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
+
+_default_metrics: RAGMetrics | None = None
+_UNSET = object()
+_request_log: Any = _UNSET  # the process-wide record sink, resolved from settings on first use
+
+
+def default_metrics() -> RAGMetrics:
+    """The catalog registered in prometheus_client's global REGISTRY (``m2_3_monitoring.metrics``)."""
+    global _default_metrics
+    if _default_metrics is None:
+        _default_metrics = RAGMetrics()
+    return _default_metrics
+
+
+def configure_request_log(destination: str | None = None, log_dir: str | None = None, sink=None):
+    """Chooses where per-query records go, overriding REQUEST_LOG_DESTINATION / LOG_DIR.
+
+    ``destination`` is "file" (daily JSONL files in ``log_dir``), "stderr" or "none"; or pass any
+    object with ``write(record, at)`` as ``sink``. Returns the sink now in use (None when off).
+    """
+    global _request_log
+    if sink is not None:
+        _request_log = sink
+        return sink
+    from config import get_settings, load_settings
+    overrides = {}
+    if destination is not None:
+        overrides["REQUEST_LOG_DESTINATION"] = destination
+    if log_dir is not None:
+        overrides["LOG_DIR"] = str(log_dir)
+    settings = get_settings()
+    if overrides:
+        import os
+        settings = load_settings({**os.environ, **overrides})
+    _request_log = sink_from_settings(settings)
+    return _request_log
+
+
+def current_request_log():
+    global _request_log
+    if _request_log is _UNSET:
+        configure_request_log()
+    return _request_log
+
+
+_last_warned: dict[str, float] = {}
+
+
+def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *args) -> None:
+    """Counts a swallowed monitoring failure; logs it at most once a minute per reason."""
+    try:
+        if metrics is not None:
+            metrics.count_instrumentation_error(reason)
+        now = time.monotonic()
+        if now - _last_warned.get(reason, -1e9) >= 60:
+            _last_warned[reason] = now
+            log.warning("monitoring: " + message + " (counted in rag_instrumentation_errors_total"
+                        "{reason=%r}; the application was not affected)", *args, reason,
+                        exc_info=log.isEnabledFor(logging.DEBUG))
+    except Exception:  # the last line of defence must not raise either
+        pass
+
+
+def _check_score(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r} is not a score; expected a number from 0 to 1")
+    return float(value)
+
+
+def _check_name(kind: str, value: object, example: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{kind}={value!r} must be a non-empty string, e.g. {kind}={example!r}")
+    return value
+
+
+class _ModelChildren:
+    __slots__ = ("input", "output", "cached_input", "cost", "spend", "ttft", "price", "known")
+
+
+class _Instrumented:
+    """The state behind one decorated function: its labels, cached children and finishing logic."""
+
+    def __init__(self, operation: str, model: str | None, metrics: RAGMetrics | None, request_log):
+        self.operation = operation
+        self.model = model
+        self._metrics = metrics
+        self._request_log = request_log  # None: process default; False: no records
+        self.ready = False
+
+    def resolve(self) -> bool:
+        """Resolves children on first call (not at import). False if monitoring is unusable."""
+        try:
+            m = self.metrics = self._metrics or default_metrics()
+            op = self.operation
+            settings = m.settings
+            self.service, self.env = settings.SERVICE_NAME, settings.ENV
+            m.service_info.labels(self.service, self.env).set(1)
+            self.latency = m.query_latency.labels(op)
+            self.in_flight = m.in_flight.labels(op)
+            self.succeeded = m.queries.labels(op, "success")
+            self.failed = m.queries.labels(op, "error")
+            self.cancelled = m.queries.labels(op, "cancelled")
+            self.relevance = m.relevance.labels(op)
+            self.precision = m.context_precision.labels(op)
+            self.errors_by_type: dict[str, Any] = {}
+            self.by_model: dict[str | None, _ModelChildren] = {}
+            self.ready = True
+        except Exception as exc:
+            _recording_failed(self._metrics, "setup", "could not set up %r: %s", self.operation, exc)
+        return self.ready
+
+    def start(self) -> QueryContext:
+        return QueryContext(inherited_request_id(), self, self.operation, self.model, _perf(), 0.0)
+
+    def model_children(self, model: str | None) -> _ModelChildren:
+        children = self.by_model.get(model)
+        if children is None:
+            m = self.metrics
+            label = model if model is not None else "unknown"
+            children = _ModelChildren()
+            children.input = m.tokens.labels(label, "input")
+            children.output = m.tokens.labels(label, "output")
+            children.cached_input = m.tokens.labels(label, "cached_input")
+            children.cost = m.query_cost.labels(label)
+            children.spend = m.spend.labels(label)
+            children.ttft = m.time_to_first_token.labels(self.operation, label)
+            children.price, children.known = m.price_table.lookup(model)
+            self.by_model[model] = children
+        return children
+
+    def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
+        duration = _perf() - ctx.start
+        try:
+            self.latency.observe(duration)
+            if exc is None:
+                status, error_type = "success", None
+                self.succeeded.inc()
+            elif isinstance(exc, _CANCELLED):
+                status, error_type = "cancelled", type(exc).__name__
+                self.cancelled.inc()
+            else:
+                status, error_type = "error", type(exc).__name__
+                self.failed.inc()
+                counter = self.errors_by_type.get(error_type)
+                if counter is None:
+                    counter = self.errors_by_type[error_type] = self.metrics.errors.labels(
+                        self.operation, error_type)
+                counter.inc()
+            if result is not None and isinstance(result, Mapping):
+                self._read_result(ctx, result)
+            cost = None
+            if ctx.input_tokens or ctx.output_tokens or ctx.cached_input_tokens or ctx.first_token is not None:
+                children = self.model_children(ctx.model)
+                if ctx.first_token is not None:
+                    children.ttft.observe(ctx.first_token)
+                if ctx.input_tokens or ctx.output_tokens or ctx.cached_input_tokens:
+                    cost = self._count_tokens(ctx, children)
+            if ctx.relevance_score is not None:
+                self.relevance.observe(ctx.relevance_score)
+            if ctx.context_precision is not None:
+                self.precision.observe(ctx.context_precision)
+        except Exception as failure:
+            _recording_failed(self.metrics, "recording", "recording query %r failed: %r",
+                              self.operation, failure)
+            return
+        sink = self._request_log if self._request_log is not None else current_request_log()
+        if sink:
+            self._write_record(sink, ctx, duration, status, error_type, cost)
+
+    def _count_tokens(self, ctx: QueryContext, children: _ModelChildren) -> float:
+        if ctx.input_tokens:
+            children.input.inc(ctx.input_tokens)
+        if ctx.output_tokens:
+            children.output.inc(ctx.output_tokens)
+        if ctx.cached_input_tokens:
+            children.cached_input.inc(ctx.cached_input_tokens)
+        price = children.price
+        cost = (ctx.input_tokens * price.input + ctx.output_tokens * price.output
+                + ctx.cached_input_tokens * price.cached_input) / 1000.0
+        children.cost.observe(cost)
+        if cost:
+            children.spend.inc(cost)
+        if not children.known:
+            self.metrics._note_unknown_model(ctx.model)
+        return cost
+
+    def _read_result(self, ctx: QueryContext, result: Mapping) -> None:
+        """Takes token counts, quality scores and the model from a returned dict.
+
+        All fields are checked before any is applied, so a bad field never half-counts a query;
+        on a bad field the good ones still count and the bad one is logged and counted.
+        """
+        get = result.get
+        fields = (get("input_tokens"), get("output_tokens"), get("cached_input_tokens"),
+                  get("relevance_score"), get("context_precision"), get("model"))
+        if fields == (None, None, None, None, None, None):
+            return
+        checked = []
+        for (name, check), value in zip(_RESULT_FIELDS, fields):
+            if value is None:
+                checked.append(None)
+                continue
+            try:
+                checked.append(check(name, value))
+            except ValueError as bad:
+                checked.append(None)
+                _recording_failed(self.metrics, "bad_return_value",
+                                  "%r returned a bad value: %s", self.operation, bad)
+        inp, out, cached, relevance, precision, model = checked
+        if inp:
+            ctx.input_tokens += inp
+        if out:
+            ctx.output_tokens += out
+        if cached:
+            ctx.cached_input_tokens += cached
+        if relevance is not None:
+            ctx.relevance_score = relevance
+        if precision is not None:
+            ctx.context_precision = precision
+        if model is not None:
+            ctx.model = model
+
+    def _write_record(self, sink, ctx: QueryContext, duration: float, status: str,
+                      error_type: str | None, cost: float | None) -> None:
+        try:
+            end = time.time()
+            sink.write(make_record(
+                request_id=ctx.request_id, service=self.service, env=self.env,
+                operation=ctx.operation, model=ctx.model, status=status, error_type=error_type,
+                start_time=end - duration, total_time=duration, stages=ctx.stages or {},
+                input_tokens=ctx.input_tokens, output_tokens=ctx.output_tokens,
+                cached_input_tokens=ctx.cached_input_tokens, cost=cost,
+                relevance_score=ctx.relevance_score, context_precision=ctx.context_precision,
+                time_to_first_token=ctx.first_token, cache_hits=ctx.cache_hits,
+                cache_misses=ctx.cache_misses, attributes=ctx.attributes), at=end)
+        except Exception as failure:
+            _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
+                              failure)
+
+
+_RESULT_FIELDS = (("input_tokens", check_token_count), ("output_tokens", check_token_count),
+                  ("cached_input_tokens", check_token_count), ("relevance_score", _check_score),
+                  ("context_precision", _check_score),
+                  ("model", lambda name, value: _check_name(name, value, "gpt-4o-mini")))
+
+
+# --- the decorator -------------------------------------------------------------------------------
+
+def monitored_query(operation: str = "query", model: str | None = None, *,
+                    metrics: RAGMetrics | None = None, request_log=None) -> Callable:
+    """Monitors every call of a RAG function: latency, status, errors, in-flight, tokens, cost,
+    quality, per-stage timing, and one JSON record per call.
+
+    Works on functions, ``async def`` functions, generators and async generators (streaming:
+    time to first chunk is recorded; report the stream's tokens with ``record_tokens()`` or
+    return a dict from the generator). A returned dict may carry ``input_tokens``,
+    ``output_tokens``, ``cached_input_tokens``, ``relevance_score``, ``context_precision`` and
+    ``model`` (which overrides the decorator's).
+
+    ``metrics``: the RAGMetrics catalog to record into (default: the global one).
+    ``request_log``: a sink for this function's records; ``False`` turns records off for it.
+    """
+    _check_name("operation", operation, "rag_search")
+    if model is not None:
+        _check_name("model", model, "gpt-4o-mini")
+    if metrics is not None and not isinstance(metrics, RAGMetrics):
+        raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
+                         "RAGMetrics(registry=...) or leave it out for the global one")
+
+    def decorate(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise ValueError(f"@monitored_query decorates functions; got {fn!r}")
+        inst = _Instrumented(operation, model, metrics, request_log)
+        if inspect.isasyncgenfunction(fn):
+            wrapper = _wrap_async_generator(inst, fn)
+        elif inspect.iscoroutinefunction(fn):
+            wrapper = _wrap_coroutine(inst, fn)
+        elif inspect.isgeneratorfunction(fn):
+            wrapper = _wrap_generator(inst, fn)
+        else:
+            wrapper = _wrap_function(inst, fn)
+        wrapper.__monitoring__ = inst
+        return wrapper
+
+    return decorate
+
+
+def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def monitored(*args, **kwargs):
+        if not inst.ready and not inst.resolve():
+            return fn(*args, **kwargs)
+        ctx = inst.start()
+        token = CURRENT_QUERY.set(ctx)
+        in_flight = inst.in_flight
+        in_flight.inc()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            in_flight.dec()
+            CURRENT_QUERY.reset(token)
+            inst.finish(ctx, None, exc)
+            raise
+        in_flight.dec()
+        CURRENT_QUERY.reset(token)
+        inst.finish(ctx, result, None)
+        return result
+    return monitored
+
+
+def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    async def monitored(*args, **kwargs):
+        if not inst.ready and not inst.resolve():
+            return await fn(*args, **kwargs)
+        ctx = inst.start()
+        token = CURRENT_QUERY.set(ctx)
+        in_flight = inst.in_flight
+        in_flight.inc()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            in_flight.dec()
+            CURRENT_QUERY.reset(token)
+            inst.finish(ctx, None, exc)
+            raise
+        in_flight.dec()
+        CURRENT_QUERY.reset(token)
+        inst.finish(ctx, result, None)
+        return result
+    return monitored
+
+
+def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
+    # The query context is switched in around each step of the inner generator, never across a
+    # yield, so the caller's code between chunks does not run "inside" the query.
+    @functools.wraps(fn)
+    def monitored(*args, **kwargs):
+        if not inst.ready and not inst.resolve():
+            return (yield from fn(*args, **kwargs))
+        ctx = inst.start()
+        inner = fn(*args, **kwargs)
+        inst.in_flight.inc()
+        step, arg = inner.send, None
+        try:
+            while True:
+                token = CURRENT_QUERY.set(ctx)
+                try:
+                    item = step(arg)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                finally:
+                    CURRENT_QUERY.reset(token)
+                if ctx.first_token is None:
+                    ctx.first_token = _perf() - ctx.start
+                try:
+                    arg = yield item
+                    step = inner.send
+                except GeneratorExit:
+                    raise
+                except BaseException as thrown:  # forwarded into the stream, as `yield from` does
+                    step, arg = inner.throw, thrown
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit):
+                inner.close()
+            inst.in_flight.dec()
+            inst.finish(ctx, None, exc)
+            raise
+        inst.in_flight.dec()
+        inst.finish(ctx, result, None)
+        return result
+    return monitored
+
+
+def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    async def monitored(*args, **kwargs):
+        if not inst.ready and not inst.resolve():
+            async for item in fn(*args, **kwargs):
+                yield item
+            return
+        ctx = inst.start()
+        inner = fn(*args, **kwargs)
+        inst.in_flight.inc()
+        step, arg = inner.asend, None
+        try:
+            while True:
+                token = CURRENT_QUERY.set(ctx)
+                try:
+                    item = await step(arg)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    CURRENT_QUERY.reset(token)
+                if ctx.first_token is None:
+                    ctx.first_token = _perf() - ctx.start
+                try:
+                    arg = yield item
+                    step = inner.asend
+                except GeneratorExit:
+                    raise
+                except BaseException as thrown:
+                    step, arg = inner.athrow, thrown
+        except BaseException as exc:
+            if isinstance(exc, GeneratorExit):
+                await inner.aclose()
+            inst.in_flight.dec()
+            inst.finish(ctx, None, exc)
+            raise
+        inst.in_flight.dec()
+        inst.finish(ctx, None, None)
+    return monitored
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+def _child(metrics: RAGMetrics, key: tuple, make: Callable):
+    child = metrics.child_cache.get(key)
+    if child is None:
+        child = metrics.child_cache[key] = make()
+    return child
+
+
+def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *,
+                  metrics: RAGMetrics | None = None, operation: str | None = None) -> None:
+    """Records one stage's duration in rag_stage_duration_seconds and, inside a monitored query,
+    in that query's record. Shared by stage() and PerformanceMonitor."""
+    _check_name("stage", name, "retrieval")
+    if (isinstance(duration, bool) or not isinstance(duration, (int, float))
+            or not math.isfinite(duration) or duration < 0):
+        raise ValueError(f"duration={duration!r} for stage {name!r} is invalid; expected seconds "
+                         "as a finite number >= 0")
+    query = CURRENT_QUERY.get()
+    m = metrics or (query.owner.metrics if query is not None else default_metrics())
+    op = operation or (query.operation if query is not None else "none")
+    try:
+        _child(m, ("stage", op, name), lambda: m.stage_latency.labels(op, name)).observe(duration)
+        if query is not None and m is query.owner.metrics:
+            query.add_stage(name, duration, metadata)
+    except Exception as failure:
+        _recording_failed(m, "recording", "recording stage %r failed: %r", name, failure)
+
+
+class stage:
+    """Times one stage of a query, as a context manager or a decorator::
+
+        with stage("retrieval", top_k=5) as s:
+            docs = search(query)
+            s.metadata["documents"] = len(docs)
+
+        @stage("generation")
+        def generate(prompt): ...
+
+    Inside a @monitored_query the stage lands in that query's record and is labelled with its
+    operation. Create one per block (it is cheap), as with Histogram.time().
+    """
+
+    __slots__ = ("name", "metadata", "metrics", "_start")
+
+    def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
+        self.name = _check_name("stage", name, "retrieval")
+        self.metadata = metadata
+        self.metrics = metrics
+        self._start = None
+
+    def __enter__(self) -> "stage":
+        self._start = _perf()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        observe_stage(self.name, _perf() - self._start, self.metadata, metrics=self.metrics)
+
+    async def __aenter__(self) -> "stage":
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: Callable) -> Callable:
+        name, metadata, metrics = self.name, self.metadata, self.metrics
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def timed_async(*args, **kwargs):
+                start = _perf()
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    observe_stage(name, _perf() - start, metadata, metrics=metrics)
+            return timed_async
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = _perf()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                observe_stage(name, _perf() - start, metadata, metrics=metrics)
+        return timed
+
+
+# --- cache, rate limits, tokens, attributes -----------------------------------------------------------
+
+def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
+                          metrics: RAGMetrics | None = None) -> None:
+    """Counts one cache lookup as a hit or a miss (and in the current query's record)."""
+    if type(hit) is not bool:
+        raise ValueError(f"hit={hit!r} must be True (a cache hit) or False (a miss)")
+    _check_name("cache_type", cache_type, "semantic")
+    query = CURRENT_QUERY.get()
+    m = metrics or (query.owner.metrics if query is not None else default_metrics())
+    _child(m, ("cache", cache_type, hit),
+           lambda: m.cache_operations.labels(cache_type, "hit" if hit else "miss")).inc()
+    if query is not None:
+        if hit:
+            query.cache_hits += 1
+        else:
+            query.cache_misses += 1
+
+
+# Providers name their headers differently; each entry is (header, "requests"|"tokens").
+_RATE_LIMIT_HEADERS = (
+    ("x-ratelimit-remaining-requests", "requests"),
+    ("x-ratelimit-remaining-tokens", "tokens"),
+    ("anthropic-ratelimit-requests-remaining", "requests"),
+    ("anthropic-ratelimit-tokens-remaining", "tokens"),
+)
+
+
+def _check_remaining(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r} is invalid; expected a count >= 0 as reported by the "
+                         "provider")
+    return float(value)
+
+
+def track_rate_limit(provider: str, remaining_requests: float | None = None,
+                     remaining_tokens: float | None = None, *, headers: Mapping | None = None,
+                     metrics: RAGMetrics | None = None) -> dict[str, float]:
+    """Records the rate-limit headroom a provider reports, from numbers or response headers
+    (``x-ratelimit-remaining-requests`` / ``-tokens`` and Anthropic's equivalents).
+
+    Bad numbers passed directly raise ValueError; unparsable headers (they come from outside)
+    are logged and counted instead. Returns what was recorded.
+    """
+    _check_name("provider", provider, "openai")
+    m = metrics or default_metrics()
+    found: dict[str, float] = {}
+    if remaining_requests is not None:
+        found["requests"] = _check_remaining("remaining_requests", remaining_requests)
+    if remaining_tokens is not None:
+        found["tokens"] = _check_remaining("remaining_tokens", remaining_tokens)
+    if headers:
+        lowered = {str(key).lower(): value for key, value in headers.items()}
+        for header, kind in _RATE_LIMIT_HEADERS:
+            raw = lowered.get(header)
+            if raw is None or kind in found:
+                continue
+            try:
+                found[kind] = _check_remaining(header, float(str(raw).strip()))
+            except ValueError:
+                _recording_failed(m, "bad_header", "header %s=%r from %s is not a number",
+                                  header, raw, provider)
+    if "requests" in found:
+        m.rate_limit_requests.labels(provider).set(found["requests"])
+    if "tokens" in found:
+        m.rate_limit_tokens.labels(provider).set(found["tokens"])
+    return found
+
+
+def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,
+                  model: str | None = None, metrics: RAGMetrics | None = None) -> float | None:
+    """Reports token usage. Inside a monitored query (e.g. from a streaming generator) it adds to
+    that query, which counts tokens and cost when it ends; outside one it counts them now and
+    returns the cost."""
+    input_tokens = check_token_count("input_tokens", input_tokens)
+    output_tokens = check_token_count("output_tokens", output_tokens)
+    cached_input_tokens = check_token_count("cached_input_tokens", cached_input_tokens)
+    if model is not None:
+        _check_name("model", model, "gpt-4o-mini")
+    query = CURRENT_QUERY.get()
+    if query is not None and (metrics is None or metrics is query.owner.metrics):
+        query.input_tokens += input_tokens
+        query.output_tokens += output_tokens
+        query.cached_input_tokens += cached_input_tokens
+        if model is not None:
+            query.model = model
+        return None
+    m = metrics or default_metrics()
+    label = model or "unknown"
+    cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
+    for kind, count in (("input", input_tokens), ("output", output_tokens),
+                        ("cached_input", cached_input_tokens)):
+        if count:
+            m.tokens.labels(label, kind).inc(count)
+    m.query_cost.labels(label).observe(cost)
+    m.spend.labels(label).inc(cost)
+    return cost
+
+
+def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:
+    """Sets the current query's quality scores (0..1) when they are not in its return value."""
+    relevance = None if relevance_score is None else _check_score("relevance_score", relevance_score)
+    precision = None if context_precision is None else _check_score("context_precision", context_precision)
+    query = CURRENT_QUERY.get()
+    if query is None:
+        raise RuntimeError("record_quality() was called outside a @monitored_query function; call "
+                           "it inside one, or observe metrics.relevance directly")
+    if relevance is not None:
+        query.relevance_score = relevance
+    if precision is not None:
+        query.context_precision = precision
+
+
+def set_attributes(**attributes: object) -> bool:
+    """Adds free-form attributes (agent type, tool calls, ...) to the current query's record.
+    Returns False, and counts it, when no monitored query is running."""
+    query = CURRENT_QUERY.get()
+    if query is None:
+        _recording_failed(default_metrics(), "no_active_query", "set_attributes(%s) outside a monitored query",
+                          ", ".join(attributes))
+        return False
+    if query.attributes is None:
+        query.attributes = {}
+    query.attributes.update(attributes)
+    return True

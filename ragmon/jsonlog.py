@@ -1,0 +1,178 @@
+"""Structured JSON logging: one object per line, correlated with the query in progress.
+
+Every line has: timestamp (UTC ISO-8601), level, logger, service, env, event, request_id and
+``fields``. Lines go through the standard ``logging`` module (logger "m2_3_monitoring.events"),
+so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing.
+
+Privacy by default: query text and user ids are written as a keyed hash and a length (LOG_RAW_TEXT
+turns raw text on), and anything that looks like an API key or bearer token is redacted from
+every string, raw mode or not.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .context import current_request_id
+
+EVENTS_LOGGER = "m2_3_monitoring.events"
+REDACTED = "[REDACTED]"
+
+_SECRET_PATTERNS = re.compile(
+    r"(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"                  # OpenAI / Anthropic keys
+    r"|AKIA[0-9A-Z]{16}"                                          # AWS access key ids
+    r"|xox[abprs]-[A-Za-z0-9\-]{10,}"                             # Slack tokens
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"                                # GitHub tokens
+    r"|AIza[0-9A-Za-z_\-]{30,}"                                   # Google API keys
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{16,}=*"                   # Authorization: Bearer ...
+    r"|(?i:(?:api[_-]?key|secret|token|password)\s*[:=]\s*)[^\s,;\"']{6,})"
+)
+
+
+def redact(text: str) -> str:
+    """Replaces API-key-like substrings with [REDACTED]."""
+    return _SECRET_PATTERNS.sub(REDACTED, text)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if depth > 4:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+_configured_for: tuple | None = None
+
+
+def _events_logger(settings) -> logging.Logger:
+    """The stdlib logger all StructuredLoggers write to, set up once from settings."""
+    global _configured_for
+    logger = logging.getLogger(EVENTS_LOGGER)
+    key = (settings.LOG_DESTINATION, str(settings.log_dir), settings.LOG_LEVEL)
+    if _configured_for == key:
+        return logger
+    for handler in list(logger.handlers):
+        if getattr(handler, "_m2_3_owned", False):
+            logger.removeHandler(handler)
+            handler.close()
+    if settings.LOG_DESTINATION == "stderr":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    elif settings.LOG_DESTINATION == "file":
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.log_dir / "app.jsonl", encoding="utf-8")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._m2_3_owned = True
+    logger.addHandler(handler)
+    logger.setLevel(settings.LOG_LEVEL)
+    logger.propagate = False  # the line is already JSON; do not print it twice via root
+    _configured_for = key
+    return logger
+
+
+class StructuredLogger:
+    """JSON-lines logger for one component: ``StructuredLogger(__name__)``.
+
+    ``settings`` defaults to config.get_settings(); ``raw_text`` overrides LOG_RAW_TEXT.
+    """
+
+    def __init__(self, name: str, *, settings=None, raw_text: bool | None = None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name={name!r} must be a non-empty string, e.g. StructuredLogger(__name__)")
+        if settings is None:
+            from config import get_settings
+            settings = get_settings()
+        self.name = name
+        self.settings = settings
+        self.raw_text = settings.LOG_RAW_TEXT if raw_text is None else raw_text
+        key = settings.LOG_HASH_KEY
+        self._hash_key = key.encode() if key else os.urandom(32)
+        self._logger = _events_logger(settings)
+
+    # --- the three calls of the product design -------------------------------------------------
+    def log_request(self, query: str, user_id: str | None = None, session_id: str | None = None,
+                    **fields: Any) -> None:
+        """A query arrived. Query text and user id are hashed unless raw text is on."""
+        if not isinstance(query, str):
+            raise ValueError(f"query={query!r} must be the query text (a string)")
+        data: dict[str, Any] = {"query_length": len(query)}
+        if self.raw_text:
+            data["query"] = query
+            if user_id is not None:
+                data["user_id"] = str(user_id)
+        else:
+            data["query_hash"] = self.hash(query)
+            if user_id is not None:
+                data["user_hash"] = self.hash(str(user_id))
+        if session_id is not None:
+            data["session_id"] = str(session_id)
+        self.event(logging.INFO, "request", **data, **fields)
+
+    def log_response(self, duration_ms: float, tokens: Mapping[str, int] | None = None,
+                     cost: float | None = None, success: bool = True, **fields: Any) -> None:
+        """A query finished: its duration, tokens ({"input": .., "output": ..}), cost, outcome."""
+        if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms < 0:
+            raise ValueError(f"duration_ms={duration_ms!r} must be a number of milliseconds >= 0")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
+            raise ValueError(f"cost={cost!r} must be dollars >= 0 or None")
+        if tokens is not None and not isinstance(tokens, Mapping):
+            raise ValueError(f"tokens={tokens!r} must be a dict such as {{'input': 450, 'output': 180}}")
+        self.event(logging.INFO if success else logging.WARNING, "response",
+                   duration_ms=float(duration_ms), tokens=dict(tokens or {}), cost=cost,
+                   success=bool(success), **fields)
+
+    def log_error(self, exc: BaseException, context: Mapping[str, Any] | None = None) -> None:
+        """An exception: its type, message and traceback, plus your context."""
+        if not isinstance(exc, BaseException):
+            raise ValueError(f"exc={exc!r} must be an exception instance (inside `except E as e:`)")
+        self.event(logging.ERROR, "error", error_type=type(exc).__name__, message=str(exc),
+                   traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                   context=dict(context or {}))
+
+    # --- general --------------------------------------------------------------------------------
+    def info(self, event: str, **fields: Any) -> None:
+        self.event(logging.INFO, event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.event(logging.WARNING, event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.event(logging.ERROR, event, **fields)
+
+    def event(self, level: int, event: str, **fields: Any) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        self._logger.log(level, self.format(level, event, fields))
+
+    def format(self, level: int, event: str, fields: Mapping[str, Any]) -> str:
+        line = {
+            "timestamp": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(),
+            "level": logging.getLevelName(level),
+            "logger": self.name,
+            "service": self.settings.SERVICE_NAME,
+            "env": self.settings.ENV,
+            "event": event,
+            "request_id": current_request_id(),
+            "fields": _scrub(fields),
+        }
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+    def hash(self, text: str) -> str:
+        """A keyed hash (HMAC-SHA256, 16 hex chars) so equal inputs can be correlated without
+        storing them."""
+        return hmac.new(self._hash_key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]

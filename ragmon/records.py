@@ -1,0 +1,142 @@
+"""One JSON record per request, appended to daily JSONL files (or a stream).
+
+The record format is shared by ``@monitored_query`` and ``PerformanceMonitor`` so that both land
+in one log that ``m2_3_report.py`` reads::
+
+    {"timestamp": "2026-11-21T10:00:01.234567+00:00",   # end of the request, UTC
+     "start_time": 1795255201.0, "total_time": 1.234,    # epoch seconds, seconds
+     "request_id": "...", "service": "rag-service", "env": "development",
+     "operation": "rag_search", "model": "gpt-4o-mini",
+     "status": "success" | "error" | "cancelled", "error_type": null | "TimeoutError",
+     "stages": {"retrieval": {"duration": 0.2, "metadata": {...}}, ...},
+     "tokens": {"input": 500, "output": 150, "cached_input": 0}, "cost": 0.000165,
+     "relevance_score": 0.85, "context_precision": null, "time_to_first_token": null,
+     "cache": {"hits": 1, "misses": 0}, "attributes": {...}}
+
+Files are named ``YYYYMMDD_performance.jsonl`` by the UTC date of the record's end. Each record
+is one ``os.write`` of one line to a file opened with O_APPEND, so several threads or processes
+can share a file without interleaving lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol, TextIO
+
+LOG_FILE_SUFFIX = "_performance.jsonl"
+LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
+_SEPARATORS = (",", ":")
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+def encode(record: dict) -> bytes:
+    return (json.dumps(record, separators=_SEPARATORS, default=str) + "\n").encode("utf-8")
+
+
+def make_record(*, request_id: str, service: str, env: str, operation: str, model: str | None,
+                status: str, error_type: str | None, start_time: float, total_time: float,
+                stages: dict, input_tokens: int = 0, output_tokens: int = 0,
+                cached_input_tokens: int = 0, cost: float | None = None,
+                relevance_score: float | None = None, context_precision: float | None = None,
+                time_to_first_token: float | None = None, cache_hits: int = 0,
+                cache_misses: int = 0, attributes: dict | None = None) -> dict:
+    """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}."""
+    return {
+        "timestamp": iso_utc(start_time + total_time),
+        "start_time": start_time,
+        "total_time": total_time,
+        "request_id": request_id,
+        "service": service,
+        "env": env,
+        "operation": operation,
+        "model": model,
+        "status": status,
+        "error_type": error_type,
+        "stages": stages,
+        "tokens": {"input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens},
+        "cost": cost,
+        "relevance_score": relevance_score,
+        "context_precision": context_precision,
+        "time_to_first_token": time_to_first_token,
+        "cache": {"hits": cache_hits, "misses": cache_misses},
+        "attributes": attributes or {},
+    }
+
+
+def log_file_name(epoch: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(epoch)) + LOG_FILE_SUFFIX
+
+
+class RecordSink(Protocol):
+    def write(self, record: dict, at: float | None = None) -> None: ...
+
+
+class DailyFileSink:
+    """Appends records to LOG_DIR/YYYYMMDD_performance.jsonl, switching files at UTC midnight."""
+
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir = Path(log_dir).expanduser()
+        self._day = -1
+        self._fd = -1
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def write(self, record: dict, at: float | None = None) -> None:
+        data = encode(record)
+        at = time.time() if at is None else at
+        day = int(at // 86400)
+        if day != self._day or self._pid != os.getpid():
+            self._switch(day, at)
+        written = os.write(self._fd, data)
+        if written != len(data):  # only on a full disk or similar; the reader skips the torn line
+            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+
+    @property
+    def path(self) -> Path:
+        return self.log_dir / log_file_name(self._day * 86400 if self._day >= 0 else time.time())
+
+    def _switch(self, day: int, at: float) -> None:
+        with self._lock:
+            if day == self._day and self._pid == os.getpid():
+                return
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.log_dir / log_file_name(at), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            old, self._fd, self._day, self._pid = self._fd, fd, day, os.getpid()
+            if old >= 0:
+                os.close(old)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd, self._day = -1, -1
+
+
+class StreamSink:
+    """Writes each record as one line to a text stream (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream
+
+    def write(self, record: dict, at: float | None = None) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(encode(record).decode("utf-8"))
+        stream.flush()
+
+
+def sink_from_settings(settings) -> RecordSink | None:
+    """The sink REQUEST_LOG_DESTINATION asks for; None means records are not built at all."""
+    destination = settings.REQUEST_LOG_DESTINATION
+    if destination == "file":
+        return DailyFileSink(settings.log_dir)
+    if destination == "stderr":
+        return StreamSink()
+    return None

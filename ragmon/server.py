@@ -1,0 +1,31 @@
+"""The /metrics endpoint: prometheus_client's own HTTP server, on loopback unless told otherwise."""
+from __future__ import annotations
+
+import errno
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+
+def start_metrics_server(port: int | None = None, addr: str | None = None,
+                         registry: CollectorRegistry | None = None):
+    """Serves /metrics on addr:port (defaults: METRICS_ADDR=127.0.0.1, METRICS_PORT=8000).
+
+    Port 0 picks a free port; read it back from ``server.server_port``. Returns the server;
+    ``server.shutdown()`` stops it. A port in use raises OSError naming the port.
+    """
+    from config import get_settings
+    settings = get_settings()
+    port = settings.METRICS_PORT if port is None else port
+    addr = settings.METRICS_ADDR if addr is None else addr
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port={port!r} is not a TCP port; expected an integer from 0 to 65535 "
+                         "(0 picks a free one)")
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry or REGISTRY)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, f"cannot serve /metrics: port {port} on {addr} is already in "
+                          f"use. Stop the other process or choose another port (METRICS_PORT=... "
+                          f"or --port)") from exc
+        raise OSError(exc.errno, f"cannot serve /metrics on {addr}:{port}: {exc.strerror}") from exc
+    return server

@@ -1,0 +1,62 @@
+import json
+import logging
+
+import pytest
+
+from ragmon.catalog import RAGMetrics
+from ragmon.pricing import ModelPrice, PriceTable, load_price_file
+from tests.conftest import make_settings
+
+
+def test_cost_uses_the_configured_defaults_for_unknown_models(metrics, caplog):
+    with caplog.at_level(logging.WARNING, logger="m2_3_monitoring"):
+        first = metrics.calculate_cost(input_tokens=500, output_tokens=150, model="gpt-4")
+        metrics.calculate_cost(input_tokens=500, output_tokens=150, model="gpt-4")
+    assert first == pytest.approx(500 * 0.003 / 1000 + 150 * 0.015 / 1000)
+    assert metrics.registry.get_sample_value("rag_unknown_model_total") == 2
+    assert len([r for r in caplog.records if "not in the price table" in r.getMessage()]) == 1
+
+
+def test_price_file_prices_known_models_including_cached_input(tmp_path, registry):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"_comment": "x", "gpt-4": {"input": 0.03, "output": 0.06, "cached_input": 0.015}}))
+    m = RAGMetrics(registry=registry, settings=make_settings(MODEL_PRICES_FILE=prices))
+    cost = m.calculate_cost(input_tokens=500, output_tokens=150, model="gpt-4", cached_input_tokens=1000)
+    assert cost == pytest.approx(0.015 + 0.009 + 0.015)
+    assert registry.get_sample_value("rag_unknown_model_total") == 0
+
+
+def test_the_shipped_price_file_loads():
+    models = load_price_file("model_prices.json", ModelPrice(1, 1, 1))
+    assert models["gpt-4o-mini"].output == 0.0006
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"input_tokens": -1}, "negative"),
+    ({"output_tokens": 1.5}, "not a token count"),
+    ({"input_tokens": 500.0}, "not a token count"),
+    ({"input_tokens": "500"}, "not a token count"),
+    ({"cached_input_tokens": True}, "not a token count"),
+])
+def test_bad_token_counts_raise_value_error_naming_the_value(metrics, kwargs, expected):
+    with pytest.raises(ValueError, match=expected) as err:
+        metrics.calculate_cost(model="gpt-4", **kwargs)
+    assert repr(next(iter(kwargs.values()))) in str(err.value)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "holds a list"),
+    ('{"m": {"input": -1}}', "finite number >= 0"),
+    ('{"m": {"inptu": 1}}', "keys input, output, cached_input"),
+])
+def test_bad_price_files_are_explained(tmp_path, content, expected):
+    path = tmp_path / "p.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=expected):
+        load_price_file(path, ModelPrice(0, 0, 0))
+
+
+def test_a_missing_price_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        PriceTable.from_settings(make_settings(MODEL_PRICES_FILE=tmp_path / "nope.json"))
