@@ -22,25 +22,37 @@ def new_request_id() -> str:
 class QueryContext:
     """What one query has accumulated so far; turned into metrics and a record when it ends."""
 
-    __slots__ = ("request_id", "owner", "operation", "model", "start", "start_wall", "stages",
+    __slots__ = ("_request_id", "owner", "operation", "model", "start", "sink", "stages",
                  "input_tokens", "output_tokens", "cached_input_tokens", "relevance_score",
                  "context_precision", "first_token", "cache_hits", "cache_misses", "attributes")
 
-    def __init__(self, request_id: str, owner, operation: str, model: str | None,
-                 start: float, start_wall: float):
-        self.request_id = request_id
+    def __init__(self, owner, operation: str, model: str | None, start: float, sink=None):
+        # The id is made only when something reads it (a record, a log line), but the bound or
+        # enclosing id it inherits is captured now, while this query's context is current.
+        self._request_id = _inherited_id()
         self.owner = owner  # the _Instrumented that started the query (its metrics catalog)
         self.operation = operation
         self.model = model
         self.start = start
-        self.start_wall = start_wall
+        self.sink = sink  # where this query's record goes; None: no record, so no stage list
         self.stages: dict | None = None
         self.input_tokens = self.output_tokens = self.cached_input_tokens = 0
         self.relevance_score = self.context_precision = self.first_token = None
         self.cache_hits = self.cache_misses = 0
         self.attributes: dict | None = None
 
+    @property
+    def request_id(self) -> str:
+        rid = self._request_id
+        if rid is None:
+            rid = self._request_id = new_request_id()
+        elif type(rid) is not str:  # the enclosing query: share its id
+            rid = self._request_id = rid.request_id
+        return rid
+
     def add_stage(self, name: str, duration: float, metadata: dict | None) -> None:
+        if self.sink is None:
+            return
         stages = self.stages
         if stages is None:
             stages = self.stages = {}
@@ -67,13 +79,10 @@ def current_request_id() -> str | None:
     return query.request_id if query is not None else _BOUND_REQUEST_ID.get()
 
 
-def inherited_request_id() -> str:
-    """Id for a new query: the enclosing query's, a bound one, or a fresh one."""
+def _inherited_id():
+    """What a new query's id derives from: the enclosing query, a bound id, or None (fresh)."""
     query = CURRENT_QUERY.get()
-    if query is not None:
-        return query.request_id
-    bound = _BOUND_REQUEST_ID.get()
-    return bound if bound is not None else new_request_id()
+    return query if query is not None else _BOUND_REQUEST_ID.get()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from .catalog import RAGMetrics
-from .context import CURRENT_QUERY, QueryContext, inherited_request_id
+from .context import CURRENT_QUERY, QueryContext
 from .pricing import check_token_count
 from .records import make_record, sink_from_settings
 
@@ -136,13 +136,17 @@ class _Instrumented:
             self.precision = m.context_precision.labels(op)
             self.errors_by_type: dict[str, Any] = {}
             self.by_model: dict[str | None, _ModelChildren] = {}
+            self.stages: dict[str, Any] = {}
             self.ready = True
         except Exception as exc:
             _recording_failed(self._metrics, "setup", "could not set up %r: %s", self.operation, exc)
         return self.ready
 
     def start(self) -> QueryContext:
-        return QueryContext(inherited_request_id(), self, self.operation, self.model, _perf(), 0.0)
+        sink = self._request_log
+        if sink is None:
+            sink = _request_log if _request_log is not _UNSET else current_request_log()
+        return QueryContext(self, self.operation, self.model, _perf(), sink or None)
 
     def model_children(self, model: str | None) -> _ModelChildren:
         children = self.by_model.get(model)
@@ -159,6 +163,12 @@ class _Instrumented:
             children.price, children.known = m.price_table.lookup(model)
             self.by_model[model] = children
         return children
+
+    def stage_child(self, name: str):
+        child = self.stages.get(name)
+        if child is None:
+            child = self.stages[name] = self.metrics.stage_latency.labels(self.operation, name)
+        return child
 
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
         duration = _perf() - ctx.start
@@ -178,15 +188,28 @@ class _Instrumented:
                     counter = self.errors_by_type[error_type] = self.metrics.errors.labels(
                         self.operation, error_type)
                 counter.inc()
-            if result is not None and isinstance(result, Mapping):
+            if type(result) is dict or (result is not None and isinstance(result, Mapping)):
                 self._read_result(ctx, result)
             cost = None
-            if ctx.input_tokens or ctx.output_tokens or ctx.cached_input_tokens or ctx.first_token is not None:
-                children = self.model_children(ctx.model)
+            inp, out, cached = ctx.input_tokens, ctx.output_tokens, ctx.cached_input_tokens
+            if inp or out or cached or ctx.first_token is not None:
+                children = self.by_model.get(ctx.model) or self.model_children(ctx.model)
                 if ctx.first_token is not None:
                     children.ttft.observe(ctx.first_token)
-                if ctx.input_tokens or ctx.output_tokens or ctx.cached_input_tokens:
-                    cost = self._count_tokens(ctx, children)
+                if inp or out or cached:
+                    if inp:
+                        children.input.inc(inp)
+                    if out:
+                        children.output.inc(out)
+                    if cached:
+                        children.cached_input.inc(cached)
+                    price = children.price
+                    cost = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
+                    children.cost.observe(cost)
+                    if cost:
+                        children.spend.inc(cost)
+                    if not children.known:
+                        self.metrics._note_unknown_model(ctx.model)
             if ctx.relevance_score is not None:
                 self.relevance.observe(ctx.relevance_score)
             if ctx.context_precision is not None:
@@ -195,26 +218,8 @@ class _Instrumented:
             _recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                               self.operation, failure)
             return
-        sink = self._request_log if self._request_log is not None else current_request_log()
-        if sink:
-            self._write_record(sink, ctx, duration, status, error_type, cost)
-
-    def _count_tokens(self, ctx: QueryContext, children: _ModelChildren) -> float:
-        if ctx.input_tokens:
-            children.input.inc(ctx.input_tokens)
-        if ctx.output_tokens:
-            children.output.inc(ctx.output_tokens)
-        if ctx.cached_input_tokens:
-            children.cached_input.inc(ctx.cached_input_tokens)
-        price = children.price
-        cost = (ctx.input_tokens * price.input + ctx.output_tokens * price.output
-                + ctx.cached_input_tokens * price.cached_input) / 1000.0
-        children.cost.observe(cost)
-        if cost:
-            children.spend.inc(cost)
-        if not children.known:
-            self.metrics._note_unknown_model(ctx.model)
-        return cost
+        if ctx.sink is not None:
+            self._write_record(ctx.sink, ctx, duration, status, error_type, cost)
 
     def _read_result(self, ctx: QueryContext, result: Mapping) -> None:
         """Takes token counts, quality scores and the model from a returned dict.
@@ -223,10 +228,31 @@ class _Instrumented:
         on a bad field the good ones still count and the bad one is logged and counted.
         """
         get = result.get
-        fields = (get("input_tokens"), get("output_tokens"), get("cached_input_tokens"),
-                  get("relevance_score"), get("context_precision"), get("model"))
-        if fields == (None, None, None, None, None, None):
+        inp, out, cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
+        relevance, precision, model = get("relevance_score"), get("context_precision"), get("model")
+        # Fast path for the usual shape: ints >= 0, scores in 0..1 (bool is excluded by `is`).
+        if ((inp is None or (type(inp) is int and inp >= 0))
+                and (out is None or (type(out) is int and out >= 0))
+                and (cached is None or (type(cached) is int and cached >= 0))
+                and (relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
+                and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
+                and (model is None or (type(model) is str and model and not model.isspace()))):
+            if inp:
+                ctx.input_tokens += inp
+            if out:
+                ctx.output_tokens += out
+            if cached:
+                ctx.cached_input_tokens += cached
+            if relevance is not None:
+                ctx.relevance_score = relevance
+            if precision is not None:
+                ctx.context_precision = precision
+            if model is not None:
+                ctx.model = model
             return
+        self._read_result_checked(ctx, (inp, out, cached, relevance, precision, model))
+
+    def _read_result_checked(self, ctx: QueryContext, fields: tuple) -> None:
         checked = []
         for (name, check), value in zip(_RESULT_FIELDS, fields):
             if value is None:
@@ -270,6 +296,7 @@ class _Instrumented:
                               failure)
 
 
+_REAL = (int, float)
 _RESULT_FIELDS = (("input_tokens", check_token_count), ("output_tokens", check_token_count),
                   ("cached_input_tokens", check_token_count), ("relevance_score", _check_score),
                   ("context_precision", _check_score),
@@ -463,15 +490,26 @@ def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *
             or not math.isfinite(duration) or duration < 0):
         raise ValueError(f"duration={duration!r} for stage {name!r} is invalid; expected seconds "
                          "as a finite number >= 0")
+    _record_stage(name, duration, metadata, metrics, operation)
+
+
+def _record_stage(name: str, duration: float, metadata: Mapping | None,
+                  metrics: RAGMetrics | None, operation: str | None = None) -> None:
+    """observe_stage without the argument checks, for callers whose arguments are known good."""
     query = CURRENT_QUERY.get()
-    m = metrics or (query.owner.metrics if query is not None else default_metrics())
-    op = operation or (query.operation if query is not None else "none")
     try:
+        if query is not None and metrics is None and operation is None:  # the usual case
+            query.owner.stage_child(name).observe(duration)
+            query.add_stage(name, duration, metadata)
+            return
+        m = metrics or (query.owner.metrics if query is not None else default_metrics())
+        op = operation or (query.operation if query is not None else "none")
         _child(m, ("stage", op, name), lambda: m.stage_latency.labels(op, name)).observe(duration)
         if query is not None and m is query.owner.metrics:
             query.add_stage(name, duration, metadata)
     except Exception as failure:
-        _recording_failed(m, "recording", "recording stage %r failed: %r", name, failure)
+        owner_metrics = metrics or (query.owner.metrics if query is not None else _default_metrics)
+        _recording_failed(owner_metrics, "recording", "recording stage %r failed: %r", name, failure)
 
 
 class stage:
@@ -491,7 +529,9 @@ class stage:
     __slots__ = ("name", "metadata", "metrics", "_start")
 
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
-        self.name = _check_name("stage", name, "retrieval")
+        if type(name) is not str or not name or name.isspace():
+            _check_name("stage", name, "retrieval")  # raises with the full explanation
+        self.name = name
         self.metadata = metadata
         self.metrics = metrics
         self._start = None
@@ -501,7 +541,21 @@ class stage:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        observe_stage(self.name, _perf() - self._start, self.metadata, metrics=self.metrics)
+        duration = _perf() - self._start
+        query = CURRENT_QUERY.get()
+        if query is not None and self.metrics is None:  # the usual case, inlined: it is per stage
+            try:
+                owner = query.owner
+                child = owner.stages.get(self.name)
+                if child is None:
+                    child = owner.stage_child(self.name)
+                child.observe(duration)
+                if query.sink is not None:
+                    query.add_stage(self.name, duration, self.metadata)
+                return
+            except Exception:
+                pass  # the general path below records it or counts the failure
+        _record_stage(self.name, duration, self.metadata, self.metrics)
 
     async def __aenter__(self) -> "stage":
         return self.__enter__()
@@ -518,7 +572,7 @@ class stage:
                 try:
                     return await fn(*args, **kwargs)
                 finally:
-                    observe_stage(name, _perf() - start, metadata, metrics=metrics)
+                    _record_stage(name, _perf() - start, metadata, metrics)
             return timed_async
 
         @functools.wraps(fn)
@@ -527,7 +581,7 @@ class stage:
             try:
                 return fn(*args, **kwargs)
             finally:
-                observe_stage(name, _perf() - start, metadata, metrics=metrics)
+                _record_stage(name, _perf() - start, metadata, metrics)
         return timed
 
 

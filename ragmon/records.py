@@ -33,12 +33,52 @@ LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
 _SEPARATORS = (",", ":")
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+    """ISO-8601 UTC with microseconds, as datetime.isoformat() writes it. The formatted second is
+    cached because records arrive many per second and formatting is most of the cost."""
+    global _second_cache
+    second = int(epoch // 1)
+    micros = round((epoch - second) * 1e6)  # datetime's own rounding, carry included
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, prefix = _second_cache
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (second, prefix)
+    return f"{prefix}.{micros:06d}+00:00"
+
+
+_fast_dumps = None
 
 
 def encode(record: dict) -> bytes:
-    return (json.dumps(record, separators=_SEPARATORS, default=str) + "\n").encode("utf-8")
+    """One record as one JSON line (UTF-8, compact, newline-terminated).
+
+    orjson, when installed (it is in requirements.txt), encodes about ten times faster than the
+    json module, which matters on a per-query path; it is imported on first use, not at import.
+    """
+    global _fast_dumps
+    if _fast_dumps is None:
+        try:
+            import orjson
+            option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+            _fast_dumps = lambda obj: orjson.dumps(obj, default=str, option=option)  # noqa: E731
+        except ImportError:
+            _fast_dumps = _json_dumps
+    try:
+        return _fast_dumps(record)
+    except (TypeError, ValueError):  # e.g. integers beyond 64 bits: the json module copes
+        return _json_dumps(record)
+
+
+_encoder = json.JSONEncoder(separators=_SEPARATORS, default=str)
+
+
+def _json_dumps(record: dict) -> bytes:
+    return (_encoder.encode(record) + "\n").encode("utf-8")
 
 
 def make_record(*, request_id: str, service: str, env: str, operation: str, model: str | None,
