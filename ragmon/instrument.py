@@ -137,6 +137,7 @@ class _Instrumented:
             self.errors_by_type: dict[str, Any] = {}
             self.by_model: dict[str | None, _ModelChildren] = {}
             self.stages: dict[str, Any] = {}
+            current_request_log()  # resolve the process default now, where a failure is caught
             self.ready = True
         except Exception as exc:
             _recording_failed(self._metrics, "setup", "could not set up %r: %s", self.operation, exc)
@@ -145,8 +146,9 @@ class _Instrumented:
     def start(self) -> QueryContext:
         sink = self._request_log
         if sink is None:
-            sink = _request_log if _request_log is not _UNSET else current_request_log()
-        return QueryContext(self, self.operation, self.model, _perf(), sink or None)
+            sink = _request_log  # resolved by resolve(); configure_request_log() may change it
+        return QueryContext(self, self.operation, self.model, _perf(),
+                            sink if sink and sink is not _UNSET else None)
 
     def model_children(self, model: str | None) -> _ModelChildren:
         children = self.by_model.get(model)

@@ -306,3 +306,22 @@ def test_unknown_model_from_return_value_is_priced_at_default_and_counted(metric
     work()
     assert value(metrics, "rag_unknown_model_total") == 1
     assert value(metrics, "rag_spend_dollars_total", model="mystery-model") == pytest.approx(0.003)
+
+
+def test_unusable_configuration_leaves_the_function_unmonitored_but_working(registry, monkeypatch):
+    from config import ConfigError
+    from ragmon.catalog import RAGMetrics
+
+    class BrokenSettingsMetrics(RAGMetrics):
+        @property
+        def settings(self):
+            raise ConfigError("METRICS_PORT='abc' is not a whole number")
+
+    m = BrokenSettingsMetrics(registry=registry)
+
+    @monitored_query(operation="op", metrics=m)
+    def work(x):
+        return x * 2
+
+    assert work(21) == 42
+    assert registry.get_sample_value("rag_instrumentation_errors_total", {"reason": "setup"}) == 1
