@@ -1,0 +1,124 @@
+"""A minimal Alertmanager webhook receiver: what `m2_3_stack.py webhook`, the tests and the
+notebook use to see alerts arrive (and resolve) without Slack or PagerDuty.
+
+    with WebhookReceiver() as hook:              # 127.0.0.1, a free port
+        stack = Stack(..., extra_receiver_url=hook.url)
+        ...
+        hook.wait_for(lambda a: a["labels"]["alertname"] == "RagHighErrorRate", timeout=120)
+
+Each POST body is one Alertmanager notification (version 4 webhook payload); `alerts` is the
+flat list of alerts in arrival order, each with the notification's path added as "_path".
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+class WebhookReceiver:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_alert: Callable | None = None):
+        self._on_alert = on_alert
+        self.notifications: list[dict] = []
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                try:
+                    payload = json.loads(body or b"{}")
+                except ValueError:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                receiver._add(self.path, payload)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/alerts"
+
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "WebhookReceiver":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                            name="webhook-receiver")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _add(self, path: str, payload: dict) -> None:
+        with self._changed:
+            payload = dict(payload, _path=path)
+            self.notifications.append(payload)
+            self._changed.notify_all()
+        if self._on_alert is not None:
+            for alert in payload.get("alerts", []):
+                self._on_alert(dict(alert, _path=path))
+
+    @property
+    def alerts(self) -> list[dict]:
+        with self._changed:
+            return [dict(alert, _path=n["_path"]) for n in self.notifications
+                    for alert in n.get("alerts", [])]
+
+    def mark(self) -> int:
+        """A position in the notifications: pass it as `since` to ignore what came before."""
+        with self._changed:
+            return len(self.notifications)
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout: float, since: int = 0) -> dict | None:
+        """The first alert (in arrival order, after notification `since`) matching `predicate`,
+        waiting up to `timeout` s."""
+        def first_alert():
+            for notification in self.notifications[since:]:
+                for alert in notification.get("alerts", []):
+                    alert = dict(alert, _path=notification["_path"])
+                    if predicate(alert):
+                        return alert
+            return None
+        return self._wait(first_alert, timeout)
+
+    def wait_for_notification(self, predicate: Callable[[dict], bool], timeout: float) -> dict | None:
+        """The first whole POST body matching `predicate` (e.g. a Slack-format one)."""
+        return self._wait(lambda: next((n for n in self.notifications if predicate(n)), None), timeout)
+
+    def _wait(self, find: Callable[[], dict | None], timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = find()
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
