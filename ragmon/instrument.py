@@ -69,7 +69,6 @@ def configure_request_log(destination: str | None = None, log_dir: str | None = 
 
 
 def current_request_log():
-    global _request_log
     if _request_log is _UNSET:
         configure_request_log()
     return _request_log
@@ -484,21 +483,24 @@ def _child(metrics: RAGMetrics, key: tuple, make: Callable):
 
 
 def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *,
-                  metrics: RAGMetrics | None = None, operation: str | None = None) -> None:
+                  metrics: RAGMetrics | None = None, operation: str | None = None,
+                  attach: bool = True) -> None:
     """Records one stage's duration in rag_stage_duration_seconds and, inside a monitored query,
-    in that query's record. Shared by stage() and PerformanceMonitor."""
+    in that query's record. Shared by stage() and PerformanceMonitor, which passes
+    ``attach=False`` because it writes its own record for the stage."""
     _check_name("stage", name, "retrieval")
     if (isinstance(duration, bool) or not isinstance(duration, (int, float))
             or not math.isfinite(duration) or duration < 0):
         raise ValueError(f"duration={duration!r} for stage {name!r} is invalid; expected seconds "
                          "as a finite number >= 0")
-    _record_stage(name, duration, metadata, metrics, operation)
+    _record_stage(name, duration, metadata, metrics, operation, attach)
 
 
 def _record_stage(name: str, duration: float, metadata: Mapping | None,
-                  metrics: RAGMetrics | None, operation: str | None = None) -> None:
+                  metrics: RAGMetrics | None, operation: str | None = None,
+                  attach: bool = True) -> None:
     """observe_stage without the argument checks, for callers whose arguments are known good."""
-    query = CURRENT_QUERY.get()
+    query = CURRENT_QUERY.get() if attach else None
     try:
         if query is not None and metrics is None and operation is None:  # the usual case
             query.owner.stage_child(name).observe(duration)

@@ -20,6 +20,7 @@ can share a file without interleaving lines.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -74,11 +75,25 @@ def encode(record: dict) -> bytes:
         return _json_dumps(record)
 
 
-_encoder = json.JSONEncoder(separators=_SEPARATORS, default=str)
+_encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False)
 
 
 def _json_dumps(record: dict) -> bytes:
-    return (_encoder.encode(record) + "\n").encode("utf-8")
+    try:
+        text = _encoder.encode(record)
+    except ValueError:  # NaN or infinity: not JSON; write null as orjson does
+        text = _encoder.encode(_finite(record))
+    return (text + "\n").encode("utf-8")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def make_record(*, request_id: str, service: str, env: str, operation: str, model: str | None,
@@ -120,44 +135,51 @@ class RecordSink(Protocol):
 
 
 class DailyFileSink:
-    """Appends records to LOG_DIR/YYYYMMDD_performance.jsonl, switching files at UTC midnight."""
+    """Appends records to LOG_DIR/YYYYMMDD_performance.jsonl, by the UTC day each record ends.
+
+    The files of the last two days stay open: around midnight, queries that end on either side
+    write to their own day's file without reopening, and no file is closed while a thread that
+    just looked it up may still write to it. After a fork the inherited descriptors keep working
+    (O_APPEND), so worker processes can share the files.
+    """
+
+    _OPEN_DAYS = 2
 
     def __init__(self, log_dir: str | os.PathLike):
         self.log_dir = Path(log_dir).expanduser()
-        self._day = -1
-        self._fd = -1
+        self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
 
     def write(self, record: dict, at: float | None = None) -> None:
         data = encode(record)
         at = time.time() if at is None else at
         day = int(at // 86400)
-        if day != self._day or self._pid != os.getpid():
-            self._switch(day, at)
-        written = os.write(self._fd, data)
+        fd = self._fds.get(day)
+        if fd is None:
+            fd = self._open(day, at)
+        written = os.write(fd, data)
         if written != len(data):  # only on a full disk or similar; the reader skips the torn line
-            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+            raise OSError(f"short write to {self.log_dir / log_file_name(at)}: {written} of "
+                          f"{len(data)} bytes")
 
-    @property
-    def path(self) -> Path:
-        return self.log_dir / log_file_name(self._day * 86400 if self._day >= 0 else time.time())
-
-    def _switch(self, day: int, at: float) -> None:
+    def _open(self, day: int, at: float) -> int:
         with self._lock:
-            if day == self._day and self._pid == os.getpid():
-                return
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.log_dir / log_file_name(at), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            old, self._fd, self._day, self._pid = self._fd, fd, day, os.getpid()
-            if old >= 0:
-                os.close(old)
+            fd = self._fds.get(day)
+            if fd is None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.log_dir / log_file_name(at), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                self._fds[day] = fd
+                for old_day in sorted(self._fds)[:-self._OPEN_DAYS]:
+                    os.close(self._fds.pop(old_day))
+            return fd
 
     def close(self) -> None:
+        """Closes the files; call it when no thread writes any more (a write racing it fails
+        with EBADF and is counted as a record_write error, not raised into the application)."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-            self._fd, self._day = -1, -1
+            fds, self._fds = self._fds, {}
+            for fd in fds.values():
+                os.close(fd)
 
 
 class StreamSink:

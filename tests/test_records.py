@@ -67,3 +67,22 @@ def test_file_permissions_are_not_world_readable(tmp_path):
     sink.close()
     [path] = tmp_path.glob(LOG_FILE_GLOB)
     assert os.stat(path).st_mode & 0o007 == 0
+
+
+def test_the_json_fallback_writes_null_for_non_finite_numbers():
+    from ragmon.records import _json_dumps
+    line = _json_dumps({"cost": float("nan"), "nested": {"x": float("inf")}, "ok": 1.5})
+    assert json.loads(line) == {"cost": None, "nested": {"x": None}, "ok": 1.5}
+    assert b"NaN" not in line and b"Infinity" not in line
+
+
+def test_queries_ending_either_side_of_midnight_go_to_their_own_files(tmp_path):
+    sink = DailyFileSink(tmp_path)
+    midnight = 20_000 * 86400.0
+    for n, at in enumerate((midnight - 1, midnight + 1, midnight - 0.5, midnight + 2)):
+        sink.write(record(n), at=at)
+    sink.close()
+    before = (tmp_path / log_file_name(midnight - 1)).read_text().splitlines()
+    after = (tmp_path / log_file_name(midnight + 1)).read_text().splitlines()
+    assert [json.loads(l)["request_id"] for l in before] == ["r0", "r2"]
+    assert [json.loads(l)["request_id"] for l in after] == ["r1", "r3"]

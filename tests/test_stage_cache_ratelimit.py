@@ -128,3 +128,13 @@ def test_unparsable_headers_are_counted_not_raised(metrics):
 def test_bad_rate_limit_arguments_raise(metrics, kwargs, expected):
     with pytest.raises(ValueError, match=expected):
         track_rate_limit(metrics=metrics, **kwargs)
+
+
+def test_observe_stage_can_stay_out_of_the_enclosing_query(metrics, sink):
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def query():
+        observe_stage("retrieval", 0.1, metrics=metrics, operation="batch", attach=False)
+
+    query()
+    assert sink.records[0]["stages"] == {}
+    assert value(metrics, "rag_stage_duration_seconds_count", operation="batch", stage="retrieval") == 1

@@ -1,0 +1,73 @@
+"""Retention: deleting request-log files older than N days.
+
+Only regular files directly in the log directory whose names match LOG_FILE_GLOB and parse as a
+date (``YYYYMMDD_performance.jsonl``) are ever considered; anything else - other files, a
+misnamed file, a symlink, a subdirectory - is left alone, so pointing LOG_DIR at a shared
+directory by mistake cannot delete other data.
+
+A file holds the records that ended on its UTC day, so it is deleted only when the whole day is
+older than the cut-off: no record younger than N days is ever deleted (a record up to one day
+older than N days may survive until the next run).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .reader import LogDirNotFound, file_date
+from .records import LOG_FILE_GLOB
+
+
+@dataclass
+class CleanupResult:
+    log_dir: str
+    days: int
+    cutoff: float  # epoch seconds: records that ended before this may be deleted
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "name: error"
+    dry_run: bool = False
+    freed_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return {"log_dir": self.log_dir, "days": self.days, "cutoff": self.cutoff,
+                "deleted": self.deleted, "kept": self.kept, "failed": self.failed,
+                "dry_run": self.dry_run, "freed_bytes": self.freed_bytes}
+
+
+def check_days(days: object) -> int:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"days={days!r} is not a retention period; expected a whole number of "
+                         "days >= 1, e.g. --days 30 (LOG_RETENTION_DAYS)")
+    return days
+
+
+def cleanup_logs(log_dir: str | Path, days: int, *, now: float | None = None,
+                 dry_run: bool = False) -> CleanupResult:
+    """Deletes log files all of whose records are older than `days` days (see module doc).
+    With ``dry_run`` nothing is deleted; the result says what would be."""
+    days = check_days(days)
+    log_dir = Path(log_dir).expanduser()
+    if not log_dir.is_dir():
+        raise LogDirNotFound(log_dir)
+    now = time.time() if now is None else now
+    cutoff = now - days * 86400
+    result = CleanupResult(str(log_dir), days, cutoff, dry_run=dry_run)
+    for path in sorted(log_dir.glob(LOG_FILE_GLOB)):
+        day = file_date(path)
+        if day is None or path.is_symlink() or not path.is_file():
+            continue
+        if day.timestamp() + 86400 > cutoff:
+            result.kept.append(path.name)
+            continue
+        size = path.stat().st_size
+        if not dry_run:
+            try:
+                path.unlink()
+            except OSError as exc:
+                result.failed.append(f"{path.name}: {exc}")
+                continue
+        result.deleted.append(path.name)
+        result.freed_bytes += size
+    return result
