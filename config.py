@@ -268,6 +268,17 @@ def get_settings() -> Settings:
     return _cached
 
 
+def settings_for_cli() -> Settings:
+    """get_settings() for command-line tools: a bad setting ends the program with its message
+    (exit status 2) instead of a traceback."""
+    import sys
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 _SECRETS = ("SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "SMTP_PASSWORD")
 
 

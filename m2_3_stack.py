@@ -332,12 +332,8 @@ def _parser(settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import ConfigError, get_settings
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    from config import settings_for_cli
+    settings = settings_for_cli()
     args = _parser(settings).parse_args(argv)
     try:
         if args.command == "up":

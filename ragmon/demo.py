@@ -288,12 +288,8 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import ConfigError, get_settings, load_settings
-    try:
-        settings = get_settings()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    from config import load_settings, settings_for_cli
+    settings = settings_for_cli()
     args = parse_args(argv, settings)
     # Records and log lines go to files so the console shows only the summary.
     demo_settings = load_settings({**os.environ, "LOG_DIR": args.log_dir, "LOG_DESTINATION": "file",

@@ -3,7 +3,7 @@ import re
 import subprocess
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 from ragmon.catalog import OTHER, RAGMetrics
 from tests.conftest import make_settings

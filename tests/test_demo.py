@@ -166,3 +166,12 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
                                  "--duration", "1", "--log-dir", str(tmp_path)],
                                 capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert result.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in result.stderr
+
+
+def test_a_bad_setting_stops_the_demo_with_its_message(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "m2_3_monitoring.py"), "--duration", "1"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                            env={**os.environ, "METRICS_PORT": "abc", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert "configuration error: METRICS_PORT='abc' is not a whole number" in result.stderr
+    assert "Traceback" not in result.stderr
