@@ -29,7 +29,8 @@ class QueryContext:
     def __init__(self, owner, operation: str, model: str | None, start: float, sink=None):
         # The id is made only when something reads it (a record, a log line), but the bound or
         # enclosing id it inherits is captured now, while this query's context is current.
-        self._request_id = _inherited_id()
+        enclosing = CURRENT_QUERY.get()
+        self._request_id = enclosing if enclosing is not None else _BOUND_REQUEST_ID.get()
         self.owner = owner  # the _Instrumented that started the query (its metrics catalog)
         self.operation = operation
         self.model = model
@@ -77,12 +78,6 @@ def current_request_id() -> str | None:
     """The id of the query in progress, or one bound with request_context(); else None."""
     query = CURRENT_QUERY.get()
     return query.request_id if query is not None else _BOUND_REQUEST_ID.get()
-
-
-def _inherited_id():
-    """What a new query's id derives from: the enclosing query, a bound id, or None (fresh)."""
-    query = CURRENT_QUERY.get()
-    return query if query is not None else _BOUND_REQUEST_ID.get()
 
 
 @contextlib.contextmanager

@@ -133,6 +133,9 @@ class _Instrumented:
             self.cancelled = m.queries.labels(op, "cancelled")
             self.relevance = m.relevance.labels(op)
             self.precision = m.context_precision.labels(op)
+            # Bound methods of the hottest calls, looked up once instead of on every query.
+            self._observe_latency = self.latency.observe
+            self._count_success = self.succeeded.inc
             self.errors_by_type: dict[str, Any] = {}
             self.by_model: dict[str | None, _ModelChildren] = {}
             self.stages: dict[str, Any] = {}
@@ -146,8 +149,7 @@ class _Instrumented:
         sink = self._request_log
         if sink is None:
             sink = _request_log  # resolved by resolve(); configure_request_log() may change it
-        return QueryContext(self, self.operation, self.model, _perf(),
-                            sink if sink and sink is not _UNSET else None)
+        return QueryContext(self, self.operation, self.model, _perf(), sink or None)
 
     def model_children(self, model: str | None) -> _ModelChildren:
         children = self.by_model.get(model)
@@ -174,10 +176,10 @@ class _Instrumented:
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
         duration = _perf() - ctx.start
         try:
-            self.latency.observe(duration)
+            self._observe_latency(duration)
             if exc is None:
                 status, error_type = "success", None
-                self.succeeded.inc()
+                self._count_success()
             elif isinstance(exc, _CANCELLED):
                 status, error_type = "cancelled", type(exc).__name__
                 self.cancelled.inc()
