@@ -34,9 +34,10 @@ bench: $(VENV)/.dev-installed
 
 ## notebook: open the course notebook in Jupyter Lab
 notebook: $(VENV)/.dev-installed
+	bash scripts/install-debs.sh
 	$(PY) -m pip install -q --disable-pip-version-check "jupyterlab>=4,<5"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
-	$(VENV)/bin/jupyter lab M2_3_Production_Monitoring_Dashboard.ipynb
+	$(VENV)/bin/jupyter lab $$( [ "$$(id -u)" -eq 0 ] && echo --allow-root ) M2_3_Production_Monitoring_Dashboard.ipynb
 
 ## stack-up / stack-down / stack-status: the local monitoring stack without Docker
 stack-up: $(VENV)/.runtime-installed

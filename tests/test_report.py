@@ -442,3 +442,24 @@ def test_list_attributes_with_unhashable_items_are_still_counted(tmp_path, setti
     assert tools["kind"] == "list"
     assert {v["value"]: v["requests"] for v in tools["values"]} == {
         str({"name": "sql"}): 2, str({"name": "web"}): 1}
+
+
+def test_a_stage_first_seen_after_the_first_record_keeps_every_row_aligned(tmp_path):
+    # The demo's log begins this way: a cache hit (embedding only), then a full query.
+    import time as _time
+    from ragmon.records import DailyFileSink as _Sink, make_record as _make
+    sink, now = _Sink(tmp_path), _time.time()
+
+    def rec(rid, stages):
+        return _make(request_id=rid, service="s", env="development", operation="op", model="m",
+                     status="success", error_type=None, start_time=now - 1, total_time=0.5,
+                     stages={name: {"duration": seconds, "metadata": {}} for name, seconds in stages.items()})
+
+    sink.write(rec("hit", {"embedding": 0.01}), at=now)
+    sink.write(rec("miss", {"embedding": 0.02, "retrieval": 0.1, "reranking": 0.05, "generation": 0.3}), at=now)
+    sink.close()
+    from m2_3_report import load_records as _load
+    df = _load(tmp_path).set_index("request_id")
+    assert df.loc["hit", "stage_embedding"] == 0.01
+    assert df.loc["hit", ["stage_retrieval", "stage_generation"]].isna().all()
+    assert df.loc["miss", "stage_generation"] == 0.3
