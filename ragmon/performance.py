@@ -125,6 +125,17 @@ class _Request:
         self.status: str | None = None
         self.error_type: str | None = None
 
+    def apply(self, fields: Mapping[str, Any], attributes: Mapping | None, status: str | None,
+              error_type: object) -> None:
+        """Merges already-checked updates from set() or end_request()."""
+        self.fields.update(fields)
+        if attributes:
+            self.attributes.update(attributes)
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.error_type = str(error_type)
+
 
 class PerformanceMonitor:
     """Tracks requests stage by stage and writes one record per request.
@@ -259,13 +270,7 @@ class PerformanceMonitor:
         with self._lock:
             state = self._require_open(request_id, "end it")
             del self._open[request_id]
-        state.fields.update(updates)
-        if attributes:
-            state.attributes.update(attributes)
-        if status is not None:
-            state.status = status
-        if error_type is not None:
-            state.error_type = str(error_type)
+        state.apply(updates, attributes, status, error_type)
         summary = self._finish(state, end_perf, total_time)
         with self._lock:
             self._ended[request_id] = summary
@@ -305,13 +310,7 @@ class PerformanceMonitor:
             raise ValueError(f"attributes={attributes!r} must be a dict")
         with self._lock:
             state = self._require_open(request_id, "set fields on it")
-            state.fields.update(updates)
-            if attributes:
-                state.attributes.update(attributes)
-            if status is not None:
-                state.status = status
-            if error_type is not None:
-                state.error_type = str(error_type)
+            state.apply(updates, attributes, status, error_type)
 
     def count(self, request_id: str, attribute: str, n: int = 1) -> int:
         """Adds `n` to a counting attribute (tool_calls, graphql_calls, ...); returns the total."""

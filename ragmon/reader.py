@@ -176,6 +176,22 @@ def _end_time(record: dict) -> float | None:
     return None
 
 
+def _parse_line(line: bytes, path, lineno: int, stats) -> dict | None:
+    """The record on one line, or None after counting why it was skipped (a blank line is not
+    counted: it is no record at all)."""
+    try:
+        record = _loads_any(line)
+    except ValueError:
+        if line.strip():
+            stats.skip(path, lineno, CORRUPT if line.endswith(b"\n") else TORN)
+        return None
+    problem = _record_problem(record)
+    if problem is not None:
+        stats.skip(path, lineno, problem)
+        return None
+    return record
+
+
 def _record_problem(record) -> str | None:
     """Why `record` (decoded JSON) cannot be used as a request record, or None."""
     if type(record) is not dict:
@@ -207,15 +223,8 @@ def iter_records(log_dir: str | Path, since: float | None = None, until: float |
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, start=1):
                 stats.lines += 1
-                try:
-                    record = _loads_any(line)
-                except ValueError:
-                    if line.strip():
-                        stats.skip(path, lineno, CORRUPT if line.endswith(b"\n") else TORN)
-                    continue
-                problem = _record_problem(record)
-                if problem is not None:
-                    stats.skip(path, lineno, problem)
+                record = _parse_line(line, path, lineno, stats)
+                if record is None:
                     continue
                 end = _end_time(record)
                 if (since is not None and end < since) or (until is not None and end >= until):
@@ -598,15 +607,8 @@ def _scan(lines: list, start_lineno: int, path: Path, since, until, c: Columns,
         else:
             r = None
         if r is None:
-            try:
-                record = _loads_any(line)
-            except ValueError:
-                if line.strip():
-                    stats.skip(path, lineno, CORRUPT if line.endswith(b"\n") else TORN)
-                continue
-            problem = _record_problem(record)
-            if problem is not None:
-                stats.skip(path, lineno, problem)
+            record = _parse_line(line, path, lineno, stats)
+            if record is None:
                 continue
             stages, attrs = record.get("stages") or {}, record.get("attributes")
             attrs = attrs if type(attrs) is dict else ()
