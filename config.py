@@ -44,7 +44,8 @@ class Settings:
     COST_PER_1K_CACHED_INPUT_TOKENS: float = 0.0003
     # JSON file {"model": {"input": .., "output": .., "cached_input": ..}} (per 1K tokens).
     # Empty disables the file; the shipped model_prices.json is used when present.
-    MODEL_PRICES_FILE: str = str(WORKSPACE / "model_prices.json")
+    MODEL_PRICES_FILE: str = (str(WORKSPACE / "model_prices.json")
+                              if (WORKSPACE / "model_prices.json").is_file() else "")
 
     # --- logs and request records -----------------------------------------------------------
     LOG_DIR: str = "./logs"

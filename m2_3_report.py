@@ -8,8 +8,8 @@
     python m2_3_report.py plot    [--output trends.png] [--hours 24] [--bucket 1h]
 
 Every command takes --log-dir DIR (default: LOG_DIR from the settings). Exit status: 0 done
-(an empty period is not an error; it is said plainly), 1 nothing to plot, 2 bad usage, bad
-settings or a missing log directory.
+(an empty period is not an error; it is said plainly), 1 nothing to plot or files cleanup could
+not delete, 2 bad usage, bad settings or a missing log directory.
 
 The same functions, for notebooks::
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="m2_3_report.py", description="Reports on the request log (one JSON record per "
         "request, written by @monitored_query and PerformanceMonitor).",
-        epilog="Exit status: 0 done, 1 nothing to plot, 2 bad usage/settings/missing log dir.")
+        epilog="Exit status: 0 done, 1 nothing to plot or files cleanup could not delete, 2 bad usage/settings/missing log dir.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("report", parents=[common], help="summary of the last hours")

@@ -5,8 +5,6 @@ cache lookup, then on a miss retrieval, reranking and generation with realistic 
 per model, with occasional errors and a provider rate limit that drains and resets each minute.
 ``--fault`` makes one alert condition of the product design true within seconds.
 
-This module imports from ``ragmon`` only (never ``m2_3_monitoring``): when run as a script, the
-facade is ``__main__``, and importing it again would register every metric twice.
 """
 from __future__ import annotations
 

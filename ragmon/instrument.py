@@ -12,7 +12,6 @@ ValueError at once: that is a programming error the caller should see in develop
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -23,13 +22,10 @@ from typing import Any, Callable, Mapping
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
 from .pricing import check_token_count
-from .records import make_record, sink_from_settings
+from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
 log = logging.getLogger("m2_3_monitoring")
 _perf = time.perf_counter
-
-# Ending a query this way is the caller's choice, not a failure of the service.
-_CANCELLED = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
 
 _default_metrics: RAGMetrics | None = None
 _UNSET = object()
@@ -49,23 +45,19 @@ def configure_request_log(destination: str | None = None, log_dir: str | None = 
 
     ``destination`` is "file" (daily JSONL files in ``log_dir``), "stderr" or "none"; or pass any
     object with ``write(record, at)`` as ``sink``. Returns the sink now in use (None when off).
+    Settings are read only for what is not given. Queries already running keep the sink they
+    started with, so the previous sink is left open.
     """
     global _request_log
-    if sink is not None:
-        _request_log = sink
-        return sink
-    from config import get_settings, load_settings
-    overrides = {}
-    if destination is not None:
-        overrides["REQUEST_LOG_DESTINATION"] = destination
-    if log_dir is not None:
-        overrides["LOG_DIR"] = str(log_dir)
-    settings = get_settings()
-    if overrides:
-        import os
-        settings = load_settings({**os.environ, **overrides})
-    _request_log = sink_from_settings(settings)
-    return _request_log
+    if sink is None:
+        if destination is None or (destination == "file" and log_dir is None):
+            from config import get_settings
+            settings = get_settings()
+            destination = destination if destination is not None else settings.REQUEST_LOG_DESTINATION
+            log_dir = log_dir if log_dir is not None else settings.log_dir
+        sink = sink_for(destination, log_dir)
+    _request_log = sink
+    return sink
 
 
 def current_request_log():
@@ -117,9 +109,13 @@ class _Instrumented:
         self._metrics = metrics
         self._request_log = request_log  # None: process default; False: no records
         self.ready = False
+        self._retry_at = 0.0
 
     def resolve(self) -> bool:
-        """Resolves children on first call (not at import). False if monitoring is unusable."""
+        """Resolves children on first call (not at import). False if monitoring is unusable;
+        then the call runs unmonitored and setup is retried at most once a minute."""
+        if time.monotonic() < self._retry_at:
+            return False
         try:
             m = self.metrics = self._metrics or default_metrics()
             op = self.operation
@@ -142,7 +138,9 @@ class _Instrumented:
             current_request_log()  # resolve the process default now, where a failure is caught
             self.ready = True
         except Exception as exc:
-            _recording_failed(self._metrics, "setup", "could not set up %r: %s", self.operation, exc)
+            self._retry_at = time.monotonic() + 60
+            _recording_failed(self._metrics or _default_metrics, "setup", "could not set up %r: %s",
+                              self.operation, exc)
         return self.ready
 
     def start(self) -> QueryContext:
@@ -180,7 +178,7 @@ class _Instrumented:
             if exc is None:
                 status, error_type = "success", None
                 self._count_success()
-            elif isinstance(exc, _CANCELLED):
+            elif isinstance(exc, CANCELLED_EXCEPTIONS):
                 status, error_type = "cancelled", type(exc).__name__
                 self.cancelled.inc()
             else:
@@ -225,11 +223,8 @@ class _Instrumented:
             self._write_record(ctx.sink, ctx, duration, status, error_type, cost)
 
     def _read_result(self, ctx: QueryContext, result: Mapping) -> None:
-        """Takes token counts, quality scores and the model from a returned dict.
-
-        All fields are checked before any is applied, so a bad field never half-counts a query;
-        on a bad field the good ones still count and the bad one is logged and counted.
-        """
+        """Takes token counts, quality scores and the model from a returned dict. A bad field is
+        logged, counted and left out; the good ones still count."""
         get = result.get
         inp, out, cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
         relevance, precision, model = get("relevance_score"), get("context_precision"), get("model")
@@ -256,30 +251,16 @@ class _Instrumented:
         self._read_result_checked(ctx, (inp, out, cached, relevance, precision, model))
 
     def _read_result_checked(self, ctx: QueryContext, fields: tuple) -> None:
-        checked = []
+        good = {}
         for (name, check), value in zip(_RESULT_FIELDS, fields):
             if value is None:
-                checked.append(None)
                 continue
             try:
-                checked.append(check(name, value))
+                good[name] = check(name, value)
             except ValueError as bad:
-                checked.append(None)
                 _recording_failed(self.metrics, "bad_return_value",
                                   "%r returned a bad value: %s", self.operation, bad)
-        inp, out, cached, relevance, precision, model = checked
-        if inp:
-            ctx.input_tokens += inp
-        if out:
-            ctx.output_tokens += out
-        if cached:
-            ctx.cached_input_tokens += cached
-        if relevance is not None:
-            ctx.relevance_score = relevance
-        if precision is not None:
-            ctx.context_precision = precision
-        if model is not None:
-            ctx.model = model
+        self._read_result(ctx, good)  # every value now passes the fast path
 
     def _write_record(self, sink, ctx: QueryContext, duration: float, status: str,
                       error_type: str | None, cost: float | None) -> None:
@@ -504,7 +485,7 @@ def _record_stage(name: str, duration: float, metadata: Mapping | None,
     """observe_stage without the argument checks, for callers whose arguments are known good."""
     query = CURRENT_QUERY.get() if attach else None
     try:
-        if query is not None and metrics is None and operation is None:  # the usual case
+        if query is not None and metrics is None and operation is None:  # inlined in stage.__exit__
             query.owner.stage_child(name).observe(duration)
             query.add_stage(name, duration, metadata)
             return
@@ -549,19 +530,18 @@ class stage:
     def __exit__(self, exc_type, exc, tb) -> None:
         duration = _perf() - self._start
         query = CURRENT_QUERY.get()
-        if query is not None and self.metrics is None:  # the usual case, inlined: it is per stage
-            try:
-                owner = query.owner
-                child = owner.stages.get(self.name)
-                if child is None:
-                    child = owner.stage_child(self.name)
-                child.observe(duration)
-                if query.sink is not None:
-                    query.add_stage(self.name, duration, self.metadata)
-                return
-            except Exception:
-                pass  # the general path below records it or counts the failure
-        _record_stage(self.name, duration, self.metadata, self.metrics)
+        if query is None or self.metrics is not None:
+            _record_stage(self.name, duration, self.metadata, self.metrics)
+            return
+        # The usual case: _record_stage's first branch, inlined because it runs for every stage.
+        try:
+            owner = query.owner
+            (owner.stages.get(self.name) or owner.stage_child(self.name)).observe(duration)
+            if query.sink is not None:
+                query.add_stage(self.name, duration, self.metadata)
+        except Exception as failure:
+            _recording_failed(query.owner.metrics, "recording", "recording stage %r failed: %r",
+                              self.name, failure)
 
     async def __aenter__(self) -> "stage":
         return self.__enter__()

@@ -44,31 +44,43 @@ def redact(text: str) -> str:
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
+    """The value with every secret-looking substring redacted, ready for json.dumps. Objects that
+    JSON cannot hold (exceptions, paths, ...) become their redacted text, as they would be
+    written anyway; past a few levels of nesting the rest is written as redacted text."""
     if isinstance(value, str):
         return redact(value)
-    if depth > 4:
+    if value is None or isinstance(value, (bool, int, float)):
         return value
+    if depth > 4:
+        return redact(json.dumps(value, default=str))
     if isinstance(value, Mapping):
-        return {str(k): _scrub(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+        return {redact(str(k)): _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_scrub(v, depth + 1) for v in value]
-    return value
+    return redact(str(value))
 
 
-_configured_for: tuple | None = None
+# Without LOG_HASH_KEY, one random key per process: every logger in the process hashes alike,
+# and hashes cannot be compared across restarts.
+_PROCESS_HASH_KEY = os.urandom(32)
+
+_loggers: dict[tuple, logging.Logger] = {}
 
 
 def _events_logger(settings) -> logging.Logger:
-    """The stdlib logger all StructuredLoggers write to, set up once from settings."""
-    global _configured_for
-    logger = logging.getLogger(EVENTS_LOGGER)
+    """The stdlib logger for one logging configuration (destination, directory, level).
+
+    Each configuration gets its own child of "m2_3_monitoring.events" with its own handler, so a
+    StructuredLogger built with other settings never rewires the others. Children propagate to
+    the parent, which stops propagation (the lines are already JSON): attach a handler to
+    "m2_3_monitoring.events" to see every line, whatever its configuration.
+    """
     key = (settings.LOG_DESTINATION, str(settings.log_dir), settings.LOG_LEVEL)
-    if _configured_for == key:
+    logger = _loggers.get(key)
+    if logger is not None:
         return logger
-    for handler in list(logger.handlers):
-        if getattr(handler, "_m2_3_owned", False):
-            logger.removeHandler(handler)
-            handler.close()
+    parent = logging.getLogger(EVENTS_LOGGER)
+    parent.propagate = False
     if settings.LOG_DESTINATION == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     elif settings.LOG_DESTINATION == "file":
@@ -77,11 +89,10 @@ def _events_logger(settings) -> logging.Logger:
     else:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._m2_3_owned = True
+    logger = logging.getLogger(f"{EVENTS_LOGGER}.{len(_loggers)}")
     logger.addHandler(handler)
     logger.setLevel(settings.LOG_LEVEL)
-    logger.propagate = False  # the line is already JSON; do not print it twice via root
-    _configured_for = key
+    _loggers[key] = logger
     return logger
 
 
@@ -101,7 +112,7 @@ class StructuredLogger:
         self.settings = settings
         self.raw_text = settings.LOG_RAW_TEXT if raw_text is None else raw_text
         key = settings.LOG_HASH_KEY
-        self._hash_key = key.encode() if key else os.urandom(32)
+        self._hash_key = key.encode() if key else _PROCESS_HASH_KEY
         self._logger = _events_logger(settings)
 
     # --- the three calls of the product design -------------------------------------------------

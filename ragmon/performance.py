@@ -28,11 +28,10 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from .records import iso_utc
+from .records import STATUSES, iso_utc, status_of
 
 log = logging.getLogger("m2_3_monitoring")
 
-STATUSES = ("success", "error", "cancelled")
 # Fields end_request()/set() accept besides status and error_type; they map 1:1 onto
 # ragmon.records.make_record keywords.
 RECORD_FIELDS = ("model", "input_tokens", "output_tokens", "cached_input_tokens", "cost",
@@ -167,6 +166,9 @@ class PerformanceMonitor:
             raise ValueError("pass log_dir or sink, not both: log_dir is a shortcut for "
                              "sink=DailyFileSink(log_dir)")
         self.settings = settings
+        if metrics is None:
+            from .instrument import default_metrics
+            metrics = default_metrics()
         self.metrics = metrics
         self.operation = operation
         self._owns_sink = sink is None and not shared_sink
@@ -185,7 +187,6 @@ class PerformanceMonitor:
         self._ended: OrderedDict[str, dict] = OrderedDict()
         self._warned_max_open = False
         self._closed = False
-        self._price_table = None
         # A weak reference, so the atexit hook neither keeps the monitor alive nor fires for one
         # that was already closed and collected.
         ref = weakref.ref(self)
@@ -489,20 +490,12 @@ class PerformanceMonitor:
             return True
         except Exception:  # the application must not fail because its log could not be written
             log.exception("could not write the record of request %r", state.request_id)
-            if self.metrics is not None:
-                self.metrics.count_instrumentation_error("record_write")
+            self.metrics.count_instrumentation_error("record_write")
             return False
 
     def _price(self, fields: Mapping[str, Any]) -> float:
         tokens = {k: fields.get(k, 0) for k in ("input_tokens", "output_tokens", "cached_input_tokens")}
-        if self.metrics is not None:
-            return self.metrics.calculate_cost(model=fields.get("model"), **tokens)
-        if self._price_table is None:
-            from .pricing import PriceTable
-            self._price_table = PriceTable.from_settings(self.settings)
-        price, _known = self._price_table.lookup(fields.get("model"))
-        return self._price_table.cost(price, tokens["input_tokens"], tokens["output_tokens"],
-                                      tokens["cached_input_tokens"])
+        return self.metrics.calculate_cost(model=fields.get("model"), **tokens)
 
 
 class StageHandle:
@@ -577,8 +570,6 @@ class RequestHandle:
         status, error_type = self.status, self.error_type
         if exc_type is not None:
             error_type = exc_type.__name__
-            status = "error" if issubclass(exc_type, Exception) else "cancelled"
-            if exc_type.__name__ == "CancelledError":
-                status = "cancelled"
+            status = status_of(exc)
         self.summary = self.monitor.end_request(self.request_id, status=status,
                                                 error_type=error_type, attributes=self.attributes)

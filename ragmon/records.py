@@ -19,6 +19,7 @@ can share a file without interleaving lines.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -28,6 +29,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, TextIO
+
+STATUSES = ("success", "error", "cancelled")
+# Ending a request this way is the caller's choice (a cancelled task, an abandoned stream,
+# Ctrl-C), not a failure of the service.
+CANCELLED_EXCEPTIONS = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
+
+
+def status_of(exc: BaseException) -> str:
+    """The record status of a request that ended with `exc`."""
+    return "cancelled" if isinstance(exc, CANCELLED_EXCEPTIONS) else "error"
+
 
 LOG_FILE_SUFFIX = "_performance.jsonl"
 LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
@@ -168,9 +180,13 @@ class DailyFileSink:
             if fd is None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.log_dir / log_file_name(at), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                self._fds[day] = fd
-                for old_day in sorted(self._fds)[:-self._OPEN_DAYS]:
+                # Keep the day just opened (its record is about to be written) and the most
+                # recent of the others; a late record for an old day may evict yesterday, which
+                # is reopened on demand.
+                others = sorted(d for d in self._fds if d != day)
+                for old_day in others[:len(others) - (self._OPEN_DAYS - 1)]:
                     os.close(self._fds.pop(old_day))
+                self._fds[day] = fd
             return fd
 
     def close(self) -> None:
@@ -194,11 +210,16 @@ class StreamSink:
         stream.flush()
 
 
-def sink_from_settings(settings) -> RecordSink | None:
-    """The sink REQUEST_LOG_DESTINATION asks for; None means records are not built at all."""
-    destination = settings.REQUEST_LOG_DESTINATION
+def sink_for(destination: str, log_dir: str | os.PathLike) -> RecordSink | None:
+    """The sink for a REQUEST_LOG_DESTINATION value; None means records are not built at all."""
     if destination == "file":
-        return DailyFileSink(settings.log_dir)
+        return DailyFileSink(log_dir)
     if destination == "stderr":
         return StreamSink()
-    return None
+    if destination == "none":
+        return None
+    raise ValueError(f"destination={destination!r} is not one of file, stderr, none")
+
+
+def sink_from_settings(settings) -> RecordSink | None:
+    return sink_for(settings.REQUEST_LOG_DESTINATION, settings.log_dir)

@@ -147,7 +147,7 @@ def format_text(report: dict) -> str:
         out += ["", "Slowest requests"]
         out += _table(["request id", "total", "status", "model", "slowest stage", "at"],
                       [[r["request_id"], _s(r["total_time"]),
-                        r["status"] + (f" ({r['error_type']})" if r["error_type"] else ""),
+                        (r["status"] or "-") + (f" ({r['error_type']})" if r["error_type"] else ""),
                         r["model"] or "-",
                         f"{r['slowest_stage']} {_s(r['slowest_stage_duration'])}"
                         if r["slowest_stage"] else "-", r["timestamp"]]

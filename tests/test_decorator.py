@@ -323,4 +323,5 @@ def test_unusable_configuration_leaves_the_function_unmonitored_but_working(regi
         return x * 2
 
     assert work(21) == 42
+    assert work(1) == 2  # no second setup attempt within the minute
     assert registry.get_sample_value("rag_instrumentation_errors_total", {"reason": "setup"}) == 1

@@ -108,7 +108,28 @@ def test_redact_leaves_ordinary_text_alone():
 def test_file_destination_writes_app_jsonl(tmp_path):
     logger = StructuredLogger("x", settings=make_settings(LOG_DESTINATION="file", LOG_DIR=tmp_path))
     logger.warning("disk_low", free_bytes=10)
-    for handler in logging.getLogger(EVENTS_LOGGER).handlers:
-        handler.flush()
     line = json.loads((tmp_path / "app.jsonl").read_text().splitlines()[-1])
     assert line["event"] == "disk_low" and line["level"] == "WARNING"
+
+
+def test_without_a_hash_key_every_logger_in_the_process_hashes_alike():
+    first, second = make_logger(), make_logger()
+    assert first.hash("alice") == second.hash("alice")
+    keyed = make_logger(LOG_HASH_KEY="k")
+    assert keyed.hash("alice") != first.hash("alice")
+
+
+def test_secrets_inside_objects_and_deep_nesting_are_redacted(lines):
+    from pathlib import Path
+    key = "sk-" + "Z9y8X7w6V5u4T3s2R1q0"
+    deep = {"a": {"b": {"c": {"d": {"e": {"f": f"token={key}"}}}}}}
+    make_logger().info("odd_values", error=ValueError(f"bad key {key}"), path=Path(f"/tmp/{key}"), deep=deep)
+    text = json.dumps(lines())
+    assert key not in text and text.count("[REDACTED]") == 3
+
+
+def test_loggers_with_different_settings_do_not_rewire_each_other(tmp_path, capsys):
+    quiet = make_logger()  # LOG_DESTINATION=none
+    StructuredLogger("loud", settings=make_settings(LOG_DESTINATION="stderr"))
+    quiet.info("should_stay_silent")
+    assert "should_stay_silent" not in capsys.readouterr().err

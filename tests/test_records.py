@@ -86,3 +86,14 @@ def test_queries_ending_either_side_of_midnight_go_to_their_own_files(tmp_path):
     after = (tmp_path / log_file_name(midnight + 1)).read_text().splitlines()
     assert [json.loads(l)["request_id"] for l in before] == ["r0", "r2"]
     assert [json.loads(l)["request_id"] for l in after] == ["r1", "r3"]
+
+
+def test_a_late_record_for_an_old_day_is_written_to_that_day(tmp_path):
+    sink = DailyFileSink(tmp_path)
+    today = 20_000 * 86400.0 + 3600
+    for n, at in enumerate((today, today + 86400, today - 5 * 86400, today + 86400)):
+        sink.write(record(n), at=at)
+    sink.close()
+    counts = {p.name: len(p.read_text().splitlines()) for p in tmp_path.glob(LOG_FILE_GLOB)}
+    assert counts == {log_file_name(today): 1, log_file_name(today + 86400): 2,
+                      log_file_name(today - 5 * 86400): 1}

@@ -463,3 +463,17 @@ def test_a_stage_first_seen_after_the_first_record_keeps_every_row_aligned(tmp_p
     assert df.loc["hit", "stage_embedding"] == 0.01
     assert df.loc["hit", ["stage_retrieval", "stage_generation"]].isna().all()
     assert df.loc["miss", "stage_generation"] == 0.3
+
+
+def test_the_text_report_copes_with_records_that_have_no_status(tmp_path):
+    # Seed-001 style records carry only timing; the slowest-requests table must still render.
+    import json as _json
+    import time as _time
+    from ragmon.records import log_file_name as _name
+    now = _time.time()
+    line = {"request_id": "old-1", "start_time": now - 2, "total_time": 1.5,
+            "stages": {"retrieval": {"duration": 1.0, "metadata": {}}}}
+    (tmp_path / _name(now)).write_text(_json.dumps(line) + "\n")
+    from m2_3_report import build_report as _build, format_text as _format, load_records as _load
+    text = _format(_build(_load(tmp_path)))
+    assert "old-1" in text
