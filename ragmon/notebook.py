@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,23 +27,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
+from .stack_process import free_port, owned_process, terminate  # noqa: F401 (free_port: for the notebook)
+from .stack_webhook import WebhookReceiver as StackWebhookReceiver
+
 PID_LOG_ENV = "RAGMON_NOTEBOOK_PID_LOG"
 
 
 # --- small utilities --------------------------------------------------------------------------
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it when binding port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
 
 def docker_engine_answers(timeout: float = 10.0) -> bool:
     """True when a Docker CLI is installed *and* its engine answers ``docker info``."""
@@ -229,18 +223,10 @@ def _create_time(pid: int) -> float:
 
 def _alive(pid: int, create_time: float) -> bool:
     """True if `pid` still names the process we started (not a reused PID) and it is not a zombie."""
-    import psutil
-    try:
-        proc = psutil.Process(pid)
-        if create_time and abs(proc.create_time() - create_time) > 0.01:
-            return False
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return owned_process(pid, create_time) is not None
 
 
 def _terminate(owned: _Owned, timeout: float) -> int | None:
-    import psutil
     if owned.popen is not None:
         if owned.popen.poll() is None:
             owned.popen.terminate()
@@ -250,15 +236,8 @@ def _terminate(owned: _Owned, timeout: float) -> int | None:
                 owned.popen.kill()
                 return owned.popen.wait(timeout)
         return owned.popen.returncode
-    if not _alive(owned.pid, owned.create_time):
-        return None
-    proc = psutil.Process(owned.pid)
-    proc.terminate()
-    try:
-        return proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout)
+    process = owned_process(owned.pid, owned.create_time)
+    return None if process is None else terminate(process, timeout)
 
 
 # --- Prometheus and Alertmanager HTTP APIs -----------------------------------------------------
@@ -407,44 +386,23 @@ class AlertmanagerAPI:
                                            "receivers", "summary", "labels"])
 
 
-class WebhookReceiver:
-    """A tiny Alertmanager webhook receiver on 127.0.0.1 (a thread in this process).
-
-    Every notification (Alertmanager's webhook JSON) is kept in ``received``.
-    """
+class WebhookReceiver(StackWebhookReceiver):
+    """The stack's Alertmanager webhook receiver (a thread in this process on 127.0.0.1),
+    started at once, with its notifications as a table."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        received: list[dict] = []
-        self.received = received
+        super().__init__(host, port)
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    received.append(json.loads(self.rfile.read(length) or b"{}"))
-                except json.JSONDecodeError:
-                    received.append({"invalid": True})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):  # keep the notebook output clean
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://{host}:{self._server.server_address[1]}/alerts"
-
-    def notifications(self) -> pd.DataFrame:
+    def table(self) -> pd.DataFrame:
         """One row per alert per notification: alertname, status (firing|resolved)."""
         rows = [{"alertname": a.get("labels", {}).get("alertname"), "status": a.get("status"),
                  "receiver": n.get("receiver"), "group_status": n.get("status")}
-                for n in list(self.received) for a in n.get("alerts", [])]
+                for n in list(self.notifications) for a in n.get("alerts", [])]
         return pd.DataFrame(rows, columns=["alertname", "status", "receiver", "group_status"])
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()
 
 
 # --- Grafana dashboard preview ----------------------------------------------------------------

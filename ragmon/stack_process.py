@@ -73,6 +73,33 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def owned_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The live process `pid`, if it is still the one created at `create_time`: a reused pid, a
+    zombie or an unknown start time (0) never match, so nothing else is ever signalled."""
+    try:
+        process = psutil.Process(int(pid))
+        if not create_time or abs(process.create_time() - float(create_time)) > 0.01:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    except (ValueError, psutil.Error):
+        return None
+
+
+def terminate(process: psutil.Process, timeout: float) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`. The exit code when it is our child, else None."""
+    try:
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except psutil.TimeoutExpired:
+            process.kill()
+            return process.wait(timeout)
+    except psutil.NoSuchProcess:
+        return None
+
+
 class PidFile:
     def __init__(self, path: Path):
         self.path = path
@@ -91,13 +118,8 @@ class PidFile:
         """The live process this file names, or None (no file, gone, pid reused, zombie)."""
         try:
             data = json.loads(self.path.read_text())
-            process = psutil.Process(int(data["pid"]))
-            if abs(process.create_time() - float(data["create_time"])) > 0.01:
-                return None
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return process
-        except (OSError, ValueError, KeyError, psutil.Error):
+            return owned_process(data["pid"], data["create_time"])
+        except (OSError, ValueError, KeyError):
             return None
 
     def remove(self) -> None:
@@ -118,18 +140,8 @@ def stop_process(pid_file: PidFile, popen: subprocess.Popen | None = None,
                  timeout: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after `timeout`; reaps our own child. True if something was stopped."""
     process = pid_file.process()
-    stopped = False
     if process is not None:
-        try:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except psutil.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-            stopped = True
-        except psutil.NoSuchProcess:
-            pass
+        terminate(process, timeout)
     if popen is not None:
         try:
             popen.wait(timeout)
@@ -137,7 +149,7 @@ def stop_process(pid_file: PidFile, popen: subprocess.Popen | None = None,
             popen.kill()
             popen.wait()
     pid_file.remove()
-    return stopped
+    return process is not None
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
