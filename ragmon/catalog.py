@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from .pricing import PriceTable, check_token_count
+from .checks import check_count
+from .pricing import PriceTable
 
 log = logging.getLogger("m2_3_monitoring")
 
@@ -248,9 +249,9 @@ class RAGMetrics:
         An unknown model is priced at the configured default, warned about once and counted in
         ``rag_unknown_model_total``.
         """
-        input_tokens = check_token_count("input_tokens", input_tokens)
-        output_tokens = check_token_count("output_tokens", output_tokens)
-        cached_input_tokens = check_token_count("cached_input_tokens", cached_input_tokens)
+        input_tokens = check_count("input_tokens", input_tokens)
+        output_tokens = check_count("output_tokens", output_tokens)
+        cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
         table = self.price_table
         price, known = table.lookup(model)
         if not known:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import time
 from typing import Any, Callable, Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
-from .pricing import check_token_count
+from .checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
 log = logging.getLogger("m2_3_monitoring")
@@ -82,18 +81,6 @@ def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *ar
                         exc_info=log.isEnabledFor(logging.DEBUG))
     except Exception:  # the last line of defence must not raise either
         pass
-
-
-def _check_score(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name}={value!r} is not a score; expected a number from 0 to 1")
-    return float(value)
-
-
-def _check_name(kind: str, value: object, example: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{kind}={value!r} must be a non-empty string, e.g. {kind}={example!r}")
-    return value
 
 
 class _ModelChildren:
@@ -281,10 +268,10 @@ class _Instrumented:
 
 
 _REAL = (int, float)
-_RESULT_FIELDS = (("input_tokens", check_token_count), ("output_tokens", check_token_count),
-                  ("cached_input_tokens", check_token_count), ("relevance_score", _check_score),
-                  ("context_precision", _check_score),
-                  ("model", lambda name, value: _check_name(name, value, "gpt-4o-mini")))
+_RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
+                  ("cached_input_tokens", check_count), ("relevance_score", check_score),
+                  ("context_precision", check_score),
+                  ("model", lambda name, value: check_name(name, value, "gpt-4o-mini")))
 
 
 # --- the decorator -------------------------------------------------------------------------------
@@ -303,9 +290,9 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     ``metrics``: the RAGMetrics catalog to record into (default: the global one).
     ``request_log``: a sink for this function's records; ``False`` turns records off for it.
     """
-    _check_name("operation", operation, "rag_search")
+    check_name("operation", operation, "rag_search")
     if model is not None:
-        _check_name("model", model, "gpt-4o-mini")
+        check_name("model", model, "gpt-4o-mini")
     if metrics is not None and not isinstance(metrics, RAGMetrics):
         raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
                          "RAGMetrics(registry=...) or leave it out for the global one")
@@ -471,11 +458,8 @@ def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *
     """Records one stage's duration in rag_stage_duration_seconds and, inside a monitored query,
     in that query's record. Shared by stage() and PerformanceMonitor, which passes
     ``attach=False`` because it writes its own record for the stage."""
-    _check_name("stage", name, "retrieval")
-    if (isinstance(duration, bool) or not isinstance(duration, (int, float))
-            or not math.isfinite(duration) or duration < 0):
-        raise ValueError(f"duration={duration!r} for stage {name!r} is invalid; expected seconds "
-                         "as a finite number >= 0")
+    check_name("stage", name, "retrieval")
+    check_amount("duration", duration, f"seconds for stage {name!r} as a finite number >= 0")
     _record_stage(name, duration, metadata, metrics, operation, attach)
 
 
@@ -517,7 +501,7 @@ class stage:
 
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
         if type(name) is not str or not name or name.isspace():
-            _check_name("stage", name, "retrieval")  # raises with the full explanation
+            check_name("stage", name, "retrieval")  # raises with the full explanation
         self.name = name
         self.metadata = metadata
         self.metrics = metrics
@@ -578,7 +562,7 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
     """Counts one cache lookup as a hit or a miss (and in the current query's record)."""
     if type(hit) is not bool:
         raise ValueError(f"hit={hit!r} must be True (a cache hit) or False (a miss)")
-    _check_name("cache_type", cache_type, "semantic")
+    check_name("cache_type", cache_type, "semantic")
     query = CURRENT_QUERY.get()
     m = metrics or (query.owner.metrics if query is not None else default_metrics())
     _child(m, ("cache", cache_type, hit),
@@ -599,13 +583,6 @@ _RATE_LIMIT_HEADERS = (
 )
 
 
-def _check_remaining(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r} is invalid; expected a count >= 0 as reported by the "
-                         "provider")
-    return float(value)
-
-
 def track_rate_limit(provider: str, remaining_requests: float | None = None,
                      remaining_tokens: float | None = None, *, headers: Mapping | None = None,
                      metrics: RAGMetrics | None = None) -> dict[str, float]:
@@ -615,13 +592,13 @@ def track_rate_limit(provider: str, remaining_requests: float | None = None,
     Bad numbers passed directly raise ValueError; unparsable headers (they come from outside)
     are logged and counted instead. Returns what was recorded.
     """
-    _check_name("provider", provider, "openai")
+    check_name("provider", provider, "openai")
     m = metrics or default_metrics()
     found: dict[str, float] = {}
     if remaining_requests is not None:
-        found["requests"] = _check_remaining("remaining_requests", remaining_requests)
+        found["requests"] = check_amount("remaining_requests", remaining_requests, "a count >= 0 as reported by the provider")
     if remaining_tokens is not None:
-        found["tokens"] = _check_remaining("remaining_tokens", remaining_tokens)
+        found["tokens"] = check_amount("remaining_tokens", remaining_tokens, "a count >= 0 as reported by the provider")
     if headers:
         lowered = {str(key).lower(): value for key, value in headers.items()}
         for header, kind in _RATE_LIMIT_HEADERS:
@@ -629,7 +606,7 @@ def track_rate_limit(provider: str, remaining_requests: float | None = None,
             if raw is None or kind in found:
                 continue
             try:
-                found[kind] = _check_remaining(header, float(str(raw).strip()))
+                found[kind] = check_amount(header, float(str(raw).strip()), "a count >= 0")
             except ValueError:
                 _recording_failed(m, "bad_header", "header %s=%r from %s is not a number",
                                   header, raw, provider)
@@ -645,11 +622,11 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
     """Reports token usage. Inside a monitored query (e.g. from a streaming generator) it adds to
     that query, which counts tokens and cost when it ends; outside one it counts them now and
     returns the cost."""
-    input_tokens = check_token_count("input_tokens", input_tokens)
-    output_tokens = check_token_count("output_tokens", output_tokens)
-    cached_input_tokens = check_token_count("cached_input_tokens", cached_input_tokens)
+    input_tokens = check_count("input_tokens", input_tokens)
+    output_tokens = check_count("output_tokens", output_tokens)
+    cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
     if model is not None:
-        _check_name("model", model, "gpt-4o-mini")
+        check_name("model", model, "gpt-4o-mini")
     query = CURRENT_QUERY.get()
     if query is not None and (metrics is None or metrics is query.owner.metrics):
         query.input_tokens += input_tokens
@@ -672,8 +649,8 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:
     """Sets the current query's quality scores (0..1) when they are not in its return value."""
-    relevance = None if relevance_score is None else _check_score("relevance_score", relevance_score)
-    precision = None if context_precision is None else _check_score("context_precision", context_precision)
+    relevance = None if relevance_score is None else check_score("relevance_score", relevance_score)
+    precision = None if context_precision is None else check_score("context_precision", context_precision)
     query = CURRENT_QUERY.get()
     if query is None:
         raise RuntimeError("record_quality() was called outside a @monitored_query function; call "

@@ -28,6 +28,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping
 
+from .checks import check_amount, check_count, check_name, check_score
 from .records import STATUSES, iso_utc, status_of
 
 log = logging.getLogger("m2_3_monitoring")
@@ -406,22 +407,15 @@ class PerformanceMonitor:
                             f"{list(RECORD_FIELDS)}, or put free-form values in attributes={{...}}")
         for name in _COUNT_FIELDS:
             if name in fields:
-                value = fields[name]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"{name}={value!r} must be a whole number >= 0, e.g. {name}=500")
+                check_count(name, fields[name])
         for name in _SCORE_FIELDS:
-            value = fields.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 <= value <= 1):
-                raise ValueError(f"{name}={value!r} must be a number from 0 to 1 (or None)")
+            if fields.get(name) is not None:
+                check_score(name, fields[name])
         for name in ("cost", "time_to_first_token"):
-            value = fields.get(name)
-            if value is not None:
-                if (isinstance(value, bool) or not isinstance(value, (int, float))
-                        or not math.isfinite(value) or value < 0):
-                    raise ValueError(f"{name}={value!r} must be a finite number >= 0 (or None)")
-        if "operation" in fields and (not isinstance(fields["operation"], str) or not fields["operation"]):
-            raise ValueError(f"operation={fields['operation']!r} must be a non-empty string")
+            if fields.get(name) is not None:
+                check_amount(name, fields[name])
+        if "operation" in fields:
+            check_name("operation", fields["operation"], "rag_search")
         return dict(fields)
 
     def _observe(self, name: str, duration: float, metadata, operation: str) -> None:

@@ -7,10 +7,11 @@ the cached ones (OpenAI's ``prompt_tokens``), subtract ``cached_tokens`` before 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
+
+from .checks import check_amount
 
 
 @dataclass(frozen=True)
@@ -21,21 +22,8 @@ class ModelPrice:
 
     def __post_init__(self):
         for kind in ("input", "output", "cached_input"):
-            value = getattr(self, kind)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value < 0):
-                raise ValueError(f"price {kind}={value!r} is invalid; expected dollars per 1K "
-                                 "tokens as a finite number >= 0, e.g. 0.003")
-
-
-def check_token_count(name: str, value: object) -> int:
-    """Returns `value` if it is a whole, non-negative token count; raises ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} is not a token count; expected a whole number >= 0 "
-                         f"(pass e.g. {name}=500, not a string or fraction)")
-    if value < 0:
-        raise ValueError(f"{name}={value!r} is negative; token counts must be >= 0")
-    return value
+            check_amount(f"price {kind}", getattr(self, kind),
+                         "dollars per 1K tokens as a finite number >= 0, e.g. 0.003")
 
 
 class PriceTable:

@@ -33,10 +33,10 @@ def test_the_shipped_price_file_loads():
 
 @pytest.mark.parametrize("kwargs, expected", [
     ({"input_tokens": -1}, "negative"),
-    ({"output_tokens": 1.5}, "not a token count"),
-    ({"input_tokens": 500.0}, "not a token count"),
-    ({"input_tokens": "500"}, "not a token count"),
-    ({"cached_input_tokens": True}, "not a token count"),
+    ({"output_tokens": 1.5}, "not a count"),
+    ({"input_tokens": 500.0}, "not a count"),
+    ({"input_tokens": "500"}, "not a count"),
+    ({"cached_input_tokens": True}, "not a count"),
 ])
 def test_bad_token_counts_raise_value_error_naming_the_value(metrics, kwargs, expected):
     with pytest.raises(ValueError, match=expected) as err:
