@@ -131,12 +131,15 @@ class Stack:
     def down(self) -> dict[str, bool]:
         """Stops every component by PID. Idempotent. Returns name -> whether it was running."""
         with self._lock:
-            stopped = {}
-            for component in COMPONENTS:  # Prometheus first: it stops sending alerts
-                stopped[component.name] = stop_process(self._pid_file(component.name),
-                                                       self._popens.pop(component.name, None))
-            self._state_file.unlink(missing_ok=True)
-            return stopped
+            return self._stop_all()
+
+    def _stop_all(self) -> dict[str, bool]:
+        stopped = {}
+        for component in COMPONENTS:  # Prometheus first: it stops sending alerts
+            stopped[component.name] = stop_process(self._pid_file(component.name),
+                                                   self._popens.pop(component.name, None))
+        self._state_file.unlink(missing_ok=True)
+        return stopped
 
     def __enter__(self) -> "Stack":
         return self.up()
@@ -239,14 +242,9 @@ class Stack:
             if wait:
                 self._wait_ready(urls, timeout)
         except BaseException:
-            self._stop_after_failure()
+            self._stop_all()  # we hold the lock already
             raise
         return self
-
-    def _stop_after_failure(self) -> None:
-        for component in COMPONENTS:
-            stop_process(self._pid_file(component.name), self._popens.pop(component.name, None))
-        self._state_file.unlink(missing_ok=True)
 
     def _wait_ready(self, urls: dict[str, str], timeout: float) -> None:
         for component in COMPONENTS:

@@ -191,7 +191,7 @@ class _Instrumented:
                         children.output.inc(out)
                     if cached:
                         children.cached_input.inc(cached)
-                    price = children.price
+                    price = children.price  # PriceTable.cost, inlined: this runs per query
                     cost = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
                     children.cost.observe(cost)
                     if cost:
@@ -567,7 +567,7 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
     m = metrics or (query.owner.metrics if query is not None else default_metrics())
     _child(m, ("cache", cache_type, hit),
            lambda: m.cache_operations.labels(cache_type, "hit" if hit else "miss")).inc()
-    if query is not None:
+    if query is not None and m is query.owner.metrics:
         if hit:
             query.cache_hits += 1
         else:
@@ -635,6 +635,8 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
         if model is not None:
             query.model = model
         return None
+    if not (input_tokens or output_tokens or cached_input_tokens):
+        return 0.0
     m = metrics or default_metrics()
     label = model or "unknown"
     cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
