@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ragmon.analysis import build_report as _build_report
 from ragmon.analysis import build_stats as _build_stats
-from ragmon.reader import LogDirNotFound, iter_records, read_columns, since_hours
+from ragmon.reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
 from ragmon.report_format import format_csv, format_stats_text, format_text
 from ragmon.retention import check_days, cleanup_logs
 
@@ -244,16 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _warn_skipped(df_or_stats, err) -> None:
     stats = df_or_stats.attrs["read_stats"] if hasattr(df_or_stats, "attrs") else df_or_stats
-    skipped, bad = stats.get("skipped_lines", 0), stats.get("bad_values", 0)
-    if skipped or bad or stats.get("ignored_names"):
-        reasons = ", ".join(f"{n} {r.replace('_', ' ')}"
-                            for r, n in sorted(stats.get("skipped_by_reason", {}).items()))
-        parts = [f"skipped {skipped} unreadable line(s) ({reasons})"] if skipped else []
-        if bad:
-            parts.append(f"{bad} value(s) of the wrong type read as missing")
-        if stats.get("ignored_names"):
-            parts.append("ignored " + ", ".join(stats["ignored_names"][:5]))
-        print(f"m2_3_report: note: {'; '.join(parts)} in {stats.get('log_dir')}", file=err)
+    problems = read_problems(stats)
+    if problems:
+        print(f"m2_3_report: note: {'; '.join(problems)} in {stats.get('log_dir')}", file=err)
 
 
 def main(argv=None, out=None, err=None) -> int:

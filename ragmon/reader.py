@@ -3,7 +3,7 @@
 The log is shared by many writers and may be read while they append, so a reader must expect a
 torn last line (a write in progress, or a crash mid-write) and lines that are not records at all
 (a hand edit, a disk error). Such lines are skipped and counted in ``ReadStats``, never fatal;
-callers print ``stats.describe()`` so a skipped line is never silent.
+callers print ``read_problems(stats)`` so a skipped line is never silent.
 
 Speed matters: a busy service writes a million records a day, and a report over them should
 take seconds. With msgspec installed, each line is decoded straight into a typed struct that
@@ -86,22 +86,6 @@ class ReadStats:
 
     def example_texts(self) -> list[str]:
         return [f"{name}:{line}: {_REASON_WORDS[reason]}" for name, line, reason in self.examples]
-
-    def describe(self) -> str:
-        """One line for humans; empty when nothing was skipped."""
-        text = ""
-        if self.skipped:
-            parts = ", ".join(f"{n} {_REASON_WORDS[r]}" for r, n in sorted(self.skipped.items()))
-            text = (f"skipped {self.skipped_total} unreadable line(s) of {self.lines}: {parts}"
-                    f" (first: {'; '.join(self.example_texts())})")
-        if self.bad_values:
-            text += ("; " if text else "") + (f"{self.bad_values} field value(s) had the wrong "
-                                              "type and were read as missing")
-        if self.ignored_names:
-            text += ("; " if text else "") + (
-                f"more than {MAX_STAGE_NAMES} stage names or {MAX_ATTRIBUTE_KEYS} attribute keys: "
-                f"ignored {', '.join(sorted(self.ignored_names)[:5])}")
-        return text
 
     def as_dict(self) -> dict:
         return {"log_dir": self.log_dir, "files": list(self.files), "lines": self.lines,
@@ -830,3 +814,19 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
     if hours is None:
         return None
     return (time.time() if now is None else now) - hours * 3600.0
+
+
+def read_problems(read: dict) -> list[str]:
+    """What a read skipped or could not use, in words, from ``ReadStats.as_dict()`` (the
+    ``read_stats`` of a DataFrame or a report's ``read``). Empty when the read was clean."""
+    problems = []
+    if read.get("skipped_lines"):
+        reasons = ", ".join(f"{n} {_REASON_WORDS.get(r, r.replace('_', ' '))}"
+                            for r, n in sorted(read.get("skipped_by_reason", {}).items()))
+        problems.append(f"skipped {read['skipped_lines']} unreadable line(s): {reasons}")
+    if read.get("bad_values"):
+        problems.append(f"{read['bad_values']} field value(s) had the wrong type and were read as missing")
+    if read.get("ignored_names"):
+        problems.append(f"more than {MAX_STAGE_NAMES} stage names or {MAX_ATTRIBUTE_KEYS} attribute "
+                        f"keys: ignored {', '.join(sorted(read['ignored_names'])[:5])}")
+    return problems

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import io
 
+from .reader import read_problems
+
 
 def _s(seconds) -> str:
     if seconds is None:
@@ -41,18 +43,8 @@ def _read_note(report: dict) -> list[str]:
     if read:
         lines.append(f"Read {read.get('records', 0):,} records from {len(read.get('files', []))} "
                      f"file(s), {read.get('lines', 0):,} lines, in {read.get('log_dir')}")
-        skipped = read.get("skipped_lines", 0)
-        if skipped:
-            reasons = ", ".join(f"{n} {r.replace('_', ' ')}"
-                                for r, n in sorted(read.get("skipped_by_reason", {}).items()))
-            lines.append(f"Skipped {skipped} unreadable line(s): {reasons}")
-            for example in read.get("skipped_examples", [])[:3]:
-                lines.append(f"  e.g. {example}")
-        if read.get("bad_values"):
-            lines.append(f"{read['bad_values']} field value(s) had the wrong type and were read "
-                         "as missing")
-        if read.get("ignored_names"):
-            lines.append(f"Ignored (past the column limits): {', '.join(read['ignored_names'][:5])}")
+        lines += [problem[0].upper() + problem[1:] for problem in read_problems(read)]
+        lines += [f"  e.g. {example}" for example in read.get("skipped_examples", [])[:3]]
     return lines
 
 

@@ -46,7 +46,7 @@ def test_report_text(logs):
                    "TimeoutError", "RateLimitError", "Attribute agent_type", "crewai",
                    "Slowest requests", "req-21", "Skipped 1 unreadable line(s): 1 torn last line"):
         assert needle in out, needle
-    assert "skipped 1 unreadable line(s) (1 torn last line)" in proc.stderr
+    assert "skipped 1 unreadable line(s): 1 torn last line" in proc.stderr
 
 
 def test_report_json_and_csv(logs):
