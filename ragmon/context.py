@@ -11,6 +11,8 @@ import itertools
 import os
 from contextvars import ContextVar
 
+from .records import add_stage
+
 _ID_PREFIX = os.urandom(4).hex()
 _ids = itertools.count(1)
 
@@ -54,16 +56,9 @@ class QueryContext:
     def add_stage(self, name: str, duration: float, metadata: dict | None) -> None:
         if self.sink is None:
             return
-        stages = self.stages
-        if stages is None:
-            stages = self.stages = {}
-        entry = stages.get(name)
-        if entry is None:
-            stages[name] = {"duration": duration, "metadata": dict(metadata) if metadata else {}}
-        else:  # a stage run twice in one query (e.g. two retrieval rounds) adds up
-            entry["duration"] += duration
-            if metadata:
-                entry["metadata"].update(metadata)
+        if self.stages is None:
+            self.stages = {}
+        add_stage(self.stages, name, duration, metadata)
 
 
 CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("m2_3_current_query", default=None)

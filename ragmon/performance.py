@@ -29,7 +29,7 @@ from collections import OrderedDict
 from typing import Any, Mapping
 
 from .checks import check_amount, check_count, check_name, check_score
-from .records import STATUSES, iso_utc, status_of
+from .records import STATUSES, add_stage, iso_utc, status_of
 
 log = logging.getLogger("m2_3_monitoring")
 
@@ -236,14 +236,7 @@ class PerformanceMonitor:
         with self._lock:
             state = self._require_open(request_id, f"log stage {name!r}")
             operation = state.fields.get("operation") or self.operation
-            entry = state.stages.get(name)
-            if entry is None:
-                state.stages[name] = {"duration": duration,
-                                      "metadata": dict(metadata) if metadata else {}}
-            else:
-                entry["duration"] += duration
-                if metadata:
-                    entry["metadata"].update(metadata)
+            add_stage(state.stages, name, duration, metadata)
         self._observe(name, duration, metadata, operation)
 
     def end_request(self, request_id: str, *, status: str | None = None,

@@ -138,6 +138,18 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
     }
 
 
+def add_stage(stages: dict, name: str, duration: float, metadata: dict | None) -> None:
+    """Adds a stage to a record's ``stages``; a stage run twice in one request (two retrieval
+    rounds, say) adds up its durations and merges its metadata."""
+    entry = stages.get(name)
+    if entry is None:
+        stages[name] = {"duration": duration, "metadata": dict(metadata) if metadata else {}}
+    else:
+        entry["duration"] += duration
+        if metadata:
+            entry["metadata"].update(metadata)
+
+
 def log_file_name(epoch: float) -> str:
     return time.strftime("%Y%m%d", time.gmtime(epoch)) + LOG_FILE_SUFFIX
 
