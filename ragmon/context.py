@@ -21,12 +21,25 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids):x}"
 
 
-class QueryContext:
-    """What one query has accumulated so far; turned into metrics and a record when it ends."""
+class QueryExtras:
+    """What a query reports while it runs, besides its return value: streamed token counts,
+    quality set by hand, cache lookups, attributes, the first chunk's time. Made on first use,
+    so a query that reports nothing this way costs nothing for it."""
 
-    __slots__ = ("_request_id", "owner", "operation", "model", "start", "sink", "stages",
-                 "input_tokens", "output_tokens", "cached_input_tokens", "relevance_score",
+    __slots__ = ("input_tokens", "output_tokens", "cached_input_tokens", "relevance_score",
                  "context_precision", "first_token", "cache_hits", "cache_misses", "attributes")
+
+    def __init__(self):
+        self.input_tokens = self.output_tokens = self.cached_input_tokens = 0
+        self.relevance_score = self.context_precision = self.first_token = None
+        self.cache_hits = self.cache_misses = 0
+        self.attributes: dict | None = None
+
+
+class QueryContext:
+    """One query in progress; turned into metrics and a record when it ends."""
+
+    __slots__ = ("_request_id", "owner", "operation", "model", "start", "sink", "stages", "extra")
 
     def __init__(self, owner, operation: str, model: str | None, start: float, sink=None):
         # The id is made only when something reads it (a record, a log line), but the bound or
@@ -39,10 +52,13 @@ class QueryContext:
         self.start = start
         self.sink = sink  # where this query's record goes; None: no record, so no stage list
         self.stages: dict | None = None
-        self.input_tokens = self.output_tokens = self.cached_input_tokens = 0
-        self.relevance_score = self.context_precision = self.first_token = None
-        self.cache_hits = self.cache_misses = 0
-        self.attributes: dict | None = None
+        self.extra: QueryExtras | None = None
+
+    def extras(self) -> QueryExtras:
+        extra = self.extra
+        if extra is None:
+            extra = self.extra = QueryExtras()
+        return extra
 
     @property
     def request_id(self) -> str:

@@ -176,14 +176,41 @@ class _Instrumented:
                     counter = self.errors_by_type[error_type] = self.metrics.errors.labels(
                         self.operation, error_type)
                 counter.inc()
+
+            # What the returned dict says; values stay in locals (this runs for every query).
+            inp = out = cached = 0
+            relevance = precision = first_token = None
+            model = ctx.model
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
-                self._read_result(ctx, result)
+                get = result.get
+                r_inp, r_out, r_cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
+                relevance, precision, r_model = get("relevance_score"), get("context_precision"), get("model")
+                # The usual shape: ints >= 0, scores in 0..1 (`type(...) is` also rejects bool).
+                if not ((r_inp is None or (type(r_inp) is int and r_inp >= 0))
+                        and (r_out is None or (type(r_out) is int and r_out >= 0))
+                        and (r_cached is None or (type(r_cached) is int and r_cached >= 0))
+                        and (relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
+                        and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
+                        and (r_model is None or (type(r_model) is str and r_model and not r_model.isspace()))):
+                    r_inp, r_out, r_cached, relevance, precision, r_model = self._checked_result(
+                        (r_inp, r_out, r_cached, relevance, precision, r_model))
+                inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
+                if r_model is not None:
+                    model = r_model
+            extra = ctx.extra  # what the query reported while it ran (streams, record_*())
+            if extra is not None:
+                inp += extra.input_tokens
+                out += extra.output_tokens
+                cached += extra.cached_input_tokens
+                relevance = relevance if relevance is not None else extra.relevance_score
+                precision = precision if precision is not None else extra.context_precision
+                first_token = extra.first_token
+
             cost = None
-            inp, out, cached = ctx.input_tokens, ctx.output_tokens, ctx.cached_input_tokens
-            if inp or out or cached or ctx.first_token is not None:
-                children = self.by_model.get(ctx.model) or self.model_children(ctx.model)
-                if ctx.first_token is not None:
-                    children.ttft.observe(ctx.first_token)
+            if inp or out or cached or first_token is not None:
+                children = self.by_model.get(model) or self.model_children(model)
+                if first_token is not None:
+                    children.ttft.observe(first_token)
                 if inp or out or cached:
                     if inp:
                         children.input.inc(inp)
@@ -197,71 +224,48 @@ class _Instrumented:
                     if cost:
                         children.spend.inc(cost)
                     if not children.known:
-                        self.metrics._note_unknown_model(ctx.model)
-            if ctx.relevance_score is not None:
-                self.relevance.observe(ctx.relevance_score)
-            if ctx.context_precision is not None:
-                self.precision.observe(ctx.context_precision)
+                        self.metrics._note_unknown_model(model)
+            if relevance is not None:
+                self.relevance.observe(relevance)
+            if precision is not None:
+                self.precision.observe(precision)
         except Exception as failure:
             _recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                               self.operation, failure)
             return
         if ctx.sink is not None:
-            self._write_record(ctx.sink, ctx, duration, status, error_type, cost)
+            self._write_record(ctx, duration, status, error_type, model, inp, out, cached, cost,
+                               relevance, precision, first_token)
 
-    def _read_result(self, ctx: QueryContext, result: Mapping) -> None:
-        """Takes token counts, quality scores and the model from a returned dict. A bad field is
-        logged, counted and left out; the good ones still count."""
-        get = result.get
-        inp, out, cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
-        relevance, precision, model = get("relevance_score"), get("context_precision"), get("model")
-        # Fast path for the usual shape: ints >= 0, scores in 0..1 (bool is excluded by `is`).
-        if ((inp is None or (type(inp) is int and inp >= 0))
-                and (out is None or (type(out) is int and out >= 0))
-                and (cached is None or (type(cached) is int and cached >= 0))
-                and (relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
-                and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                and (model is None or (type(model) is str and model and not model.isspace()))):
-            if inp:
-                ctx.input_tokens += inp
-            if out:
-                ctx.output_tokens += out
-            if cached:
-                ctx.cached_input_tokens += cached
-            if relevance is not None:
-                ctx.relevance_score = relevance
-            if precision is not None:
-                ctx.context_precision = precision
-            if model is not None:
-                ctx.model = model
-            return
-        self._read_result_checked(ctx, (inp, out, cached, relevance, precision, model))
-
-    def _read_result_checked(self, ctx: QueryContext, fields: tuple) -> None:
-        good = {}
+    def _checked_result(self, fields: tuple) -> tuple:
+        """The returned dict's fields with each bad one logged, counted and replaced by None."""
+        checked = []
         for (name, check), value in zip(_RESULT_FIELDS, fields):
-            if value is None:
-                continue
             try:
-                good[name] = check(name, value)
+                checked.append(None if value is None else check(name, value))
             except ValueError as bad:
+                checked.append(None)
                 _recording_failed(self.metrics, "bad_return_value",
                                   "%r returned a bad value: %s", self.operation, bad)
-        self._read_result(ctx, good)  # every value now passes the fast path
+        return tuple(checked)
 
-    def _write_record(self, sink, ctx: QueryContext, duration: float, status: str,
-                      error_type: str | None, cost: float | None) -> None:
+    def _write_record(self, ctx: QueryContext, duration: float, status: str,
+                      error_type: str | None, model: str | None, inp: int, out: int, cached: int,
+                      cost: float | None, relevance: float | None, precision: float | None,
+                      first_token: float | None) -> None:
+        extra = ctx.extra
         try:
             end = time.time()
-            sink.write(make_record(
+            ctx.sink.write(make_record(
                 request_id=ctx.request_id, service=self.service, env=self.env,
-                operation=ctx.operation, model=ctx.model, status=status, error_type=error_type,
+                operation=ctx.operation, model=model, status=status, error_type=error_type,
                 start_time=end - duration, total_time=duration, stages=ctx.stages or {},
-                input_tokens=ctx.input_tokens, output_tokens=ctx.output_tokens,
-                cached_input_tokens=ctx.cached_input_tokens, cost=cost,
-                relevance_score=ctx.relevance_score, context_precision=ctx.context_precision,
-                time_to_first_token=ctx.first_token, cache_hits=ctx.cache_hits,
-                cache_misses=ctx.cache_misses, attributes=ctx.attributes), at=end)
+                input_tokens=inp, output_tokens=out, cached_input_tokens=cached, cost=cost,
+                relevance_score=relevance, context_precision=precision,
+                time_to_first_token=first_token,
+                cache_hits=extra.cache_hits if extra else 0,
+                cache_misses=extra.cache_misses if extra else 0,
+                attributes=extra.attributes if extra else None), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
@@ -371,7 +375,7 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
         ctx = inst.start()
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
-        step, arg = inner.send, None
+        step, arg, first_chunk = inner.send, None, True
         try:
             while True:
                 token = CURRENT_QUERY.set(ctx)
@@ -382,8 +386,9 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if ctx.first_token is None:
-                    ctx.first_token = _perf() - ctx.start
+                if first_chunk:
+                    first_chunk = False
+                    ctx.extras().first_token = _perf() - ctx.start
                 try:
                     arg = yield item
                     step = inner.send
@@ -413,7 +418,7 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
         ctx = inst.start()
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
-        step, arg = inner.asend, None
+        step, arg, first_chunk = inner.asend, None, True
         try:
             while True:
                 token = CURRENT_QUERY.set(ctx)
@@ -423,8 +428,9 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if ctx.first_token is None:
-                    ctx.first_token = _perf() - ctx.start
+                if first_chunk:
+                    first_chunk = False
+                    ctx.extras().first_token = _perf() - ctx.start
                 try:
                     arg = yield item
                     step = inner.asend
@@ -569,9 +575,9 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
            lambda: m.cache_operations.labels(cache_type, "hit" if hit else "miss")).inc()
     if query is not None and m is query.owner.metrics:
         if hit:
-            query.cache_hits += 1
+            query.extras().cache_hits += 1
         else:
-            query.cache_misses += 1
+            query.extras().cache_misses += 1
 
 
 # Providers name their headers differently; each entry is (header, "requests"|"tokens").
@@ -629,9 +635,10 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
         check_name("model", model, "gpt-4o-mini")
     query = CURRENT_QUERY.get()
     if query is not None and (metrics is None or metrics is query.owner.metrics):
-        query.input_tokens += input_tokens
-        query.output_tokens += output_tokens
-        query.cached_input_tokens += cached_input_tokens
+        extra = query.extras()
+        extra.input_tokens += input_tokens
+        extra.output_tokens += output_tokens
+        extra.cached_input_tokens += cached_input_tokens
         if model is not None:
             query.model = model
         return None
@@ -658,9 +665,9 @@ def record_quality(relevance_score: float | None = None, context_precision: floa
         raise RuntimeError("record_quality() was called outside a @monitored_query function; call "
                            "it inside one, or observe metrics.relevance directly")
     if relevance is not None:
-        query.relevance_score = relevance
+        query.extras().relevance_score = relevance
     if precision is not None:
-        query.context_precision = precision
+        query.extras().context_precision = precision
 
 
 def set_attributes(**attributes: object) -> bool:
@@ -671,7 +678,8 @@ def set_attributes(**attributes: object) -> bool:
         _recording_failed(default_metrics(), "no_active_query", "set_attributes(%s) outside a monitored query",
                           ", ".join(attributes))
         return False
-    if query.attributes is None:
-        query.attributes = {}
-    query.attributes.update(attributes)
+    extra = query.extras()
+    if extra.attributes is None:
+        extra.attributes = {}
+    extra.attributes.update(attributes)
     return True
