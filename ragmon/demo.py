@@ -27,9 +27,9 @@ from .server import start_metrics_server
 FAULTS = {
     "latency": "generation takes 2.5-4 s, so p95 query latency passes 2 s",
     "errors": "a quarter of queries fail, so the error rate passes 5%",
-    "cache": "the cache hits only ~10% of lookups, so the hit rate falls below 30%",
+    "cache": "the semantic cache hits only ~10% of lookups, so its hit rate falls below 30%",
     # A normal run is on pace for about $25/day at 5 q/s.
-    "cost": "every query uses gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
+    "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
 }
 
