@@ -66,9 +66,6 @@ class LabelGuard:
         self._on_overflow(metric, label, value)
         return OTHER
 
-    def distinct(self, metric: str, label: str) -> int:
-        return len(self._seen.get((metric, label), ()))
-
 
 class GuardedMetric:
     """A prometheus_client metric whose ``labels()`` passes each value through a LabelGuard."""
@@ -118,18 +115,17 @@ class RAGMetrics:
         self._warned_models: set[str] = set()
         self._warned_overflow: set[tuple[str, str]] = set()
         self.guard = LabelGuard(self._label_limit, self._record_overflow)
-        self._names: list[str] = []
         # Labelled children looked up by the helpers in instrument.py, keyed by purpose+labels.
         self.child_cache: dict[tuple, object] = {}
 
         def histogram(name, doc, labels, buckets, **kw):
-            return self._add(Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw))
+            return Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw)
 
         def counter(name, doc, labels=()):
-            return self._add(Counter(name, doc, labels, registry=self.registry))
+            return Counter(name, doc, labels, registry=self.registry)
 
         def gauge(name, doc, labels, mode):
-            return self._add(Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode))
+            return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
 
         P = PREFIX
         self.query_latency = histogram(
@@ -190,16 +186,7 @@ class RAGMetrics:
                      "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
-    def _add(self, metric):
-        self._names.append(metric._name)
-        return metric
-
     # --- catalog facts -----------------------------------------------------------------------
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Metric family names as exposed (counters without the ``_total`` suffix's twin)."""
-        return tuple(self._names)
-
     def exposed_series_names(self) -> set[str]:
         """Every sample name Prometheus will see: ``_bucket``, ``_sum``, ``_count``, ``_total``..."""
         suffixes = {"histogram": ("_bucket", "_sum", "_count", "_created"),

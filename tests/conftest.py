@@ -3,12 +3,27 @@ so no test depends on the machine's environment, a .env file or another test's m
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from config import load_settings
 from ragmon.catalog import RAGMetrics
+
+
+def require_binaries(*names: str) -> list[str]:
+    """Paths of the Debian binaries a test runs for real. Missing ones fail the test under
+    CI=true (CI must run it) and skip it elsewhere, naming the install command."""
+    from ragmon.stack_process import INSTALL_COMMAND
+    paths = [shutil.which(name) for name in names]
+    missing = [name for name, path in zip(names, paths) if path is None]
+    if missing:
+        message = f"{missing} not installed: {INSTALL_COMMAND} (`make test` installs them as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return paths
 
 
 def make_settings(**overrides):

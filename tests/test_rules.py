@@ -3,31 +3,20 @@ every alert unit-tested with promtool (below threshold, pending before `for`, fi
 labels and annotations), every recording rule checked, and the conventions of alert_rules.yml."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections import defaultdict
 
 import pytest
 
+from tests.conftest import require_binaries
 from tests.stack_promql import (WORKSPACE, alert_rules, counters_outside_rate, dashboard_targets,
                                 load_yaml, metric_names, parse_duration, range_windows,
                                 recording_rules, rules)
 
 RULE_TESTS = sorted((WORKSPACE / "tests" / "rules").glob("*.test.yml"))
-PROMTOOL = shutil.which("promtool")
-AMTOOL = shutil.which("amtool")
-INSTALL = "sudo apt-get install prometheus prometheus-alertmanager"
-
-
-def tool(name: str | None, binary: str) -> str:
-    if name is None:
-        message = f"{binary} is not installed ({INSTALL}; `make test` runs scripts/install-debs.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return name
+def tool(binary: str) -> str:
+    return require_binaries(binary)[0]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -37,19 +26,19 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 # --- the real tools -------------------------------------------------------------------------------
 
 def test_promtool_check_config_accepts_prometheus_yml_and_its_rule_files():
-    result = run(tool(PROMTOOL, "promtool"), "check", "config", "prometheus.yml")
+    result = run(tool("promtool"), "check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     # check config also checks the rule files it loads: both must be named
     assert "recording_rules.yml" in result.stdout and "alert_rules.yml" in result.stdout
 
 
 def test_promtool_check_rules_accepts_the_rule_files():
-    result = run(tool(PROMTOOL, "promtool"), "check", "rules", "recording_rules.yml", "alert_rules.yml")
+    result = run(tool("promtool"), "check", "rules", "recording_rules.yml", "alert_rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_amtool_check_config_accepts_alertmanager_yml():
-    result = run(tool(AMTOOL, "amtool"), "check-config", "alertmanager.yml")
+    result = run(tool("amtool"), "check-config", "alertmanager.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -59,7 +48,7 @@ def test_amtool_check_config_accepts_alertmanager_yml():
     (["alertname=Watchdog"], "default"),
 ])
 def test_alertmanager_routes_by_severity(labels, receiver):
-    result = run(tool(AMTOOL, "amtool"), "config", "routes", "test", "--config.file=alertmanager.yml",
+    result = run(tool("amtool"), "config", "routes", "test", "--config.file=alertmanager.yml",
                  *labels)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == [receiver]
@@ -67,7 +56,7 @@ def test_alertmanager_routes_by_severity(labels, receiver):
 
 def test_promtool_unit_tests_pass():
     assert RULE_TESTS, "tests/rules/*.test.yml are missing"
-    result = run(tool(PROMTOOL, "promtool"), "test", "rules", *map(str, RULE_TESTS))
+    result = run(tool("promtool"), "test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS), result.stdout
 
@@ -82,7 +71,7 @@ def test_a_wrong_expectation_fails_the_promtool_tests(tmp_path):
     target.parent.mkdir()
     # rule_files are relative to the test file: keep the same depth below the workspace
     target.write_text(broken.replace("../../", str(WORKSPACE) + "/"))
-    result = run(tool(PROMTOOL, "promtool"), "test", "rules", str(target))
+    result = run(tool("promtool"), "test", "rules", str(target))
     assert result.returncode != 0 and "2.975s" in result.stdout + result.stderr
 
 

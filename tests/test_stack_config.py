@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from ragmon.stack_config import (ALERTMANAGER_FILE, FAST_WINDOWS, PROMETHEUS_FIL
                                  fast_for,
                                  load_yaml, normalise_app_jobs, render_alertmanager,
                                  render_prometheus, render_rules)
-from tests.conftest import make_settings
+from tests.conftest import make_settings, require_binaries
 from tests.stack_promql import WORKSPACE, parse_duration, range_windows
 
 PORTS = {"prometheus": 19090, "alertmanager": 19093, "pushgateway": 19091, "node_exporter": 19100}
@@ -27,13 +26,7 @@ PD_KEY = "0123456789abcdef0123456789abcdef"
 
 
 def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        message = f"{binary} missing: sudo apt-get install prometheus prometheus-alertmanager"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return require_binaries(binary)[0]
 
 
 def write(path, data) -> str:

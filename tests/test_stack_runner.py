@@ -15,6 +15,7 @@ import pytest
 
 from m2_3_stack import INSTALL_COMMAND, Stack, StackError
 from ragmon.stack_process import COMPONENTS, PidFile, wait_until
+from tests.conftest import require_binaries
 from tests.stack_promql import WORKSPACE
 
 REQUIRED = ("prometheus", "prometheus-alertmanager", "prometheus-pushgateway")
@@ -22,12 +23,7 @@ REQUIRED = ("prometheus", "prometheus-alertmanager", "prometheus-pushgateway")
 
 @pytest.fixture(autouse=True)
 def binaries_installed():
-    missing = [b for b in REQUIRED if shutil.which(b) is None]
-    if missing:
-        message = f"{missing} not installed: {INSTALL_COMMAND}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_binaries(*REQUIRED)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
