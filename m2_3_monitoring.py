@@ -1,5 +1,4 @@
-"""M2.3 production monitoring for RAG / LLM services: one import for honest latency, cost,
-quality and error numbers on a Prometheus endpoint, plus one JSON record per request.
+"""M2.3 production monitoring for RAG / LLM services: the public API of ``ragmon`` and the demo.
 
     from m2_3_monitoring import monitored_query, stage, start_metrics_server
 
@@ -14,34 +13,13 @@ quality and error numbers on a Prometheus endpoint, plus one JSON record per req
 
     start_metrics_server()          # http://127.0.0.1:8000/metrics
 
-`python m2_3_monitoring.py --help` runs a simulated RAG service (the demo).
-
-Importing this module loads only the standard library and prometheus_client; settings are read
-on first use. The implementation lives in the small modules of ``ragmon/``, one per concern.
+`python m2_3_monitoring.py --help` runs a simulated RAG service (the demo; also ``ragmon-demo``).
+Everything here is ``ragmon``'s public API; ``import ragmon`` gives the same names.
 """
 from __future__ import annotations
 
-from ragmon.catalog import OTHER, GuardedMetric, LabelGuard, RAGMetrics
-from ragmon.context import current_request_id, request_context
-from ragmon.instrument import (configure_request_log, default_metrics, monitored_query,
-                               observe_stage, record_quality, record_tokens, set_attributes,
-                               stage, track_cache_operation, track_rate_limit)
-from ragmon.jsonlog import StructuredLogger, redact
-from ragmon.performance import PerformanceMonitor
-from ragmon.pricing import ModelPrice, PriceTable
-from ragmon.records import DailyFileSink, StreamSink
-from ragmon.server import start_metrics_server
-
-# The default catalog, registered in prometheus_client's global REGISTRY.
-metrics: RAGMetrics = default_metrics()
-
-__all__ = [
-    "metrics", "RAGMetrics", "monitored_query", "stage", "observe_stage", "track_cache_operation",
-    "track_rate_limit", "record_tokens", "record_quality", "set_attributes", "StructuredLogger",
-    "PerformanceMonitor", "start_metrics_server", "configure_request_log", "current_request_id",
-    "request_context", "redact", "ModelPrice", "PriceTable", "DailyFileSink", "StreamSink",
-    "GuardedMetric", "LabelGuard", "OTHER",
-]
+from ragmon import *  # noqa: F401,F403  (the public API, re-exported)
+from ragmon import __all__  # noqa: F401
 
 if __name__ == "__main__":
     import sys

@@ -11,7 +11,7 @@ import urllib.request
 
 from prometheus_client import CollectorRegistry
 
-from config import load_settings
+from ragmon.settings import load_settings
 from m2_3_monitoring import (RAGMetrics, StructuredLogger, metrics, monitored_query, stage,
                              start_metrics_server, track_cache_operation)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_report.py [--records 1000000] [--keep DIR]
 
-Records are written through the real path (ragmon.records.make_record + DailyFileSink, one
+Records are written through the real path (ragmon.instrument.records.make_record + DailyFileSink, one
 os.write per line) with 3 stages with metadata, 3 models, errors, cache, quality scores and
 seed-004 attributes. The analysis runs as a subprocess - the CLI exactly as an operator runs it -
 so its peak memory is measured alone (ru_maxrss of the child) and includes interpreter and
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ragmon.records import DailyFileSink, make_record  # noqa: E402
+from ragmon.instrument.records import DailyFileSink, make_record  # noqa: E402
 
 MODELS = (("gpt-4o-mini", 0.00015, 0.0006, 0.55), ("claude-3-5-haiku", 0.0008, 0.004, 0.35),
           ("gpt-4o", 0.0025, 0.01, 0.10))

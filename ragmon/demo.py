@@ -18,11 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .catalog import RAGMetrics
-from .instrument import (configure_request_log, default_metrics, monitored_query, stage,
+from .instrument.catalog import RAGMetrics
+from .instrument.decorator import (configure_request_log, default_metrics, monitored_query, stage,
                          track_cache_operation, track_rate_limit)
-from .jsonlog import StructuredLogger
-from .server import start_metrics_server
+from .instrument.jsonlog import StructuredLogger
+from .instrument.server import start_metrics_server
 
 FAULTS = {
     "latency": "generation takes 2.5-4 s, so p95 query latency passes 2 s",
@@ -286,7 +286,7 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import load_settings, settings_for_cli
+    from .settings import load_settings, settings_for_cli
     settings = settings_for_cli()
     args = parse_args(argv, settings)
     # Records and log lines go to files so the console shows only the summary.

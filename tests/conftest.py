@@ -8,14 +8,14 @@ import shutil
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config import load_settings
-from ragmon.catalog import RAGMetrics
+from ragmon.settings import load_settings
+from ragmon.instrument.catalog import RAGMetrics
 
 
 def require_binaries(*names: str) -> list[str]:
     """Paths of the Debian binaries a test runs for real. Missing ones fail the test under
     CI=true (CI must run it) and skip it elsewhere, naming the install command."""
-    from ragmon.stack_process import INSTALL_COMMAND
+    from ragmon.stack.process import INSTALL_COMMAND
     paths = [shutil.which(name) for name in names]
     missing = [name for name, path in zip(names, paths) if path is None]
     if missing:

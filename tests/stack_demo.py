@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ragmon.stack_process import http_ok, log_tail, wait_until
+from ragmon.stack.process import http_ok, log_tail, wait_until
 from tests.stack_promql import WORKSPACE
 
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from prometheus_client import generate_latest
 
-from ragmon.catalog import OTHER, RAGMetrics
+from ragmon.instrument.catalog import OTHER, RAGMetrics
 from tests.conftest import make_settings
 
 
@@ -30,7 +30,7 @@ def test_query_latency_buckets_reach_a_minute_and_include_the_alert_threshold(me
 
 def test_label_values_past_the_limit_become_other_and_are_counted_once_warned(registry, caplog):
     m = RAGMetrics(registry=registry, settings=make_settings(MAX_LABEL_VALUES=3))
-    with caplog.at_level(logging.WARNING, logger="m2_3_monitoring"):
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
         for user in range(10):
             m.errors.labels(operation="op", error_type=f"E{user}").inc()
     values = {s.labels["error_type"] for f in registry.collect() if f.name == "rag_errors"

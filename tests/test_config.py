@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from config import ConfigError, Settings, describe, load_settings
+from ragmon.settings import ConfigError, Settings, describe, load_settings
 
 
 def load(**env):

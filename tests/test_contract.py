@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ragmon.catalog import QUERY_LATENCY_BUCKETS, TOKEN_TYPES, GuardedMetric, RAGMetrics
+from ragmon.instrument.catalog import QUERY_LATENCY_BUCKETS, TOKEN_TYPES, GuardedMetric, RAGMetrics
 from tests.stack_promql import (WORKSPACE, dashboard_targets, grouping_labels, metric_names,
                                 recording_rules, rules, selectors)
 

@@ -3,13 +3,14 @@ import logging
 
 import pytest
 
-from ragmon.catalog import RAGMetrics
-from ragmon.pricing import ModelPrice, PriceTable, load_price_file
+from ragmon.instrument.catalog import RAGMetrics
+from ragmon.instrument.pricing import ModelPrice, PriceTable, load_price_file
+from ragmon.settings import SHIPPED_PRICES_FILE
 from tests.conftest import make_settings
 
 
 def test_cost_uses_the_configured_defaults_for_unknown_models(metrics, caplog):
-    with caplog.at_level(logging.WARNING, logger="m2_3_monitoring"):
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
         first = metrics.calculate_cost(input_tokens=500, output_tokens=150, model="gpt-4")
         metrics.calculate_cost(input_tokens=500, output_tokens=150, model="gpt-4")
     assert first == pytest.approx(500 * 0.003 / 1000 + 150 * 0.015 / 1000)
@@ -27,7 +28,7 @@ def test_price_file_prices_known_models_including_cached_input(tmp_path, registr
 
 
 def test_the_shipped_price_file_loads():
-    models = load_price_file("model_prices.json", ModelPrice(1, 1, 1))
+    models = load_price_file(SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
     assert models["gpt-4o-mini"].output == 0.0006
 
 

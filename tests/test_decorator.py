@@ -308,8 +308,8 @@ def test_unknown_model_from_return_value_is_priced_at_default_and_counted(metric
 
 
 def test_unusable_configuration_leaves_the_function_unmonitored_but_working(registry, monkeypatch):
-    from config import ConfigError
-    from ragmon.catalog import RAGMetrics
+    from ragmon.settings import ConfigError
+    from ragmon.instrument.catalog import RAGMetrics
 
     class BrokenSettingsMetrics(RAGMetrics):
         @property

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from m2_3_monitoring import StructuredLogger, monitored_query, redact
-from ragmon.jsonlog import EVENTS_LOGGER
+from ragmon.instrument.jsonlog import EVENTS_LOGGER
 from tests.conftest import make_settings
 
 

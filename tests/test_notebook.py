@@ -180,7 +180,7 @@ def test_processes_are_stopped_when_a_cell_fails_midway(tmp_path, monkeypatch):
     nb.cells = [
         nbformat.v4.new_code_cell(textwrap.dedent("""\
             import sys
-            from ragmon.notebook import Processes
+            from ragmon.course import Processes
             procs = Processes()
             sleeper = procs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"],
                                   log_path="%s")
@@ -200,7 +200,7 @@ def test_processes_are_stopped_when_a_cell_fails_midway(tmp_path, monkeypatch):
 # --- the notebook's helpers (fast) -------------------------------------------------------------
 
 def test_grafana_variables_are_substituted_like_grafana_does():
-    from ragmon.notebook import substitute
+    from ragmon.course import substitute
     expr = 'sum(rate(x{job=~"$job",svc=~"${service}"}[$__rate_interval])) / [[job]] $__range'
     out = substitute(expr, {"job": ".*", "service": ["a.b", "c"]}, step=5, scrape_interval=15,
                      range_seconds=600)
@@ -211,7 +211,7 @@ def test_grafana_variables_are_substituted_like_grafana_does():
 
 
 def test_the_dashboard_preview_reads_every_panel_of_the_shipped_dashboard():
-    from ragmon.notebook import dashboard_variables, iter_panels, legend, load_dashboard, panel_queries
+    from ragmon.course import dashboard_variables, iter_panels, legend, load_dashboard, panel_queries
     dashboard = load_dashboard(ROOT / "grafana_dash.json")
     panels = [p for p in iter_panels(dashboard) if p.get("type") not in ("row", "text")]
     assert len(panels) >= 10 and all(panel_queries(p) for p in panels)
@@ -222,7 +222,7 @@ def test_the_dashboard_preview_reads_every_panel_of_the_shipped_dashboard():
 
 
 def test_a_file_that_is_not_a_dashboard_is_refused_with_a_clear_error(tmp_path):
-    from ragmon.notebook import load_dashboard
+    from ragmon.course import load_dashboard
     bad = tmp_path / "not_a_dashboard.json"
     bad.write_text('{"title": "x"}')
     with pytest.raises(ValueError, match="no 'panels' list.*Grafana dashboard JSON"):
@@ -230,7 +230,7 @@ def test_a_file_that_is_not_a_dashboard_is_refused_with_a_clear_error(tmp_path):
 
 
 def test_format_value_prints_grafana_units():
-    from ragmon.notebook import format_value
+    from ragmon.course import format_value
     assert format_value(0.25, "s") == "250 ms"
     assert format_value(1.5, "s") == "1.50 s"
     assert format_value(0.053, "percentunit") == "5.30%"

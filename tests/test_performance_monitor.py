@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ragmon.catalog import RAGMetrics
-from ragmon.performance import (DuplicateRequestError, InvalidDurationError, PerformanceMonitor,
+from ragmon.instrument.catalog import RAGMetrics
+from ragmon.instrument.performance import (DuplicateRequestError, InvalidDurationError, PerformanceMonitor,
                                 PerformanceMonitorError, RequestEndedError, UnknownRequestError,
                                 find_bottlenecks)
-from ragmon.records import LOG_FILE_GLOB, DailyFileSink
+from ragmon.instrument.records import LOG_FILE_GLOB, DailyFileSink
 from tests.conftest import ListSink, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,7 +321,7 @@ def test_close_writes_never_ended_requests_as_cancelled_and_warns(tmp_path, metr
     monitor = PerformanceMonitor(log_dir=tmp_path, metrics=metrics, settings=settings)
     monitor.start_request("forgotten")
     monitor.log_stage("forgotten", "retrieval", 0.1)
-    with caplog.at_level(logging.WARNING, logger="m2_3_monitoring"):
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
         assert monitor.close() == ["forgotten"]
     assert "never ended: forgotten" in caplog.text
     assert monitor.close() == []  # idempotent
@@ -334,7 +334,7 @@ def test_close_writes_never_ended_requests_as_cancelled_and_warns(tmp_path, metr
 def test_close_without_flushing_only_warns(tmp_path, metrics, settings, caplog):
     monitor = PerformanceMonitor(log_dir=tmp_path, metrics=metrics, settings=settings)
     monitor.start_request("dropped")
-    with caplog.at_level(logging.WARNING, logger="m2_3_monitoring"):
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
         assert monitor.close(flush_open=False) == ["dropped"]
     assert "they are not written" in caplog.text
     assert read_log(tmp_path) == []
@@ -346,9 +346,9 @@ import logging, sys
 sys.path.insert(0, {str(ROOT)!r})
 logging.basicConfig()
 from prometheus_client import CollectorRegistry
-from config import load_settings
-from ragmon.catalog import RAGMetrics
-from ragmon.performance import PerformanceMonitor
+from ragmon.settings import load_settings
+from ragmon.instrument.catalog import RAGMetrics
+from ragmon.instrument.performance import PerformanceMonitor
 settings = load_settings({{"MODEL_PRICES_FILE": ""}}, dotenv_path="/dev/null")
 monitor = PerformanceMonitor(log_dir={str(tmp_path)!r}, settings=settings,
                              metrics=RAGMetrics(registry=CollectorRegistry(), settings=settings))
@@ -395,7 +395,7 @@ def test_a_failing_sink_is_counted_and_does_not_break_the_caller(metrics, settin
 
 def test_both_paths_write_one_log_in_one_format(tmp_path, metrics, settings):
     from m2_3_report import load_records
-    from ragmon.instrument import monitored_query, stage
+    from ragmon.instrument.decorator import monitored_query, stage
 
     sink = DailyFileSink(tmp_path)
 
@@ -456,7 +456,7 @@ def test_many_threads_share_one_monitor(tmp_path, settings):
 
 
 def test_with_no_arguments_records_go_to_the_process_wide_request_log(metrics):
-    from ragmon import instrument
+    from ragmon.instrument import decorator as instrument
 
     previous = instrument._request_log
     shared = ListSink()

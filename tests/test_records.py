@@ -3,8 +3,8 @@ import os
 import time
 
 from m2_3_monitoring import DailyFileSink, configure_request_log, monitored_query
-from ragmon import instrument
-from ragmon.records import LOG_FILE_GLOB, log_file_name, make_record
+from ragmon.instrument import decorator as instrument
+from ragmon.instrument.records import LOG_FILE_GLOB, log_file_name, make_record
 
 
 def record(n=0):
@@ -70,7 +70,7 @@ def test_file_permissions_are_not_world_readable(tmp_path):
 
 
 def test_the_json_fallback_writes_null_for_non_finite_numbers():
-    from ragmon.records import _json_dumps
+    from ragmon.instrument.records import _json_dumps
     line = _json_dumps({"cost": float("nan"), "nested": {"x": float("inf")}, "ok": 1.5})
     assert json.loads(line) == {"cost": None, "nested": {"x": None}, "ok": 1.5}
     assert b"NaN" not in line and b"Infinity" not in line

@@ -14,13 +14,13 @@ import pytest
 
 import m2_3_report
 from m2_3_report import build_report, export_records, format_text, load_records
-from ragmon import reader
-from ragmon.analysis import bottleneck_masks, build_stats
-from ragmon.performance import find_bottlenecks
-from ragmon.reader import LogDirNotFound, read_columns
-from ragmon.records import DailyFileSink, encode, log_file_name, make_record
-from ragmon.report_format import format_csv, format_stats_text
-from ragmon.retention import cleanup_logs
+from ragmon.report import reader
+from ragmon.report.analysis import bottleneck_masks, build_stats
+from ragmon.instrument.performance import find_bottlenecks
+from ragmon.report.reader import LogDirNotFound, read_columns
+from ragmon.instrument.records import DailyFileSink, encode, log_file_name, make_record
+from ragmon.report.formatting import format_csv, format_stats_text
+from ragmon.report.retention import cleanup_logs
 from tests.conftest import make_settings
 
 NOW = time.time()
@@ -447,7 +447,7 @@ def test_list_attributes_with_unhashable_items_are_still_counted(tmp_path, setti
 def test_a_stage_first_seen_after_the_first_record_keeps_every_row_aligned(tmp_path):
     # The demo's log begins this way: a cache hit (embedding only), then a full query.
     import time as _time
-    from ragmon.records import DailyFileSink as _Sink, make_record as _make
+    from ragmon.instrument.records import DailyFileSink as _Sink, make_record as _make
     sink, now = _Sink(tmp_path), _time.time()
 
     def rec(rid, stages):
@@ -469,7 +469,7 @@ def test_the_text_report_copes_with_records_that_have_no_status(tmp_path):
     # Seed-001 style records carry only timing; the slowest-requests table must still render.
     import json as _json
     import time as _time
-    from ragmon.records import log_file_name as _name
+    from ragmon.instrument.records import log_file_name as _name
     now = _time.time()
     line = {"request_id": "old-1", "start_time": now - 2, "total_time": 1.5,
             "stages": {"retrieval": {"duration": 1.0, "metadata": {}}}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ragmon.records import log_file_name
+from ragmon.instrument.records import log_file_name
 from tests.test_report import NOW, encode, rec, sample_records, write_records
 
 ROOT = Path(__file__).resolve().parent.parent

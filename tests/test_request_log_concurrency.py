@@ -1,6 +1,6 @@
 """Several processes append to one request log at once: no line may be torn, lost or mixed.
 
-Each record is one os.write of one line to a file opened with O_APPEND (ragmon.records), which
+Each record is one os.write of one line to a file opened with O_APPEND (ragmon.instrument.records), which
 Linux keeps whole on a local filesystem even past PIPE_BUF (4 KiB). Records here range from a
 few hundred bytes to over 20 KiB so that large writes are covered.
 """
@@ -26,9 +26,9 @@ def append_records(log_dir: str, worker: int, start) -> None:
     """Runs in a child process: writes PER_WORKER requests through PerformanceMonitor."""
     from prometheus_client import CollectorRegistry
 
-    from config import load_settings
-    from ragmon.catalog import RAGMetrics
-    from ragmon.performance import PerformanceMonitor
+    from ragmon.settings import load_settings
+    from ragmon.instrument.catalog import RAGMetrics
+    from ragmon.instrument.performance import PerformanceMonitor
 
     settings = load_settings({"MODEL_PRICES_FILE": "", "REQUEST_LOG_DESTINATION": "none"},
                              dotenv_path=os.devnull)

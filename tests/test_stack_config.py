@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from ragmon.stack_config import (ALERTMANAGER_FILE, FAST_WINDOWS, PROMETHEUS_FILE,
+from ragmon.stack.render import (ALERTMANAGER_FILE, FAST_WINDOWS, PROMETHEUS_FILE,
                                  RULE_FILES, StackConfigError, configured_integrations, fast_expr,
                                  fast_for,
                                  load_yaml, normalise_app_jobs, render_alertmanager,

@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from m2_3_stack import Stack
-from ragmon.stack_process import free_port, wait_until
-from ragmon.stack_webhook import WebhookReceiver
+from ragmon.stack.process import free_port, wait_until
+from ragmon.stack.webhook import WebhookReceiver
 from tests.conftest import make_settings, require_binaries
 from tests.stack_demo import Demo
 from tests.stack_promql import dashboard_targets, substitute

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from m2_3_stack import INSTALL_COMMAND, Stack, StackError
-from ragmon.stack_process import COMPONENTS, PidFile, wait_until
+from ragmon.stack.process import COMPONENTS, PidFile, wait_until
 from tests.conftest import require_binaries
 from tests.stack_promql import WORKSPACE
 
@@ -138,7 +138,7 @@ def test_bad_ports_are_refused(tmp_path, settings, ports, expected):
 
 
 def test_cli_webhook_prints_the_alerts_it_receives(tmp_path):
-    from ragmon.stack_process import free_port, wait_until
+    from ragmon.stack.process import free_port, wait_until
     port, out = free_port(), tmp_path / "webhook.out"
     with open(out, "wb") as handle:
         process = subprocess.Popen([sys.executable, str(WORKSPACE / "m2_3_stack.py"), "webhook",
@@ -190,7 +190,7 @@ def test_a_daemon_that_dies_at_start_is_reported_and_the_others_are_stopped(tmp_
 
 
 def test_a_pid_file_never_stops_a_process_that_reused_the_pid(tmp_path):
-    from ragmon.stack_process import stop_process
+    from ragmon.stack.process import stop_process
     me = psutil.Process()
     stale = PidFile(tmp_path / "prometheus.pid")
     stale.path.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 100}))

@@ -1,4 +1,4 @@
-"""Rendering the shipped monitoring configs for the local stack (m2_3_stack.py).
+"""Rendering the workspace's monitoring configs for the local stack (m2_3_stack.py).
 
 The shipped files (prometheus.yml, recording_rules.yml, alert_rules.yml, alertmanager.yml) are
 written for docker compose and production. The local stack runs the SAME files, rendered:
@@ -12,6 +12,7 @@ Everything here is a pure function from dicts to dicts; the files are never modi
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -19,7 +20,22 @@ from urllib.parse import urlparse
 
 import yaml
 
-WORKSPACE = Path(__file__).resolve().parent.parent
+CONFIG_FILES = ("prometheus.yml", "alertmanager.yml", "recording_rules.yml", "alert_rules.yml")
+
+
+def find_workspace() -> Path:
+    """The folder holding prometheus.yml and the rule files: $RAGMON_WORKSPACE, else the current
+    directory when it has them, else the checkout this package was loaded from."""
+    explicit = os.environ.get("RAGMON_WORKSPACE")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (candidate / CONFIG_FILES[0]).is_file():
+            return candidate
+    return Path.cwd()
+
+
+WORKSPACE = find_workspace()
 PROMETHEUS_FILE = WORKSPACE / "prometheus.yml"
 ALERTMANAGER_FILE = WORKSPACE / "alertmanager.yml"
 RULE_FILES = (WORKSPACE / "recording_rules.yml", WORKSPACE / "alert_rules.yml")
@@ -50,8 +66,12 @@ class StackConfigError(ValueError):
 
 
 def load_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise StackConfigError(f"{path} does not exist; run from the workspace that holds "
+                               f"{', '.join(CONFIG_FILES)}, or set RAGMON_WORKSPACE to it") from None
 
 
 def dump_yaml(data: dict, source: Path) -> str:

@@ -1,7 +1,7 @@
 """Structured JSON logging: one object per line, correlated with the query in progress.
 
 Every line has: timestamp (UTC ISO-8601), level, logger, service, env, event, request_id and
-``fields``. Lines go through the standard ``logging`` module (logger "m2_3_monitoring.events"),
+``fields``. Lines go through the standard ``logging`` module (logger "ragmon.events"),
 so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing.
 
 Privacy by default: query text and user ids are written as a keyed hash and a length (LOG_RAW_TEXT
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from .context import current_request_id
 
-EVENTS_LOGGER = "m2_3_monitoring.events"
+EVENTS_LOGGER = "ragmon.events"
 REDACTED = "[REDACTED]"
 
 _SECRET_PATTERNS = re.compile(
@@ -70,10 +70,10 @@ _loggers: dict[tuple, logging.Logger] = {}
 def _events_logger(settings) -> logging.Logger:
     """The stdlib logger for one logging configuration (destination, directory, level).
 
-    Each configuration gets its own child of "m2_3_monitoring.events" with its own handler, so a
+    Each configuration gets its own child of "ragmon.events" with its own handler, so a
     StructuredLogger built with other settings never rewires the others. Children propagate to
     the parent, which stops propagation (the lines are already JSON): attach a handler to
-    "m2_3_monitoring.events" to see every line, whatever its configuration.
+    "ragmon.events" to see every line, whatever its configuration.
     """
     key = (settings.LOG_DESTINATION, str(settings.log_dir), settings.LOG_LEVEL)
     logger = _loggers.get(key)
@@ -106,7 +106,7 @@ class StructuredLogger:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name={name!r} must be a non-empty string, e.g. StructuredLogger(__name__)")
         if settings is None:
-            from config import get_settings
+            from ..settings import get_settings
             settings = get_settings()
         self.name = name
         self.settings = settings

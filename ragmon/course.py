@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
-from .stack_process import free_port, owned_process, terminate  # noqa: F401 (free_port: for the notebook)
-from .stack_webhook import WebhookReceiver as StackWebhookReceiver
+from .stack.process import free_port, owned_process, terminate  # noqa: F401 (free_port: for the notebook)
+from .stack.webhook import WebhookReceiver as StackWebhookReceiver
 
 PID_LOG_ENV = "RAGMON_NOTEBOOK_PID_LOG"
 

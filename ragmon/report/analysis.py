@@ -77,7 +77,7 @@ def build_report(df, settings=None, *, hours: float | None = None, read_stats=No
     import numpy as np
 
     if settings is None:
-        from config import get_settings
+        from ..settings import get_settings
         settings = get_settings()
     if read_stats is None:
         read_stats = df.attrs.get("read_stats")

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .records import LOG_FILE_GLOB, LOG_FILE_SUFFIX
+from ..instrument.records import LOG_FILE_GLOB, LOG_FILE_SUFFIX
 
 try:
     import msgspec

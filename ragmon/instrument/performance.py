@@ -28,10 +28,10 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from .checks import check_amount, check_count, check_name, check_score
+from ..checks import check_amount, check_count, check_name, check_score
 from .records import STATUSES, add_stage, iso_utc, status_of
 
-log = logging.getLogger("m2_3_monitoring")
+log = logging.getLogger("ragmon")
 
 # Fields end_request()/set() accept besides status and error_type; they map 1:1 onto
 # ragmon.records.make_record keywords.
@@ -158,7 +158,7 @@ class PerformanceMonitor:
                  *, sink=None, keep_summaries: int = 10_000, max_open: int = 10_000):
         shared_sink = settings is None and log_dir is None and sink is None
         if settings is None:
-            from config import get_settings
+            from ..settings import get_settings
             settings = get_settings()
         if not isinstance(operation, str) or not operation:
             raise ValueError(f"operation={operation!r} must be a non-empty string naming the kind "
@@ -168,13 +168,13 @@ class PerformanceMonitor:
                              "sink=DailyFileSink(log_dir)")
         self.settings = settings
         if metrics is None:
-            from .instrument import default_metrics
+            from .decorator import default_metrics
             metrics = default_metrics()
         self.metrics = metrics
         self.operation = operation
         self._owns_sink = sink is None and not shared_sink
         if shared_sink:  # the process-wide request log, as configure_request_log() set it
-            from .instrument import current_request_log
+            from .decorator import current_request_log
             sink = current_request_log()
         elif sink is None:
             from .records import DailyFileSink, sink_from_settings
@@ -412,7 +412,7 @@ class PerformanceMonitor:
         return dict(fields)
 
     def _observe(self, name: str, duration: float, metadata, operation: str) -> None:
-        from .instrument import observe_stage
+        from .decorator import observe_stage
         observe_stage(name, duration, metadata, metrics=self.metrics, operation=operation,
                       attach=False)  # this monitor writes the request's record itself
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .reader import LogDirNotFound, file_date
-from .records import LOG_FILE_GLOB
+from ..instrument.records import LOG_FILE_GLOB
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .checks import check_amount
+from ..checks import check_amount
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
-from .checks import check_amount, check_count, check_name, check_score
+from ..checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
-log = logging.getLogger("m2_3_monitoring")
+log = logging.getLogger("ragmon")
 _perf = time.perf_counter
 
 _default_metrics: RAGMetrics | None = None
@@ -32,7 +32,7 @@ _request_log: Any = _UNSET  # the process-wide record sink, resolved from settin
 
 
 def default_metrics() -> RAGMetrics:
-    """The catalog registered in prometheus_client's global REGISTRY (``m2_3_monitoring.metrics``)."""
+    """The catalog registered in prometheus_client's global REGISTRY (``ragmon.metrics``)."""
     global _default_metrics
     if _default_metrics is None:
         _default_metrics = RAGMetrics()
@@ -50,13 +50,37 @@ def configure_request_log(destination: str | None = None, log_dir: str | None = 
     global _request_log
     if sink is None:
         if destination is None or (destination == "file" and log_dir is None):
-            from config import get_settings
+            from ..settings import get_settings
             settings = get_settings()
             destination = destination if destination is not None else settings.REQUEST_LOG_DESTINATION
             log_dir = log_dir if log_dir is not None else settings.log_dir
         sink = sink_for(destination, log_dir)
     _request_log = sink
     return sink
+
+
+def configure(settings=None, **values):
+    """Sets ragmon's settings in code, for applications with their own configuration system.
+
+        ragmon.configure(LOG_DIR="/var/log/rag", SERVICE_NAME="answers", METRICS_PORT=9400)
+        ragmon.configure(settings)      # a Settings from make_settings() or load_settings()
+
+    Named values are checked like their environment variables (a bad one raises ConfigError
+    naming it); settings not named keep their defaults; no environment variable or `.env` is
+    read. The default metrics and the request log pick the new settings up at once. Returns the
+    Settings now in force.
+    """
+    from ..settings import make_settings, set_settings
+    if settings is not None and values:
+        raise ValueError("configure() takes either a Settings object or named values, not both; "
+                         "pass make_settings(**values) or the values alone")
+    settings = make_settings(**values) if settings is None else settings
+    set_settings(settings)
+    global _request_log
+    _request_log = _UNSET
+    if _default_metrics is not None:
+        _default_metrics.settings_changed()
+    return settings
 
 
 def current_request_log():

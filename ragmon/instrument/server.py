@@ -13,7 +13,7 @@ def start_metrics_server(port: int | None = None, addr: str | None = None,
     Port 0 picks a free port; read it back from ``server.server_port``. Returns the server;
     ``server.shutdown()`` stops it. A port in use raises OSError naming the port.
     """
-    from config import get_settings
+    from ..settings import get_settings
     settings = get_settings()
     port = settings.METRICS_PORT if port is None else port
     addr = settings.METRICS_ADDR if addr is None else addr

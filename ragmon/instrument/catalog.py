@@ -17,10 +17,10 @@ from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from .checks import check_count
+from ..checks import check_count
 from .pricing import PriceTable
 
-log = logging.getLogger("m2_3_monitoring")
+log = logging.getLogger("ragmon")
 
 PREFIX = "rag_"
 OTHER = "__other__"
@@ -103,8 +103,9 @@ class RAGMetrics:
     """Every metric of a RAG service, registered in one registry.
 
     ``registry`` defaults to prometheus_client's global REGISTRY; tests pass their own.
-    ``settings`` (config.Settings) supplies label limits and prices; it is loaded lazily so that
-    importing the library reads no configuration.
+    ``settings`` (ragmon Settings) supplies label limits and prices; without it the process-wide
+    settings are read on first use (so importing the library reads no configuration) and read
+    again after ``ragmon.configure(...)``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, settings=None,
@@ -112,6 +113,8 @@ class RAGMetrics:
         self.registry = REGISTRY if registry is None else registry
         self._settings = settings
         self._price_table = price_table
+        self._follows_process_settings = settings is None
+        self._own_price_table = price_table is not None
         self._warned_models: set[str] = set()
         self._warned_overflow: set[tuple[str, str]] = set()
         self.guard = LabelGuard(self._label_limit, self._record_overflow)
@@ -206,9 +209,16 @@ class RAGMetrics:
     @property
     def settings(self):
         if self._settings is None:
-            from config import get_settings
+            from ..settings import get_settings
             self._settings = get_settings()
         return self._settings
+
+    def settings_changed(self) -> None:
+        """Forgets settings and prices read from the process-wide settings (after configure())."""
+        if self._follows_process_settings:
+            self._settings = None
+        if not self._own_price_table:
+            self._price_table = None
 
     @property
     def price_table(self) -> PriceTable:
