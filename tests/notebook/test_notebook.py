@@ -22,7 +22,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "M2_3_Production_Monitoring_Dashboard.ipynb"
 SECTIONS = 10
 CELL_TIMEOUT = 240  # seconds per cell; generous, so only a hung cell trips it

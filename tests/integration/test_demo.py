@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ragmon.demo import Summary
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QPS = 20  # enough queries in a few seconds for the rates to be far from their thresholds
 DEFAULT_QPS = 5
 

@@ -66,7 +66,7 @@ def test_thresholds_must_be_ordered():
 
 
 def test_env_example_documents_every_setting():
-    text = open(os.path.join(os.path.dirname(__file__), "..", ".env.example")).read()
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", ".env.example")).read()
     missing = [name for name in Settings.__dataclass_fields__ if f"{name}=" not in text]
     assert not missing, f".env.example lacks {missing}"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from ragmon.instrument.records import log_file_name
-from tests.test_report import NOW, encode, rec, sample_records, write_records
+from tests.report.test_report import NOW, encode, rec, sample_records, write_records
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Settings come from the environment; these pin what the tests rely on, whatever .env says.
 ENV = {"MODEL_PRICES_FILE": "", "SLOW_QUERY_SECONDS": "5", "VERY_SLOW_QUERY_SECONDS": "30",
        "BOTTLENECK_SHARE": "0.5", "STAGE_BUDGETS": "", "LOG_RETENTION_DAYS": "30",

@@ -21,7 +21,7 @@ from ragmon.instrument.performance import (DuplicateRequestError, InvalidDuratio
 from ragmon.instrument.records import LOG_FILE_GLOB, DailyFileSink
 from tests.conftest import ListSink, make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_log(log_dir: Path) -> list[dict]:
