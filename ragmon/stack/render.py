@@ -228,7 +228,7 @@ SLACK_TITLE = ('[{{ .Status | toUpper }}{{ if eq .Status "firing" }}:{{ .Alerts.
                '{{ end }}] {{ .CommonLabels.alertname }} ({{ .CommonLabels.severity }}) '
                '{{ .CommonLabels.job }}')
 SLACK_TEXT = ('{{ range .Alerts }}*{{ .Annotations.summary }}*\n{{ .Annotations.description }}\n'
-              'Runbook: {{ .Annotations.runbook }}\n{{ end }}')
+              'Runbook: {{ .Annotations.runbook_url }}\n{{ end }}')
 
 
 def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[str] = (),

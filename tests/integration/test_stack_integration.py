@@ -143,7 +143,7 @@ def test_fault_alert_reaches_the_webhook(fault_cycle, fault):
         <= alert["labels"].items()
     notes = alert["annotations"]
     assert fault_job(fault) in notes["description"] and notes["summary"]
-    assert notes["runbook"] == f"README.md#{name.lower()}"
+    assert notes["runbook_url"] == f"docs/runbook.md#{name.lower()}"
 
 
 @pytest.mark.parametrize("fault", FAULTS)
