@@ -20,15 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram  # noqa: E402
-
-from ragmon.settings import load_settings  # noqa: E402
-from ragmon.instrument.catalog import (COST_BUCKETS, QUERY_LATENCY_BUCKETS, SCORE_BUCKETS,  # noqa: E402
-                            STAGE_LATENCY_BUCKETS, RAGMetrics)
-from ragmon.instrument.decorator import monitored_query, stage  # noqa: E402
-from ragmon.instrument.records import DailyFileSink  # noqa: E402
+from ragmon.instrument.catalog import (COST_BUCKETS, QUERY_LATENCY_BUCKETS, SCORE_BUCKETS,
+                                       STAGE_LATENCY_BUCKETS, RAGMetrics)
+from ragmon.instrument.decorator import monitored_query, stage
+from ragmon.instrument.records import DailyFileSink
+from ragmon.settings import load_settings
 
 RESULT = {"answer": "ok", "input_tokens": 500, "output_tokens": 150, "relevance_score": 0.85}
 MODEL, OP = "gpt-4o-mini", "rag_search"

@@ -4,12 +4,60 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from ragmon.settings import load_settings
 from ragmon.instrument.catalog import RAGMetrics
+
+
+WORKSPACE = Path(__file__).resolve().parents[1]
+# What building and running the tests may leave: the venv, caches, the editable install's metadata.
+_BYPRODUCTS = (".venv/", "__pycache__/", ".pytest_cache/", ".ipynb_checkpoints/", ".egg-info/")
+
+
+def _tree_state() -> list[str] | None:
+    """The working tree's changes and untracked/ignored files, byproducts left out."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             cwd=WORKSPACE, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return sorted(line for line in out.stdout.splitlines()
+                  if not any(part in line for part in _BYPRODUCTS))
+
+
+def pytest_configure(config):
+    # Anything a test (or a process it starts) writes by default goes to a temp dir, never into
+    # the checkout: request records, app logs and the local stack's data.
+    scratch = Path(tempfile.mkdtemp(prefix="ragmon-tests-"))
+    os.environ.setdefault("LOG_DIR", str(scratch / "logs"))
+    os.environ.setdefault("STACK_DIR", str(scratch / "stack"))
+    config._ragmon_scratch = scratch
+    config._ragmon_tree_before = _tree_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    before = getattr(config, "_ragmon_tree_before", None)
+    after = _tree_state()
+    shutil.rmtree(getattr(config, "_ragmon_scratch", ""), ignore_errors=True)
+    if before is None or after is None or before == after:
+        return
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    message = ("the test run changed the working tree (tests must write only to temp dirs):\n"
+               + "\n".join([f"  now: {line}" for line in added] + [f"  was: {line}" for line in removed]))
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def require_binaries(*names: str) -> list[str]:

@@ -77,12 +77,8 @@ class QueryContext:
         add_stage(self.stages, name, duration, metadata)
 
 
-CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("m2_3_current_query", default=None)
-_BOUND_REQUEST_ID: ContextVar[str | None] = ContextVar("m2_3_bound_request_id", default=None)
-
-
-def current_query() -> QueryContext | None:
-    return CURRENT_QUERY.get()
+CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("ragmon_current_query", default=None)
+_BOUND_REQUEST_ID: ContextVar[str | None] = ContextVar("ragmon_bound_request_id", default=None)
 
 
 def current_request_id() -> str | None:

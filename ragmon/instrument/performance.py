@@ -194,7 +194,7 @@ class PerformanceMonitor:
         self._atexit = lambda: (m := ref()) is not None and m.close()
         atexit.register(self._atexit)
 
-    # --- the seed-001 calls ----------------------------------------------------------------
+    # --- start_request / add_stage / end_request ----------------------------------------------------------------
     def start_request(self, request_id: str | None = None) -> str:
         """Starts timing a request and returns its id (a new uuid4 hex when None)."""
         if request_id is None:

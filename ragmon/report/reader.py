@@ -154,7 +154,7 @@ def _end_time(record: dict) -> float | None:
             parsed = datetime.fromisoformat(stamp)
         except ValueError:
             return None
-        if parsed.tzinfo is None:  # seed-001 style naive timestamps: taken as UTC
+        if parsed.tzinfo is None:  # records without a zone (older writers) are taken as UTC
             parsed = parsed.replace(tzinfo=timezone.utc)
         return parsed.timestamp()
     return None

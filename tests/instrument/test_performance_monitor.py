@@ -1,4 +1,4 @@
-"""PerformanceMonitor: the seed-001 calls, the context-manager form, bottlenecks, bad input,
+"""PerformanceMonitor: start_request / add_stage / end_request, the context-manager form, bottlenecks, bad input,
 requests never ended, thread safety, and one log shared with @monitored_query."""
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def monitor(tmp_path, metrics, settings):
     m.close()
 
 
-# --- the seed-001 calls -------------------------------------------------------------------------
+# --- start_request / add_stage / end_request -------------------------------------------------------------------------
 
 def test_seed_calls_return_a_summary_and_write_one_record(monitor, tmp_path, metrics):
     assert monitor.start_request("user-123-query-456") == "user-123-query-456"

@@ -1,8 +1,13 @@
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ragmon.settings import ConfigError, Settings, describe, load_settings
+from tests.conftest import make_settings
 
 
 def load(**env):
@@ -75,3 +80,89 @@ def test_describe_masks_secrets():
     shown = describe(load(LOG_HASH_KEY="secret", SMTP_PASSWORD="hunter2", SLACK_WEBHOOK_URL="https://x/y"))
     assert shown["LOG_HASH_KEY"] == "(set)" and shown["SMTP_PASSWORD"] == "(set)"
     assert "hunter2" not in str(shown) and "https://x/y" not in str(shown)
+
+
+# --- settings given in code --------------------------------------------------------------------
+
+CONFIGURED_IN_CODE = """
+import json, os, sys
+import ragmon
+from prometheus_client import REGISTRY
+
+log_dir = sys.argv[1]
+ragmon.configure(LOG_DIR=log_dir, SERVICE_NAME="answers", ENV="production",
+                 MODEL_PRICES_FILE="", COST_PER_1K_INPUT_TOKENS=2.0,
+                 COST_PER_1K_OUTPUT_TOKENS=0, LABEL_LIMITS={"rag_errors_total": 3})
+
+@ragmon.monitored_query(operation="answer", model="in-house-model")
+def answer(q):
+    return {"answer": "ok", "input_tokens": 500, "output_tokens": 10}
+
+answer("q")
+try:
+    ragmon.configure(METRICS_PORT="eighty")
+except ragmon.ConfigError as exc:
+    bad = str(exc)
+print(json.dumps({
+    "spend": REGISTRY.get_sample_value("rag_spend_dollars_total", {"model": "in-house-model"}),
+    "records": [json.loads(l) for f in sorted(os.listdir(log_dir))
+                for l in open(os.path.join(log_dir, f))],
+    "limit": ragmon.get_settings().label_limit("rag_errors_total"),
+    "bad": bad,
+}))
+"""
+
+
+def test_the_library_is_configured_in_code_only(tmp_path):
+    """No environment variable and no .env: everything comes from ragmon.configure()."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    log_dir = tmp_path / "records"
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.path.abspath(root)}
+    result = subprocess.run([sys.executable, "-c", CONFIGURED_IN_CODE, str(log_dir)], cwd=workdir,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["spend"] == pytest.approx(1.0)          # 500 tokens at $2 per 1K
+    assert [(r["service"], r["env"], r["operation"]) for r in seen["records"]] == [
+        ("answers", "production", "answer")]
+    assert seen["limit"] == 3
+    assert "METRICS_PORT='eighty'" in seen["bad"] and "whole number" in seen["bad"]
+
+
+def test_make_settings_checks_names_and_values():
+    from ragmon.settings import make_settings as from_values
+    settings = from_values(LOG_DIR=Path("/tmp/x"), LOG_RAW_TEXT=False, STAGE_BUDGETS={"retrieval": 1.5},
+                           MAX_LABEL_VALUES=7)
+    assert settings.LOG_DIR == "/tmp/x" and settings.STAGE_BUDGETS == {"retrieval": 1.5}
+    assert settings.MAX_LABEL_VALUES == 7 and settings.LOG_RAW_TEXT is False
+    with pytest.raises(ConfigError, match="unknown setting.*LOG_DIRECTORY"):
+        from_values(LOG_DIRECTORY="/tmp")
+    with pytest.raises(ConfigError, match="MAX_LABEL_VALUES='0'.*out of range"):
+        from_values(MAX_LABEL_VALUES=0)
+    with pytest.raises(ConfigError, match="has type list"):
+        from_values(LOG_DIR=["/tmp"])
+
+
+def test_configure_reaches_metrics_that_follow_the_process_settings():
+    from prometheus_client import CollectorRegistry
+
+    import ragmon
+    from ragmon.instrument.catalog import RAGMetrics
+    from ragmon.settings import get_settings
+    before = get_settings()
+    try:
+        ragmon.configure(MODEL_PRICES_FILE="", COST_PER_1K_INPUT_TOKENS=1.0)
+        follows = RAGMetrics(registry=CollectorRegistry())
+        pinned = RAGMetrics(registry=CollectorRegistry(), settings=make_settings())
+        assert follows.calculate_cost(1000, 0, "m") == pytest.approx(1.0)
+        ragmon.configure(MODEL_PRICES_FILE="", COST_PER_1K_INPUT_TOKENS=3.0)
+        follows.settings_changed()
+        pinned.settings_changed()
+        assert follows.calculate_cost(1000, 0, "m") == pytest.approx(3.0)
+        assert pinned.calculate_cost(1000, 0, "m") == pytest.approx(0.003)
+        with pytest.raises(ValueError, match="either a Settings object or named values"):
+            ragmon.configure(make_settings(), LOG_DIR="/tmp")
+    finally:
+        ragmon.configure(before)

@@ -466,7 +466,7 @@ def test_a_stage_first_seen_after_the_first_record_keeps_every_row_aligned(tmp_p
 
 
 def test_the_text_report_copes_with_records_that_have_no_status(tmp_path):
-    # Seed-001 style records carry only timing; the slowest-requests table must still render.
+    # Records of the minimal form carry only timing; the slowest-requests table must still render.
     import json as _json
     import time as _time
     from ragmon.instrument.records import log_file_name as _name

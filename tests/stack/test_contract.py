@@ -18,7 +18,7 @@ from tests.stack_promql import (WORKSPACE, dashboard_targets, grouping_labels, m
 # Series the stack itself or node-exporter provides, not the library.
 FOREIGN_PREFIXES = ("node_", "prometheus_", "alertmanager_", "push_")
 FOREIGN_NAMES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-# Label values the contract fixes (CONTRACT.md, metric catalog).
+# Label values the dashboard and rules rely on (docs/metrics.md).
 LABEL_VALUES = {"status": {"success", "error", "cancelled"}, "result": {"hit", "miss"},
                 "token_type": set(TOKEN_TYPES)}
 SCRAPE_LABELS = {"job", "instance"}
@@ -127,7 +127,7 @@ def test_le_matchers_name_a_real_bucket_as_the_library_writes_it():
                 assert matchers["le"] in buckets, f"{where}: le={matchers['le']!r} is not a bucket"
 
 
-# --- the Stack API (CONTRACT.md) ------------------------------------------------------------------
+# --- the Stack API ------------------------------------------------------------------
 
 def test_stack_api_has_the_agreed_shape(tmp_path, settings):
     from m2_3_stack import Stack
