@@ -29,6 +29,7 @@ test: $(VENV)/.dev-installed
 
 ## bench: the overhead and report benchmarks (print tables)
 bench: $(VENV)/.dev-installed
+	$(PY) bench/bench_import.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_report.py
 

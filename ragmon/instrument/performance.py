@@ -1,6 +1,6 @@
 """PerformanceMonitor: per-request stage timings, bottlenecks and one record per request.
 
-Two ways to use it, writing the same record as ``@monitored_query`` (ragmon.records)::
+Two ways to use it, writing the same record as ``@monitored_query`` (ragmon.instrument.records)::
 
     monitor = PerformanceMonitor(log_dir="./logs")
     monitor.start_request("req-1")
@@ -34,7 +34,7 @@ from .records import STATUSES, add_stage, iso_utc, status_of
 log = logging.getLogger("ragmon")
 
 # Fields end_request()/set() accept besides status and error_type; they map 1:1 onto
-# ragmon.records.make_record keywords.
+# ragmon.instrument.records.make_record keywords.
 RECORD_FIELDS = ("model", "input_tokens", "output_tokens", "cached_input_tokens", "cost",
                  "relevance_score", "context_precision", "time_to_first_token", "cache_hits",
                  "cache_misses", "operation")

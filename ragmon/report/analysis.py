@@ -1,4 +1,4 @@
-"""Analysis of request records (a DataFrame from ragmon.reader.read_columns) into plain dicts.
+"""Analysis of request records (a DataFrame from ragmon.report.reader.read_columns) into plain dicts.
 
 Everything here is vectorised over the DataFrame: a million records summarise in well under a
 second. The dicts hold only JSON-able values (str, int, float, None, lists, dicts) so that
@@ -26,7 +26,7 @@ def attribute_names(df) -> list[str]:
 
 def bottleneck_masks(df, stage: str, share_threshold: float, budgets: Mapping[str, float]):
     """(by_share, by_budget) boolean arrays for one stage: the rule of
-    ragmon.performance.find_bottlenecks, applied to every record at once."""
+    ragmon.instrument.performance.find_bottlenecks, applied to every record at once."""
     import numpy as np
 
     duration = df[STAGE_PREFIX + stage].to_numpy()
@@ -291,7 +291,7 @@ def _attribute(df, name: str) -> dict:
 
 def _list_attribute(column, n_present: int) -> dict:
     counts: Counter = Counter()
-    # Lists are shared tuples (ragmon.reader), so counting distinct lists first is cheap.
+    # Lists are shared tuples (ragmon.report.reader), so counting distinct lists first is cheap.
     try:
         distinct = column.value_counts()
     except TypeError:  # lists, or items such as dicts, that cannot be hashed

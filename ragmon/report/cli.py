@@ -83,7 +83,7 @@ def load_records(log_dir=None, hours: float | None = None, *, settings=None,
 
 def build_report(df, settings=None, *, hours: float | None = None, top: int = 10,
                  read_stats=None, now: float | None = None) -> dict:
-    """The report dict for `df` (see ragmon.analysis.build_report); the period defaults to the
+    """The report dict for `df` (see ragmon.report.analysis.build_report); the period defaults to the
     one load_records() was called with."""
     if hours is None:
         hours = df.attrs.get("hours")

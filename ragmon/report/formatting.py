@@ -1,4 +1,4 @@
-"""Rendering report dicts (ragmon.analysis) as text for people and CSV rows for spreadsheets."""
+"""Rendering report dicts (ragmon.report.analysis) as text for people and CSV rows for spreadsheets."""
 from __future__ import annotations
 
 import csv

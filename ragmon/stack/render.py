@@ -87,7 +87,7 @@ def fast_expr(expr: str) -> str:
         if window not in FAST_WINDOWS:
             raise StackConfigError(
                 f"range window [{window}] in rule expression {expr.strip()!r} has no fast-mode "
-                f"equivalent; add it to FAST_WINDOWS in ragmon/stack_config.py "
+                f"equivalent; add it to FAST_WINDOWS in ragmon/stack/render.py "
                 f"(known: {', '.join(FAST_WINDOWS)})")
         return f"[{FAST_WINDOWS[window]}]"
     return _RANGE.sub(shorten, expr)

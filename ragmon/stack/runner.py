@@ -8,7 +8,7 @@ where installed) from the Debian binaries, on 127.0.0.1, with their data under S
     python m2_3_stack.py render-alertmanager [--out F]  # alertmanager.yml + receivers from .env
 
 It runs the SAME prometheus.yml jobs and rule files as docker-compose.monitoring.yml, rendered
-with the targets rewritten for loopback (ragmon/stack_config.py). `--fast` renders teaching/test
+with the targets rewritten for loopback (ragmon/stack/render.py). `--fast` renders teaching/test
 copies with 1 s scrapes and evaluations, short windows and `for` / 60, so alerts fire and
 resolve within seconds; the shipped files keep their production values.
 
