@@ -35,3 +35,33 @@ def check_name(name: str, value: object, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name}={value!r} must be a non-empty string, e.g. {name}={example!r}")
     return value
+
+
+def check_whole(name: str, value: object, example: str) -> int:
+    """A whole number of either sign: an increment."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r} must be a whole number, e.g. {example}")
+    return value
+
+
+def check_positive_int(name: str, value: object, example: str) -> int:
+    """A whole number >= 1: days to keep, worker processes."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid; expected a whole number >= 1, e.g. {example}")
+    return value
+
+
+def check_positive(name: str, value: object, example: str) -> float:
+    """A finite number > 0: a period in hours, a timeout."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name}={value!r} is invalid; expected a finite number > 0, e.g. {example}")
+    return float(value)
+
+
+def check_port(name: str, value: object) -> int:
+    """A TCP port; 0 asks the OS for a free one."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{name}={value!r} is not a TCP port; expected an integer from 0 to 65535 "
+                         "(0 picks a free one)")
+    return value

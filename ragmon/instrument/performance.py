@@ -28,7 +28,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from ..checks import check_amount, check_count, check_name, check_score
+from ..checks import check_amount, check_count, check_name, check_score, check_whole
 from .records import STATUSES, add_stage, iso_utc, status_of
 
 log = logging.getLogger("ragmon")
@@ -309,8 +309,7 @@ class PerformanceMonitor:
 
     def count(self, request_id: str, attribute: str, n: int = 1) -> int:
         """Adds `n` to a counting attribute (tool_calls, graphql_calls, ...); returns the total."""
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ValueError(f"n={n!r} must be a whole number, e.g. count(id, 'tool_calls', 1)")
+        check_whole("n", n, "count(id, 'tool_calls', 1)")
         with self._lock:
             state = self._require_open(request_id, f"count {attribute!r}")
             total = state.attributes.get(attribute, 0) + n
@@ -543,8 +542,7 @@ class RequestHandle:
             self.monitor.set(self.request_id, **fields)
 
     def count(self, attribute: str, n: int = 1) -> int:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise ValueError(f"n={n!r} must be a whole number, e.g. req.count('tool_calls')")
+        check_whole("n", n, "req.count('tool_calls')")
         self.attributes[attribute] = self.attributes.get(attribute, 0) + n
         return self.attributes[attribute]
 

@@ -5,6 +5,8 @@ import errno
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from ..checks import check_port
+
 
 def start_metrics_server(port: int | None = None, addr: str | None = None,
                          registry: CollectorRegistry | None = None):
@@ -17,9 +19,7 @@ def start_metrics_server(port: int | None = None, addr: str | None = None,
     settings = get_settings()
     port = settings.METRICS_PORT if port is None else port
     addr = settings.METRICS_ADDR if addr is None else addr
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port={port!r} is not a TCP port; expected an integer from 0 to 65535 "
-                         "(0 picks a free one)")
+    check_port("port", port)
     try:
         server, _thread = start_http_server(port, addr=addr, registry=registry or REGISTRY)
     except OSError as exc:
