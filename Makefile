@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: demo test test-fast bench notebook stack-up stack-down stack-status report clean
+.PHONY: demo test test-fast bench notebook notebook-run stack-up stack-down stack-status report clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ notebook: $(VENV)/.dev-installed
 	$(PY) -m pip install -q --disable-pip-version-check "jupyterlab>=4,<5"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(VENV)/bin/jupyter lab $$( [ "$$(id -u)" -eq 0 ] && echo --allow-root ) M2_3_Production_Monitoring_Dashboard.ipynb
+
+## notebook-run: re-execute the course notebook headless and store it with its outputs (fresh)
+notebook-run: $(VENV)/.dev-installed
+	bash scripts/install-debs.sh
+	$(PY) -m ragmon.course_run
 
 ## stack-up / stack-down / stack-status: the local monitoring stack without Docker
 stack-up: $(VENV)/.runtime-installed

@@ -1,6 +1,6 @@
 """Helpers for the course notebook (M2_3_Production_Monitoring_Dashboard.ipynb).
 
-Four concerns, kept out of the notebook so its cells stay short enough to read:
+The concerns kept out of the notebook so its cells stay short enough to read:
 
 * ``Processes`` -- a registry of everything the notebook starts. It stops them by PID (never by
   name), from the last cell, from ``atexit`` when the kernel shuts down after a failed cell, and
@@ -10,6 +10,8 @@ Four concerns, kept out of the notebook so its cells stay short enough to read:
 * ``wait_until`` -- polling with a deadline and an error that says what never happened.
 * ``draw_dashboard`` -- renders every panel of a Grafana dashboard JSON with matplotlib from the
   panel's own PromQL, placed by ``gridPos``, so the dashboard can be seen without Grafana.
+* ``start_course`` -- the one call that starts the stack and the demo workload (``CourseStack``).
+* ``yaml_item`` / ``text_between`` -- the shipped files' own text, verbatim, for the notebook.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -686,6 +689,45 @@ def _draw_timeseries(ax, panel: PanelData) -> None:
                   framealpha=0.6)
 
 
+def draw_panel(ax, panel: PanelData) -> None:
+    """Draws one fetched panel into a matplotlib Axes, as Grafana would show it."""
+    ax.set_title(panel.title, fontsize=9, loc="left")
+    if panel.type == "text":
+        ax.axis("off")
+    elif panel.errors:
+        ax.text(0.5, 0.5, "query error:\n" + panel.errors[0][:200], ha="center", va="center",
+                fontsize=7, color="crimson", wrap=True, transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
+    elif not panel.has_data:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", color="gray", transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
+    elif panel.type in ("stat", "gauge"):
+        ax.axis("off")
+        shown = [s for s in panel.series if not s.values.dropna().empty][:6]
+        size = 22 if len(shown) == 1 else max(9, 18 - 2 * len(shown))
+        for i, series in enumerate(shown):
+            label = format_value(_last(series), panel.unit) + (f"  {series.name}" if len(shown) > 1 else "")
+            ax.text(0.5, 1 - (i + 0.5) / len(shown), label, ha="center", va="center", fontsize=size,
+                    fontweight="bold", transform=ax.transAxes, color="#1f77b4")
+    elif panel.type in ("bargauge", "barchart", "piechart"):
+        shown = [s for s in panel.series if not s.values.dropna().empty]
+        lasts = [_last(s) for s in shown]
+        if panel.type == "piechart" and sum(v for v in lasts if v > 0) > 0:
+            ax.pie([max(v, 0) for v in lasts], labels=[s.name for s in shown], textprops={"fontsize": 7})
+        else:
+            ax.barh([s.name for s in shown], lasts, color="#2ca02c")
+            ax.tick_params(labelsize=7)
+    elif panel.type == "table":
+        ax.axis("off")
+        cells = [[s.name, format_value(_last(s), panel.unit)] for s in panel.series
+                 if not s.values.dropna().empty][:12]
+        table = ax.table(cellText=cells, colLabels=["series", "last"], loc="upper center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(7)
+    else:  # timeseries, graph, heatmap and anything else: one line per series
+        _draw_timeseries(ax, panel)
+
+
 def draw_dashboard(dashboard: dict, panels: list[PanelData], *, width_inches: float = 18.0,
                    row_height_inches: float = 0.45, title: str | None = None):
     """Draws the fetched panels on one matplotlib figure laid out by each panel's gridPos.
@@ -716,41 +758,7 @@ def draw_dashboard(dashboard: dict, panels: list[PanelData], *, width_inches: fl
             continue
         lower = cell_bottom + 0.4 * inch_y   # time-axis labels
         ax = fig.add_axes((left, lower, width, max(cell_top - 0.3 * inch_y - lower, 0.01)))
-        ax.set_title(panel.title, fontsize=9, loc="left")
-        if panel.type == "text":
-            ax.axis("off")
-        elif panel.errors:
-            ax.text(0.5, 0.5, "query error:\n" + panel.errors[0][:200], ha="center", va="center",
-                    fontsize=7, color="crimson", wrap=True, transform=ax.transAxes)
-            ax.set_xticks([]), ax.set_yticks([])
-        elif not panel.has_data:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="gray", transform=ax.transAxes)
-            ax.set_xticks([]), ax.set_yticks([])
-        elif panel.type in ("stat", "gauge"):
-            ax.axis("off")
-            shown = [s for s in panel.series if not s.values.dropna().empty][:6]
-            size = 22 if len(shown) == 1 else max(9, 18 - 2 * len(shown))
-            for i, series in enumerate(shown):
-                label = format_value(_last(series), panel.unit) + (f"  {series.name}" if len(shown) > 1 else "")
-                ax.text(0.5, 1 - (i + 0.5) / len(shown), label, ha="center", va="center", fontsize=size,
-                        fontweight="bold", transform=ax.transAxes, color="#1f77b4")
-        elif panel.type in ("bargauge", "barchart", "piechart"):
-            shown = [s for s in panel.series if not s.values.dropna().empty]
-            lasts = [_last(s) for s in shown]
-            if panel.type == "piechart" and sum(v for v in lasts if v > 0) > 0:
-                ax.pie([max(v, 0) for v in lasts], labels=[s.name for s in shown], textprops={"fontsize": 7})
-            else:
-                ax.barh([s.name for s in shown], lasts, color="#2ca02c")
-                ax.tick_params(labelsize=7)
-        elif panel.type == "table":
-            ax.axis("off")
-            cells = [[s.name, format_value(_last(s), panel.unit)] for s in panel.series
-                     if not s.values.dropna().empty][:12]
-            table = ax.table(cellText=cells, colLabels=["series", "last"], loc="upper center")
-            table.auto_set_font_size(False)
-            table.set_fontsize(7)
-        else:  # timeseries, graph, heatmap and anything else: one line per series
-            _draw_timeseries(ax, panel)
+        draw_panel(ax, panel)
     return fig
 
 
@@ -760,3 +768,194 @@ def panels_table(panels: list[PanelData]) -> pd.DataFrame:
                           "queries": len(p.queries), "series": len(p.series),
                           "has_data": p.has_data or p.type in ("row", "text"),
                           "error": p.errors[0] if p.errors else ""} for p in panels])
+
+
+# --- showing the shipped files as they are -----------------------------------------------------
+
+def yaml_item(path: str | os.PathLike, first_line: str) -> str:
+    """The verbatim text of one list item of a YAML file (comments included): from the line
+    that contains `first_line` (e.g. ``- alert: RagHighErrorRate``) to the next item at the same
+    indentation or the end of the enclosing block. Trailing blank lines are dropped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if first_line in line), None)
+    if start is None:
+        raise ValueError(f"{first_line!r} is not in {path}; expected a line such as "
+                         f"'- alert: <name>' or '- record: <name>' as written in the file")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines):
+        line = lines[end]
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#"):
+            depth = len(line) - len(stripped)
+            if depth < indent or (depth == indent and stripped.startswith("- ")):
+                break
+        end += 1
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    while end > start + 1 and lines[end - 1].lstrip().startswith("#"):
+        end -= 1  # a comment right before the next item belongs to that item
+    return "\n".join(lines[start:end])
+
+
+def text_between(path: str | os.PathLike, start: str, stop: str) -> str:
+    """The verbatim lines of a file from the first line containing `start` up to (not including)
+    the next line containing `stop`; trailing blank lines dropped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    first = next((i for i, line in enumerate(lines) if start in line), None)
+    if first is None:
+        raise ValueError(f"{start!r} is not in {path}")
+    end = next((i for i in range(first + 1, len(lines)) if stop in lines[i]), len(lines))
+    while end > first and not lines[end - 1].strip():
+        end -= 1
+    return "\n".join(lines[first:end])
+
+
+# --- the course's stack and workload -----------------------------------------------------------
+
+@dataclass
+class CourseStack:
+    """What `start_course()` started: the API clients, the endpoints, the timing of the stack,
+    and the demo workload, which the course stops and restarts (with faults) by PID."""
+    procs: Processes
+    workspace: Path
+    workdir: Path
+    use_docker: bool
+    prom: PromAPI
+    alertmanager: AlertmanagerAPI
+    receiver: WebhookReceiver
+    endpoints: dict[str, str]
+    scrape_interval: float
+    scrape_timeout: float
+    window_seconds: int
+    wait_scale: float
+    demo_addr: str
+    demo_port: int
+    app_instance: str
+    qps: int
+    stack: Any = None
+    demo: subprocess.Popen | None = None
+    demo_runs: list[dict] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        """The demo's request records and JSON log lines."""
+        return self.workdir / "demo_logs"
+
+    def start_demo(self, *extra: str, name: str = "demo") -> subprocess.Popen:
+        """Starts `m2_3_monitoring.py` in the background on the demo port (output to a log file)."""
+        argv = [sys.executable, "m2_3_monitoring.py", "--addr", self.demo_addr,
+                "--port", str(self.demo_port), "--qps", str(self.qps),
+                "--log-dir", str(self.log_dir), *extra]
+        self.demo = self.procs.start(name, argv, log_path=self.workdir / f"{name}.out",
+                                     cwd=self.workspace)
+        self.demo_runs.append({"name": name, "args": " ".join(extra), "started": time.time(),
+                               "stopped": None})
+        return self.demo
+
+    def stop_demo(self) -> None:
+        """Stops the running demo by PID and notes when."""
+        if self.demo is not None:
+            self.demo_runs[-1]["stopped"] = time.time()  # when it was told to stop
+            self.procs.stop(self.demo)
+            self.demo = None
+
+    def restart_demo(self, *extra: str, name: str = "demo") -> subprocess.Popen:
+        """Stops the demo and starts it again on the same port, e.g. with ``--fault errors``."""
+        self.stop_demo()
+        return self.start_demo(*extra, name=name)
+
+    def runs(self) -> pd.DataFrame:
+        """One row per demo run: its name, extra arguments, start and stop (UTC)."""
+        frame = pd.DataFrame(self.demo_runs, columns=["name", "args", "started", "stopped"])
+        for column in ("started", "stopped"):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        return frame
+
+
+def start_course(procs: Processes, workdir: str | os.PathLike, *,
+                 workspace: str | os.PathLike | None = None, qps: int = 10,
+                 use_docker: bool | None = None) -> CourseStack:
+    """Starts the monitoring stack and the demo workload for the course; returns what it started.
+
+    1. A webhook receiver in this process, where Alertmanager delivers notifications.
+    2. The stack. With Docker (the engine answers and GRAFANA_ADMIN_PASSWORD is set):
+       ``docker compose -f docker-compose.monitoring.yml up -d`` on the standard ports with the
+       production rule windows. Otherwise ``m2_3_stack.Stack(fast=True)``: Prometheus,
+       Alertmanager, the Pushgateway and node-exporter from the local binaries, on free ports of
+       127.0.0.1, with 1 s scrapes and short windows and ``for`` durations.
+    3. The demo (``m2_3_monitoring.py --qps <qps>``) in the background, scraped by Prometheus.
+
+    Everything is registered in `procs`, which stops it by PID (``procs.stop_all()``, or when the
+    kernel shuts down).
+    """
+    from .stack.render import find_workspace
+
+    workspace = Path(workspace) if workspace is not None else find_workspace()
+    workdir = Path(workdir)
+    if use_docker is None:
+        use_docker = docker_engine_answers() and _grafana_password_configured(workspace)
+    # In Docker, alertmanager.yml's webhook is host.docker.internal:5001: listen there.
+    receiver = WebhookReceiver("0.0.0.0", 5001) if use_docker else WebhookReceiver()
+    procs.on_cleanup("webhook receiver", receiver.close)
+    stack = None
+    if use_docker:
+        compose = ["docker", "compose", "-f", str(workspace / "docker-compose.monitoring.yml")]
+        subprocess.run(compose + ["up", "-d"], check=True)
+        procs.on_cleanup("docker compose", lambda: subprocess.run(compose + ["down"], check=False))
+        endpoints = {"prometheus": "http://127.0.0.1:9090", "alertmanager": "http://127.0.0.1:9093"}
+        # The containers reach the demo as host.docker.internal:8000 (prometheus.yml).
+        demo_addr, demo_port, app_instance = "0.0.0.0", 8000, "host.docker.internal:8000"
+        timing = {"scrape_interval": 15.0, "window_seconds": 60, "wait_scale": 12.0}
+    else:
+        from .stack.runner import Stack
+
+        demo_addr, demo_port = "127.0.0.1", free_port()
+        app_instance = f"{demo_addr}:{demo_port}"
+        stack = Stack(workdir=workdir / "stack", app_targets=[app_instance], fast=True,
+                      ports={"prometheus": 0, "alertmanager": 0, "pushgateway": 0, "node_exporter": 0},
+                      extra_receiver_url=receiver.url)  # port 0: a free port each
+        procs.on_cleanup("local stack", stack.down)
+        stack.up(wait=True)
+        procs.adopt_descendants("stack")  # every server the stack started, by PID
+        endpoints = dict(stack.urls)
+        # 20 s: the fast copy of the rules' 5m window.
+        timing = {"scrape_interval": 1.0, "window_seconds": 20, "wait_scale": 1.0}
+    config_file = workspace / "prometheus.yml" if stack is None else stack.config_dir / "prometheus.yml"
+    timing["scrape_timeout"] = scrape_timeout_seconds(config_file)
+    course = CourseStack(procs=procs, workspace=workspace, workdir=workdir, use_docker=use_docker,
+                         prom=PromAPI(endpoints["prometheus"]),
+                         alertmanager=AlertmanagerAPI(endpoints["alertmanager"]),
+                         receiver=receiver, endpoints=endpoints, demo_addr=demo_addr,
+                         demo_port=demo_port, app_instance=app_instance, qps=qps, stack=stack,
+                         **timing)
+    course.start_demo()
+    course.endpoints["demo /metrics"] = f"http://127.0.0.1:{demo_port}/metrics"
+    return course
+
+
+def scrape_timeout_seconds(prometheus_yml: str | os.PathLike) -> float:
+    """The global scrape_timeout of a prometheus.yml in seconds (Prometheus's default: 10 s)."""
+    config = yaml_load(prometheus_yml)
+    text = str((config.get("global") or {}).get("scrape_timeout", "10s"))
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts:
+        raise ValueError(f"scrape_timeout {text!r} in {prometheus_yml} is not a duration like 10s")
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def yaml_load(path: str | os.PathLike) -> dict:
+    import yaml
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def _grafana_password_configured(workspace: Path) -> bool:
+    """Compose refuses to start Grafana without GRAFANA_ADMIN_PASSWORD (no default password)."""
+    if os.environ.get("GRAFANA_ADMIN_PASSWORD"):
+        return True
+    env_file = workspace / ".env"
+    if not env_file.is_file():
+        return False
+    from dotenv import dotenv_values
+    return bool(dotenv_values(env_file).get("GRAFANA_ADMIN_PASSWORD"))

@@ -1,133 +1,142 @@
-"""The course notebook runs headless, top to bottom, and leaves no process behind.
+"""The course notebook is stored executed and fresh, runs headless top to bottom, and leaves no
+process behind.
 
-The notebook is executed with nbclient on a kernel that runs this interpreter (the venv's python),
-through a kernelspec written to a temporary directory: a user-level "python3" kernelspec that
-points at some other Python cannot hijack the run. Every check cell in the notebook asserts its
-section's outcome, so a failing step fails this test with that cell's traceback.
+Execution goes through ragmon.course_run (the same code as `make notebook-run`): nbclient on a
+kernel that runs this interpreter, through a kernelspec written to a temporary directory. The
+executed test runs a COPY of the notebook (the committed file is never written) and fails on any
+cell error, which includes every check cell. The static tests read the committed notebook: its
+outputs were made from the code cells it has now (a hash per code cell, stored by
+`make notebook-run`), it is small, and its outputs hold nothing that belongs to one machine.
 """
 from __future__ import annotations
 
-import json
+import base64
 import re
-import sys
+import struct
+import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import nbformat
-import psutil
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from ragmon.course_run import (METADATA_KEY, NOTEBOOK_NAME, code_cells_sha256, execute, reap,
+                               stale_cells, wait_gone)
+
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = ROOT / "M2_3_Production_Monitoring_Dashboard.ipynb"
+NOTEBOOK = ROOT / NOTEBOOK_NAME
 SECTIONS = 10
-CELL_TIMEOUT = 240  # seconds per cell; generous, so only a hung cell trips it
-PID_LOG_ENV = "RAGMON_NOTEBOOK_PID_LOG"
-WORKDIR_ENV = "RAGMON_NOTEBOOK_WORKDIR"
+MAX_NOTEBOOK_BYTES = 2_000_000
+MAX_PICTURE_PIXELS = (1600, 2400)  # width, height: 72 dpi pictures of the sizes the course draws
 
 
 def read_notebook() -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOK, as_version=4)
 
 
-def kernel_manager(tmp_path: Path) -> KernelManager:
-    """A KernelManager whose kernel is `sys.executable -m ipykernel_launcher`."""
-    spec_dir = tmp_path / "kernels" / "ragmon-notebook-test"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "workspace venv", "language": "python"}))
-    specs = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
-    return KernelManager(kernel_name="ragmon-notebook-test", kernel_spec_manager=specs)
+def code_cells(nb) -> list:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
 
 
-def owned_pids(pid_log: Path) -> list[dict]:
-    if not pid_log.exists():
-        return []
-    return [json.loads(line) for line in pid_log.read_text().splitlines() if line.strip()]
+def output_texts(nb) -> list[tuple[int, str]]:
+    """(cell index, text) for every textual output of every code cell."""
+    texts = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if output.get("output_type") == "stream":
+                texts.append((index, output.get("text", "")))
+            for mime, value in (output.get("data") or {}).items():
+                if mime.startswith("text/") or mime.endswith("json"):
+                    texts.append((index, value if isinstance(value, str) else str(value)))
+            if output.get("output_type") == "error":
+                texts.append((index, "\n".join(output.get("traceback", []))))
+    return texts
 
 
-def survivors(entries: list[dict]) -> list[psutil.Process]:
-    """Entries whose process (same PID *and* start time, so not a reused PID) is still running."""
-    alive = []
-    for entry in entries:
-        try:
-            proc = psutil.Process(entry["pid"])
-            if abs(proc.create_time() - entry["create_time"]) < 0.01 \
-                    and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+def png_size(data: str) -> tuple[int, int]:
+    raw = base64.b64decode(data)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", raw[16:24])
 
 
-def reap(procs: list[psutil.Process]) -> None:
-    """Test hygiene only: stop by PID what the kernel failed to stop, after recording the failure."""
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _gone, still = psutil.wait_procs(procs, timeout=5)
-    for proc in still:
-        proc.kill()
+# --- the committed notebook (fast) -------------------------------------------------------------
 
-
-def wait_gone(entries: list[dict], timeout: float = 10.0) -> list[psutil.Process]:
-    """Survivors after giving the kernel's atexit cleanup up to `timeout` s to finish."""
-    deadline = time.monotonic() + timeout
-    left = survivors(entries)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = survivors(entries)
-    return left
-
-
-def run_notebook(nb, tmp_path: Path, monkeypatch) -> tuple[list[dict], list[dict], Exception | None]:
-    """Executes `nb` cell by cell. Returns (pid-log entries, descendants of the kernel seen
-    just before it was shut down, the CellExecutionError if a cell failed)."""
-    pid_log = tmp_path / "notebook_pids.jsonl"
-    monkeypatch.setenv(PID_LOG_ENV, str(pid_log))
-    monkeypatch.setenv(WORKDIR_ENV, str(tmp_path / "work"))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    km = kernel_manager(tmp_path)
-    client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=120,
-                            resources={"metadata": {"path": str(ROOT)}})
-    failure: Exception | None = None
-    descendants: list[dict] = []
-    # cleanup_kc: nbclient leaves a kernel it did not create running; this one must be shut
-    # down gracefully, as Jupyter does, so the notebook's atexit cleanup gets its chance.
-    with client.setup_kernel(cleanup_kc=True):
-        kernel = psutil.Process(km.provisioner.process.pid)
-        try:
-            for index, cell in enumerate(nb.cells):
-                client.execute_cell(cell, index)
-        except CellExecutionError as exc:
-            failure = exc
-        finally:
-            for proc in kernel.children(recursive=True):
-                try:
-                    descendants.append({"pid": proc.pid, "create_time": proc.create_time(),
-                                        "name": " ".join(proc.cmdline()[:4])})
-                except psutil.NoSuchProcess:
-                    pass
-    return owned_pids(pid_log), descendants, failure
-
-
-# --- static checks (fast) ----------------------------------------------------------------------
-
-def test_notebook_is_committed_without_outputs():
+def test_the_committed_outputs_were_made_from_the_code_cells_it_has_now():
     nb = read_notebook()
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-             and (cell.get("outputs") or cell.get("execution_count") is not None)]
-    assert not dirty, (f"code cells {dirty} of {NOTEBOOK.name} carry outputs or execution counts; "
-                       "clear them before committing (Jupyter: Edit > Clear Outputs of All Cells, "
-                       "or `jupyter nbconvert --clear-output --inplace` on the notebook)")
+    stale = stale_cells(nb)
+    assert not stale, (f"code cells {stale} of {NOTEBOOK.name} changed since its outputs were made; "
+                       "run `make notebook-run` and commit the executed notebook")
+    counts = [cell.execution_count for cell in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), \
+        f"the outputs are not from one top-to-bottom run (execution counts {counts}); run `make notebook-run`"
+    errors = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
+    assert not errors, f"cells {errors} stored an error"
+
+
+def test_editing_a_code_cell_makes_the_outputs_stale():
+    nb = read_notebook()
+    assert nb.metadata[METADATA_KEY]["code_cells_sha256"] == code_cells_sha256(nb)
+    index = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+    nb.cells[index].source += "\n# edited"
+    assert stale_cells(nb) == [index]
+    nb.cells.insert(0, nbformat.v4.new_code_cell("print('a new cell')"))
+    assert stale_cells(nb) == [i for i, c in enumerate(nb.cells) if c.cell_type == "code"], \
+        "a cell added or removed makes every output suspect"
+    nb.metadata.pop(METADATA_KEY)
+    assert stale_cells(nb), "a notebook without a record of its run is stale"
+
+
+def test_the_committed_notebook_is_small_and_its_pictures_are_at_a_sensible_size():
+    size = NOTEBOOK.stat().st_size
+    assert size < MAX_NOTEBOOK_BYTES, f"{NOTEBOOK.name} is {size / 1e6:.2f} MB; keep it under 2 MB " \
+                                      "(lower the figure dpi or the figure sizes)"
+    for index, cell in enumerate(read_notebook().cells):
+        for output in cell.get("outputs", []):
+            data = (output.get("data") or {}).get("image/png")
+            if data:
+                width, height = png_size(data)
+                assert width <= MAX_PICTURE_PIXELS[0] and height <= MAX_PICTURE_PIXELS[1], \
+                    f"cell {index}: a {width}x{height} px picture; draw it at 72 dpi"
+
+
+def test_every_picture_of_the_course_is_in_the_committed_outputs():
+    """The dashboard, the panel beside its JSON, the alert timeline, the report's trends and the
+    metric gap: each cell that draws one stored a PNG."""
+    nb = read_notebook()
+    drawing = {"draw_dashboard(": "the dashboard preview", "draw_panel(": "the panel beside its JSON",
+               "ALERTS{": "the alert timeline", "trends_figure(": "the report's trend plots",
+               "start_windows": "the metric gap"}
+    for marker, picture in drawing.items():
+        cells = [c for c in code_cells(nb) if marker in c.source]
+        assert cells, f"no cell draws {picture} (looked for {marker!r})"
+        assert any("image/png" in (o.get("data") or {}) for c in cells for o in c.get("outputs", [])), \
+            f"{picture} is not in the stored outputs"
+
+
+def test_the_outputs_hold_no_machine_paths_or_secrets():
+    machine_specific = {str(ROOT), tempfile.gettempdir() + "/", str(Path.home()) + "/", "/home/", "/root/"}
+    secrets = re.compile(r"hooks\.slack\.com/services/|sk-[A-Za-z0-9]{20}|sk-ant-|routing_key|"
+                         r"(?i:password)\s*[:=]\s*\S", re.I)
+    for index, text in output_texts(read_notebook()):
+        for fragment in machine_specific:
+            assert fragment not in text, f"cell {index} printed a path of this machine ({fragment!r})"
+        assert not secrets.search(text), f"cell {index} printed something like a secret: {secrets.search(text)}"
+
+
+def test_the_files_the_notebook_shows_verbatim_match_the_workspace():
+    """Text printed under '# <file>, verbatim' is the file's text as committed now."""
+    shown = 0
+    for index, text in output_texts(read_notebook()):
+        for match in re.finditer(r"^# (\S+), verbatim\n(.*?)(?=^# \S+, verbatim$|\Z)", text, re.M | re.S):
+            path, excerpt = ROOT / match.group(1), match.group(2).rstrip()
+            assert path.is_file(), f"cell {index} shows {match.group(1)}, which does not exist"
+            assert excerpt and excerpt in path.read_text(), \
+                f"cell {index} shows text that is no longer in {match.group(1)}; run `make notebook-run`"
+            shown += 1
+    assert shown >= 4, f"expected the alert rule, its tests and two recording rules shown whole; found {shown}"
 
 
 def test_every_section_has_an_explanation_code_and_a_check_cell():
@@ -154,26 +163,24 @@ def test_every_section_has_an_explanation_code_and_a_check_cell():
 
 # --- executed -----------------------------------------------------------------------------------
 
-def test_notebook_runs_top_to_bottom_and_stops_everything_it_started(tmp_path, monkeypatch):
-    nb = read_notebook()
-    started = time.monotonic()
-    owned, descendants, failure = run_notebook(nb, tmp_path, monkeypatch)
-    elapsed = time.monotonic() - started
-    left = wait_gone(owned + descendants)
+def test_a_copy_of_the_notebook_runs_top_to_bottom_and_stops_everything_it_started(tmp_path):
+    nb = read_notebook()  # a copy in memory: the committed file is not written
+    run = execute(nb, tmp_path)
+    left = wait_gone(run.owned + run.descendants)
     reap(left)
     executed = tmp_path / "executed.ipynb"  # with outputs, for reading what went wrong
     nbformat.write(nb, executed)
-    if failure is not None:
-        pytest.fail(f"a notebook cell failed after {elapsed:.0f} s (all outputs: {executed}):\n"
-                    f"{failure}", pytrace=False)
-    assert owned, "the notebook recorded no process; the process registry is not in use"
-    assert not descendants, ("processes were still running under the kernel after the last cell "
-                             f"(the cleanup section should have stopped them): {descendants}")
+    if run.failure is not None:
+        pytest.fail(f"a notebook cell failed after {run.seconds:.0f} s (all outputs: {executed}):\n"
+                    f"{run.failure}", pytrace=False)
+    assert run.owned, "the notebook recorded no process; the process registry is not in use"
+    assert not run.descendants, ("processes were still running under the kernel after the last cell "
+                                 f"(the cleanup section should have stopped them): {run.descendants}")
     assert not left, f"processes survived the notebook: {[p.pid for p in left]}"
-    print(f"notebook executed in {elapsed:.1f} s")
+    print(f"notebook executed in {run.seconds:.1f} s")
 
 
-def test_processes_are_stopped_when_a_cell_fails_midway(tmp_path, monkeypatch):
+def test_processes_are_stopped_when_a_cell_fails_midway(tmp_path):
     """The same registry the notebook uses: a cell raises after starting a process; shutting the
     kernel down (as nbclient, Jupyter's restart and `make test` do) must stop that process."""
     nb = nbformat.v4.new_notebook()
@@ -188,11 +195,11 @@ def test_processes_are_stopped_when_a_cell_fails_midway(tmp_path, monkeypatch):
         nbformat.v4.new_code_cell("raise RuntimeError('a cell failed midway')"),
         nbformat.v4.new_code_cell("procs.stop_all()  # never reached"),
     ]
-    owned, descendants, failure = run_notebook(nb, tmp_path, monkeypatch)
-    assert isinstance(failure, CellExecutionError) and "failed midway" in str(failure)
-    assert [e["name"] for e in owned] == ["sleeper"]
-    assert any(d["pid"] == owned[0]["pid"] for d in descendants), "the sleeper was not running"
-    left = wait_gone(owned)
+    run = execute(nb, tmp_path)
+    assert isinstance(run.failure, CellExecutionError) and "failed midway" in str(run.failure)
+    assert [e["name"] for e in run.owned] == ["sleeper"]
+    assert any(d["pid"] == run.owned[0]["pid"] for d in run.descendants), "the sleeper was not running"
+    left = wait_gone(run.owned)
     reap(left)
     assert not left, "the kernel's atexit cleanup did not stop the process started before the failure"
 
@@ -236,3 +243,47 @@ def test_format_value_prints_grafana_units():
     assert format_value(0.053, "percentunit") == "5.30%"
     assert format_value(12.5, "currencyUSD", 2) == "$12.50"
     assert format_value(float("nan"), "short") == "no data"
+
+
+def test_a_rule_is_shown_verbatim_from_its_first_line_to_the_next_rule(tmp_path):
+    from ragmon.course import text_between, yaml_item
+    rules = tmp_path / "rules.yml"
+    rules.write_text(textwrap.dedent("""\
+        groups:
+          - name: g
+            rules:
+              - alert: First
+                expr: up == 0   # a comment stays
+                for: 1m
+
+                labels:
+                  severity: warning
+              # about the second rule
+              - alert: Second
+                expr: up == 1
+          - name: h
+            rules: []
+        """))
+    assert textwrap.dedent(yaml_item(rules, "- alert: First")) == textwrap.dedent("""\
+              - alert: First
+                expr: up == 0   # a comment stays
+                for: 1m
+
+                labels:
+                  severity: warning""")
+    assert yaml_item(rules, "- alert: Second") == "      - alert: Second\n        expr: up == 1"
+    assert text_between(rules, "- name: g", "- name: h").splitlines()[-1].strip() == "expr: up == 1"
+    with pytest.raises(ValueError, match="'- alert: Third' is not in .*rules.yml"):
+        yaml_item(rules, "- alert: Third")
+
+
+def test_the_scrape_timeout_is_read_from_the_config_prometheus_runs(tmp_path):
+    from ragmon.course import scrape_timeout_seconds
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1500ms\n")
+    assert scrape_timeout_seconds(config) == 1.5
+    config.write_text("global:\n  scrape_interval: 15s\n")
+    assert scrape_timeout_seconds(config) == 10.0  # Prometheus's default
+    config.write_text("global:\n  scrape_timeout: soon\n")
+    with pytest.raises(ValueError, match="'soon'.*duration"):
+        scrape_timeout_seconds(config)
