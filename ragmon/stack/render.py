@@ -155,12 +155,14 @@ def normalise_app_jobs(app_targets) -> dict[str, list[str]] | None:
 
 def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Iterable[Path],
                       app_jobs: dict | None = None, node_exporter: bool = True,
-                      fast: bool = False) -> dict:
+                      fast: bool = False, targets_dir: Path | None = None) -> dict:
     """The shipped prometheus.yml for loopback.
 
     ports: {"prometheus", "alertmanager", "pushgateway", "node_exporter"} -> port.
     app_jobs: from normalise_app_jobs(); {None: targets} replaces the targets of the shipped app
     job, {job: targets} replaces the app jobs by these (each a copy of the shipped app job).
+    targets_dir: the app jobs discover their targets from `<targets_dir>/<job>.json` (file_sd,
+    see targets_file()) instead of a static list, so replicas come and go without a restart.
     """
     config = yaml.safe_load(yaml.safe_dump(config))  # deep copy
     config["rule_files"] = [str(path) for path in rule_files]
@@ -194,6 +196,11 @@ def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Ite
                 job["job_name"] = name
                 job["static_configs"] = [{"targets": targets}]
                 apps.append(job)
+    if targets_dir is not None:
+        for job in apps:
+            job.pop("static_configs", None)
+            job["file_sd_configs"] = [{"files": [str(targets_file(targets_dir, job["job_name"]))],
+                                       "refresh_interval": "5s" if fast else "30s"}]
     config["scrape_configs"] = apps + infra
 
     if fast:
@@ -204,6 +211,58 @@ def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Ite
             job.pop("scrape_interval", None)
             job.pop("scrape_timeout", None)
     return config
+
+
+def app_job_names(config: dict) -> list[str]:
+    """The app jobs of a (rendered) prometheus.yml: every job that does not scrape the stack."""
+    return [job["job_name"] for job in config["scrape_configs"] if job["job_name"] not in INFRA_JOBS]
+
+
+def targets_file(targets_dir: Path, job: str) -> Path:
+    return Path(targets_dir) / f"{job}.json"
+
+
+def render_targets(targets: Iterable[str]) -> list[dict]:
+    """A file_sd file's content: one group of HOST:PORT targets (checked, sorted, unique)."""
+    return [{"targets": sorted({parse_target(t) for t in targets}), "labels": {}}]
+
+
+# High availability: two Prometheus replicas with the same config except the `replica` external
+# label, both sending to every Alertmanager peer and remote-writing to VictoriaMetrics.
+REPLICA_LABEL = "replica"
+
+
+def render_ha_prometheus(config: dict, *, replica: str, prometheus_targets: list[str],
+                         alertmanager_targets: list[str], remote_write_url: str,
+                         fast: bool = False) -> dict:
+    """A rendered prometheus.yml made one replica of an HA pair.
+
+    - external_labels {replica: NAME}: what the replica adds to remote-written series;
+    - alert_relabel_configs drop that label again, so both replicas send Alertmanager the SAME
+      alert and the Alertmanager cluster deduplicates it into one notification;
+    - every Alertmanager peer gets every alert (a peer may be down);
+    - remote_write to the long-term store, which drops the label and deduplicates (see
+      VICTORIA_METRICS_RELABEL).
+    """
+    config = yaml.safe_load(yaml.safe_dump(config))
+    config.setdefault("global", {}).setdefault("external_labels", {})[REPLICA_LABEL] = replica
+    config["alerting"] = {
+        "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],
+        "alertmanagers": [{"static_configs": [{"targets": list(alertmanager_targets)}]}]}
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": list(prometheus_targets)}]
+        elif job["job_name"] == "alertmanager":
+            job["static_configs"] = [{"targets": list(alertmanager_targets)}]
+    queue = {"batch_send_deadline": "1s"} if fast else {}
+    config["remote_write"] = [{"url": remote_write_url, "name": "victoria-metrics",
+                               **({"queue_config": queue} if queue else {})}]
+    return config
+
+
+# VictoriaMetrics drops the replica label on ingestion: the two replicas' copies of a series
+# become one series, and -dedup.minScrapeInterval keeps one sample per scrape interval of it.
+VICTORIA_METRICS_RELABEL = [{"action": "labeldrop", "regex": REPLICA_LABEL}]
 
 
 # --- alertmanager.yml ----------------------------------------------------------------------------
