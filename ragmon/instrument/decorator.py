@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
+from .exemplars import latency_exemplar
 from ..checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
@@ -185,7 +186,7 @@ class _Instrumented:
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
         duration = _perf() - ctx.start
         try:
-            self._observe_latency(duration)
+            self._observe_latency(duration, latency_exemplar(ctx.request_id))
             if exc is None:
                 status, error_type = "success", None
                 self._count_success()

@@ -57,6 +57,11 @@ FAST_WINDOWS = {"1m": "10s", "5m": "20s", "10m": "25s", "15m": "25s", "30m": "30
 FAST_FOR_DIVISOR, FAST_FOR_MIN_SECONDS = 60, 2
 FAST_INTERVAL = "1s"
 FAST_ALERTMANAGER_TIMERS = {"group_wait": "1s", "group_interval": "2s", "repeat_interval": "1h"}
+# The two replicas of an HA pair scrape at their own moments, so they cross a threshold a few
+# seconds apart; until both agree, Alertmanager hears "resolved" from one and "firing" from the
+# other. A group_interval longer than that gap sends one resolution, not resolved-firing-resolved
+# (production's 5m is far longer).
+FAST_HA_GROUP_INTERVAL = "15s"
 
 _RANGE = re.compile(r"\[(\d+[smhdwy])\]")
 
@@ -291,12 +296,13 @@ SLACK_TEXT = ('{{ range .Alerts }}*{{ .Annotations.summary }}*\n{{ .Annotations.
 
 
 def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[str] = (),
-                        local: bool = True, fast: bool = False) -> dict:
+                        local: bool = True, fast: bool = False, ha: bool = False) -> dict:
     """alertmanager.yml with the receivers configured in `settings` (config.Settings).
 
     local: rewrite host.docker.internal in webhook URLs to 127.0.0.1 (the stack without Docker).
     extra_webhook_urls: every alert also goes to these webhooks (a catch-all first route with
     `continue: true`, so the normal routing still happens).
+    ha: the alerts come from an HA pair (fast mode keeps group_interval above their gap).
     """
     config = yaml.safe_load(yaml.safe_dump(config))
     webhook_url = settings.ALERT_WEBHOOK_URL.strip()
@@ -365,9 +371,13 @@ def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[
             0, {"receiver": "extra-webhooks", "continue": True})
 
     if fast:
+        timers = dict(FAST_ALERTMANAGER_TIMERS)
+        if ha:
+            timers["group_interval"] = FAST_HA_GROUP_INTERVAL
+
         def shorten(route: dict) -> None:
             if route is config["route"] or any(key in route for key in FAST_ALERTMANAGER_TIMERS):
-                route.update(FAST_ALERTMANAGER_TIMERS)
+                route.update(timers)
             for child in route.get("routes", []):
                 shorten(child)
         shorten(config["route"])

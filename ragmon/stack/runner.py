@@ -438,7 +438,8 @@ class Stack:
                 + yaml.safe_dump(VICTORIA_METRICS_RELABEL, sort_keys=False))
         extra = [self.extra_receiver_url] if self.extra_receiver_url else []
         alertmanager = render_alertmanager(load_yaml(ALERTMANAGER_FILE), self.settings,
-                                           extra_webhook_urls=extra, local=True, fast=self.fast)
+                                           extra_webhook_urls=extra, local=True, fast=self.fast,
+                                           ha=self.ha)
         write_private(self.config_dir / "alertmanager.yml", dump_yaml(alertmanager, ALERTMANAGER_FILE))
         return jobs
 
