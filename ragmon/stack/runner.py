@@ -7,6 +7,7 @@ where installed) from the Debian binaries, on 127.0.0.1, with their data under S
     python m2_3_stack.py down
     python m2_3_stack.py webhook [--port 5001]          # print alerts Alertmanager sends
     python m2_3_stack.py render-alertmanager [--out F]  # alertmanager.yml + receivers from .env
+    python m2_3_stack.py kubernetes [--out DIR]         # prometheus-operator manifests
 
 It runs the SAME prometheus.yml jobs and rule files as docker-compose.monitoring.yml, rendered
 with the targets rewritten for loopback (ragmon/stack/render.py). `--fast` renders teaching/test
@@ -500,6 +501,11 @@ def _parser(settings) -> argparse.ArgumentParser:
     targets.add_argument("--add", action="append", default=[], metavar="HOST:PORT")
     targets.add_argument("--remove", action="append", default=[], metavar="HOST:PORT")
 
+    kube = sub.add_parser("kubernetes", help="write the prometheus-operator manifests "
+                                             "(ServiceMonitor, PrometheusRule from the rule files, "
+                                             "Deployment, Service)")
+    kube.add_argument("--out", default=None, help="directory (default: deploy/kubernetes)")
+
     hook = sub.add_parser("webhook", help="receive Alertmanager notifications and print them")
     hook.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default: 5001, "
                       "the URL in alertmanager.yml)")
@@ -561,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.remove:
                 stack.remove_target(target, args.job)
             print("\n".join(stack.targets(args.job)) or "(no targets)")
+            return 0
+        if args.command == "kubernetes":
+            from .kubernetes import OUTPUT_DIR, write_manifests
+            for path in write_manifests(Path(args.out) if args.out else OUTPUT_DIR):
+                print(f"wrote {path}")
             return 0
         if args.command == "webhook":
             return _run_webhook(args.port)
