@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             mode = ", ".join(m for m, on in (("high availability", args.ha), ("fast mode", args.fast)) if on)
             print(f"Monitoring stack up{f' ({mode})' if mode else ''}, data in {stack.workdir}")
             for name, url in stack.urls.items():
-                print(f"  {name:14} {url}")
+                print(f"  {name:16} {url}")
             if "node_exporter" not in stack.urls and not args.no_node_exporter:
                 print("  node_exporter  not installed: host panels and alerts stay empty "
                       "(sudo apt-get install prometheus-node-exporter)")
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if all(c["running"] and c["healthy"] for c in expected) else 3
             status, urls = stack.status(), stack.urls
             for name, running in status.items():
-                print(f"  {name:14} {'running' if running else 'stopped'}  {urls.get(name, '')}".rstrip())
+                print(f"  {name:16} {'running' if running else 'stopped'}  {urls.get(name, '')}".rstrip())
             expected = set(urls) or {c.name for c in COMPONENTS if c.required}
             return 0 if all(status[name] for name in expected) else 3
         if args.command == "targets":
