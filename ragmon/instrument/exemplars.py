@@ -30,8 +30,13 @@ def _trace_id() -> str | None:
         return None
 
 
+_MAX_REQUEST_ID = MAX_EXEMPLAR_CHARS - len("request_id")
+
+
 def latency_exemplar(request_id: str) -> dict[str, str] | None:
     """{"request_id": ..., "trace_id": ...} for one observation, or None when it would not fit."""
+    if "opentelemetry.trace" not in sys.modules:  # no tracing: the cheap path, once per query
+        return {"request_id": request_id} if len(request_id) <= _MAX_REQUEST_ID else None
     exemplar = {"request_id": request_id}
     trace_id = _trace_id()
     if trace_id is not None:
