@@ -5,12 +5,18 @@ request (`m2_3_report.py show REQUEST_ID`) and trace.
 An exemplar is not a label: it adds no series, whatever the number of request ids. Prometheus
 stores them when it scrapes OpenMetrics with `--enable-feature=exemplar-storage`.
 
+A histogram keeps one exemplar per bucket, the latest, and a scrape sees only that one; so each
+bucket takes a new exemplar at most once a second (ExemplarSampler): the slow tail's rare
+buckets still get every request, while a busy bucket does not pay for exemplars nobody scrapes.
+
 prometheus_client drops exemplars in multiprocess mode (PROMETHEUS_MULTIPROC_DIR): its mmap
 files hold values only. Observations still count; only the exemplar is lost (docs/metrics.md).
 """
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
+from typing import Sequence
 
 # OpenMetrics allows 128 UTF-8 characters for an exemplar's label names and values together;
 # prometheus_client raises beyond that, so a longer custom request id goes without exemplar.
@@ -46,3 +52,20 @@ def latency_exemplar(request_id: str) -> dict[str, str] | None:
         if len("request_id") + len(request_id) > MAX_EXEMPLAR_CHARS:
             return None
     return exemplar
+
+
+class ExemplarSampler:
+    """Says whether an observation should carry an exemplar: the first one in its bucket after
+    `interval` seconds. Races between threads at worst attach one exemplar more."""
+
+    def __init__(self, upper_bounds: Sequence[float], interval: float = 1.0):
+        self.bounds = tuple(float(b) for b in upper_bounds)
+        self.interval = float(interval)
+        self._due = [float("-inf")] * (len(self.bounds) + 1)  # the +Inf bucket last
+
+    def due(self, value: float, now: float) -> bool:
+        index = bisect_left(self.bounds, value)
+        if now < self._due[index]:
+            return False
+        self._due[index] = now + self.interval
+        return True

@@ -139,3 +139,15 @@ def test_multiprocess_mode_counts_the_observation_but_drops_its_exemplar(tmp_pat
     text = json.loads(result.stdout)
     assert 'rag_query_duration_seconds_count{operation="rag_search"} 1.0' in text
     assert latency_exemplars(text) == [] and "req-worker" not in text
+
+
+def test_each_bucket_takes_a_new_exemplar_at_most_once_per_interval():
+    from ragmon.instrument.exemplars import ExemplarSampler
+
+    sampler = ExemplarSampler((0.1, 1.0), interval=1.0)
+    assert sampler.due(0.05, now=100.0)           # first in bucket 0.1
+    assert not sampler.due(0.07, now=100.5)       # same bucket, within the interval
+    assert sampler.due(0.5, now=100.5)            # another bucket: its own clock
+    assert sampler.due(3.0, now=100.5)            # the +Inf bucket too
+    assert not sampler.due(0.1, now=100.99)       # the bound belongs to its bucket (le)
+    assert sampler.due(0.08, now=101.0)           # the interval passed
