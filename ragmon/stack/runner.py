@@ -245,7 +245,8 @@ class Stack:
     def _app_job(self, job: str | None) -> str:
         jobs = self._state().get("app_job_names") or []
         if not jobs:
-            raise StackError(f"the stack in {self.workdir} is not running; call up() first")
+            raise StackError(f"the stack in {self.workdir} is not running; start it with "
+                             f"`python m2_3_stack.py up --workdir {self.workdir}` or Stack.up()")
         if job is None:
             return jobs[0]
         if job not in jobs:
