@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: demo test test-fast bench notebook notebook-run stack-up stack-down stack-status report clean
+.PHONY: demo test test-fast bench bench-ha notebook notebook-run stack-up stack-down stack-status report clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_report.py
+
+## bench-ha: the HA stack with 1, 4 and 16 app replicas (a few minutes; prints a table)
+bench-ha: $(VENV)/.dev-installed
+	bash scripts/install-debs.sh
+	$(PY) bench/bench_ha.py
 
 ## notebook: open the course notebook in Jupyter Lab
 notebook: $(VENV)/.dev-installed

@@ -2,12 +2,12 @@
 
 The concerns kept out of the notebook so its cells stay short enough to read:
 
-* ``Processes`` -- a registry of everything the notebook starts. It stops them by PID (never by
-  name), from the last cell, from ``atexit`` when the kernel shuts down after a failed cell, and
-  from SIGTERM. With ``RAGMON_NOTEBOOK_PID_LOG`` set it appends every PID it owns to a JSONL
-  file so a test can prove that nothing survived the kernel.
-* ``PromAPI`` / ``AlertmanagerAPI`` -- Prometheus's and Alertmanager's HTTP APIs as pandas.
-* ``wait_until`` -- polling with a deadline and an error that says what never happened.
+* ``Processes`` -- the stack's process registry (ragmon.stack.process): everything the notebook
+  starts is stopped by PID (never by name), from the last cell, from ``atexit`` when the kernel
+  shuts down after a failed cell, and from SIGTERM. With ``RAGMON_NOTEBOOK_PID_LOG`` set it
+  appends every PID it owns to a JSONL file so a test can prove that nothing survived the kernel.
+* ``PromAPI`` / ``AlertmanagerAPI`` -- the stack's API client (ragmon.stack.api) as pandas.
+* ``wait_until`` -- the stack's polling with a deadline and an error that says what never happened.
 * ``draw_dashboard`` -- renders every panel of a Grafana dashboard JSON with matplotlib from the
   panel's own PromQL, placed by ``gridPos``, so the dashboard can be seen without Grafana.
 * ``start_course`` -- the one call that starts the stack and the demo workload (``CourseStack``).
@@ -15,30 +15,27 @@ The concerns kept out of the notebook so its cells stay short enough to read:
 """
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from .stack.process import free_port, owned_process, terminate  # noqa: F401 (free_port: for the notebook)
+from .stack.api import AlertmanagerAPI as _AlertmanagerAPI
+from .stack.api import APIError, PrometheusAPI
+from .stack.process import PID_LOG_ENV, free_port  # noqa: F401 (free_port: for the notebook)
+from .stack.process import Processes as _Processes
+from .stack.process import wait_until as _wait_until
 from .stack.webhook import WebhookReceiver as StackWebhookReceiver
-
-PID_LOG_ENV = "RAGMON_NOTEBOOK_PID_LOG"
 
 
 # --- small utilities --------------------------------------------------------------------------
@@ -55,214 +52,23 @@ def docker_engine_answers(timeout: float = 10.0) -> bool:
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5):
-    """Calls `check` until it returns something truthy and returns that.
-
-    Exceptions from `check` count as "not yet" (a server that is still starting refuses
-    connections); the last one is quoted if the deadline passes.
-    """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if _truthy(last):
-                return last
-        except Exception as exc:  # noqa: BLE001 - reported below if it never recovers
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {what}; the last check returned {last!r}")
-        time.sleep(interval)
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, (pd.DataFrame, pd.Series)):
-        return not value.empty
-    return bool(value)
+    """The stack's wait_until (ragmon.stack.process) with the notebook's patience: an engine
+    that is still starting (refused connection, HTTP error) counts as "not yet"."""
+    return _wait_until(check, timeout, what=what, interval=interval, retry_on=(OSError, APIError))
 
 
 # --- processes --------------------------------------------------------------------------------
 
-@dataclass
-class _Owned:
-    name: str
-    pid: int
-    create_time: float
-    popen: subprocess.Popen | None = None
-    log_path: Path | None = None
+class Processes(_Processes):
+    """The stack's process registry (ragmon.stack.process.Processes) with its table as pandas."""
 
-
-class Processes:
-    """Starts processes for the notebook and guarantees they are stopped, by PID.
-
-    ``start()`` runs a command in its own session with output to a log file (a notebook cell
-    must not block on a pipe). ``on_cleanup()`` registers a callable such as ``stack.down``.
-    ``adopt_descendants()`` records the PIDs of every process below this one (e.g. the servers
-    ``Stack.up()`` started) so even a runner that forgets one cannot leak it.
-    ``stop_all()`` is idempotent; it also runs from atexit and on SIGTERM.
-    """
-
-    def __init__(self, pid_log: str | os.PathLike | None = None, *, stop_timeout: float = 5.0):
-        pid_log = pid_log if pid_log is not None else os.environ.get(PID_LOG_ENV) or None
-        self.pid_log = Path(pid_log) if pid_log else None
-        self.stop_timeout = stop_timeout
-        self._owned: dict[int, _Owned] = {}
-        self._cleanups: list[tuple[str, Callable[[], Any]]] = []
-        self._lock = threading.RLock()
-        atexit.register(self.stop_all)
-        self._install_sigterm()
-
-    # registration
-    def start(self, name: str, argv: Sequence[str], *, log_path: str | os.PathLike,
-              env: dict | None = None, cwd: str | os.PathLike | None = None) -> subprocess.Popen:
-        log_path = Path(log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(list(map(str, argv)), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
-        self._remember(_Owned(name, popen.pid, _create_time(popen.pid), popen, log_path))
-        return popen
-
-    def on_cleanup(self, name: str, func: Callable[[], Any]) -> None:
-        with self._lock:
-            self._cleanups.append((name, func))
-
-    def adopt_descendants(self, name: str = "child") -> list[int]:
-        """Records every live descendant of this process not yet owned; returns their PIDs."""
-        import psutil
-        adopted = []
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                if proc.pid in self._owned:
-                    continue
-                label = f"{name}:{proc.name()}"
-                self._remember(_Owned(label, proc.pid, proc.create_time()))
-                adopted.append(proc.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return adopted
-
-    def _remember(self, owned: _Owned) -> None:
-        with self._lock:
-            self._owned[owned.pid] = owned
-            if self.pid_log is not None:
-                line = json.dumps({"name": owned.name, "pid": owned.pid,
-                                   "create_time": owned.create_time}) + "\n"
-                fd = os.open(self.pid_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, line.encode())
-                finally:
-                    os.close(fd)
-
-    # state
     def running(self) -> pd.DataFrame:
-        rows = [{"name": o.name, "pid": o.pid, "alive": _alive(o.pid, o.create_time),
-                 "log": str(o.log_path) if o.log_path else ""} for o in list(self._owned.values())]
-        return pd.DataFrame(rows, columns=["name", "pid", "alive", "log"])
-
-    def alive(self) -> list[int]:
-        return [o.pid for o in list(self._owned.values()) if _alive(o.pid, o.create_time)]
-
-    # stopping
-    def stop(self, proc: subprocess.Popen | int, timeout: float | None = None) -> int | None:
-        """SIGTERM, wait, then SIGKILL one owned process. Returns its exit code if known."""
-        pid = proc.pid if isinstance(proc, subprocess.Popen) else int(proc)
-        owned = self._owned.get(pid)
-        if owned is None:
-            raise ValueError(f"pid {pid} was not started or adopted by this registry; "
-                             "only processes the notebook owns are stopped")
-        return _terminate(owned, self.stop_timeout if timeout is None else timeout)
-
-    def stop_all(self) -> list[str]:
-        """Runs cleanups (newest first), then stops every owned process still alive.
-
-        Returns a list of problems (empty when everything stopped); never raises, because it is
-        called from atexit and from the notebook's last cell after failures.
-        """
-        problems: list[str] = []
-        with self._lock:
-            cleanups, self._cleanups = self._cleanups[::-1], []
-        for name, func in cleanups:
-            try:
-                func()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
-                problems.append(f"cleanup {name}: {exc!r}")
-        for owned in sorted(self._owned.values(), key=lambda o: -o.create_time):
-            try:
-                _terminate(owned, self.stop_timeout)
-            except Exception as exc:  # noqa: BLE001
-                problems.append(f"stop {owned.name} (pid {owned.pid}): {exc!r}")
-        for owned in self._owned.values():
-            if _alive(owned.pid, owned.create_time):
-                problems.append(f"{owned.name} (pid {owned.pid}) is still alive")
-        return problems
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum, frame):
-            self.stop_all()
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        try:
-            signal.signal(signal.SIGTERM, on_sigterm)
-        except ValueError:  # not the main thread of the main interpreter
-            pass
+        return pd.DataFrame(self.rows(), columns=["name", "pid", "alive", "log"])
 
 
-def _create_time(pid: int) -> float:
-    import psutil
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return 0.0
+# --- Prometheus and Alertmanager HTTP APIs, as pandas ---------------------------------------------
 
-
-def _alive(pid: int, create_time: float) -> bool:
-    """True if `pid` still names the process we started (not a reused PID) and it is not a zombie."""
-    return owned_process(pid, create_time) is not None
-
-
-def _terminate(owned: _Owned, timeout: float) -> int | None:
-    if owned.popen is not None:
-        if owned.popen.poll() is None:
-            owned.popen.terminate()
-            try:
-                return owned.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                owned.popen.kill()
-                return owned.popen.wait(timeout)
-        return owned.popen.returncode
-    process = owned_process(owned.pid, owned.create_time)
-    return None if process is None else terminate(process, timeout)
-
-
-# --- Prometheus and Alertmanager HTTP APIs -----------------------------------------------------
-
-class PromQLError(RuntimeError):
-    """Prometheus rejected a request; the message carries the expression and Prometheus's error."""
-
-
-def _http_json(url: str, timeout: float, data: bytes | None = None) -> Any:
-    request = urllib.request.Request(url, data=data)
-    if data is not None:
-        request.add_header("Content-Type", "application/x-www-form-urlencoded")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.load(exc)
-        except Exception:  # noqa: BLE001 - not JSON: quote the status only
-            body = {"error": exc.reason}
-        raise PromQLError(f"{url.split('?')[0]} answered HTTP {exc.code}: "
-                          f"{body.get('error', body)}") from None
+PromQLError = APIError  # the notebook's name for the client's error
 
 
 def _labels_frame(rows: list[dict], value_cols: Iterable[str]) -> pd.DataFrame:
@@ -273,64 +79,19 @@ def _labels_frame(rows: list[dict], value_cols: Iterable[str]) -> pd.DataFrame:
     return frame[labels + [c for c in value_cols if c in frame.columns]]
 
 
-class PromAPI:
-    """Prometheus's HTTP API, answering with pandas DataFrames (one column per label)."""
-
-    def __init__(self, url: str, timeout: float = 15.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def _get(self, path: str, **params) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        body = _http_json(f"{self.url}{path}", self.timeout, query.encode() if query else None) \
-            if path in ("/api/v1/query", "/api/v1/query_range") else \
-            _http_json(f"{self.url}{path}" + (f"?{query}" if query else ""), self.timeout)
-        if body.get("status") != "success":
-            raise PromQLError(f"{path} {params.get('query', '')!r}: {body.get('error')}")
-        return body["data"], body
-
-    def raw_query(self, expr: str, at: float | None = None, stats: bool = False) -> dict:
-        """The parsed JSON answer of /api/v1/query (with query statistics when `stats`)."""
-        try:
-            _, body = self._get("/api/v1/query", query=expr, time=at,
-                                stats="all" if stats else None)
-        except PromQLError as exc:
-            raise PromQLError(f"query {expr!r} failed: {exc}") from None
-        return body
+class PromAPI(PrometheusAPI):
+    """The stack's Prometheus client (ragmon.stack.api) answering with pandas DataFrames (one
+    column per label). The raw_* methods return the parsed JSON."""
 
     def query(self, expr: str, at: float | None = None) -> pd.DataFrame:
         """An instant query: one row per series, label columns then ``value`` (float)."""
-        data = self.raw_query(expr, at)["data"]
-        if data["resultType"] in ("scalar", "string"):
-            return pd.DataFrame([{"value": float(data["result"][1])}])
-        rows = [{**s["metric"], "value": float(s["value"][1])} for s in data["result"]]
+        rows = [{**s["metric"], "value": float(s["value"][1])} for s in self.result(expr, at)]
         return _labels_frame(rows, ["value"])
-
-    def value(self, expr: str, default: float | None = None) -> float | None:
-        """The value of a query that returns one series (or a scalar); `default` when empty."""
-        frame = self.query(expr)
-        if frame.empty:
-            return default
-        if len(frame) > 1:
-            raise PromQLError(f"{expr!r} returned {len(frame)} series; expected one. "
-                              "Aggregate it (sum, max) first.")
-        return float(frame["value"].iloc[0])
-
-    def raw_query_range(self, expr: str, start: float, end: float, step: float,
-                        stats: bool = False) -> dict:
-        """The parsed JSON answer of /api/v1/query_range (with query statistics when `stats`)."""
-        try:
-            _, body = self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step,
-                                stats="all" if stats else None)
-        except PromQLError as exc:
-            raise PromQLError(f"range query {expr!r} failed: {exc}") from None
-        return body
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> pd.DataFrame:
         """A range query: long format, label columns then ``time`` (UTC) and ``value``."""
-        data = self.raw_query_range(expr, start, end, step)["data"]
         rows = [{**s["metric"], "time": float(t), "value": float(v)}
-                for s in data["result"] for t, v in s["values"]]
+                for s in self.range_result(expr, start, end, step) for t, v in s["values"]]
         frame = _labels_frame(rows, ["time", "value"])
         if not frame.empty:
             frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
@@ -343,48 +104,35 @@ class PromAPI:
 
     def alerts(self) -> pd.DataFrame:
         """Alerts Prometheus currently holds (pending or firing)."""
-        data, _ = self._get("/api/v1/alerts")
         rows = [{"alertname": a["labels"].get("alertname"), "state": a["state"],
                  "severity": a["labels"].get("severity"), "active_at": a.get("activeAt"),
-                 "value": a.get("value"), "labels": a["labels"]} for a in data["alerts"]]
+                 "value": a.get("value"), "labels": a["labels"]} for a in super().alerts()]
         return pd.DataFrame(rows, columns=["alertname", "state", "severity", "active_at", "value", "labels"])
 
     def targets(self) -> pd.DataFrame:
-        data, _ = self._get("/api/v1/targets")
         rows = [{"job": t["labels"].get("job"), "instance": t["labels"].get("instance"),
                  "health": t["health"], "last_error": t.get("lastError", "")}
-                for t in data["activeTargets"]]
+                for t in super().targets()]
         return pd.DataFrame(rows, columns=["job", "instance", "health", "last_error"])
 
     def rules(self) -> pd.DataFrame:
-        data, _ = self._get("/api/v1/rules")
         rows = [{"group": g["name"], "type": r["type"], "name": r["name"], "health": r.get("health"),
                  "state": r.get("state"), "for_seconds": r.get("duration"), "query": r["query"]}
-                for g in data["groups"] for r in g["rules"]]
+                for g in self.rule_groups() for r in g["rules"]]
         return pd.DataFrame(rows, columns=["group", "type", "name", "health", "state", "for_seconds",
                                            "query"])
 
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=self.timeout) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
+class AlertmanagerAPI(_AlertmanagerAPI):
+    """The stack's Alertmanager client (ragmon.stack.api) answering with pandas DataFrames."""
 
-class AlertmanagerAPI:
-    def __init__(self, url: str, timeout: float = 10.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def alerts(self) -> pd.DataFrame:
+    def alerts(self, filter: str | None = None) -> pd.DataFrame:  # noqa: A002
         """Alerts Alertmanager holds and has not resolved (API v2)."""
-        body = _http_json(f"{self.url}/api/v2/alerts", self.timeout)
         rows = [{"alertname": a["labels"].get("alertname"), "state": a["status"]["state"],
                  "severity": a["labels"].get("severity"), "starts_at": a.get("startsAt"),
                  "ends_at": a.get("endsAt"), "receivers": [r["name"] for r in a.get("receivers", [])],
                  "summary": a.get("annotations", {}).get("summary"), "labels": a["labels"]}
-                for a in body]
+                for a in super().alerts(filter)]
         return pd.DataFrame(rows, columns=["alertname", "state", "severity", "starts_at", "ends_at",
                                            "receivers", "summary", "labels"])
 

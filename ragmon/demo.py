@@ -13,6 +13,7 @@ import asyncio
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -273,6 +274,10 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
     parser.add_argument("--summary-every", type=float, default=5.0, help="seconds between summary lines")
     parser.add_argument("--max-in-flight", type=int, default=500, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no summary lines")
+    parser.add_argument("--instance", metavar="NAME",
+                        help="run as one replica of the service: its request records and logs go "
+                             "to LOG_DIR/NAME (replicas never share a file); give each replica its "
+                             "own --port and add it with `m2_3_stack.py targets --add`")
     args = parser.parse_args(argv)
     if not 0 < args.qps <= 10_000:
         parser.error(f"--qps {args.qps} is out of range; give an average rate from 0.01 to 10000")
@@ -282,6 +287,11 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
         parser.error(f"--port {args.port} is not a TCP port; give 1-65535 (0 picks a free one)")
     if args.summary_every <= 0:
         parser.error(f"--summary-every {args.summary_every} must be > 0 seconds")
+    if args.instance is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", args.instance):
+            parser.error(f"--instance {args.instance!r} is not a replica name; use up to 63 "
+                         "letters, digits, '_', '-' and '.', e.g. --instance replica-2")
+        args.log_dir = os.path.join(args.log_dir, args.instance)
     return args
 
 
@@ -302,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.quiet:
         fault = f" with fault '{args.fault}': {FAULTS[args.fault]}" if args.fault else ""
-        print(f"Simulated RAG service at ~{args.qps:g} q/s{fault}.\n"
+        replica = f" (replica {args.instance})" if args.instance else ""
+        print(f"Simulated RAG service{replica} at ~{args.qps:g} q/s{fault}.\n"
               f"Metrics: http://{args.addr}:{server.server_port}/metrics | request records: "
               f"{args.log_dir}/*_performance.jsonl | "
               + (f"stops after {args.duration:g} s" if args.duration else "Ctrl-C stops"), flush=True)

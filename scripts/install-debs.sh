@@ -2,9 +2,11 @@
 # Installs the Debian packages the stack tests run for real, when any binary is missing.
 # As root it installs them; otherwise it prints the exact command and fails.
 set -euo pipefail
-packages=(prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter)
+packages=(prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter
+          victoria-metrics)
 binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool
-          /usr/bin/prometheus-pushgateway /usr/bin/prometheus-node-exporter)
+          /usr/bin/prometheus-pushgateway /usr/bin/prometheus-node-exporter
+          /usr/bin/victoria-metrics /usr/bin/vmalert /usr/bin/vmagent)
 missing=()
 for binary in "${binaries[@]}"; do [ -x "$binary" ] || missing+=("$binary"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -18,8 +18,9 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
-from .catalog import RAGMetrics
+from .catalog import QUERY_LATENCY_BUCKETS, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
+from .exemplars import ExemplarSampler, latency_exemplar
 from ..checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
@@ -142,6 +143,7 @@ class _Instrumented:
             self.precision = m.context_precision.labels(op)
             # Bound methods of the hottest calls, looked up once instead of on every query.
             self._observe_latency = self.latency.observe
+            self._exemplars = ExemplarSampler(QUERY_LATENCY_BUCKETS)
             self._count_success = self.succeeded.inc
             self.errors_by_type: dict[str, Any] = {}
             self.by_model: dict[str | None, _ModelChildren] = {}
@@ -183,9 +185,13 @@ class _Instrumented:
         return child
 
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
-        duration = _perf() - ctx.start
+        end = _perf()
+        duration = end - ctx.start
         try:
-            self._observe_latency(duration)
+            if self._exemplars.due(duration, end):  # the request id, for the spike's drill-down
+                self._observe_latency(duration, latency_exemplar(ctx.request_id))
+            else:
+                self._observe_latency(duration)
             if exc is None:
                 status, error_type = "success", None
                 self._count_success()

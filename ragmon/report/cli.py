@@ -6,6 +6,7 @@
     python m2_3_report.py config  [--format text|json]
     python m2_3_report.py cleanup [--days N] [--dry-run]
     python m2_3_report.py plot    [--output trends.png] [--hours 24] [--bucket 1h]
+    python m2_3_report.py show    REQUEST_ID [--hours H] [--format text|json]
 
 Every command takes --log-dir DIR (default: LOG_DIR from the settings). Exit status: 0 done
 (an empty period is not an error; it is said plainly), 1 nothing to plot or files cleanup could
@@ -234,12 +235,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_days_arg, help="retention (default LOG_RETENTION_DAYS)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
 
+    p = sub.add_parser("show", parents=[common],
+                       help="one request's whole record (stages, tokens, cost, error) by its id")
+    p.add_argument("request_id", metavar="REQUEST_ID",
+                   help="from an exemplar of the latency panel, a log line or a response header")
+    p.add_argument("--hours", type=_hours_arg, default=None,
+                   help="only look this far back (default: the whole log)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
     p = sub.add_parser("plot", parents=[common], help="trend charts to an image file")
     p.add_argument("--output", default="trends.png", metavar="FILE",
                    help="image to write, .png/.svg/.pdf (default trends.png)")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
     p.add_argument("--bucket", help="time bucket, a pandas frequency (default: from the span)")
     return parser
+
+
+def find_request(request_id: str, log_dir=None, hours: float | None = None, *,
+                 settings=None) -> list[dict]:
+    """Every record of `request_id` in the request log (usually one), oldest file first. The id
+    comes from an exemplar on the latency histogram, a log line or a response header: the path
+    from a p99 spike to the exact request. A plain scan: one id, read once."""
+    if not isinstance(request_id, str) or not request_id.strip():
+        raise ValueError(f"request_id={request_id!r} is empty; pass the id shown by the exemplar "
+                         "or the log line, e.g. 3f2a9c1e-...")
+    settings = _settings(settings)
+    log_dir = Path(log_dir).expanduser() if log_dir is not None else settings.log_dir
+    return [record for record in iter_records(log_dir, since_hours(_check_hours(hours)))
+            if record.get("request_id") == request_id.strip()]
+
+
+def format_request(record: dict) -> str:
+    """One request record for a person: what happened, stage by stage, then the whole record."""
+    tokens, stages = record.get("tokens") or {}, record.get("stages") or {}
+    lines = [f"request {record.get('request_id')}  {record.get('timestamp')}",
+             f"  operation  {record.get('operation')}  service {record.get('service')} "
+             f"env {record.get('env')}  model {record.get('model')}",
+             f"  status     {record.get('status')}"
+             + (f"  error {record['error_type']}" if record.get("error_type") else ""),
+             f"  total      {record.get('total_time', 0):.3f} s"]
+    for name, stage in stages.items():
+        lines.append(f"    {name:<20} {stage.get('duration', 0):8.3f} s"
+                     + (f"  {json.dumps(stage['metadata'], sort_keys=True)}" if stage.get("metadata") else ""))
+    cost = record.get("cost")
+    lines.append(f"  tokens     in {tokens.get('input', 0)}  out {tokens.get('output', 0)}  "
+                 f"cached {tokens.get('cached_input', 0)}  cost "
+                 + ("unknown" if cost is None else f"${cost:.6f}"))
+    lines.append("  record     " + json.dumps(record, sort_keys=True))
+    return "\n".join(lines) + "\n"
 
 
 def _warn_skipped(df_or_stats, err) -> None:
@@ -267,6 +310,21 @@ def _run(args, out, err) -> int:
         raise UsageError(f"bad settings: {exc}") from None
     log_dir = Path(args.log_dir).expanduser() if args.log_dir else settings.log_dir
     command = args.command
+
+    if command == "show":
+        found = find_request(args.request_id, log_dir, args.hours, settings=settings)
+        if not found:
+            period = f"the last {args.hours:g} h of " if args.hours else ""
+            print(f"m2_3_report show: no request {args.request_id!r} in {period}{log_dir}; check "
+                  "the id, --log-dir (each replica of the demo logs to LOG_DIR/INSTANCE) and "
+                  "--hours", file=err)
+            return 1
+        if args.format == "json":
+            json.dump(found[0] if len(found) == 1 else found, out, indent=2)
+            out.write("\n")
+        else:
+            out.write("".join(format_request(record) for record in found))
+        return 0
 
     if command == "config":
         from ..settings import describe

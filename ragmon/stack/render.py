@@ -57,6 +57,11 @@ FAST_WINDOWS = {"1m": "10s", "5m": "20s", "10m": "25s", "15m": "25s", "30m": "30
 FAST_FOR_DIVISOR, FAST_FOR_MIN_SECONDS = 60, 2
 FAST_INTERVAL = "1s"
 FAST_ALERTMANAGER_TIMERS = {"group_wait": "1s", "group_interval": "2s", "repeat_interval": "1h"}
+# The two replicas of an HA pair scrape at their own moments, so they cross a threshold a few
+# seconds apart; until both agree, Alertmanager hears "resolved" from one and "firing" from the
+# other. A group_interval longer than that gap sends one resolution, not resolved-firing-resolved
+# (production's 5m is far longer).
+FAST_HA_GROUP_INTERVAL = "15s"
 
 _RANGE = re.compile(r"\[(\d+[smhdwy])\]")
 
@@ -155,12 +160,14 @@ def normalise_app_jobs(app_targets) -> dict[str, list[str]] | None:
 
 def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Iterable[Path],
                       app_jobs: dict | None = None, node_exporter: bool = True,
-                      fast: bool = False) -> dict:
+                      fast: bool = False, targets_dir: Path | None = None) -> dict:
     """The shipped prometheus.yml for loopback.
 
     ports: {"prometheus", "alertmanager", "pushgateway", "node_exporter"} -> port.
     app_jobs: from normalise_app_jobs(); {None: targets} replaces the targets of the shipped app
     job, {job: targets} replaces the app jobs by these (each a copy of the shipped app job).
+    targets_dir: the app jobs discover their targets from `<targets_dir>/<job>.json` (file_sd,
+    see targets_file()) instead of a static list, so replicas come and go without a restart.
     """
     config = yaml.safe_load(yaml.safe_dump(config))  # deep copy
     config["rule_files"] = [str(path) for path in rule_files]
@@ -194,6 +201,11 @@ def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Ite
                 job["job_name"] = name
                 job["static_configs"] = [{"targets": targets}]
                 apps.append(job)
+    if targets_dir is not None:
+        for job in apps:
+            job.pop("static_configs", None)
+            job["file_sd_configs"] = [{"files": [str(targets_file(targets_dir, job["job_name"]))],
+                                       "refresh_interval": "5s" if fast else "30s"}]
     config["scrape_configs"] = apps + infra
 
     if fast:
@@ -204,6 +216,58 @@ def render_prometheus(config: dict, *, ports: Mapping[str, int], rule_files: Ite
             job.pop("scrape_interval", None)
             job.pop("scrape_timeout", None)
     return config
+
+
+def app_job_names(config: dict) -> list[str]:
+    """The app jobs of a (rendered) prometheus.yml: every job that does not scrape the stack."""
+    return [job["job_name"] for job in config["scrape_configs"] if job["job_name"] not in INFRA_JOBS]
+
+
+def targets_file(targets_dir: Path, job: str) -> Path:
+    return Path(targets_dir) / f"{job}.json"
+
+
+def render_targets(targets: Iterable[str]) -> list[dict]:
+    """A file_sd file's content: one group of HOST:PORT targets (checked, sorted, unique)."""
+    return [{"targets": sorted({parse_target(t) for t in targets}), "labels": {}}]
+
+
+# High availability: two Prometheus replicas with the same config except the `replica` external
+# label, both sending to every Alertmanager peer and remote-writing to VictoriaMetrics.
+REPLICA_LABEL = "replica"
+
+
+def render_ha_prometheus(config: dict, *, replica: str, prometheus_targets: list[str],
+                         alertmanager_targets: list[str], remote_write_url: str,
+                         fast: bool = False) -> dict:
+    """A rendered prometheus.yml made one replica of an HA pair.
+
+    - external_labels {replica: NAME}: what the replica adds to remote-written series;
+    - alert_relabel_configs drop that label again, so both replicas send Alertmanager the SAME
+      alert and the Alertmanager cluster deduplicates it into one notification;
+    - every Alertmanager peer gets every alert (a peer may be down);
+    - remote_write to the long-term store, which drops the label and deduplicates (see
+      VICTORIA_METRICS_RELABEL).
+    """
+    config = yaml.safe_load(yaml.safe_dump(config))
+    config.setdefault("global", {}).setdefault("external_labels", {})[REPLICA_LABEL] = replica
+    config["alerting"] = {
+        "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],
+        "alertmanagers": [{"static_configs": [{"targets": list(alertmanager_targets)}]}]}
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "prometheus":
+            job["static_configs"] = [{"targets": list(prometheus_targets)}]
+        elif job["job_name"] == "alertmanager":
+            job["static_configs"] = [{"targets": list(alertmanager_targets)}]
+    queue = {"batch_send_deadline": "1s"} if fast else {}
+    config["remote_write"] = [{"url": remote_write_url, "name": "victoria-metrics",
+                               **({"queue_config": queue} if queue else {})}]
+    return config
+
+
+# VictoriaMetrics drops the replica label on ingestion: the two replicas' copies of a series
+# become one series, and -dedup.minScrapeInterval keeps one sample per scrape interval of it.
+VICTORIA_METRICS_RELABEL = [{"action": "labeldrop", "regex": REPLICA_LABEL}]
 
 
 # --- alertmanager.yml ----------------------------------------------------------------------------
@@ -232,12 +296,13 @@ SLACK_TEXT = ('{{ range .Alerts }}*{{ .Annotations.summary }}*\n{{ .Annotations.
 
 
 def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[str] = (),
-                        local: bool = True, fast: bool = False) -> dict:
+                        local: bool = True, fast: bool = False, ha: bool = False) -> dict:
     """alertmanager.yml with the receivers configured in `settings` (config.Settings).
 
     local: rewrite host.docker.internal in webhook URLs to 127.0.0.1 (the stack without Docker).
     extra_webhook_urls: every alert also goes to these webhooks (a catch-all first route with
     `continue: true`, so the normal routing still happens).
+    ha: the alerts come from an HA pair (fast mode keeps group_interval above their gap).
     """
     config = yaml.safe_load(yaml.safe_dump(config))
     webhook_url = settings.ALERT_WEBHOOK_URL.strip()
@@ -306,9 +371,13 @@ def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[
             0, {"receiver": "extra-webhooks", "continue": True})
 
     if fast:
+        timers = dict(FAST_ALERTMANAGER_TIMERS)
+        if ha:
+            timers["group_interval"] = FAST_HA_GROUP_INTERVAL
+
         def shorten(route: dict) -> None:
             if route is config["route"] or any(key in route for key in FAST_ALERTMANAGER_TIMERS):
-                route.update(FAST_ALERTMANAGER_TIMERS)
+                route.update(timers)
             for child in route.get("routes", []):
                 shorten(child)
         shorten(config["route"])

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from m2_3_stack import INSTALL_COMMAND, Stack, StackError
+from ragmon.stack.api import http_ok
 from ragmon.stack.process import COMPONENTS, PidFile, wait_until
 from tests.conftest import require_binaries
 from tests.stack_promql import WORKSPACE
@@ -36,11 +37,6 @@ def free_ports_args() -> list[str]:
             "--node-exporter-port", "0"]
 
 
-def get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status
-
-
 def test_cli_up_status_down_from_separate_processes(tmp_path, settings):
     workdir = tmp_path / "stack"
     try:
@@ -49,7 +45,7 @@ def test_cli_up_status_down_from_separate_processes(tmp_path, settings):
         urls = json.loads((workdir / "run" / "stack.json").read_text())["urls"]
         for name in ("prometheus", "alertmanager", "pushgateway"):
             assert urls[name] in up.stdout, f"up must print the {name} URL"
-            assert get(urls[name] + "/-/ready") == 200
+            assert http_ok(urls[name] + "/-/ready")
         pids = {c.name: PidFile(workdir / "run" / f"{c.name}.pid").process() for c in COMPONENTS}
         assert all(pids[name] is not None for name in ("prometheus", "alertmanager", "pushgateway"))
         # the daemons outlive the `up` process and run on the rendered copies in the workdir

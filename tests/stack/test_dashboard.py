@@ -229,3 +229,14 @@ def test_dashboard_provider_reads_the_directory_compose_mounts_the_dashboard_int
     target = next(m.split(":")[1] for m in mounts if m.startswith("./grafana_dash.json:"))
     assert target.rsplit("/", 1)[0] == provider["options"]["path"]
     assert any(m.startswith("./grafana/provisioning:/etc/grafana/provisioning") for m in mounts)
+
+
+def test_victoria_metrics_is_provisioned_as_a_second_prometheus_datasource():
+    """The dashboard's datasource variable (type prometheus) offers it, so every panel runs on
+    the long-term store unchanged (tests/integration/test_stack_ha.py runs them there)."""
+    sources = {s["uid"]: s for s in load_yaml(PROVISIONING / "datasources" / "prometheus.yml")["datasources"]}
+    victoria = sources["victoriametrics"]
+    assert victoria["type"] == "prometheus" and victoria["isDefault"] is False
+    assert victoria["jsonData"]["timeInterval"] == sources["prometheus"]["jsonData"]["timeInterval"]
+    variable = next(v for v in dashboard()["templating"]["list"] if v["type"] == "datasource")
+    assert variable["query"] == "prometheus"

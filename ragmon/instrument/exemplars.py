@@ -1,0 +1,71 @@
+"""Exemplars: the request id (and the trace id, when the caller traces with OpenTelemetry) that
+rides along with a query latency observation, so a point on the p99 panel leads to the exact
+request (`m2_3_report.py show REQUEST_ID`) and trace.
+
+An exemplar is not a label: it adds no series, whatever the number of request ids. Prometheus
+stores them when it scrapes OpenMetrics with `--enable-feature=exemplar-storage`.
+
+A histogram keeps one exemplar per bucket, the latest, and a scrape sees only that one; so each
+bucket takes a new exemplar at most once a second (ExemplarSampler): the slow tail's rare
+buckets still get every request, while a busy bucket does not pay for exemplars nobody scrapes.
+
+prometheus_client drops exemplars in multiprocess mode (PROMETHEUS_MULTIPROC_DIR): its mmap
+files hold values only. Observations still count; only the exemplar is lost (docs/metrics.md).
+"""
+from __future__ import annotations
+
+import sys
+from bisect import bisect_left
+from typing import Sequence
+
+# OpenMetrics allows 128 UTF-8 characters for an exemplar's label names and values together;
+# prometheus_client raises beyond that, so a longer custom request id goes without exemplar.
+MAX_EXEMPLAR_CHARS = 128
+
+
+def _trace_id() -> str | None:
+    """The current OpenTelemetry trace id, when the application already imported the API (never
+    imported here: monitoring must not pull in a tracing stack)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    try:
+        context = trace.get_current_span().get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
+    except Exception:  # noqa: BLE001 - a tracing problem never breaks the query
+        return None
+
+
+_MAX_REQUEST_ID = MAX_EXEMPLAR_CHARS - len("request_id")
+
+
+def latency_exemplar(request_id: str) -> dict[str, str] | None:
+    """{"request_id": ..., "trace_id": ...} for one observation, or None when it would not fit."""
+    if "opentelemetry.trace" not in sys.modules:  # no tracing: the cheap path, once per query
+        return {"request_id": request_id} if len(request_id) <= _MAX_REQUEST_ID else None
+    exemplar = {"request_id": request_id}
+    trace_id = _trace_id()
+    if trace_id is not None:
+        exemplar["trace_id"] = trace_id
+    if sum(len(k) + len(v) for k, v in exemplar.items()) > MAX_EXEMPLAR_CHARS:
+        exemplar.pop("trace_id", None)
+        if len("request_id") + len(request_id) > MAX_EXEMPLAR_CHARS:
+            return None
+    return exemplar
+
+
+class ExemplarSampler:
+    """Says whether an observation should carry an exemplar: the first one in its bucket after
+    `interval` seconds. Races between threads at worst attach one exemplar more."""
+
+    def __init__(self, upper_bounds: Sequence[float], interval: float = 1.0):
+        self.bounds = tuple(float(b) for b in upper_bounds)
+        self.interval = float(interval)
+        self._due = [float("-inf")] * (len(self.bounds) + 1)  # the +Inf bucket last
+
+    def due(self, value: float, now: float) -> bool:
+        index = bisect_left(self.bounds, value)
+        if now < self._due[index]:
+            return False
+        self._due[index] = now + self.interval
+        return True
