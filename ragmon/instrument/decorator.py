@@ -22,6 +22,7 @@ from .catalog import RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
 from ..checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
+from .usage import _PLAIN, StreamUsage, Unreadable, Usage, _is_stream, is_content, read_usage, watch_stream
 
 log = logging.getLogger("ragmon")
 _perf = time.perf_counter
@@ -108,7 +109,28 @@ def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *ar
 
 
 class _ModelChildren:
-    __slots__ = ("input", "output", "cached_input", "cost", "spend", "ttft", "price", "known")
+    __slots__ = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning",
+                 "partial", "cost", "spend", "ttft", "price", "known", "match", "day", "pricing")
+
+
+def _price_day(day: int):
+    import datetime
+    return datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
+
+
+_warned_shapes: set[str] = set()
+
+
+def _note_unreadable(metrics: RAGMetrics, shape: str, hint: str = "") -> None:
+    """Counts a response whose usage could not be read; warns once per shape."""
+    metrics.unreadable_responses.labels(shape).inc()
+    if shape not in _warned_shapes and len(_warned_shapes) < 100:
+        _warned_shapes.add(shape)
+        log.warning("monitoring: could not read token usage from a returned %s; its tokens and "
+                    "cost are not recorded (counted in rag_unreadable_responses_total). %s"
+                    "Instrument the client with ragmon.instrument_openai(client) / "
+                    "instrument_anthropic(client), or report usage with record_tokens().",
+                    shape, hint)
 
 
 class _Instrumented:
@@ -169,12 +191,23 @@ class _Instrumented:
             children.input = m.tokens.labels(label, "input")
             children.output = m.tokens.labels(label, "output")
             children.cached_input = m.tokens.labels(label, "cached_input")
+            children.cache_write_5m = m.tokens.labels(label, "cache_write_5m")
+            children.cache_write_1h = m.tokens.labels(label, "cache_write_1h")
+            children.reasoning = m.reasoning_tokens.labels(label)
+            children.partial = m.partial_usage.labels(label)
             children.cost = m.query_cost.labels(label)
             children.spend = m.spend.labels(label)
             children.ttft = m.time_to_first_token.labels(self.operation, label)
-            children.price, children.known = m.price_table.lookup(model)
+            self.reprice(children, model, int(time.time() // 86400))
             self.by_model[model] = children
         return children
+
+    def reprice(self, children: _ModelChildren, model: str | None, day: int) -> None:
+        """Prices in force on `day` (days since the epoch, UTC): versions change at midnight."""
+        children.match = self.metrics.price_table.match(model, _price_day(day))
+        children.price, children.known = children.match.price, children.match.known or model is None
+        children.pricing = children.match.describe()
+        children.day = day
 
     def stage_child(self, name: str):
         child = self.stages.get(name)
@@ -203,7 +236,7 @@ class _Instrumented:
 
             # What the returned dict says; values stay in locals (this runs for every query).
             inp = out = cached = 0
-            relevance = precision = first_token = None
+            relevance = precision = first_token = r_model = returned = None
             model = ctx.model
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
                 get = result.get
@@ -221,21 +254,44 @@ class _Instrumented:
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
                 if r_model is not None:
                     model = r_model
+                if r_inp is None and r_out is None and get("usage") is not None:
+                    returned = read_usage(result)  # a model_dump() of an SDK response
+            elif result is not None and type(result) not in _PLAIN:
+                returned = read_usage(result)  # an SDK response, by shape
             extra = ctx.extra  # what the query reported while it ran (streams, record_*())
+            llm = None
             if extra is not None:
                 inp += extra.input_tokens
                 out += extra.output_tokens
                 cached += extra.cached_input_tokens
                 relevance = relevance if relevance is not None else extra.relevance_score
                 precision = precision if precision is not None else extra.context_precision
+                if extra.usages is not None or extra.chunks is not None:
+                    llm = self._llm_usages(ctx, extra)
                 first_token = extra.first_token
+            if returned is not None:
+                llm = self._add_returned(llm, returned, ctx)
 
             cost = None
-            if inp or out or cached or first_token is not None:
+            pricing = None
+            ttft_pending = first_token is not None
+            if llm:
+                cost, pricing, model, ttft_pending, llm_tokens = self._record_llm(
+                    ctx, llm, model, first_token, (inp, out, cached) if r_model is None else None)
+                if r_model is None:
+                    inp = out = cached = 0  # folded into the LLM usage of the answering model
+                else:
+                    model = r_model
+            else:
+                llm = None
+            if inp or out or cached or ttft_pending:
                 children = self.by_model.get(model) or self.model_children(model)
-                if first_token is not None:
+                if ttft_pending:
                     children.ttft.observe(first_token)
                 if inp or out or cached:
+                    day = int(time.time() // 86400)
+                    if children.day != day:
+                        self.reprice(children, model, day)
                     if inp:
                         children.input.inc(inp)
                     if out:
@@ -243,12 +299,22 @@ class _Instrumented:
                     if cached:
                         children.cached_input.inc(cached)
                     price = children.price  # PriceTable.cost, inlined: this runs per query
-                    cost = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
-                    children.cost.observe(cost)
-                    if cost:
-                        children.spend.inc(cost)
+                    own = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
+                    children.cost.observe(own)
+                    if own:
+                        children.spend.inc(own)
                     if not children.known:
                         self.metrics._note_unknown_model(model)
+                    cost = own if cost is None else cost + own
+                    pricing = pricing or children.pricing
+            if llm is not None:
+                kinds = llm_tokens
+                kinds[0] += inp
+                kinds[1] += out
+                kinds[2] += cached
+                inp, out, cached = kinds[0], kinds[1], kinds[2]
+            else:
+                kinds = None
             if relevance is not None:
                 self.relevance.observe(relevance)
             if precision is not None:
@@ -259,7 +325,112 @@ class _Instrumented:
             return
         if ctx.sink is not None:
             self._write_record(ctx, duration, status, error_type, model, inp, out, cached, cost,
-                               relevance, precision, first_token)
+                               relevance, precision, first_token, kinds, pricing)
+
+    # --- LLM usage read from SDK responses and streams ------------------------------------------
+    def _llm_usages(self, ctx: QueryContext, extra) -> list:
+        """The usage of every LLM response and stream of the query, each counted once."""
+        found, seen = [], set()
+        sources = list(extra.usages or ())
+        if extra.chunks is not None:
+            sources.append(extra.chunks)
+        for source in sources:
+            if isinstance(source, StreamUsage):
+                if source is extra.chunks and not (source.final or source.usage.response_id):
+                    continue  # yielded chunks carried no usage at all (plain text chunks)
+                usage = source.snapshot()
+                if source.completed and not source.final:
+                    _note_unreadable(self.metrics, "stream_without_usage",
+                                     "Pass stream_options={'include_usage': True} to OpenAI "
+                                     "streams so the final chunk reports usage. ")
+                if source.first_content_at is not None and extra.first_token is None:
+                    extra.first_token = source.first_content_at - ctx.start
+            else:
+                usage = source
+            rid = usage.response_id
+            if rid is not None:
+                if rid in seen:
+                    continue
+                seen.add(rid)
+            found.append(usage)
+        return found
+
+    def _add_returned(self, llm: list | None, returned, ctx: QueryContext) -> list | None:
+        if isinstance(returned, Unreadable):
+            if not llm:  # an instrumented client may already have read the same call
+                _note_unreadable(self.metrics, returned.shape)
+            return llm
+        if llm is None:
+            llm = []
+        rid = returned.response_id
+        if rid is None or all(u.response_id != rid for u in llm):
+            llm.append(returned)
+        return llm
+
+    def _record_llm(self, ctx: QueryContext, llm: list, model: str | None,
+                    first_token: float | None, own: tuple | None):
+        """Counts each LLM usage under the model that answered it; returns the query's cost,
+        pricing, model, first-token time and token totals by kind."""
+        totals = [0, 0, 0, 0, 0, 0]  # input, output, cached, write 5m, write 1h, reasoning
+        cost = 0.0
+        by_model: dict = {}
+        day = int(time.time() // 86400)
+        for usage in llm:
+            name = usage.model or model
+            children = self.by_model.get(name) or self.model_children(name)
+            if children.day != day:
+                self.reprice(children, name, day)
+            counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+                      usage.cache_write_tokens, usage.cache_write_1h_tokens)
+            for child, count in zip((children.input, children.output, children.cached_input,
+                                     children.cache_write_5m, children.cache_write_1h), counts):
+                if count:
+                    child.inc(count)
+            if usage.reasoning_tokens:
+                children.reasoning.inc(usage.reasoning_tokens)
+            if usage.partial:
+                children.partial.inc()
+            for index, count in enumerate(counts):
+                totals[index] += count
+            totals[5] += usage.reasoning_tokens
+            one = children.price.cost(*counts)
+            cost += one
+            if one:
+                children.spend.inc(one)
+            if not children.known:
+                self.metrics._note_unknown_model(name)
+            entry = by_model.setdefault(name, [children, 0.0])
+            entry[1] += one
+            model = name
+        if own is not None and any(own):  # the returned dict's counts, for the answering model
+            children = self.by_model.get(model) or self.model_children(model)
+            for child, count in zip((children.input, children.output, children.cached_input), own):
+                if count:
+                    child.inc(count)
+            one = children.price.cost(*own)
+            cost += one
+            if one:
+                children.spend.inc(one)
+            for index, count in enumerate(own):
+                totals[index] += count
+            entry = by_model.setdefault(model, [children, 0.0])
+            entry[1] += one
+        for name, (children, one) in by_model.items():
+            children.cost.observe(one)
+        ttft_pending = first_token is not None
+        if ttft_pending and model in by_model:
+            by_model[model][0].ttft.observe(first_token)
+            ttft_pending = False
+        pricing = dict(by_model[model][0].pricing) if model in by_model else None
+        if pricing is not None and len(by_model) > 1:
+            pricing = dict(pricing, by_model={name: c.pricing
+                                              for name, (c, _) in by_model.items()})
+        if pricing is not None:
+            pricing["partial"] = any(u.partial for u in llm)
+            provider = next((u.provider for u in reversed(llm) if u.provider), None)
+            if provider:
+                pricing["provider"] = provider
+        return cost, pricing, model, ttft_pending, totals
 
     def _checked_result(self, fields: tuple) -> tuple:
         """The returned dict's fields with each bad one logged, counted and replaced by None."""
@@ -276,7 +447,8 @@ class _Instrumented:
     def _write_record(self, ctx: QueryContext, duration: float, status: str,
                       error_type: str | None, model: str | None, inp: int, out: int, cached: int,
                       cost: float | None, relevance: float | None, precision: float | None,
-                      first_token: float | None) -> None:
+                      first_token: float | None, kinds: list | None = None,
+                      pricing: dict | None = None) -> None:
         extra = ctx.extra
         try:
             end = time.time()
@@ -289,7 +461,10 @@ class _Instrumented:
                 time_to_first_token=first_token,
                 cache_hits=extra.cache_hits if extra else 0,
                 cache_misses=extra.cache_misses if extra else 0,
-                attributes=extra.attributes if extra else None), at=end)
+                attributes=extra.attributes if extra else None,
+                cache_write_tokens=kinds[3] if kinds else 0,
+                cache_write_1h_tokens=kinds[4] if kinds else 0,
+                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
