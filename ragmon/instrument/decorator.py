@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import time
+import weakref
 from typing import Any, Callable, Mapping
 
 from .catalog import RAGMetrics
@@ -432,6 +433,26 @@ class _Instrumented:
                 pricing["provider"] = provider
         return cost, pricing, model, ttft_pending, totals
 
+    def defer(self, ctx: QueryContext, stream) -> bool:
+        """Finishes the query when the SDK stream it returned ends (read to the end, closed,
+        abandoned or garbage-collected) instead of now, so its usage is counted. False if the
+        stream cannot be followed or has already ended."""
+        try:
+            tracker = follow_stream(stream, ctx.start)
+            if tracker is None or tracker.done:
+                return False
+            extra = ctx.extras()
+            if extra.usages is None:
+                extra.usages = []
+            if tracker not in extra.usages:
+                extra.usages.append(tracker)
+            tracker.on_end.append(lambda t: self.finish(ctx, None, _stream_outcome(t)))
+            return True
+        except Exception as failure:
+            _recording_failed(self.metrics, "recording", "following a returned stream failed: %r",
+                              failure)
+            return False
+
     def _checked_result(self, fields: tuple) -> tuple:
         """The returned dict's fields with each bad one logged, counted and replaced by None."""
         checked = []
@@ -475,6 +496,45 @@ _RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
                   ("cached_input_tokens", check_count), ("relevance_score", check_score),
                   ("context_precision", check_score),
                   ("model", lambda name, value: check_name(name, value, "gpt-4o-mini")))
+
+
+def follow_stream(stream, started: float | None = None) -> StreamUsage | None:
+    """The tracker following an SDK stream object, attached on first call (see usage.watch_stream).
+    Its end is also signalled when the stream is garbage-collected unread."""
+    tracker = getattr(stream, "_ragmon_usage", None)
+    if tracker is None:
+        tracker = StreamUsage(started)
+        if not watch_stream(stream, tracker):
+            return None
+        stream._ragmon_usage = tracker
+        weakref.finalize(stream, tracker.end)
+    return tracker
+
+
+def _stream_outcome(tracker: StreamUsage) -> BaseException | None:
+    """The exception a query that returned this stream ends with: the stream's own error, or
+    GeneratorExit (status "cancelled") when it was abandoned before its end."""
+    if tracker.error is not None:
+        return tracker.error
+    return None if tracker.completed else GeneratorExit()
+
+
+def _observe_chunk(ctx: QueryContext, item, waiting_first: bool) -> bool:
+    """Reads a chunk a streaming query yields: its usage (SDK chunks, events) and, for the first
+    *content* chunk, the time to first token. Returns whether the first content is still awaited."""
+    try:
+        if type(item) not in _PLAIN:
+            extra = ctx.extras()
+            if extra.chunks is None:
+                extra.chunks = StreamUsage(ctx.start)
+            extra.chunks.feed(item)
+        if waiting_first and is_content(item):
+            ctx.extras().first_token = _perf() - ctx.start
+            return False
+    except Exception as failure:
+        _recording_failed(ctx.owner.metrics, "recording", "reading a streamed chunk failed: %r",
+                          failure)
+    return waiting_first
 
 
 # --- the decorator -------------------------------------------------------------------------------
@@ -536,7 +596,8 @@ def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        inst.finish(ctx, result, None)
+        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+            inst.finish(ctx, result, None)
         return result
     return monitored
 
@@ -559,7 +620,8 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        inst.finish(ctx, result, None)
+        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+            inst.finish(ctx, result, None)
         return result
     return monitored
 
@@ -585,9 +647,8 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if first_chunk:
-                    first_chunk = False
-                    ctx.extras().first_token = _perf() - ctx.start
+                if first_chunk or type(item) not in _PLAIN:
+                    first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
                     arg = yield item
                     step = inner.send
@@ -627,9 +688,8 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if first_chunk:
-                    first_chunk = False
-                    ctx.extras().first_token = _perf() - ctx.start
+                if first_chunk or type(item) not in _PLAIN:
+                    first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
                     arg = yield item
                     step = inner.asend
@@ -779,80 +839,142 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
             query.extras().cache_misses += 1
 
 
-# Providers name their headers differently; each entry is (header, "requests"|"tokens").
-_RATE_LIMIT_HEADERS = (
-    ("x-ratelimit-remaining-requests", "requests"),
-    ("x-ratelimit-remaining-tokens", "tokens"),
-    ("anthropic-ratelimit-requests-remaining", "requests"),
-    ("anthropic-ratelimit-tokens-remaining", "tokens"),
-)
-
-
-def track_rate_limit(provider: str, remaining_requests: float | None = None,
-                     remaining_tokens: float | None = None, *, headers: Mapping | None = None,
+def track_rate_limit(provider: str | None = None, remaining_requests: float | None = None,
+                     remaining_tokens: float | None = None, *, headers: Any = None,
                      metrics: RAGMetrics | None = None) -> dict[str, float]:
     """Records the rate-limit headroom a provider reports, from numbers or response headers
-    (``x-ratelimit-remaining-requests`` / ``-tokens`` and Anthropic's equivalents).
+    (``x-ratelimit-remaining-*`` / ``-reset-*`` and Anthropic's ``anthropic-ratelimit-*``).
 
-    Bad numbers passed directly raise ValueError; unparsable headers (they come from outside)
-    are logged and counted instead. Returns what was recorded.
+    ``headers`` may be a mapping (dict, ``httpx.Headers``), a raw response (httpx, or the SDKs'
+    ``client.....with_raw_response`` result), an SDK error or stream (they carry the response).
+    Parsed objects such as ``ChatCompletion`` carry no headers: that is counted
+    (``reason="no_headers"``); instrument the client with ``instrument_openai()`` instead.
+    ``provider`` defaults to the one the headers name. Bad numbers passed directly raise
+    ValueError; unparsable headers (they come from outside) are logged and counted instead.
+    Returns what was recorded (``requests``, ``tokens``, ``requests_reset``, ``tokens_reset``).
     """
-    check_name("provider", provider, "openai")
+    from .sdk import headers_of, provider_of_headers, record_rate_limits
+    if provider is not None:
+        check_name("provider", provider, "openai")
     m = metrics or default_metrics()
     found: dict[str, float] = {}
     if remaining_requests is not None:
         found["requests"] = check_amount("remaining_requests", remaining_requests, "a count >= 0 as reported by the provider")
     if remaining_tokens is not None:
         found["tokens"] = check_amount("remaining_tokens", remaining_tokens, "a count >= 0 as reported by the provider")
-    if headers:
-        lowered = {str(key).lower(): value for key, value in headers.items()}
-        for header, kind in _RATE_LIMIT_HEADERS:
-            raw = lowered.get(header)
-            if raw is None or kind in found:
-                continue
-            try:
-                found[kind] = check_amount(header, float(str(raw).strip()), "a count >= 0")
-            except ValueError:
-                _recording_failed(m, "bad_header", "header %s=%r from %s is not a number",
-                                  header, raw, provider)
-    if "requests" in found:
-        m.rate_limit_requests.labels(provider).set(found["requests"])
-    if "tokens" in found:
-        m.rate_limit_tokens.labels(provider).set(found["tokens"])
+    mapping = headers_of(headers)
+    if headers is not None and mapping is None:
+        _recording_failed(m, "no_headers", "track_rate_limit(headers=%s) got an object without "
+                          "headers; pass response.headers of a raw response "
+                          "(client.chat.completions.with_raw_response.create(...)) or instrument "
+                          "the client with ragmon.instrument_openai(client)", type(headers).__name__)
+    if provider is None:
+        provider = (provider_of_headers(mapping) if mapping else None) or "unknown"
+    if found:
+        if "requests" in found:
+            m.rate_limit_requests.labels(provider).set(found["requests"])
+        if "tokens" in found:
+            m.rate_limit_tokens.labels(provider).set(found["tokens"])
+    if mapping:
+        lowered = {str(key).lower(): value for key, value in mapping.items()}
+        for kind in ("requests", "tokens"):  # numbers passed directly win over headers
+            if kind in found:
+                for name in (f"x-ratelimit-remaining-{kind}", f"anthropic-ratelimit-{kind}-remaining"):
+                    lowered.pop(name, None)
+        found.update(record_rate_limits(provider, lowered, m))
     return found
 
 
-def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,
-                  model: str | None = None, metrics: RAGMetrics | None = None) -> float | None:
-    """Reports token usage. Inside a monitored query (e.g. from a streaming generator) it adds to
-    that query, which counts tokens and cost when it ends; outside one it counts them now and
-    returns the cost."""
-    input_tokens = check_count("input_tokens", input_tokens)
-    output_tokens = check_count("output_tokens", output_tokens)
-    cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
+def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: str = "none",
+                 first_token: float | None = None, incomplete_stream: bool = False) -> float:
+    """Counts one LLM call's usage now, outside any monitored query; returns its cost."""
+    m = metrics or default_metrics()
+    label = usage.model or "unknown"
+    found = m.price_table.match(usage.model)
+    if not found.known and usage.model is not None:
+        m._note_unknown_model(usage.model)
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+              usage.cache_write_tokens, usage.cache_write_1h_tokens)
+    for kind, count in zip(("input", "output", "cached_input", "cache_write_5m", "cache_write_1h"),
+                           counts):
+        if count:
+            m.tokens.labels(label, kind).inc(count)
+    if usage.reasoning_tokens:
+        m.reasoning_tokens.labels(label).inc(usage.reasoning_tokens)
+    if usage.partial:
+        m.partial_usage.labels(label).inc()
+    if incomplete_stream:
+        _note_unreadable(m, "stream_without_usage", "Pass stream_options={'include_usage': True} "
+                         "to OpenAI streams so the final chunk reports usage. ")
+    if first_token is not None:
+        m.time_to_first_token.labels(operation, label).observe(first_token)
+    cost = found.price.cost(*counts)
+    m.query_cost.labels(label).observe(cost)
+    if cost:
+        m.spend.labels(label).inc(cost)
+    return cost
+
+
+def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,
+                  cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
+                  reasoning_tokens: int = 0, model: str | None = None,
+                  metrics: RAGMetrics | None = None) -> float | None:
+    """Reports token usage, as counts or as an SDK response: ``record_tokens(completion)``
+    reads a ChatCompletion, Responses ``Response``, Anthropic ``Message``, LangChain message or
+    their ``model_dump()`` (by shape). Counts: ``input_tokens`` uncached, ``cached_input_tokens``
+    cache reads, ``cache_write_tokens`` / ``cache_write_1h_tokens`` cache writes,
+    ``reasoning_tokens`` the part of ``output_tokens`` spent reasoning.
+
+    Inside a monitored query (e.g. from a streaming generator) it adds to that query, which
+    counts tokens and cost when it ends; outside one it counts them now and returns the cost.
+    A response whose usage cannot be read is counted in rag_unreadable_responses_total.
+    """
+    query = CURRENT_QUERY.get()
     if model is not None:
         check_name("model", model, "gpt-4o-mini")
-    query = CURRENT_QUERY.get()
+    if type(input_tokens) not in _PLAIN:  # an SDK response or its model_dump()
+        found = read_usage(input_tokens)
+        m = metrics or (query.owner.metrics if query is not None else default_metrics())
+        if found is None or isinstance(found, Unreadable):
+            _note_unreadable(m, found.shape if found is not None else type(input_tokens).__name__)
+            return None
+        if model is not None:
+            found.model = model
+        usage = found
+    else:
+        input_tokens = check_count("input_tokens", input_tokens)
+        output_tokens = check_count("output_tokens", output_tokens)
+        cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
+        cache_write_tokens = check_count("cache_write_tokens", cache_write_tokens)
+        cache_write_1h_tokens = check_count("cache_write_1h_tokens", cache_write_1h_tokens)
+        reasoning_tokens = check_count("reasoning_tokens", reasoning_tokens)
+        if reasoning_tokens > output_tokens:
+            raise ValueError(f"reasoning_tokens={reasoning_tokens} exceeds output_tokens="
+                             f"{output_tokens}; reasoning tokens are a part of the output tokens")
+        usage = None
+        if cache_write_tokens or cache_write_1h_tokens or reasoning_tokens:
+            usage = Usage(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+                          cache_write_1h_tokens, reasoning_tokens, model=model)
     if query is not None and (metrics is None or metrics is query.owner.metrics):
         extra = query.extras()
+        if usage is not None:
+            if extra.usages is None:
+                extra.usages = []
+            extra.usages.append(usage)
+            if usage.model is not None and model is not None:
+                query.model = model
+            return None
         extra.input_tokens += input_tokens
         extra.output_tokens += output_tokens
         extra.cached_input_tokens += cached_input_tokens
         if model is not None:
             query.model = model
         return None
-    if not (input_tokens or output_tokens or cached_input_tokens):
-        return 0.0
-    m = metrics or default_metrics()
-    label = model or "unknown"
-    cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
-    for kind, count in (("input", input_tokens), ("output", output_tokens),
-                        ("cached_input", cached_input_tokens)):
-        if count:
-            m.tokens.labels(label, kind).inc(count)
-    m.query_cost.labels(label).observe(cost)
-    m.spend.labels(label).inc(cost)
-    return cost
+    if usage is None:
+        if not (input_tokens or output_tokens or cached_input_tokens):
+            return 0.0
+        usage = Usage(input_tokens, output_tokens, cached_input_tokens, model=model)
+    return record_usage(usage, metrics=metrics)
 
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:

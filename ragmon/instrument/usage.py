@@ -244,12 +244,15 @@ class StreamUsage:
     time, and what is known if the stream ends early (input from the first event, output counted
     so far, marked partial)."""
 
-    __slots__ = ("started", "first_content", "usage", "final", "content_chunks", "done",
-                 "error", "on_end", "provider")
+    __slots__ = ("started", "first_content", "first_content_at", "usage", "final",
+                 "content_chunks", "done", "completed", "error", "on_end", "provider",
+                 "__weakref__")
 
     def __init__(self, started: float | None = None, provider: str | None = None):
         self.started = _perf() if started is None else started
         self.first_content: float | None = None  # seconds after `started`
+        self.first_content_at: float | None = None  # perf_counter() time
+        self.completed = False  # the stream ran to its end (not abandoned, no error)
         self.usage = Usage(provider=provider)
         self.final = False  # the stream reported its final usage
         self.content_chunks = 0
@@ -285,7 +288,8 @@ class StreamUsage:
     def _content(self) -> None:
         self.content_chunks += 1
         if self.first_content is None:
-            self.first_content = _perf() - self.started
+            self.first_content_at = _perf()
+            self.first_content = self.first_content_at - self.started
 
     def _identify(self, obj: Any) -> None:
         if self.usage.response_id is None and isinstance(_get(obj, "id"), str):
@@ -410,6 +414,7 @@ def _watch_sync(inner, tracker: StreamUsage):
             except Exception:  # a chunk we misread must not break the caller's stream
                 pass
             yield item
+        tracker.completed = True
     except BaseException as exc:
         tracker.end(exc)
         raise
@@ -429,6 +434,7 @@ async def _watch_async(inner, tracker: StreamUsage):
             except Exception:
                 pass
             yield item
+        tracker.completed = True
     except BaseException as exc:
         tracker.end(exc)
         raise

@@ -349,7 +349,8 @@ def _anthropic_usage(plan: dict, output: int) -> dict:
             "cache_creation_input_tokens": plan["write_5m"] + plan["write_1h"],
             "cache_creation": {"ephemeral_5m_input_tokens": plan["write_5m"],
                                "ephemeral_1h_input_tokens": plan["write_1h"]},
-            "service_tier": "standard"}
+            "service_tier": "standard",
+            "output_tokens_details": {"thinking_tokens": plan["reasoning"]} if plan["reasoning"] else None}
 
 
 def _chat_completion(plan: dict) -> dict:
@@ -433,7 +434,8 @@ def _messages_stream(plan: dict, body: dict):
     output = len(plan["words"]) + plan["reasoning"]
     yield None, "message_delta", json.dumps(
         {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-         "usage": {"output_tokens": output}}), 0
+         "usage": {"output_tokens": output, **({"output_tokens_details": {"thinking_tokens": plan["reasoning"]}}
+                                              if plan["reasoning"] else {})}}), 0
     yield None, "message_stop", json.dumps({"type": "message_stop"}), 0
 
 
