@@ -255,7 +255,7 @@ class _Instrumented:
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
                 if r_model is not None:
                     model = r_model
-                if r_inp is None and r_out is None and get("usage") is not None:
+                if r_inp is None and r_out is None and "usage" in result:
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None and type(result) not in _PLAIN:
                 returned = read_usage(result)  # an SDK response, by shape

@@ -102,13 +102,15 @@ def shape_name(obj: Any) -> str:
 # --- one usage block -----------------------------------------------------------------------------
 
 def usage_from_openai_chat(usage: Any) -> Usage:
-    """Chat Completions / LiteLLM ``usage``: prompt_tokens include the cached ones."""
+    """Chat Completions / LiteLLM ``usage``: prompt_tokens include cache reads and writes."""
     prompt = _count(_get(usage, "prompt_tokens"))
     details = _get(usage, "prompt_tokens_details")
     cached = _count(_get(details, "cached_tokens")) if details is not None else 0
     if not cached:  # LiteLLM reports Anthropic cache reads in Anthropic's own field
         cached = _count(_get(usage, "cache_read_input_tokens"))
-    written = _count(_get(usage, "cache_creation_input_tokens"))  # LiteLLM, Anthropic models
+    written = _count(_get(details, "cache_write_tokens")) if details is not None else 0
+    if not written:  # LiteLLM, for Anthropic models
+        written = _count(_get(usage, "cache_creation_input_tokens"))
     out_details = _get(usage, "completion_tokens_details")
     reasoning = _count(_get(out_details, "reasoning_tokens")) if out_details is not None else 0
     return Usage(input_tokens=max(prompt - cached - written, 0),
@@ -118,15 +120,17 @@ def usage_from_openai_chat(usage: Any) -> Usage:
 
 
 def usage_from_openai_responses(usage: Any) -> Usage:
-    """Responses API ``usage``: input_tokens include the cached ones."""
+    """Responses API ``usage``: input_tokens include cache reads and writes."""
     total_in = _count(_get(usage, "input_tokens"))
     details = _get(usage, "input_tokens_details")
     cached = _count(_get(details, "cached_tokens")) if details is not None else 0
+    written = _count(_get(details, "cache_write_tokens")) if details is not None else 0
     out_details = _get(usage, "output_tokens_details")
     reasoning = _count(_get(out_details, "reasoning_tokens")) if out_details is not None else 0
-    return Usage(input_tokens=max(total_in - cached, 0),
+    return Usage(input_tokens=max(total_in - cached - written, 0),
                  output_tokens=_count(_get(usage, "output_tokens")),
-                 cached_input_tokens=cached, reasoning_tokens=reasoning)
+                 cached_input_tokens=cached, cache_write_tokens=written,
+                 reasoning_tokens=reasoning)
 
 
 def usage_from_anthropic(usage: Any) -> Usage:

@@ -19,7 +19,8 @@ Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``stream_options.inc
 Usage is computed, not random: input tokens are the words of the prompt; output tokens are the
 words of the reply (one per streamed chunk) plus ``reasoning_tokens``. The knobs (constructor
 arguments or ``configure()``): ``reply``, ``cached_tokens`` (prompt-cache reads, added to the
-prompt), ``cache_write_tokens`` / ``cache_write_1h_tokens`` (Anthropic cache writes),
+prompt), ``cache_write_tokens`` (cache writes, both APIs) / ``cache_write_1h_tokens``
+(Anthropic's 1-hour writes),
 ``reasoning_tokens``, ``first_token_delay`` (seconds between the role-only first chunk and the
 first content chunk), ``chunk_delay``, ``model_suffix`` (the dated snapshot appended to the
 requested model name in responses, as the APIs do), ``request_limit`` and ``token_limit``.
@@ -245,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
             "words": knobs["reply"].split(),
             "input": max(_words(prompt) + _words(system), 1),
             "cached": knobs["cached_tokens"],
-            "write_5m": knobs["cache_write_tokens"] if anthropic else 0,
+            "write_5m": knobs["cache_write_tokens"],
             "write_1h": knobs["cache_write_1h_tokens"] if anthropic else 0,
             "reasoning": knobs["reasoning_tokens"],
         }
@@ -325,10 +326,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _chat_usage(plan: dict) -> dict:
     output = len(plan["words"]) + plan["reasoning"]
-    prompt = plan["input"] + plan["cached"]
+    prompt = plan["input"] + plan["cached"] + plan["write_5m"]
     return {"prompt_tokens": prompt, "completion_tokens": output,
             "total_tokens": prompt + output,
-            "prompt_tokens_details": {"cached_tokens": plan["cached"], "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": plan["cached"], "audio_tokens": 0,
+                                      "cache_write_tokens": plan["write_5m"]},
             "completion_tokens_details": {"reasoning_tokens": plan["reasoning"],
                                           "audio_tokens": 0, "accepted_prediction_tokens": 0,
                                           "rejected_prediction_tokens": 0}}
@@ -336,8 +338,9 @@ def _chat_usage(plan: dict) -> dict:
 
 def _responses_usage(plan: dict) -> dict:
     output = len(plan["words"]) + plan["reasoning"]
-    total_in = plan["input"] + plan["cached"]
-    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": plan["cached"]},
+    total_in = plan["input"] + plan["cached"] + plan["write_5m"]
+    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": plan["cached"],
+                                                               "cache_write_tokens": plan["write_5m"]},
             "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": plan["reasoning"]},
             "total_tokens": total_in + output}
