@@ -268,6 +268,8 @@ class _Instrumented:
                 relevance = relevance if relevance is not None else extra.relevance_score
                 precision = precision if precision is not None else extra.context_precision
                 if extra.usages is not None or extra.chunks is not None:
+                    if extra.chunks is not None and exc is None:
+                        extra.chunks.completed = True  # the query's own stream ran to its end
                     llm = self._llm_usages(ctx, extra)
                 first_token = extra.first_token
             if returned is not None:

@@ -55,6 +55,18 @@ def sdk_error_type(exc: BaseException) -> str:
     return "other"
 
 
+def record_llm_error(provider: str, error: BaseException, *,
+                     metrics: RAGMetrics | None = None) -> str:
+    """Counts a failed LLM call in rag_llm_errors_total by provider and bounded error type (for
+    clients ragmon does not instrument itself). Returns the type it was counted as."""
+    check_name("provider", provider, "openai")
+    if not isinstance(error, BaseException):
+        raise ValueError(f"error={error!r} is not an exception; pass the exception the call raised")
+    error_type = sdk_error_type(error)
+    (metrics or default_metrics()).llm_errors.labels(provider, error_type).inc()
+    return error_type
+
+
 # --- rate-limit headers --------------------------------------------------------------------------
 
 # (header, what it is, limit kind)
@@ -235,7 +247,7 @@ class _Calls:
     def failed(self, exc: BaseException, start: float, query) -> None:
         try:
             m = self.metrics_for(query)
-            m.llm_errors.labels(self.provider, sdk_error_type(exc)).inc()
+            record_llm_error(self.provider, exc, metrics=m)
             self.timed(m, query, _perf() - start)
         except Exception as failure:
             _recording_failed(self._metrics, "recording", "counting an SDK error failed: %r",
