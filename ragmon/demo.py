@@ -210,7 +210,14 @@ class SimulatedRAG:
         model, provider = self._pick_model()
         self._rate_limit_headers(provider)
         self.calls += 1
-        first_token = rnd.lognormvariate(math.log(0.3), 0.4)
+        s = self.scenario
+        first_token = (rnd.uniform(2.5, 4.0) if s.slow_generation
+                       else rnd.lognormvariate(math.log(0.3), 0.4))
+        if rnd.random() < s.error_rate:
+            error = rnd.choice(ERRORS)(f"simulated {provider} failure")
+            self.logger.log_error(error, context={"provider": provider, "model": model})
+            record_llm_error(provider, error, metrics=self.metrics)
+            raise error
         words = rnd.randint(8, 20)
         if provider == "anthropic":
             usage = self._usage(provider, False)

@@ -81,7 +81,23 @@ class Unreadable:
         return f"Unreadable({self.shape!r})"
 
 
+_MISSING = object()
+
+
 def _get(obj: Any, name: str) -> Any:
+    """A field of a response object or dict, None when absent. Pydantic models (the SDKs'
+    types) are read from their field storage: getattr() of a missing name on them raises and
+    catches an AttributeError, which costs more than the whole read."""
+    if type(obj) is dict:
+        return obj.get(name)
+    fields = getattr(obj, "__dict__", None)
+    if fields is not None:
+        value = fields.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        extra = getattr(obj, "__pydantic_extra__", _MISSING)
+        if extra is not _MISSING:  # a pydantic model: fields and extras are all there is
+            return extra.get(name) if extra else None
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
@@ -197,24 +213,26 @@ def read_usage(obj: Any) -> Usage | Unreadable | None:
 
 
 def _read(obj: Any) -> Usage | Unreadable | None:
-    meta = getattr(obj, "usage_metadata", None) if not isinstance(obj, Mapping) else None
-    if meta is not None or (not isinstance(obj, Mapping) and hasattr(obj, "response_metadata")):
+    is_mapping = isinstance(obj, Mapping)
+    meta = _get(obj, "usage_metadata") if not is_mapping else None
+    info = _get(obj, "response_metadata") if not is_mapping else None
+    if meta is not None or info is not None:  # a LangChain message
         if meta is None:
             return Unreadable(shape_name(obj))
         found = usage_from_langchain(meta)
-        info = getattr(obj, "response_metadata", None) or {}
+        info = info or {}
         found.model = info.get("model_name") or info.get("model")
         found.provider = info.get("model_provider")
-        found.response_id = getattr(obj, "id", None)
+        found.response_id = _get(obj, "id")
         return found
     usage = _get(obj, "usage")
     kind = _get(obj, "object") or _get(obj, "type")
     if usage is None:
         if isinstance(kind, str) and (kind in _RESPONSE_MARKERS or kind == "message"):
             return Unreadable(shape_name(obj))
-        if _get(obj, "choices") is not None and not isinstance(obj, Mapping):
+        if _get(obj, "choices") is not None and not is_mapping:
             return Unreadable(shape_name(obj))
-        if not isinstance(obj, Mapping) and _is_stream(obj):
+        if not is_mapping and _is_stream(obj):
             return Unreadable(shape_name(obj))
         return None
     found = _usage_block(usage, obj)
@@ -222,7 +240,8 @@ def _read(obj: Any) -> Usage | Unreadable | None:
         return Unreadable(shape_name(obj))
     model = _get(obj, "model")
     found.model = model if isinstance(model, str) and model else None
-    found.response_id = _get(obj, "id") if isinstance(_get(obj, "id"), str) else None
+    rid = _get(obj, "id")
+    found.response_id = rid if isinstance(rid, str) else None
     found.provider = _provider_of(obj, usage)
     return found
 
@@ -280,7 +299,7 @@ class StreamUsage:
         elif isinstance(kind, str) and kind.startswith("response."):
             self._responses_event(kind, item)
         else:
-            meta = getattr(item, "usage_metadata", None) if not isinstance(item, Mapping) else None
+            meta = _get(item, "usage_metadata") if not isinstance(item, Mapping) else None
             if meta is not None:  # LangChain chunks: each carries its own share
                 part = usage_from_langchain(meta)
                 for name in Usage.KINDS:
