@@ -527,9 +527,16 @@ def _observe_chunk(ctx: QueryContext, item, waiting_first: bool) -> bool:
     try:
         if type(item) not in _PLAIN:
             extra = ctx.extras()
-            if extra.chunks is None:
-                extra.chunks = StreamUsage(ctx.start)
-            extra.chunks.feed(item)
+            tracker = extra.chunks
+            if tracker is None:
+                tracker = extra.chunks = StreamUsage(ctx.start)
+            elif tracker.is_new_response(item):  # a second stream relayed by the same query
+                tracker.completed = True
+                if extra.usages is None:
+                    extra.usages = []
+                extra.usages.append(tracker)
+                tracker = extra.chunks = StreamUsage(ctx.start)
+            tracker.feed(item)
         if waiting_first and is_content(item):
             ctx.extras().first_token = _perf() - ctx.start
             return False

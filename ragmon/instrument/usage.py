@@ -308,6 +308,23 @@ class StreamUsage:
             if _get(item, "content"):
                 self._content()
 
+    def is_new_response(self, item: Any) -> bool:
+        """True when `item` starts another response than the one followed so far (a query that
+        relays two streams one after the other)."""
+        current = self.usage.response_id
+        if current is None or type(item) in _PLAIN:
+            return False
+        kind = _get(item, "type") or _get(item, "object")
+        if kind == "chat.completion.chunk":
+            rid = _get(item, "id")
+        elif kind == "message_start":
+            rid = _get(_get(item, "message"), "id")
+        elif kind == "response.created":
+            rid = _get(_get(item, "response"), "id")
+        else:
+            return False
+        return isinstance(rid, str) and rid != current
+
     def _content(self) -> None:
         self.content_chunks += 1
         if self.first_content is None:

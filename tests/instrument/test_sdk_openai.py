@@ -316,3 +316,17 @@ def test_async_client_text_and_stream(server, priced, records):
         "input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning")}
     assert [r["cost"] for r in records.records] == pytest.approx([records.records[0]["cost"]] * 2)
     assert records.records[1]["time_to_first_token"] is not None
+
+
+def test_a_query_relaying_two_streams_counts_both(server, priced, records):
+    client = sync_client(server, priced, instrument=False)
+
+    @monitored_query("answer", metrics=priced, request_log=records)
+    def answer():
+        yield from chat(client, **STREAM)  # e.g. a draft, then a rewrite
+        yield from chat(client, **STREAM)
+
+    list(answer())
+    model, billed = only_model(server)
+    assert billed["requests"] == 2
+    assert_billed_numbers(priced, server, records.records[0])
