@@ -27,9 +27,10 @@ test: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) -m pytest -q $(ARGS)
 
-## bench: the overhead and report benchmarks (print tables)
+## bench: the overhead, SDK and report benchmarks (print tables)
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_sdk.py
 	$(PY) bench/bench_report.py
 
 ## notebook: open the course notebook in Jupyter Lab
