@@ -5,8 +5,10 @@ Part 1, per call (openai and anthropic SDKs against ragmon.testing.LLMTestServer
   instrumented client                   instrument_openai / instrument_anthropic, no query
   instrumented client in @monitored_query
   bare client in @monitored_query returning the SDK object (the decorator reads it by shape)
-and the same for a stream read to its end. Variants are interleaved round by round so machine
-noise hits all alike; overhead = median time per call minus the bare call's.
+and the same for a stream read to its end. Variants are interleaved in short rounds so machine
+noise hits all alike; overhead = median per-call time minus the bare call's. Wall time on a
+shared machine swings by more than the overhead, so CPU time of the process (client and the
+in-process server thread; the server's share is the same for every variant) is shown as well.
 
 Part 2, per response: reading usage from each response shape (read_usage / StreamUsage.feed),
 against reading the same two numbers by hand (`response.usage.prompt_tokens`), which is the
@@ -98,6 +100,14 @@ def time_calls(fn, calls: int) -> float:
     return (perf() - start) / calls
 
 
+def time_calls_both(fn, calls: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) per call."""
+    cpu, start = time.process_time(), perf()
+    for _ in range(calls):
+        fn()
+    return (perf() - start) / calls, (time.process_time() - cpu) / calls
+
+
 def shapes(server: LLMTestServer) -> dict:
     client = openai.OpenAI(base_url=server.openai_base_url, api_key="bench", max_retries=0)
     aclient = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="bench", max_retries=0)
@@ -146,19 +156,27 @@ def main() -> None:
         for fn in variants.values():  # warm up: connections, children, price lookups
             for _ in range(20):
                 fn()
-        runs: dict = {key: [] for key in variants}
-        for _ in range(args.repeats):
+        rounds, per_round = args.repeats * 10, max(args.calls // 10, 1)
+        wall: dict = {key: [] for key in variants}
+        cpu: dict = {key: [] for key in variants}
+        for _ in range(rounds):
             for key, fn in variants.items():
-                runs[key].append(time_calls(fn, args.calls))
-        median = {key: statistics.median(values) for key, values in runs.items()}
+                w, c = time_calls_both(fn, per_round)
+                wall[key].append(w)
+                cpu[key].append(c)
+        wall_median = {key: statistics.median(values) for key, values in wall.items()}
+        cpu_median = {key: statistics.median(values) for key, values in cpu.items()}
 
-        print(f"Per-call cost against the local server (loopback HTTP), median of {args.repeats} "
-              f"runs x {args.calls} calls, variants interleaved")
-        print(f"| {'call':28} | {'variant':46} | {'us/call':>9} | {'overhead us':>11} |")
-        print(f"|{'-' * 30}|{'-' * 48}|{'-' * 11}|{'-' * 13}|")
-        for (sdk, name), value in median.items():
-            base = median[(sdk, "bare SDK call")]
-            print(f"| {sdk:28} | {name:46} | {value * 1e6:9.1f} | {(value - base) * 1e6:11.1f} |")
+        print(f"Per-call cost against the local server (loopback HTTP), median of {rounds} "
+              f"rounds x {per_round} calls, variants interleaved")
+        print(f"| {'call':26} | {'variant':44} | {'wall us':>8} | {'+wall us':>8} | "
+              f"{'CPU us':>8} | {'+CPU us':>8} |")
+        print(f"|{'-' * 28}|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
+        for (sdk, name) in variants:
+            w, c = wall_median[(sdk, name)], cpu_median[(sdk, name)]
+            w0, c0 = wall_median[(sdk, "bare SDK call")], cpu_median[(sdk, "bare SDK call")]
+            print(f"| {sdk:26} | {name:44} | {w * 1e6:8.0f} | {(w - w0) * 1e6:8.0f} | "
+                  f"{c * 1e6:8.0f} | {(c - c0) * 1e6:8.0f} |")
 
         readers = shapes(server)
         print(f"\nReading usage per response shape, median of {args.repeats} runs x {args.reads:,} reads")

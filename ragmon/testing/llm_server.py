@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -79,7 +80,7 @@ class LLMTestServer:
         self._tokens_used = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self.requests: list[dict] = []  # every request body received, in order
+        self.requests: deque[dict] = deque(maxlen=1000)  # the latest request bodies, in order
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LLMTestServer":
