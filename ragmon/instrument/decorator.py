@@ -904,24 +904,30 @@ def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: 
         m._note_unknown_model(usage.model)
     counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
               usage.cache_write_tokens, usage.cache_write_1h_tokens)
-    for kind, count in zip(("input", "output", "cached_input", "cache_write_5m", "cache_write_1h"),
-                           counts):
+    tokens, reasoning, partial, cost_child, spend = _child(m, ("usage", label), lambda: (
+        [m.tokens.labels(label, kind) for kind in _TOKEN_KINDS], m.reasoning_tokens.labels(label),
+        m.partial_usage.labels(label), m.query_cost.labels(label), m.spend.labels(label)))
+    for child, count in zip(tokens, counts):
         if count:
-            m.tokens.labels(label, kind).inc(count)
+            child.inc(count)
     if usage.reasoning_tokens:
-        m.reasoning_tokens.labels(label).inc(usage.reasoning_tokens)
+        reasoning.inc(usage.reasoning_tokens)
     if usage.partial:
-        m.partial_usage.labels(label).inc()
+        partial.inc()
     if incomplete_stream:
         _note_unreadable(m, "stream_without_usage", "Pass stream_options={'include_usage': True} "
                          "to OpenAI streams so the final chunk reports usage. ")
     if first_token is not None:
-        m.time_to_first_token.labels(operation, label).observe(first_token)
+        _child(m, ("ttft", operation, label),
+               lambda: m.time_to_first_token.labels(operation, label)).observe(first_token)
     cost = found.price.cost(*counts)
-    m.query_cost.labels(label).observe(cost)
+    cost_child.observe(cost)
     if cost:
-        m.spend.labels(label).inc(cost)
+        spend.inc(cost)
     return cost
+
+
+_TOKEN_KINDS = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
 
 
 def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from ..checks import check_name
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
-from .decorator import _recording_failed, default_metrics, follow_stream, record_usage
+from .decorator import _child, _recording_failed, default_metrics, follow_stream, record_usage
 from .usage import Unreadable, read_usage
 
 log = logging.getLogger("ragmon")
@@ -260,7 +260,9 @@ class _Calls:
             query.owner.stage_child(self.stage).observe(duration)
             query.add_stage(self.stage, duration, {"provider": self.provider})
         else:
-            m.stage_latency.labels("none", self.stage).observe(duration)
+            stage = self.stage
+            _child(m, ("stage", "none", stage),
+                   lambda: m.stage_latency.labels("none", stage)).observe(duration)
 
     def answered(self, result, start: float, query, args, kwargs) -> None:
         try:
@@ -340,12 +342,18 @@ def record_rate_limits(provider: str | None, headers: Mapping, metrics: RAGMetri
     for header, raw in bad:
         _recording_failed(metrics, "bad_header", "header %s=%r from %s is not a number or time",
                           header, raw, provider)
-    if "requests" in remaining:
-        metrics.rate_limit_requests.labels(provider).set(remaining["requests"])
-    if "tokens" in remaining:
-        metrics.rate_limit_tokens.labels(provider).set(remaining["tokens"])
+    cache = metrics.child_cache
+    for kind, value in remaining.items():
+        child = cache.get(("rate", provider, kind))
+        if child is None:
+            gauge = metrics.rate_limit_requests if kind == "requests" else metrics.rate_limit_tokens
+            child = cache[("rate", provider, kind)] = gauge.labels(provider)
+        child.set(value)
     for kind, when in reset.items():
-        metrics.rate_limit_reset.labels(provider, kind).set(when)
+        child = cache.get(("reset", provider, kind))
+        if child is None:
+            child = cache[("reset", provider, kind)] = metrics.rate_limit_reset.labels(provider, kind)
+        child.set(when)
     found = dict(remaining)
     found.update({f"{kind}_reset": when for kind, when in reset.items()})
     return found
