@@ -311,16 +311,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         events = _STREAMERS[kind](plan, body)
         state = self.server_state
+        # Billed before it is sent, so a client that has read a chunk finds it in billed():
+        # reasoning first (it precedes the visible output), then each chunk's output.
+        state._bill(plan["model"], output=plan["reasoning"], reasoning=plan["reasoning"])
         try:
             for delay, event, data, billed_output in events:
                 if delay:
                     time.sleep(knobs[delay])
+                if billed_output:
+                    state._bill(plan["model"], output=billed_output)
                 line = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
                 self.wfile.write(line.encode())
                 self.wfile.flush()
-                if billed_output:
-                    state._bill(plan["model"], output=billed_output)
-            state._bill(plan["model"], output=plan["reasoning"], reasoning=plan["reasoning"])
         except (BrokenPipeError, ConnectionResetError):
             return  # the client went away; what was generated so far is billed
 
