@@ -33,6 +33,7 @@ from .instrument.jsonlog import StructuredLogger, redact
 from .instrument.performance import PerformanceMonitor
 from .instrument.pricing import PriceTable
 from .instrument.records import DailyFileSink
+from .instrument.sdk import instrument_anthropic, instrument_openai
 from .instrument.server import start_metrics_server
 from .settings import ConfigError, Settings, get_settings, load_settings, make_settings
 
@@ -45,7 +46,7 @@ __all__ = [
     # measuring a query
     "monitored_query", "stage", "observe_stage", "record_tokens", "record_quality",
     "set_attributes", "track_cache_operation", "track_rate_limit", "current_request_id",
-    "request_context",
+    "request_context", "instrument_openai", "instrument_anthropic",
     # the metrics and the records
     "metrics", "RAGMetrics", "PriceTable", "start_metrics_server", "configure_request_log",
     "DailyFileSink", "StructuredLogger", "redact", "PerformanceMonitor",

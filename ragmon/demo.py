@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 
 from .instrument.catalog import RAGMetrics
-from .instrument.decorator import (configure_request_log, default_metrics, monitored_query, stage,
-                         track_cache_operation, track_rate_limit)
+from .instrument.decorator import (configure_request_log, default_metrics, monitored_query,
+                                   record_tokens, stage, track_cache_operation, track_rate_limit)
+from .instrument.sdk import record_llm_error
 from .instrument.jsonlog import StructuredLogger
 from .instrument.server import start_metrics_server
 
@@ -99,6 +100,9 @@ class SimulatedRAG:
                         for provider, limit in scenario.rate_limit_per_minute.items()}
         self.answer = monitored_query(operation="rag_search", model="gpt-4o-mini",
                                       metrics=metrics)(self._answer)
+        self.stream = monitored_query(operation="rag_stream", model="gpt-4o-mini",
+                                      metrics=metrics)(self._stream)
+        self.calls = 0
 
     async def _answer(self, query: str) -> dict:
         s, rnd = self.scenario, self.random
@@ -117,16 +121,8 @@ class SimulatedRAG:
         async with stage("reranking"):
             await asyncio.sleep(rnd.uniform(0.03, 0.08))
 
-        model, provider = (("claude-3-haiku", "anthropic") if rnd.random() < 0.1
-                           else ("gpt-4o-mini", "openai"))
-        if s.expensive:
-            model, provider = "gpt-4", "openai"
-        remaining = self.windows[provider].take()
-        headers = ({"x-ratelimit-remaining-requests": str(remaining),
-                    "x-ratelimit-remaining-tokens": str(remaining * 150)} if provider == "openai" else
-                   {"anthropic-ratelimit-requests-remaining": str(remaining),
-                    "anthropic-ratelimit-tokens-remaining": str(remaining * 150)})
-        track_rate_limit(provider, headers=headers, metrics=self.metrics)
+        model, provider = self._pick_model()
+        self._rate_limit_headers(provider)
 
         async with stage("generation", model=model):
             if s.slow_generation:
@@ -138,24 +134,142 @@ class SimulatedRAG:
                 error = rnd.choice(ERRORS)(f"simulated {provider} failure")
                 # Logged inside the query, so the line carries the query's request_id.
                 self.logger.log_error(error, context={"provider": provider, "model": model})
+                record_llm_error(provider, error, metrics=self.metrics)
                 raise error
 
         if s.expensive:
             input_tokens, output_tokens, cached = 40_000 + rnd.randint(0, 5000), 10_000, 0
-        else:
-            # Kept small so a normal run spends well under the $100/day alert line.
-            input_tokens, output_tokens = rnd.randint(200, 500), rnd.randint(40, 120)
-            cached = rnd.choice((0, 0, 128))
-        return {"answer": "...", "model": model, "input_tokens": input_tokens,
-                "output_tokens": output_tokens, "cached_input_tokens": cached,
-                "relevance_score": min(1.0, rnd.betavariate(8, 2)),
+            return {"answer": "...", "model": model, "input_tokens": input_tokens,
+                    "output_tokens": output_tokens, "cached_input_tokens": cached,
+                    "relevance_score": min(1.0, rnd.betavariate(8, 2)),
+                    "context_precision": rnd.uniform(0.55, 0.95)}
+        # What the SDK would return (its model_dump()), read by shape like a real response.
+        record_tokens(self._response(model, provider), metrics=self.metrics)
+        return {"answer": "...", "relevance_score": min(1.0, rnd.betavariate(8, 2)),
                 "context_precision": rnd.uniform(0.55, 0.95)}
+
+    def _pick_model(self) -> tuple[str, str]:
+        draw = self.random.random()
+        if self.scenario.expensive:
+            return "gpt-4", "openai"
+        if draw < 0.1:
+            return "claude-3-haiku-20240307", "anthropic"  # the dated snapshot the API answers
+        if draw < 0.15:
+            return "o4-mini-2025-04-16", "openai"  # a reasoning model
+        if draw < 0.17:
+            return "llama-3.1-8b-local", "openai"  # not in the price table: default-priced
+        return "gpt-4o-mini", "openai"
+
+    def _rate_limit_headers(self, provider: str) -> None:
+        """Headers as the providers send them, with the time left in the window."""
+        remaining = self.windows[provider].take()
+        left = 60 - time.time() % 60
+        if provider == "openai":
+            headers = {"x-ratelimit-remaining-requests": str(remaining),
+                       "x-ratelimit-remaining-tokens": str(remaining * 150),
+                       "x-ratelimit-reset-requests": f"{left:.3f}s",
+                       "x-ratelimit-reset-tokens": f"{min(left, 6):.3f}s"}
+        else:
+            reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + left))
+            headers = {"anthropic-ratelimit-requests-remaining": str(remaining),
+                       "anthropic-ratelimit-tokens-remaining": str(remaining * 150),
+                       "anthropic-ratelimit-requests-reset": reset,
+                       "anthropic-ratelimit-tokens-reset": reset}
+        track_rate_limit(provider, headers=headers, metrics=self.metrics)
+
+    def _usage(self, provider: str, reasoning: bool) -> dict:
+        """Token counts kept small so a normal run spends well under the $100/day alert line."""
+        rnd = self.random
+        uncached, output = rnd.randint(200, 500), rnd.randint(40, 120)
+        cached = rnd.choice((0, 0, 128))
+        if provider == "anthropic":
+            write_5m, write_1h = rnd.choice(((0, 0), (0, 0), (300, 0), (0, 300)))
+            return {"input_tokens": uncached, "output_tokens": output,
+                    "cache_read_input_tokens": cached,
+                    "cache_creation_input_tokens": write_5m + write_1h,
+                    "cache_creation": {"ephemeral_5m_input_tokens": write_5m,
+                                       "ephemeral_1h_input_tokens": write_1h}}
+        return {"prompt_tokens": uncached + cached, "completion_tokens": output,
+                "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": output // 2 if reasoning else 0}}
+
+    def _response(self, model: str, provider: str) -> dict:
+        self.calls += 1
+        usage = self._usage(provider, model.startswith("o4"))
+        if provider == "anthropic":
+            return {"id": f"msg_{self.calls}", "type": "message", "model": model, "usage": usage}
+        return {"id": f"chatcmpl-{self.calls}", "object": "chat.completion", "model": model,
+                "choices": [], "usage": usage}
+
+    async def _stream(self, query: str):
+        """A streamed answer: SDK stream chunks/events, as a service relays them. Time to first
+        token is the first chunk with content; some OpenAI streams are made without
+        include_usage (counted as unreadable), and some clients hang up early (partial usage)."""
+        rnd = self.random
+        async with stage("retrieval", top_k=20):
+            await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
+        model, provider = self._pick_model()
+        self._rate_limit_headers(provider)
+        self.calls += 1
+        s = self.scenario
+        first_token = (rnd.uniform(2.5, 4.0) if s.slow_generation
+                       else rnd.lognormvariate(math.log(0.3), 0.4))
+        if rnd.random() < s.error_rate:
+            error = rnd.choice(ERRORS)(f"simulated {provider} failure")
+            self.logger.log_error(error, context={"provider": provider, "model": model})
+            record_llm_error(provider, error, metrics=self.metrics)
+            raise error
+        words = rnd.randint(8, 20)
+        if provider == "anthropic":
+            usage = self._usage(provider, False)
+            yield {"type": "message_start", "message": {
+                "id": f"msg_{self.calls}", "type": "message", "model": model,
+                "usage": dict(usage, output_tokens=1)}}
+            await asyncio.sleep(first_token)
+            for _ in range(words):
+                yield {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "w "}}
+                await asyncio.sleep(0.01)
+            yield {"type": "message_delta", "usage": {"output_tokens": words}}
+            yield {"type": "message_stop"}
+            return
+        chunk = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk", "model": model}
+        yield dict(chunk, choices=[{"delta": {"role": "assistant", "content": ""}}])
+        await asyncio.sleep(first_token)
+        for _ in range(words):
+            yield dict(chunk, choices=[{"delta": {"content": "w "}}])
+            await asyncio.sleep(0.01)
+        if rnd.random() < 0.9:  # the rest were made without stream_options include_usage
+            usage = self._usage(provider, model.startswith("o4"))
+            usage["completion_tokens"] = words
+            usage["completion_tokens_details"]["reasoning_tokens"] = 0
+            yield dict(chunk, choices=[], usage=usage)
 
     async def handle(self, number: int) -> None:
         try:
-            await self.answer(f"question {number}")
+            if self.random.random() < 0.2 and not self.scenario.expensive:
+                await self.relay(f"question {number}")
+            else:
+                await self.answer(f"question {number}")
         except ERRORS:
             pass  # counted and logged by then; a real service would answer with an error
+
+    async def relay(self, query: str) -> None:
+        """Reads a streamed answer as a client would; one in ten clients hangs up early."""
+        stream = self.stream(query)
+        hang_up = self.random.random() < 0.1
+        try:
+            async for index, _ in _aenumerate(stream):
+                if hang_up and index == 3:
+                    break
+        finally:
+            await stream.aclose()
+
+
+async def _aenumerate(items):
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1
 
 
 class Summary:

@@ -36,7 +36,12 @@ COST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
                 0.5, 1.0, 5.0)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
-TOKEN_TYPES = ("input", "output", "cached_input")
+# Billed token kinds; they never overlap, so sum() over rag_tokens_total is what was billed.
+# "cached_input" is prompt tokens read from the provider's cache; cache writes are split by the
+# cache lifetime Anthropic bills differently. Reasoning tokens are a part of "output" and have
+# their own counter (rag_reasoning_tokens_total) so that no sum counts them twice.
+TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
+RATE_LIMIT_KINDS = ("requests", "tokens")
 
 
 class LabelGuard:
@@ -146,8 +151,16 @@ class RAGMetrics:
         self.errors = counter(
             f"{P}errors_total", "Failed queries by exception type.", ["operation", "error_type"])
         self.tokens = counter(
-            f"{P}tokens_total", "LLM tokens by model and type (input, output, cached_input).",
-            ["model", "token_type"])
+            f"{P}tokens_total", "LLM tokens billed, by model and type (input, output, cached_input, "
+            "cache_write_5m, cache_write_1h); the types never overlap.", ["model", "token_type"])
+        self.reasoning_tokens = counter(
+            f"{P}reasoning_tokens_total", "Reasoning tokens by model: a part of the output tokens "
+            "already counted in rag_tokens_total{token_type=\"output\"}, never to be added to them.",
+            ["model"])
+        self.partial_usage = counter(
+            f"{P}partial_usage_total", "LLM calls whose final usage never arrived (stream "
+            "abandoned or cut); their tokens are what was known: input and output so far.",
+            ["model"])
         self.query_cost = histogram(
             f"{P}query_cost_dollars", "Cost of one query in dollars.", ["model"], COST_BUCKETS)
         self.spend = counter(
@@ -169,6 +182,17 @@ class RAGMetrics:
         self.rate_limit_tokens = gauge(
             f"{P}rate_limit_remaining_tokens", "Tokens left in the provider's rate-limit window.",
             ["provider"], "mostrecent")
+        self.rate_limit_reset = gauge(
+            f"{P}rate_limit_reset_timestamp_seconds", "When the provider's rate-limit window "
+            "resets (Unix time); subtract time() for the seconds left.", ["provider", "limit"],
+            "mostrecent")
+        self.llm_errors = counter(
+            f"{P}llm_errors_total", "Failed LLM SDK calls by provider and error type "
+            "(RateLimitError, APITimeoutError, ...; other types are counted as APIError or other).",
+            ["provider", "error_type"])
+        self.unreadable_responses = counter(
+            f"{P}unreadable_responses_total", "Returned LLM responses whose token usage could not "
+            "be read (not recorded as zero tokens), by response shape.", ["shape"])
         self.instrumentation_errors = counter(
             f"{P}instrumentation_errors_total",
             "Monitoring failures that were logged and swallowed so the application kept running.",
@@ -178,7 +202,8 @@ class RAGMetrics:
             "Label values mapped to __other__ because a label passed its cardinality limit.",
             ["metric", "label"])
         self.unknown_model = counter(
-            f"{P}unknown_model_total", "Cost calculations for models missing from the price table.")
+            f"{P}unknown_model_total", "Cost calculations for models missing from the price table "
+            "(priced at the default).")
         self.service_info = gauge(
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
@@ -186,7 +211,9 @@ class RAGMetrics:
         # Guarded wrappers for every metric whose label values come from callers.
         for attr in ("query_latency", "stage_latency", "time_to_first_token", "queries", "errors",
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
-                     "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens"):
+                     "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
+                     "reasoning_tokens", "partial_usage", "rate_limit_reset", "llm_errors",
+                     "unreadable_responses"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
     # --- catalog facts -----------------------------------------------------------------------
@@ -240,20 +267,22 @@ class RAGMetrics:
 
     # --- cost ------------------------------------------------------------------------------------
     def calculate_cost(self, input_tokens: int = 0, output_tokens: int = 0, model: str | None = None,
-                       cached_input_tokens: int = 0) -> float:
-        """Dollars for one call. Token counts must be whole numbers >= 0 (ValueError otherwise).
+                       cached_input_tokens: int = 0, cache_write_tokens: int = 0,
+                       cache_write_1h_tokens: int = 0) -> float:
+        """Dollars for one call. Token counts must be whole numbers >= 0 (ValueError otherwise);
+        ``input_tokens`` are the uncached ones, reasoning tokens are inside ``output_tokens``.
 
         An unknown model is priced at the configured default, warned about once and counted in
         ``rag_unknown_model_total``.
         """
-        input_tokens = check_count("input_tokens", input_tokens)
-        output_tokens = check_count("output_tokens", output_tokens)
-        cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
-        table = self.price_table
-        price, known = table.lookup(model)
-        if not known:
+        counts = [check_count(name, value) for name, value in (
+            ("input_tokens", input_tokens), ("output_tokens", output_tokens),
+            ("cached_input_tokens", cached_input_tokens), ("cache_write_tokens", cache_write_tokens),
+            ("cache_write_1h_tokens", cache_write_1h_tokens))]
+        found = self.price_table.match(model)
+        if not found.known and model is not None:
             self._note_unknown_model(model)
-        return table.cost(price, input_tokens, output_tokens, cached_input_tokens)
+        return found.price.cost(*counts)
 
     def _note_unknown_model(self, model: str) -> None:
         self.unknown_model.inc()

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import time
+import weakref
 from typing import Any, Callable, Mapping
 
 from .catalog import QUERY_LATENCY_BUCKETS, RAGMetrics
@@ -23,6 +24,7 @@ from .context import CURRENT_QUERY, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
 from ..checks import check_amount, check_count, check_name, check_score
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
+from .usage import _PLAIN, StreamUsage, Unreadable, Usage, _is_stream, is_content, read_usage, watch_stream
 
 log = logging.getLogger("ragmon")
 _perf = time.perf_counter
@@ -109,7 +111,28 @@ def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *ar
 
 
 class _ModelChildren:
-    __slots__ = ("input", "output", "cached_input", "cost", "spend", "ttft", "price", "known")
+    __slots__ = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning",
+                 "partial", "cost", "spend", "ttft", "price", "known", "match", "day", "pricing")
+
+
+def _price_day(day: int):
+    import datetime
+    return datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
+
+
+_warned_shapes: set[str] = set()
+
+
+def _note_unreadable(metrics: RAGMetrics, shape: str, hint: str = "") -> None:
+    """Counts a response whose usage could not be read; warns once per shape."""
+    metrics.unreadable_responses.labels(shape).inc()
+    if shape not in _warned_shapes and len(_warned_shapes) < 100:
+        _warned_shapes.add(shape)
+        log.warning("monitoring: could not read token usage from a returned %s; its tokens and "
+                    "cost are not recorded (counted in rag_unreadable_responses_total). %s"
+                    "Instrument the client with ragmon.instrument_openai(client) / "
+                    "instrument_anthropic(client), or report usage with record_tokens().",
+                    shape, hint)
 
 
 class _Instrumented:
@@ -171,12 +194,23 @@ class _Instrumented:
             children.input = m.tokens.labels(label, "input")
             children.output = m.tokens.labels(label, "output")
             children.cached_input = m.tokens.labels(label, "cached_input")
+            children.cache_write_5m = m.tokens.labels(label, "cache_write_5m")
+            children.cache_write_1h = m.tokens.labels(label, "cache_write_1h")
+            children.reasoning = m.reasoning_tokens.labels(label)
+            children.partial = m.partial_usage.labels(label)
             children.cost = m.query_cost.labels(label)
             children.spend = m.spend.labels(label)
             children.ttft = m.time_to_first_token.labels(self.operation, label)
-            children.price, children.known = m.price_table.lookup(model)
+            self.reprice(children, model, int(time.time() // 86400))
             self.by_model[model] = children
         return children
+
+    def reprice(self, children: _ModelChildren, model: str | None, day: int) -> None:
+        """Prices in force on `day` (days since the epoch, UTC): versions change at midnight."""
+        children.match = self.metrics.price_table.match(model, _price_day(day))
+        children.price, children.known = children.match.price, children.match.known or model is None
+        children.pricing = children.match.describe()
+        children.day = day
 
     def stage_child(self, name: str):
         child = self.stages.get(name)
@@ -209,7 +243,7 @@ class _Instrumented:
 
             # What the returned dict says; values stay in locals (this runs for every query).
             inp = out = cached = 0
-            relevance = precision = first_token = None
+            relevance = precision = first_token = r_model = returned = None
             model = ctx.model
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
                 get = result.get
@@ -227,21 +261,46 @@ class _Instrumented:
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
                 if r_model is not None:
                     model = r_model
+                if r_inp is None and r_out is None and "usage" in result:
+                    returned = read_usage(result)  # a model_dump() of an SDK response
+            elif result is not None and type(result) not in _PLAIN:
+                returned = read_usage(result)  # an SDK response, by shape
             extra = ctx.extra  # what the query reported while it ran (streams, record_*())
+            llm = None
             if extra is not None:
                 inp += extra.input_tokens
                 out += extra.output_tokens
                 cached += extra.cached_input_tokens
                 relevance = relevance if relevance is not None else extra.relevance_score
                 precision = precision if precision is not None else extra.context_precision
+                if extra.usages is not None or extra.chunks is not None:
+                    if extra.chunks is not None and exc is None:
+                        extra.chunks.completed = True  # the query's own stream ran to its end
+                    llm = self._llm_usages(ctx, extra)
                 first_token = extra.first_token
+            if returned is not None:
+                llm = self._add_returned(llm, returned, ctx)
 
             cost = None
-            if inp or out or cached or first_token is not None:
+            pricing = None
+            ttft_pending = first_token is not None
+            if llm:
+                cost, pricing, model, ttft_pending, llm_tokens = self._record_llm(
+                    ctx, llm, model, first_token, (inp, out, cached) if r_model is None else None)
+                if r_model is None:
+                    inp = out = cached = 0  # folded into the LLM usage of the answering model
+                else:
+                    model = r_model
+            else:
+                llm = None
+            if inp or out or cached or ttft_pending:
                 children = self.by_model.get(model) or self.model_children(model)
-                if first_token is not None:
+                if ttft_pending:
                     children.ttft.observe(first_token)
                 if inp or out or cached:
+                    day = int(time.time() // 86400)
+                    if children.day != day:
+                        self.reprice(children, model, day)
                     if inp:
                         children.input.inc(inp)
                     if out:
@@ -249,12 +308,22 @@ class _Instrumented:
                     if cached:
                         children.cached_input.inc(cached)
                     price = children.price  # PriceTable.cost, inlined: this runs per query
-                    cost = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
-                    children.cost.observe(cost)
-                    if cost:
-                        children.spend.inc(cost)
+                    own = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
+                    children.cost.observe(own)
+                    if own:
+                        children.spend.inc(own)
                     if not children.known:
                         self.metrics._note_unknown_model(model)
+                    cost = own if cost is None else cost + own
+                    pricing = pricing or children.pricing
+            if llm is not None:
+                kinds = llm_tokens
+                kinds[0] += inp
+                kinds[1] += out
+                kinds[2] += cached
+                inp, out, cached = kinds[0], kinds[1], kinds[2]
+            else:
+                kinds = None
             if relevance is not None:
                 self.relevance.observe(relevance)
             if precision is not None:
@@ -265,7 +334,132 @@ class _Instrumented:
             return
         if ctx.sink is not None:
             self._write_record(ctx, duration, status, error_type, model, inp, out, cached, cost,
-                               relevance, precision, first_token)
+                               relevance, precision, first_token, kinds, pricing)
+
+    # --- LLM usage read from SDK responses and streams ------------------------------------------
+    def _llm_usages(self, ctx: QueryContext, extra) -> list:
+        """The usage of every LLM response and stream of the query, each counted once."""
+        found, seen = [], set()
+        sources = list(extra.usages or ())
+        if extra.chunks is not None:
+            sources.append(extra.chunks)
+        for source in sources:
+            if isinstance(source, StreamUsage):
+                if source is extra.chunks and not (source.final or source.usage.response_id):
+                    continue  # yielded chunks carried no usage at all (plain text chunks)
+                usage = source.snapshot()
+                if source.completed and not source.final:
+                    _note_unreadable(self.metrics, "stream_without_usage",
+                                     "Pass stream_options={'include_usage': True} to OpenAI "
+                                     "streams so the final chunk reports usage. ")
+                if source.first_content_at is not None and extra.first_token is None:
+                    extra.first_token = source.first_content_at - ctx.start
+            else:
+                usage = source
+            rid = usage.response_id
+            if rid is not None:
+                if rid in seen:
+                    continue
+                seen.add(rid)
+            found.append(usage)
+        return found
+
+    def _add_returned(self, llm: list | None, returned, ctx: QueryContext) -> list | None:
+        if isinstance(returned, Unreadable):
+            if not llm:  # an instrumented client may already have read the same call
+                _note_unreadable(self.metrics, returned.shape)
+            return llm
+        if llm is None:
+            llm = []
+        rid = returned.response_id
+        if rid is None or all(u.response_id != rid for u in llm):
+            llm.append(returned)
+        return llm
+
+    def _record_llm(self, ctx: QueryContext, llm: list, model: str | None,
+                    first_token: float | None, own: tuple | None):
+        """Counts each LLM usage under the model that answered it; returns the query's cost,
+        pricing, model, first-token time and token totals by kind."""
+        totals = [0, 0, 0, 0, 0, 0]  # input, output, cached, write 5m, write 1h, reasoning
+        cost = 0.0
+        by_model: dict = {}
+        day = int(time.time() // 86400)
+        for usage in llm:
+            name = usage.model or model
+            children = self.by_model.get(name) or self.model_children(name)
+            if children.day != day:
+                self.reprice(children, name, day)
+            counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+                      usage.cache_write_tokens, usage.cache_write_1h_tokens)
+            for child, count in zip((children.input, children.output, children.cached_input,
+                                     children.cache_write_5m, children.cache_write_1h), counts):
+                if count:
+                    child.inc(count)
+            if usage.reasoning_tokens:
+                children.reasoning.inc(usage.reasoning_tokens)
+            if usage.partial:
+                children.partial.inc()
+            for index, count in enumerate(counts):
+                totals[index] += count
+            totals[5] += usage.reasoning_tokens
+            one = children.price.cost(*counts)
+            cost += one
+            if one:
+                children.spend.inc(one)
+            if not children.known:
+                self.metrics._note_unknown_model(name)
+            entry = by_model.setdefault(name, [children, 0.0])
+            entry[1] += one
+            model = name
+        if own is not None and any(own):  # the returned dict's counts, for the answering model
+            children = self.by_model.get(model) or self.model_children(model)
+            for child, count in zip((children.input, children.output, children.cached_input), own):
+                if count:
+                    child.inc(count)
+            one = children.price.cost(*own)
+            cost += one
+            if one:
+                children.spend.inc(one)
+            for index, count in enumerate(own):
+                totals[index] += count
+            entry = by_model.setdefault(model, [children, 0.0])
+            entry[1] += one
+        for name, (children, one) in by_model.items():
+            children.cost.observe(one)
+        ttft_pending = first_token is not None
+        if ttft_pending and model in by_model:
+            by_model[model][0].ttft.observe(first_token)
+            ttft_pending = False
+        pricing = dict(by_model[model][0].pricing) if model in by_model else None
+        if pricing is not None and len(by_model) > 1:
+            pricing = dict(pricing, by_model={name: c.pricing
+                                              for name, (c, _) in by_model.items()})
+        if pricing is not None:
+            pricing["partial"] = any(u.partial for u in llm)
+            provider = next((u.provider for u in reversed(llm) if u.provider), None)
+            if provider:
+                pricing["provider"] = provider
+        return cost, pricing, model, ttft_pending, totals
+
+    def defer(self, ctx: QueryContext, stream) -> bool:
+        """Finishes the query when the SDK stream it returned ends (read to the end, closed,
+        abandoned or garbage-collected) instead of now, so its usage is counted. False if the
+        stream cannot be followed or has already ended."""
+        try:
+            tracker = follow_stream(stream, ctx.start)
+            if tracker is None or tracker.done:
+                return False
+            extra = ctx.extras()
+            if extra.usages is None:
+                extra.usages = []
+            if tracker not in extra.usages:
+                extra.usages.append(tracker)
+            tracker.on_end.append(lambda t: self.finish(ctx, None, _stream_outcome(t)))
+            return True
+        except Exception as failure:
+            _recording_failed(self.metrics, "recording", "following a returned stream failed: %r",
+                              failure)
+            return False
 
     def _checked_result(self, fields: tuple) -> tuple:
         """The returned dict's fields with each bad one logged, counted and replaced by None."""
@@ -282,7 +476,8 @@ class _Instrumented:
     def _write_record(self, ctx: QueryContext, duration: float, status: str,
                       error_type: str | None, model: str | None, inp: int, out: int, cached: int,
                       cost: float | None, relevance: float | None, precision: float | None,
-                      first_token: float | None) -> None:
+                      first_token: float | None, kinds: list | None = None,
+                      pricing: dict | None = None) -> None:
         extra = ctx.extra
         try:
             end = time.time()
@@ -295,7 +490,10 @@ class _Instrumented:
                 time_to_first_token=first_token,
                 cache_hits=extra.cache_hits if extra else 0,
                 cache_misses=extra.cache_misses if extra else 0,
-                attributes=extra.attributes if extra else None), at=end)
+                attributes=extra.attributes if extra else None,
+                cache_write_tokens=kinds[3] if kinds else 0,
+                cache_write_1h_tokens=kinds[4] if kinds else 0,
+                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
@@ -306,6 +504,52 @@ _RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
                   ("cached_input_tokens", check_count), ("relevance_score", check_score),
                   ("context_precision", check_score),
                   ("model", lambda name, value: check_name(name, value, "gpt-4o-mini")))
+
+
+def follow_stream(stream, started: float | None = None) -> StreamUsage | None:
+    """The tracker following an SDK stream object, attached on first call (see usage.watch_stream).
+    Its end is also signalled when the stream is garbage-collected unread."""
+    tracker = getattr(stream, "_ragmon_usage", None)
+    if tracker is None:
+        tracker = StreamUsage(started)
+        if not watch_stream(stream, tracker):
+            return None
+        stream._ragmon_usage = tracker
+        weakref.finalize(stream, tracker.end)
+    return tracker
+
+
+def _stream_outcome(tracker: StreamUsage) -> BaseException | None:
+    """The exception a query that returned this stream ends with: the stream's own error, or
+    GeneratorExit (status "cancelled") when it was abandoned before its end."""
+    if tracker.error is not None:
+        return tracker.error
+    return None if tracker.completed else GeneratorExit()
+
+
+def _observe_chunk(ctx: QueryContext, item, waiting_first: bool) -> bool:
+    """Reads a chunk a streaming query yields: its usage (SDK chunks, events) and, for the first
+    *content* chunk, the time to first token. Returns whether the first content is still awaited."""
+    try:
+        if type(item) not in _PLAIN:
+            extra = ctx.extras()
+            tracker = extra.chunks
+            if tracker is None:
+                tracker = extra.chunks = StreamUsage(ctx.start)
+            elif tracker.is_new_response(item):  # a second stream relayed by the same query
+                tracker.completed = True
+                if extra.usages is None:
+                    extra.usages = []
+                extra.usages.append(tracker)
+                tracker = extra.chunks = StreamUsage(ctx.start)
+            tracker.feed(item)
+        if waiting_first and is_content(item):
+            ctx.extras().first_token = _perf() - ctx.start
+            return False
+    except Exception as failure:
+        _recording_failed(ctx.owner.metrics, "recording", "reading a streamed chunk failed: %r",
+                          failure)
+    return waiting_first
 
 
 # --- the decorator -------------------------------------------------------------------------------
@@ -367,7 +611,8 @@ def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        inst.finish(ctx, result, None)
+        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+            inst.finish(ctx, result, None)
         return result
     return monitored
 
@@ -390,7 +635,8 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        inst.finish(ctx, result, None)
+        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+            inst.finish(ctx, result, None)
         return result
     return monitored
 
@@ -416,9 +662,8 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if first_chunk:
-                    first_chunk = False
-                    ctx.extras().first_token = _perf() - ctx.start
+                if first_chunk or type(item) not in _PLAIN:
+                    first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
                     arg = yield item
                     step = inner.send
@@ -458,9 +703,8 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
-                if first_chunk:
-                    first_chunk = False
-                    ctx.extras().first_token = _perf() - ctx.start
+                if first_chunk or type(item) not in _PLAIN:
+                    first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
                     arg = yield item
                     step = inner.asend
@@ -610,80 +854,148 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
             query.extras().cache_misses += 1
 
 
-# Providers name their headers differently; each entry is (header, "requests"|"tokens").
-_RATE_LIMIT_HEADERS = (
-    ("x-ratelimit-remaining-requests", "requests"),
-    ("x-ratelimit-remaining-tokens", "tokens"),
-    ("anthropic-ratelimit-requests-remaining", "requests"),
-    ("anthropic-ratelimit-tokens-remaining", "tokens"),
-)
-
-
-def track_rate_limit(provider: str, remaining_requests: float | None = None,
-                     remaining_tokens: float | None = None, *, headers: Mapping | None = None,
+def track_rate_limit(provider: str | None = None, remaining_requests: float | None = None,
+                     remaining_tokens: float | None = None, *, headers: Any = None,
                      metrics: RAGMetrics | None = None) -> dict[str, float]:
     """Records the rate-limit headroom a provider reports, from numbers or response headers
-    (``x-ratelimit-remaining-requests`` / ``-tokens`` and Anthropic's equivalents).
+    (``x-ratelimit-remaining-*`` / ``-reset-*`` and Anthropic's ``anthropic-ratelimit-*``).
 
-    Bad numbers passed directly raise ValueError; unparsable headers (they come from outside)
-    are logged and counted instead. Returns what was recorded.
+    ``headers`` may be a mapping (dict, ``httpx.Headers``), a raw response (httpx, or the SDKs'
+    ``client.....with_raw_response`` result), an SDK error or stream (they carry the response).
+    Parsed objects such as ``ChatCompletion`` carry no headers: that is counted
+    (``reason="no_headers"``); instrument the client with ``instrument_openai()`` instead.
+    ``provider`` defaults to the one the headers name. Bad numbers passed directly raise
+    ValueError; unparsable headers (they come from outside) are logged and counted instead.
+    Returns what was recorded (``requests``, ``tokens``, ``requests_reset``, ``tokens_reset``).
     """
-    check_name("provider", provider, "openai")
+    from .sdk import headers_of, provider_of_headers, record_rate_limits
+    if provider is not None:
+        check_name("provider", provider, "openai")
     m = metrics or default_metrics()
     found: dict[str, float] = {}
     if remaining_requests is not None:
         found["requests"] = check_amount("remaining_requests", remaining_requests, "a count >= 0 as reported by the provider")
     if remaining_tokens is not None:
         found["tokens"] = check_amount("remaining_tokens", remaining_tokens, "a count >= 0 as reported by the provider")
-    if headers:
-        lowered = {str(key).lower(): value for key, value in headers.items()}
-        for header, kind in _RATE_LIMIT_HEADERS:
-            raw = lowered.get(header)
-            if raw is None or kind in found:
-                continue
-            try:
-                found[kind] = check_amount(header, float(str(raw).strip()), "a count >= 0")
-            except ValueError:
-                _recording_failed(m, "bad_header", "header %s=%r from %s is not a number",
-                                  header, raw, provider)
-    if "requests" in found:
-        m.rate_limit_requests.labels(provider).set(found["requests"])
-    if "tokens" in found:
-        m.rate_limit_tokens.labels(provider).set(found["tokens"])
+    mapping = headers_of(headers)
+    if headers is not None and mapping is None:
+        _recording_failed(m, "no_headers", "track_rate_limit(headers=%s) got an object without "
+                          "headers; pass response.headers of a raw response "
+                          "(client.chat.completions.with_raw_response.create(...)) or instrument "
+                          "the client with ragmon.instrument_openai(client)", type(headers).__name__)
+    if provider is None:
+        provider = (provider_of_headers(mapping) if mapping else None) or "unknown"
+    if found:
+        if "requests" in found:
+            m.rate_limit_requests.labels(provider).set(found["requests"])
+        if "tokens" in found:
+            m.rate_limit_tokens.labels(provider).set(found["tokens"])
+    if mapping:
+        lowered = {str(key).lower(): value for key, value in mapping.items()}
+        for kind in ("requests", "tokens"):  # numbers passed directly win over headers
+            if kind in found:
+                for name in (f"x-ratelimit-remaining-{kind}", f"anthropic-ratelimit-{kind}-remaining"):
+                    lowered.pop(name, None)
+        found.update(record_rate_limits(provider, lowered, m))
     return found
 
 
-def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,
-                  model: str | None = None, metrics: RAGMetrics | None = None) -> float | None:
-    """Reports token usage. Inside a monitored query (e.g. from a streaming generator) it adds to
-    that query, which counts tokens and cost when it ends; outside one it counts them now and
-    returns the cost."""
-    input_tokens = check_count("input_tokens", input_tokens)
-    output_tokens = check_count("output_tokens", output_tokens)
-    cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
+def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: str = "none",
+                 first_token: float | None = None, incomplete_stream: bool = False) -> float:
+    """Counts one LLM call's usage now, outside any monitored query; returns its cost."""
+    m = metrics or default_metrics()
+    label = usage.model or "unknown"
+    found = m.price_table.match(usage.model)
+    if not found.known and usage.model is not None:
+        m._note_unknown_model(usage.model)
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
+              usage.cache_write_tokens, usage.cache_write_1h_tokens)
+    tokens, reasoning, partial, cost_child, spend = _child(m, ("usage", label), lambda: (
+        [m.tokens.labels(label, kind) for kind in _TOKEN_KINDS], m.reasoning_tokens.labels(label),
+        m.partial_usage.labels(label), m.query_cost.labels(label), m.spend.labels(label)))
+    for child, count in zip(tokens, counts):
+        if count:
+            child.inc(count)
+    if usage.reasoning_tokens:
+        reasoning.inc(usage.reasoning_tokens)
+    if usage.partial:
+        partial.inc()
+    if incomplete_stream:
+        _note_unreadable(m, "stream_without_usage", "Pass stream_options={'include_usage': True} "
+                         "to OpenAI streams so the final chunk reports usage. ")
+    if first_token is not None:
+        _child(m, ("ttft", operation, label),
+               lambda: m.time_to_first_token.labels(operation, label)).observe(first_token)
+    cost = found.price.cost(*counts)
+    cost_child.observe(cost)
+    if cost:
+        spend.inc(cost)
+    return cost
+
+
+_TOKEN_KINDS = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
+
+
+def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_tokens: int = 0, *,
+                  cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
+                  reasoning_tokens: int = 0, model: str | None = None,
+                  metrics: RAGMetrics | None = None) -> float | None:
+    """Reports token usage, as counts or as an SDK response: ``record_tokens(completion)``
+    reads a ChatCompletion, Responses ``Response``, Anthropic ``Message``, LangChain message or
+    their ``model_dump()`` (by shape). Counts: ``input_tokens`` uncached, ``cached_input_tokens``
+    cache reads, ``cache_write_tokens`` / ``cache_write_1h_tokens`` cache writes,
+    ``reasoning_tokens`` the part of ``output_tokens`` spent reasoning.
+
+    Inside a monitored query (e.g. from a streaming generator) it adds to that query, which
+    counts tokens and cost when it ends; outside one it counts them now and returns the cost.
+    A response whose usage cannot be read is counted in rag_unreadable_responses_total.
+    """
+    query = CURRENT_QUERY.get()
     if model is not None:
         check_name("model", model, "gpt-4o-mini")
-    query = CURRENT_QUERY.get()
+    if type(input_tokens) not in _PLAIN:  # an SDK response or its model_dump()
+        found = read_usage(input_tokens)
+        m = metrics or (query.owner.metrics if query is not None else default_metrics())
+        if found is None or isinstance(found, Unreadable):
+            _note_unreadable(m, found.shape if found is not None else type(input_tokens).__name__)
+            return None
+        if model is not None:
+            found.model = model
+        usage = found
+    else:
+        input_tokens = check_count("input_tokens", input_tokens)
+        output_tokens = check_count("output_tokens", output_tokens)
+        cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
+        cache_write_tokens = check_count("cache_write_tokens", cache_write_tokens)
+        cache_write_1h_tokens = check_count("cache_write_1h_tokens", cache_write_1h_tokens)
+        reasoning_tokens = check_count("reasoning_tokens", reasoning_tokens)
+        if reasoning_tokens > output_tokens:
+            raise ValueError(f"reasoning_tokens={reasoning_tokens} exceeds output_tokens="
+                             f"{output_tokens}; reasoning tokens are a part of the output tokens")
+        usage = None
+        if cache_write_tokens or cache_write_1h_tokens or reasoning_tokens:
+            usage = Usage(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
+                          cache_write_1h_tokens, reasoning_tokens, model=model)
     if query is not None and (metrics is None or metrics is query.owner.metrics):
         extra = query.extras()
+        if usage is not None:
+            if extra.usages is None:
+                extra.usages = []
+            extra.usages.append(usage)
+            if usage.model is not None and model is not None:
+                query.model = model
+            return None
         extra.input_tokens += input_tokens
         extra.output_tokens += output_tokens
         extra.cached_input_tokens += cached_input_tokens
         if model is not None:
             query.model = model
         return None
-    if not (input_tokens or output_tokens or cached_input_tokens):
-        return 0.0
-    m = metrics or default_metrics()
-    label = model or "unknown"
-    cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
-    for kind, count in (("input", input_tokens), ("output", output_tokens),
-                        ("cached_input", cached_input_tokens)):
-        if count:
-            m.tokens.labels(label, kind).inc(count)
-    m.query_cost.labels(label).observe(cost)
-    m.spend.labels(label).inc(cost)
-    return cost
+    if usage is None:
+        if not (input_tokens or output_tokens or cached_input_tokens):
+            return 0.0
+        usage = Usage(input_tokens, output_tokens, cached_input_tokens, model=model)
+    return record_usage(usage, metrics=metrics)
 
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:

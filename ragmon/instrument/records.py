@@ -114,8 +114,20 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
                 cached_input_tokens: int = 0, cost: float | None = None,
                 relevance_score: float | None = None, context_precision: float | None = None,
                 time_to_first_token: float | None = None, cache_hits: int = 0,
-                cache_misses: int = 0, attributes: dict | None = None) -> dict:
-    """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}."""
+                cache_misses: int = 0, attributes: dict | None = None,
+                cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
+                reasoning_tokens: int = 0, pricing: dict | None = None) -> dict:
+    """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}.
+
+    ``tokens`` holds the billed kinds (they never overlap) and ``reasoning``, a part of
+    ``output``. ``pricing`` says what priced the request: how the model matched the price table
+    (exact / alias / pattern / default), the price id (entry or dated version), the unit prices,
+    the provider and whether the usage is partial (a stream that ended before its final usage).
+    """
+    tokens = {"input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens}
+    if cache_write_tokens or cache_write_1h_tokens or reasoning_tokens:
+        tokens.update(cache_write_5m=cache_write_tokens, cache_write_1h=cache_write_1h_tokens,
+                      reasoning=reasoning_tokens)
     return {
         "timestamp": iso_utc(start_time + total_time),
         "start_time": start_time,
@@ -128,13 +140,14 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
         "status": status,
         "error_type": error_type,
         "stages": stages,
-        "tokens": {"input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens},
+        "tokens": tokens,
         "cost": cost,
         "relevance_score": relevance_score,
         "context_precision": context_precision,
         "time_to_first_token": time_to_first_token,
         "cache": {"hits": cache_hits, "misses": cache_misses},
         "attributes": attributes or {},
+        "pricing": pricing,
     }
 
 

@@ -82,6 +82,12 @@ def test_promtool_check_metrics_prints_nothing_for_a_populated_catalog(metrics):
     m.label_overflow.labels("x", "y").inc()
     m.unknown_model.inc()
     m.service_info.labels("svc", "dev").set(1)
+    m.tokens.labels("gpt", "cache_write_1h").inc(5)
+    m.reasoning_tokens.labels("gpt").inc(2)
+    m.partial_usage.labels("gpt").inc()
+    m.rate_limit_reset.labels("openai", "requests").set(1.8e9)
+    m.llm_errors.labels("openai", "RateLimitError").inc()
+    m.unreadable_responses.labels("stream_without_usage").inc()
     result = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=generate_latest(m.registry),
                             capture_output=True)
     assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)

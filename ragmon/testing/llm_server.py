@@ -1,0 +1,449 @@
+"""A local server that speaks the OpenAI and Anthropic wire formats, for tests and the notebook.
+
+Point the real SDKs at it and they behave as against the providers, with deterministic usage::
+
+    from ragmon.testing import LLMTestServer
+    import openai, anthropic
+
+    with LLMTestServer(cached_tokens=100, reasoning_tokens=20) as server:
+        oa = openai.OpenAI(base_url=server.openai_base_url, api_key="test")
+        reply = oa.chat.completions.create(model="gpt-4o-mini", messages=[...])
+        ac = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test")
+        server.billed()   # {"gpt-4o-mini-2024-07-18": {"input": .., "output": .., ...}}
+
+Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``stream_options.include_usage``),
+``POST /v1/responses`` (JSON or SSE events), ``POST /v1/messages`` (JSON or SSE events
+``message_start`` ... ``message_stop``). Every response carries the provider's rate-limit headers
+(``x-ratelimit-*`` / ``anthropic-ratelimit-*``), counted down per request and token.
+
+Usage is computed, not random: input tokens are the words of the prompt; output tokens are the
+words of the reply (one per streamed chunk) plus ``reasoning_tokens``. The knobs (constructor
+arguments or ``configure()``): ``reply``, ``cached_tokens`` (prompt-cache reads, added to the
+prompt), ``cache_write_tokens`` (cache writes, both APIs) / ``cache_write_1h_tokens``
+(Anthropic's 1-hour writes),
+``reasoning_tokens``, ``first_token_delay`` (seconds between the role-only first chunk and the
+first content chunk), ``chunk_delay``, ``model_suffix`` (the dated snapshot appended to the
+requested model name in responses, as the APIs do), ``request_limit`` and ``token_limit``.
+``fail_next(status)`` answers the next request(s) with an error, ``stall_next(seconds)`` delays
+them (to provoke client timeouts). ``billed()`` tallies the tokens billed per model and kind.
+
+Only the standard library is used; the server binds 127.0.0.1 on a free port.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+BILLED_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output",
+                "reasoning")
+_ids = itertools.count(1)
+
+_ERRORS = {  # status -> (OpenAI error type, Anthropic error type)
+    400: ("invalid_request_error", "invalid_request_error"),
+    401: ("invalid_api_key", "authentication_error"),
+    404: ("not_found", "not_found_error"),
+    429: ("rate_limit_exceeded", "rate_limit_error"),
+    500: ("server_error", "api_error"),
+    503: ("server_error", "api_error"),
+    529: ("server_error", "overloaded_error"),
+}
+
+
+class LLMTestServer:
+    """The OpenAI + Anthropic test server; a context manager (``with``) or start()/stop()."""
+
+    def __init__(self, *, reply: str = "Paris is the capital of France.", cached_tokens: int = 0,
+                 cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
+                 reasoning_tokens: int = 0, first_token_delay: float = 0.0,
+                 chunk_delay: float = 0.0, model_suffix: str | None = "auto",
+                 request_limit: int = 10_000, token_limit: int = 2_000_000,
+                 host: str = "127.0.0.1", port: int = 0):
+        self._lock = threading.Lock()
+        self._knobs: dict[str, Any] = {}
+        self.configure(reply=reply, cached_tokens=cached_tokens,
+                       cache_write_tokens=cache_write_tokens,
+                       cache_write_1h_tokens=cache_write_1h_tokens,
+                       reasoning_tokens=reasoning_tokens, first_token_delay=first_token_delay,
+                       chunk_delay=chunk_delay, model_suffix=model_suffix,
+                       request_limit=request_limit, token_limit=token_limit)
+        self._host, self._port = host, port
+        self._failures: list[tuple[int, float]] = []
+        self._stalls: list[float] = []
+        self._billed: dict[str, dict[str, int]] = {}
+        self._requests_used = 0
+        self._tokens_used = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.requests: deque[dict] = deque(maxlen=1000)  # the latest request bodies, in order
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "LLMTestServer":
+        handler = type("Handler", (_Handler,), {"server_state": self})
+        self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="llm-test-server",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "LLMTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("LLMTestServer is not running; use it in a `with` block or call start()")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    # --- behaviour -----------------------------------------------------------------------------
+    def configure(self, **knobs) -> None:
+        """Changes knobs for the following requests (see the module docstring)."""
+        for name, value in knobs.items():
+            if name.endswith("_tokens") or name.endswith("_limit"):
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"{name}={value!r} must be a whole number >= 0")
+            elif name.endswith("_delay"):
+                if not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f"{name}={value!r} must be seconds >= 0")
+            elif name not in ("reply", "model_suffix"):
+                raise ValueError(f"unknown knob {name!r}; known: reply, cached_tokens, "
+                                 "cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, "
+                                 "first_token_delay, chunk_delay, model_suffix, request_limit, "
+                                 "token_limit")
+        with self._lock:
+            self._knobs.update(knobs)
+
+    def fail_next(self, status: int = 429, count: int = 1, retry_after: float = 0.0) -> None:
+        """Answers the next `count` requests with an HTTP error in the provider's error format."""
+        if status not in _ERRORS:
+            raise ValueError(f"status={status!r}; the server knows {sorted(_ERRORS)}")
+        with self._lock:
+            self._failures.extend([(status, retry_after)] * count)
+
+    def stall_next(self, seconds: float, count: int = 1) -> None:
+        """Waits `seconds` before answering the next `count` requests (client timeouts)."""
+        with self._lock:
+            self._stalls.extend([seconds] * count)
+
+    def billed(self) -> dict[str, dict[str, int]]:
+        """Tokens billed so far: {model as answered: {kind: tokens, "requests": n}}. ``output``
+        includes ``reasoning``, as on a provider's invoice."""
+        with self._lock:
+            return {model: dict(kinds) for model, kinds in self._billed.items()}
+
+    def reset_billing(self) -> None:
+        with self._lock:
+            self._billed.clear()
+
+    # --- internals used by the handler ----------------------------------------------------------
+    def _plan(self) -> tuple[dict, tuple[int, float] | None, float]:
+        with self._lock:
+            failure = self._failures.pop(0) if self._failures else None
+            stall = self._stalls.pop(0) if self._stalls else 0.0
+            return dict(self._knobs), failure, stall
+
+    def _bill(self, model: str, **tokens: int) -> None:
+        with self._lock:
+            kinds = self._billed.setdefault(model, dict.fromkeys(BILLED_KINDS + ("requests",), 0))
+            for kind, count in tokens.items():
+                kinds[kind] += count
+                if kind != "reasoning":
+                    self._tokens_used += count
+
+    def _count_request(self, model: str) -> None:
+        with self._lock:
+            self._requests_used += 1
+            kinds = self._billed.setdefault(model, dict.fromkeys(BILLED_KINDS + ("requests",), 0))
+            kinds["requests"] += 1
+
+    def _limits(self, knobs: dict) -> tuple[int, int, int, int]:
+        with self._lock:
+            return (knobs["request_limit"], max(knobs["request_limit"] - self._requests_used, 0),
+                    knobs["token_limit"], max(knobs["token_limit"] - self._tokens_used, 0))
+
+
+def _words(value: Any) -> int:
+    """Prompt size in "tokens": the words of every string in the request's messages."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, dict):
+        return sum(_words(v) for k, v in value.items() if k not in ("role", "type", "cache_control"))
+    if isinstance(value, list):
+        return sum(_words(v) for v in value)
+    return 0
+
+
+def _answered_model(model: str, knobs: dict) -> str:
+    suffix = knobs["model_suffix"]
+    if suffix == "auto":
+        suffix = "20241022" if model.startswith("claude") else "2024-07-18"
+    if not suffix or model[-8:].isdigit() or model[-10:-6] == "2024":
+        return model
+    return f"{model}-{suffix}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_state: LLMTestServer
+    protocol_version = "HTTP/1.0"  # the connection closes after each answer: SSE ends with it
+
+    def log_message(self, *args) -> None:  # quiet: tests read results, not access logs
+        pass
+
+    def do_POST(self) -> None:
+        state = self.server_state
+        length = int(self.headers.get("content-length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            body = {}
+        state.requests.append(body)
+        knobs, failure, stall = state._plan()
+        if stall:
+            time.sleep(stall)
+        path = self.path.split("?")[0]
+        anthropic = path.endswith("/messages")
+        if path.endswith("/chat/completions"):
+            kind = "chat"
+        elif path.endswith("/responses"):
+            kind = "responses"
+        elif anthropic:
+            kind = "messages"
+        else:
+            return self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}},
+                              {})
+        model = _answered_model(str(body.get("model") or "unknown-model"), knobs)
+        state._count_request(model)
+        headers = self._rate_headers(knobs, anthropic)
+        if failure is not None:
+            return self._error(failure, anthropic, headers)
+        prompt = body.get("messages") if kind != "responses" else body.get("input")
+        system = body.get("system") if anthropic else body.get("instructions")
+        plan = {
+            "model": model,
+            "words": knobs["reply"].split(),
+            "input": max(_words(prompt) + _words(system), 1),
+            "cached": knobs["cached_tokens"],
+            "write_5m": knobs["cache_write_tokens"],
+            "write_1h": knobs["cache_write_1h_tokens"] if anthropic else 0,
+            "reasoning": knobs["reasoning_tokens"],
+        }
+        state._bill(model, input=plan["input"], cached_input=plan["cached"],
+                    cache_write_5m=plan["write_5m"], cache_write_1h=plan["write_1h"])
+        if body.get("stream"):
+            return self._stream(kind, body, plan, knobs, headers)
+        output = len(plan["words"]) + plan["reasoning"]
+        state._bill(model, output=output, reasoning=plan["reasoning"])
+        self._json(200, _BUILDERS[kind](plan), headers)
+
+    # --- answers -------------------------------------------------------------------------------
+    def _rate_headers(self, knobs: dict, anthropic: bool) -> dict[str, str]:
+        req_limit, req_left, tok_limit, tok_left = self.server_state._limits(knobs)
+        if anthropic:
+            reset = (datetime.now(timezone.utc) + timedelta(seconds=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return {"anthropic-ratelimit-requests-limit": str(req_limit),
+                    "anthropic-ratelimit-requests-remaining": str(req_left),
+                    "anthropic-ratelimit-requests-reset": reset,
+                    "anthropic-ratelimit-tokens-limit": str(tok_limit),
+                    "anthropic-ratelimit-tokens-remaining": str(tok_left),
+                    "anthropic-ratelimit-tokens-reset": reset,
+                    "request-id": f"req_{next(_ids)}"}
+        return {"x-ratelimit-limit-requests": str(req_limit),
+                "x-ratelimit-remaining-requests": str(req_left),
+                "x-ratelimit-reset-requests": "1m30s",
+                "x-ratelimit-limit-tokens": str(tok_limit),
+                "x-ratelimit-remaining-tokens": str(tok_left),
+                "x-ratelimit-reset-tokens": "250ms",
+                "x-request-id": f"req_{next(_ids)}"}
+
+    def _json(self, status: int, payload: dict, headers: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, failure: tuple[int, float], anthropic: bool, headers: dict) -> None:
+        status, retry_after = failure
+        openai_type, anthropic_type = _ERRORS[status]
+        message = f"test server answered {status} as asked"
+        if anthropic:
+            payload = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+        else:
+            payload = {"error": {"message": message, "type": openai_type, "code": openai_type,
+                                 "param": None}}
+        if status in (429, 503, 529):
+            headers = dict(headers, **{"retry-after": str(retry_after)})
+        self._json(status, payload, headers)
+
+    def _stream(self, kind: str, body: dict, plan: dict, knobs: dict, headers: dict) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        events = _STREAMERS[kind](plan, body)
+        state = self.server_state
+        # Billed before it is sent, so a client that has read a chunk finds it in billed():
+        # reasoning first (it precedes the visible output), then each chunk's output.
+        state._bill(plan["model"], output=plan["reasoning"], reasoning=plan["reasoning"])
+        try:
+            for delay, event, data, billed_output in events:
+                if delay:
+                    time.sleep(knobs[delay])
+                if billed_output:
+                    state._bill(plan["model"], output=billed_output)
+                line = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+                self.wfile.write(line.encode())
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client went away; what was generated so far is billed
+
+
+def _chat_usage(plan: dict) -> dict:
+    output = len(plan["words"]) + plan["reasoning"]
+    prompt = plan["input"] + plan["cached"] + plan["write_5m"]
+    return {"prompt_tokens": prompt, "completion_tokens": output,
+            "total_tokens": prompt + output,
+            "prompt_tokens_details": {"cached_tokens": plan["cached"], "audio_tokens": 0,
+                                      "cache_write_tokens": plan["write_5m"]},
+            "completion_tokens_details": {"reasoning_tokens": plan["reasoning"],
+                                          "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0}}
+
+
+def _responses_usage(plan: dict) -> dict:
+    output = len(plan["words"]) + plan["reasoning"]
+    total_in = plan["input"] + plan["cached"] + plan["write_5m"]
+    return {"input_tokens": total_in, "input_tokens_details": {"cached_tokens": plan["cached"],
+                                                               "cache_write_tokens": plan["write_5m"]},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": plan["reasoning"]},
+            "total_tokens": total_in + output}
+
+
+def _anthropic_usage(plan: dict, output: int) -> dict:
+    return {"input_tokens": plan["input"], "output_tokens": output,
+            "cache_read_input_tokens": plan["cached"],
+            "cache_creation_input_tokens": plan["write_5m"] + plan["write_1h"],
+            "cache_creation": {"ephemeral_5m_input_tokens": plan["write_5m"],
+                               "ephemeral_1h_input_tokens": plan["write_1h"]},
+            "service_tier": "standard",
+            "output_tokens_details": {"thinking_tokens": plan["reasoning"]} if plan["reasoning"] else None}
+
+
+def _chat_completion(plan: dict) -> dict:
+    return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
+            "model": plan["model"], "system_fingerprint": "fp_test",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": " ".join(plan["words"]),
+                                     "refusal": None}}],
+            "usage": _chat_usage(plan)}
+
+
+def _response(plan: dict, status: str = "completed", with_usage: bool = True) -> dict:
+    text = " ".join(plan["words"]) if status == "completed" else ""
+    return {"id": plan.setdefault("response_id", f"resp_{next(_ids)}"), "object": "response",
+            "created_at": int(time.time()), "model": plan["model"], "status": status,
+            "output": [{"type": "message", "id": "msg_out", "status": status, "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+            if text else [],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
+            "incomplete_details": None, "instructions": None, "metadata": {},
+            "temperature": 1.0, "top_p": 1.0,
+            "usage": _responses_usage(plan) if with_usage else None}
+
+
+def _message(plan: dict) -> dict:
+    return {"id": f"msg_{next(_ids)}", "type": "message", "role": "assistant",
+            "model": plan["model"], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": [{"type": "text", "text": " ".join(plan["words"])}],
+            "usage": _anthropic_usage(plan, len(plan["words"]) + plan["reasoning"])}
+
+
+def _chat_stream(plan: dict, body: dict):
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    base = {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": plan["model"], "system_fingerprint": "fp_test"}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(delta, finish=None):
+        return json.dumps(dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None,
+                                               "finish_reason": finish}], **extra))
+
+    yield None, None, chunk({"role": "assistant", "content": "", "refusal": None}), 0
+    for index, word in enumerate(plan["words"]):
+        text = word if index == 0 else " " + word
+        yield ("first_token_delay" if index == 0 else "chunk_delay"), None, chunk({"content": text}), 1
+    yield None, None, chunk({}, "stop"), 0
+    if include_usage:
+        yield None, None, json.dumps(dict(base, choices=[], usage=_chat_usage(plan))), 0
+    yield None, None, "[DONE]", 0
+
+
+def _responses_stream(plan: dict, body: dict):
+    sequence = itertools.count()
+    created = _response(plan, "in_progress", with_usage=False)
+    yield None, "response.created", json.dumps(
+        {"type": "response.created", "response": created, "sequence_number": next(sequence)}), 0
+    for index, word in enumerate(plan["words"]):
+        text = word if index == 0 else " " + word
+        yield ("first_token_delay" if index == 0 else "chunk_delay"), "response.output_text.delta", json.dumps(
+            {"type": "response.output_text.delta", "item_id": "msg_out", "output_index": 0,
+             "content_index": 0, "delta": text, "logprobs": [],
+             "sequence_number": next(sequence)}), 1
+    yield None, "response.completed", json.dumps(
+        {"type": "response.completed", "response": _response(plan),
+         "sequence_number": next(sequence)}), 0
+
+
+def _messages_stream(plan: dict, body: dict):
+    start = dict(_message(plan), content=[], stop_reason=None,
+                 usage=_anthropic_usage(plan, 1))
+    yield None, "message_start", json.dumps({"type": "message_start", "message": start}), 0
+    yield None, "content_block_start", json.dumps(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), 0
+    yield None, "ping", json.dumps({"type": "ping"}), 0
+    for index, word in enumerate(plan["words"]):
+        text = word if index == 0 else " " + word
+        yield ("first_token_delay" if index == 0 else "chunk_delay"), "content_block_delta", json.dumps(
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": text}}), 1
+    yield None, "content_block_stop", json.dumps({"type": "content_block_stop", "index": 0}), 0
+    output = len(plan["words"]) + plan["reasoning"]
+    yield None, "message_delta", json.dumps(
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": output, **({"output_tokens_details": {"thinking_tokens": plan["reasoning"]}}
+                                              if plan["reasoning"] else {})}}), 0
+    yield None, "message_stop", json.dumps({"type": "message_stop"}), 0
+
+
+_BUILDERS = {"chat": _chat_completion, "responses": _response, "messages": _message}
+_STREAMERS = {"chat": _chat_stream, "responses": _responses_stream, "messages": _messages_stream}
