@@ -35,3 +35,73 @@ def check_name(name: str, value: object, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name}={value!r} must be a non-empty string, e.g. {name}={example!r}")
     return value
+
+
+# --- caller-supplied text, made safe once where it enters ------------------------------------
+# A label value longer than this is cut and marked: Prometheus keeps every label value in memory
+# on every sample, and no real model, stage or operation name comes near it.
+MAX_LABEL_LENGTH = 128
+# A string field of a record or a log line longer than this is cut and marked.
+MAX_TEXT_LENGTH = 16_384
+TRUNCATED = "…[truncated]"
+REPLACEMENT = "\ufffd"
+
+
+def text_of(value: object) -> str:
+    """``str(value)`` that cannot raise: an object whose ``__str__`` fails is named by its type."""
+    if type(value) is str:
+        return value
+    try:
+        text = str(value)
+        if type(text) is str:
+            return text
+    except Exception:
+        pass
+    try:
+        name = type(value).__name__
+    except Exception:
+        name = "object"
+    return f"<unprintable {safe_label(name) if type(name) is str else 'object'}>"
+
+
+def _replace_unprintable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else REPLACEMENT for ch in text)
+
+
+def _replace_surrogates(text: str) -> str:
+    # Lone surrogates (json.loads makes them from some upstream bytes) cannot be encoded as
+    # UTF-8: one in a label makes every /metrics scrape fail, one in a record makes it unreadable.
+    return "".join(REPLACEMENT if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
+def safe_label(value: object, limit: int = MAX_LABEL_LENGTH) -> str:
+    """A label value (model, stage, operation, provider, cache type, error type) that renders in
+    every exposition format: text of `value`, every unprintable character (controls, lone
+    surrogates, line separators) replaced by U+FFFD, cut to `limit` characters with a marker."""
+    text = text_of(value)
+    if len(text) > limit:
+        text = text[:limit - len(TRUNCATED)] + TRUNCATED
+    if not text.isprintable():
+        text = _replace_unprintable(text)
+    return text
+
+
+def safe_text(value: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """A string for a record or a log line: valid Unicode (lone surrogates replaced by U+FFFD),
+    cut to `limit` characters with a marker. Newlines and tabs stay; JSON escapes them."""
+    if len(value) > limit:
+        value = value[:limit - len(TRUNCATED)] + TRUNCATED
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = _replace_surrogates(value)
+    return value
+
+
+# --- sane bounds -------------------------------------------------------------------------------
+# No model call reads or writes more than this many tokens of one kind (context windows are at
+# most a few million); a larger count is a bug or an attack, not usage.
+MAX_TOKENS = 10_000_000
+# No single call costs more than this many dollars; a larger cost comes from a wrong count or a
+# wrong price, and one such value would dominate every spend graph and budget alert.
+MAX_COST_DOLLARS = 1_000.0

@@ -71,6 +71,11 @@ class Settings:
     MAX_LABEL_VALUES: int = 100
     # Per-metric overrides, e.g. "rag_errors_total=50,rag_tokens_total=200".
     LABEL_LIMITS: Mapping[str, int] = field(default_factory=dict)
+    # Label combinations (series) any one metric may expose before new combinations have their
+    # caller-chosen labels recorded as "__other__". Prometheus guidance: under 1,000 per metric.
+    MAX_SERIES_PER_METRIC: int = 1000
+    # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
+    SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
 
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
@@ -107,6 +112,9 @@ class Settings:
 
     def label_limit(self, metric_name: str) -> int:
         return self.LABEL_LIMITS.get(metric_name, self.MAX_LABEL_VALUES)
+
+    def series_limit(self, metric_name: str) -> int:
+        return self.SERIES_LIMITS.get(metric_name, self.MAX_SERIES_PER_METRIC)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -217,6 +225,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "LOG_HASH_KEY": _any_text,
     "MAX_LABEL_VALUES": _int_in(1, 100_000),
     "LABEL_LIMITS": _mapping(_int_in(1, 100_000)),
+    "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
+    "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,

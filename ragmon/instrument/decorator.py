@@ -18,9 +18,10 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
-from .catalog import RAGMetrics
+from .catalog import CHILD_CACHE_SIZE, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
-from ..checks import check_amount, check_count, check_name, check_score
+from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
+                      check_name, check_score, safe_label, text_of)
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 
 log = logging.getLogger("ragmon")
@@ -107,8 +108,38 @@ def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *ar
         pass
 
 
+def _is_safe_label(value: object) -> bool:
+    return type(value) is str and len(value) <= MAX_LABEL_LENGTH and value.isprintable()
+
+
+def _safe_name(value: str) -> str:
+    """A caller's name (operation, model, stage, cache type) as it is labelled and recorded."""
+    return value if _is_safe_label(value) else safe_label(value)
+
+
 class _ModelChildren:
-    __slots__ = ("input", "output", "cached_input", "cost", "spend", "ttft", "price", "known")
+    """The children of one model, each made on its first observation: a model that never
+    streamed has no time-to-first-token series, one without cached tokens no cached series."""
+
+    __slots__ = ("input", "output", "cached_input", "cost", "spend", "ttft", "price", "known",
+                 "_metrics", "_operation", "_label")
+
+    def __init__(self, metrics: RAGMetrics, operation: str, label: str):
+        self._metrics, self._operation, self._label = metrics, operation, label
+        self.input = self.output = self.cached_input = self.cost = self.spend = self.ttft = None
+
+    def make(self, name: str):
+        m, label = self._metrics, self._label
+        if name == "ttft":
+            child = m.time_to_first_token.labels(self._operation, label)
+        elif name == "cost":
+            child = m.query_cost.labels(label)
+        elif name == "spend":
+            child = m.spend.labels(label)
+        else:
+            child = m.tokens.labels(label, name)
+        setattr(self, name, child)
+        return child
 
 
 class _Instrumented:
@@ -121,6 +152,7 @@ class _Instrumented:
         self._request_log = request_log  # None: process default; False: no records
         self.ready = False
         self._retry_at = 0.0
+        self._relevance = self._precision = None
 
     def resolve(self) -> bool:
         """Resolves children on first call (not at import). False if monitoring is unusable;
@@ -138,14 +170,13 @@ class _Instrumented:
             self.succeeded = m.queries.labels(op, "success")
             self.failed = m.queries.labels(op, "error")
             self.cancelled = m.queries.labels(op, "cancelled")
-            self.relevance = m.relevance.labels(op)
-            self.precision = m.context_precision.labels(op)
             # Bound methods of the hottest calls, looked up once instead of on every query.
             self._observe_latency = self.latency.observe
             self._count_success = self.succeeded.inc
-            self.errors_by_type: dict[str, Any] = {}
-            self.by_model: dict[str | None, _ModelChildren] = {}
-            self.stages: dict[str, Any] = {}
+            # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
+            self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
+            self.by_model: dict[str | None, _ModelChildren] = BoundedCache(CHILD_CACHE_SIZE)
+            self.stages: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             current_request_log()  # resolve the process default now, where a failure is caught
             self.ready = True
         except Exception as exc:
@@ -164,22 +195,30 @@ class _Instrumented:
         children = self.by_model.get(model)
         if children is None:
             m = self.metrics
-            label = model if model is not None else "unknown"
-            children = _ModelChildren()
-            children.input = m.tokens.labels(label, "input")
-            children.output = m.tokens.labels(label, "output")
-            children.cached_input = m.tokens.labels(label, "cached_input")
-            children.cost = m.query_cost.labels(label)
-            children.spend = m.spend.labels(label)
-            children.ttft = m.time_to_first_token.labels(self.operation, label)
+            children = _ModelChildren(m, self.operation, model if model is not None else "unknown")
             children.price, children.known = m.price_table.lookup(model)
             self.by_model[model] = children
         return children
 
+    @property
+    def relevance(self):
+        child = self._relevance
+        if child is None:
+            child = self._relevance = self.metrics.relevance.labels(self.operation)
+        return child
+
+    @property
+    def precision(self):
+        child = self._precision
+        if child is None:
+            child = self._precision = self.metrics.context_precision.labels(self.operation)
+        return child
+
     def stage_child(self, name: str):
         child = self.stages.get(name)
         if child is None:
-            child = self.stages[name] = self.metrics.stage_latency.labels(self.operation, name)
+            child = self.stages[_safe_name(name)] = self.metrics.stage_latency.labels(
+                self.operation, name)
         return child
 
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
@@ -194,6 +233,8 @@ class _Instrumented:
                 self.cancelled.inc()
             else:
                 status, error_type = "error", type(exc).__name__
+                if not _is_safe_label(error_type):
+                    error_type = safe_label(error_type)
                 self.failed.inc()
                 counter = self.errors_by_type.get(error_type)
                 if counter is None:
@@ -215,7 +256,10 @@ class _Instrumented:
                         and (r_cached is None or (type(r_cached) is int and r_cached >= 0))
                         and (relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
                         and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                        and (r_model is None or (type(r_model) is str and r_model and not r_model.isspace()))):
+                        and (r_model is None or (type(r_model) is str and r_model
+                                                 and not r_model.isspace()
+                                                 and len(r_model) <= MAX_LABEL_LENGTH
+                                                 and r_model.isprintable()))):
                     r_inp, r_out, r_cached, relevance, precision, r_model = self._checked_result(
                         (r_inp, r_out, r_cached, relevance, precision, r_model))
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
@@ -231,22 +275,30 @@ class _Instrumented:
                 first_token = extra.first_token
 
             cost = None
+            out_of_bounds = None
+            if inp > MAX_TOKENS or out > MAX_TOKENS or cached > MAX_TOKENS:
+                out_of_bounds, inp, out, cached = _token_bounds(self.metrics, self.operation,
+                                                                inp, out, cached)
             if inp or out or cached or first_token is not None:
                 children = self.by_model.get(model) or self.model_children(model)
                 if first_token is not None:
-                    children.ttft.observe(first_token)
+                    (children.ttft or children.make("ttft")).observe(first_token)
                 if inp or out or cached:
                     if inp:
-                        children.input.inc(inp)
+                        (children.input or children.make("input")).inc(inp)
                     if out:
-                        children.output.inc(out)
+                        (children.output or children.make("output")).inc(out)
                     if cached:
-                        children.cached_input.inc(cached)
+                        (children.cached_input or children.make("cached_input")).inc(cached)
                     price = children.price  # PriceTable.cost, inlined: this runs per query
                     cost = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
-                    children.cost.observe(cost)
-                    if cost:
-                        children.spend.inc(cost)
+                    if cost > MAX_COST_DOLLARS:
+                        out_of_bounds = _cost_bound(self.metrics, self.operation, cost, out_of_bounds)
+                        cost = None
+                    else:
+                        (children.cost or children.make("cost")).observe(cost)
+                        if cost:
+                            (children.spend or children.make("spend")).inc(cost)
                     if not children.known:
                         self.metrics._note_unknown_model(model)
             if relevance is not None:
@@ -259,7 +311,7 @@ class _Instrumented:
             return
         if ctx.sink is not None:
             self._write_record(ctx, duration, status, error_type, model, inp, out, cached, cost,
-                               relevance, precision, first_token)
+                               relevance, precision, first_token, out_of_bounds)
 
     def _checked_result(self, fields: tuple) -> tuple:
         """The returned dict's fields with each bad one logged, counted and replaced by None."""
@@ -267,7 +319,7 @@ class _Instrumented:
         for (name, check), value in zip(_RESULT_FIELDS, fields):
             try:
                 checked.append(None if value is None else check(name, value))
-            except ValueError as bad:
+            except ValueError as bad:  # the message names the value safely (repr escapes it)
                 checked.append(None)
                 _recording_failed(self.metrics, "bad_return_value",
                                   "%r returned a bad value: %s", self.operation, bad)
@@ -276,7 +328,7 @@ class _Instrumented:
     def _write_record(self, ctx: QueryContext, duration: float, status: str,
                       error_type: str | None, model: str | None, inp: int, out: int, cached: int,
                       cost: float | None, relevance: float | None, precision: float | None,
-                      first_token: float | None) -> None:
+                      first_token: float | None, out_of_bounds: dict | None = None) -> None:
         extra = ctx.extra
         try:
             end = time.time()
@@ -289,17 +341,46 @@ class _Instrumented:
                 time_to_first_token=first_token,
                 cache_hits=extra.cache_hits if extra else 0,
                 cache_misses=extra.cache_misses if extra else 0,
-                attributes=extra.attributes if extra else None), at=end)
+                attributes=extra.attributes if extra else None, out_of_bounds=out_of_bounds),
+                at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
 
 
+def _token_bounds(metrics: RAGMetrics, operation: str, inp: int, out: int,
+                  cached: int) -> tuple[dict, int, int, int]:
+    """Token counts above MAX_TOKENS: counted, left out of the metrics (one return of 10**30
+    would add $1e23 to spend), and returned raw for the record."""
+    raw = {}
+    for name, value in (("input_tokens", inp), ("output_tokens", out),
+                        ("cached_input_tokens", cached)):
+        if value > MAX_TOKENS:
+            raw[name] = value
+    _recording_failed(metrics, "out_of_bounds", "%r reported %s above the bound of %d tokens per "
+                      "call; left out of the metrics, kept in the record under out_of_bounds",
+                      operation, ", ".join(raw), MAX_TOKENS)
+    return (raw, 0 if inp > MAX_TOKENS else inp, 0 if out > MAX_TOKENS else out,
+            0 if cached > MAX_TOKENS else cached)
+
+
+def _cost_bound(metrics: RAGMetrics, operation: str, cost: float, raw: dict | None) -> dict:
+    _recording_failed(metrics, "out_of_bounds", "%r cost $%s, above the bound of $%s per call; "
+                      "left out of the metrics, kept in the record under out_of_bounds",
+                      operation, cost, MAX_COST_DOLLARS)
+    raw = dict(raw or {})
+    raw["cost"] = cost
+    return raw
+
+
+def _checked_model(name: str, value: object) -> str:
+    return _safe_name(check_name(name, value, "gpt-4o-mini"))
+
+
 _REAL = (int, float)
 _RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
                   ("cached_input_tokens", check_count), ("relevance_score", check_score),
-                  ("context_precision", check_score),
-                  ("model", lambda name, value: check_name(name, value, "gpt-4o-mini")))
+                  ("context_precision", check_score), ("model", _checked_model))
 
 
 # --- the decorator -------------------------------------------------------------------------------
@@ -318,9 +399,9 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     ``metrics``: the RAGMetrics catalog to record into (default: the global one).
     ``request_log``: a sink for this function's records; ``False`` turns records off for it.
     """
-    check_name("operation", operation, "rag_search")
+    operation = _safe_name(check_name("operation", operation, "rag_search"))
     if model is not None:
-        check_name("model", model, "gpt-4o-mini")
+        model = _safe_name(check_name("model", model, "gpt-4o-mini"))
     if metrics is not None and not isinstance(metrics, RAGMetrics):
         raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
                          "RAGMetrics(registry=...) or leave it out for the global one")
@@ -488,8 +569,10 @@ def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *
     """Records one stage's duration in rag_stage_duration_seconds and, inside a monitored query,
     in that query's record. Shared by stage() and PerformanceMonitor, which passes
     ``attach=False`` because it writes its own record for the stage."""
-    check_name("stage", name, "retrieval")
+    name = _safe_name(check_name("stage", name, "retrieval"))
     check_amount("duration", duration, f"seconds for stage {name!r} as a finite number >= 0")
+    if operation is not None:
+        operation = _safe_name(operation)
     _record_stage(name, duration, metadata, metrics, operation, attach)
 
 
@@ -532,6 +615,8 @@ class stage:
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
         if type(name) is not str or not name or name.isspace():
             check_name("stage", name, "retrieval")  # raises with the full explanation
+        if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
+            name = safe_label(name)
         self.name = name
         self.metadata = metadata
         self.metrics = metrics
@@ -592,7 +677,7 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
     """Counts one cache lookup as a hit or a miss (and in the current query's record)."""
     if type(hit) is not bool:
         raise ValueError(f"hit={hit!r} must be True (a cache hit) or False (a miss)")
-    check_name("cache_type", cache_type, "semantic")
+    cache_type = _safe_name(check_name("cache_type", cache_type, "semantic"))
     query = CURRENT_QUERY.get()
     m = metrics or (query.owner.metrics if query is not None else default_metrics())
     _child(m, ("cache", cache_type, hit),
@@ -622,7 +707,7 @@ def track_rate_limit(provider: str, remaining_requests: float | None = None,
     Bad numbers passed directly raise ValueError; unparsable headers (they come from outside)
     are logged and counted instead. Returns what was recorded.
     """
-    check_name("provider", provider, "openai")
+    provider = _safe_name(check_name("provider", provider, "openai"))
     m = metrics or default_metrics()
     found: dict[str, float] = {}
     if remaining_requests is not None:
@@ -630,16 +715,21 @@ def track_rate_limit(provider: str, remaining_requests: float | None = None,
     if remaining_tokens is not None:
         found["tokens"] = check_amount("remaining_tokens", remaining_tokens, "a count >= 0 as reported by the provider")
     if headers:
-        lowered = {str(key).lower(): value for key, value in headers.items()}
+        try:
+            lowered = {text_of(key).lower(): value for key, value in headers.items()}
+        except Exception as bad:  # headers come from outside: a broken mapping is not our caller's bug
+            _recording_failed(m, "bad_header", "rate-limit headers from %s could not be read: %r",
+                              provider, bad)
+            lowered = {}
         for header, kind in _RATE_LIMIT_HEADERS:
             raw = lowered.get(header)
             if raw is None or kind in found:
                 continue
             try:
-                found[kind] = check_amount(header, float(str(raw).strip()), "a count >= 0")
+                found[kind] = check_amount(header, float(text_of(raw).strip()), "a count >= 0")
             except ValueError:
-                _recording_failed(m, "bad_header", "header %s=%r from %s is not a number",
-                                  header, raw, provider)
+                _recording_failed(m, "bad_header", "header %s=%s from %s is not a number",
+                                  header, safe_label(raw), provider)
     if "requests" in found:
         m.rate_limit_requests.labels(provider).set(found["requests"])
     if "tokens" in found:
@@ -656,7 +746,7 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
     output_tokens = check_count("output_tokens", output_tokens)
     cached_input_tokens = check_count("cached_input_tokens", cached_input_tokens)
     if model is not None:
-        check_name("model", model, "gpt-4o-mini")
+        model = _safe_name(check_name("model", model, "gpt-4o-mini"))
     query = CURRENT_QUERY.get()
     if query is not None and (metrics is None or metrics is query.owner.metrics):
         extra = query.extras()
@@ -670,14 +760,25 @@ def record_tokens(input_tokens: int = 0, output_tokens: int = 0, cached_input_to
         return 0.0
     m = metrics or default_metrics()
     label = model or "unknown"
-    cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
-    for kind, count in (("input", input_tokens), ("output", output_tokens),
-                        ("cached_input", cached_input_tokens)):
-        if count:
-            m.tokens.labels(label, kind).inc(count)
-    m.query_cost.labels(label).observe(cost)
-    m.spend.labels(label).inc(cost)
-    return cost
+    try:
+        if max(input_tokens, output_tokens, cached_input_tokens) > MAX_TOKENS:
+            _, input_tokens, output_tokens, cached_input_tokens = _token_bounds(
+                m, "record_tokens", input_tokens, output_tokens, cached_input_tokens)
+        cost = m.calculate_cost(input_tokens, output_tokens, model, cached_input_tokens)
+        if cost > MAX_COST_DOLLARS:
+            _cost_bound(m, "record_tokens", cost, None)
+            return None
+        for kind, count in (("input", input_tokens), ("output", output_tokens),
+                            ("cached_input", cached_input_tokens)):
+            if count:
+                m.tokens.labels(label, kind).inc(count)
+        if input_tokens or output_tokens or cached_input_tokens:
+            m.query_cost.labels(label).observe(cost)
+            m.spend.labels(label).inc(cost)
+        return cost
+    except Exception as failure:  # a recording failure never reaches the host
+        _recording_failed(m, "recording", "record_tokens(model=%r) failed: %r", model, failure)
+        return None
 
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:
@@ -700,7 +801,7 @@ def set_attributes(**attributes: object) -> bool:
     query = CURRENT_QUERY.get()
     if query is None:
         _recording_failed(default_metrics(), "no_active_query", "set_attributes(%s) outside a monitored query",
-                          ", ".join(attributes))
+                          ", ".join(safe_label(name) for name in attributes))
         return False
     extra = query.extras()
     if extra.attributes is None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import errno
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from .exposition import start_safe_http_server
 
 
 def start_metrics_server(port: int | None = None, addr: str | None = None,
@@ -21,7 +23,7 @@ def start_metrics_server(port: int | None = None, addr: str | None = None,
         raise ValueError(f"port={port!r} is not a TCP port; expected an integer from 0 to 65535 "
                          "(0 picks a free one)")
     try:
-        server, _thread = start_http_server(port, addr=addr, registry=registry or REGISTRY)
+        server, _thread = start_safe_http_server(port, addr=addr, registry=registry or REGISTRY)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise OSError(exc.errno, f"cannot serve /metrics: port {port} on {addr} is already in "
