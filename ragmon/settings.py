@@ -74,6 +74,9 @@ class Settings:
     # Label combinations (series) any one metric may expose before new combinations have their
     # caller-chosen labels recorded as "__other__". Prometheus guidance: under 1,000 per metric.
     MAX_SERIES_PER_METRIC: int = 1000
+    # The same for histograms, lower because each combination is ~18 series (buckets, sum,
+    # count): 250 keeps the worst case of every histogram under ~4,500 series per scrape.
+    MAX_SERIES_PER_HISTOGRAM: int = 250
     # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
     SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
 
@@ -113,8 +116,10 @@ class Settings:
     def label_limit(self, metric_name: str) -> int:
         return self.LABEL_LIMITS.get(metric_name, self.MAX_LABEL_VALUES)
 
-    def series_limit(self, metric_name: str) -> int:
-        return self.SERIES_LIMITS.get(metric_name, self.MAX_SERIES_PER_METRIC)
+    def series_limit(self, metric_name: str, histogram: bool = False) -> int:
+        default = min(self.MAX_SERIES_PER_METRIC, self.MAX_SERIES_PER_HISTOGRAM) if histogram \
+            else self.MAX_SERIES_PER_METRIC
+        return self.SERIES_LIMITS.get(metric_name, default)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -226,6 +231,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "MAX_LABEL_VALUES": _int_in(1, 100_000),
     "LABEL_LIMITS": _mapping(_int_in(1, 100_000)),
     "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
+    "MAX_SERIES_PER_HISTOGRAM": _int_in(1, 1_000_000),
     "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
@@ -318,18 +324,35 @@ def set_settings(settings: Settings | None) -> None:
     _cached = settings
 
 
+def check_startup(settings: Settings) -> Settings:
+    """Validates, once, what the settings point at: the price file is read and checked. Servers
+    and command-line tools call it before they start, so a broken file stops them with a clear
+    error naming it instead of being discovered (and re-read) on every query. Raises ConfigError."""
+    if settings.MODEL_PRICES_FILE:
+        from .instrument.pricing import PriceTable
+        try:
+            PriceTable.from_settings(settings)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"MODEL_PRICES_FILE={settings.MODEL_PRICES_FILE!r} cannot be used: "
+                              f"{exc}. Fix the file, point MODEL_PRICES_FILE at another one, or "
+                              "set it empty to use only the COST_PER_1K_* default prices") from None
+    return settings
+
+
 def settings_for_cli() -> Settings:
-    """get_settings() for command-line tools: a bad setting ends the program with its message
-    (exit status 2) instead of a traceback."""
+    """get_settings() for command-line tools, checked with check_startup(): a bad setting or
+    price file ends the program with its message (exit status 2) instead of a traceback."""
     import sys
     try:
-        return get_settings()
+        return check_startup(get_settings())
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-_SECRETS = ("SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "SMTP_PASSWORD")
+# Printed as "(set)" / "(not set)" only: webhook URLs carry their token in the path.
+_SECRETS = ("ALERT_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "SMTP_USERNAME",
+            "SMTP_PASSWORD")
 
 
 def describe(settings: Settings) -> dict[str, object]:

@@ -8,7 +8,7 @@ Each labelled metric is wrapped in a ``GuardedMetric``: ``.labels(...)`` first m
 safe (``checks.safe_label``: text, no unprintable characters, at most 128 characters), then
 passes it through a ``LabelGuard`` with two budgets: at most MAX_LABEL_VALUES distinct values per
 label (default 100) and at most MAX_SERIES_PER_METRIC label combinations per metric (default
-1,000; SERIES_LIMITS overrides it per metric). Past either budget the values become
+1,000; 250 for histograms, MAX_SERIES_PER_HISTOGRAM; SERIES_LIMITS overrides it per metric). Past either budget the values become
 ``__other__`` (labels with a fixed vocabulary, such as ``status``, keep theirs), so totals stay
 right and every overflow is counted in rag_label_overflow_total. Everything else is forwarded to
 the plain prometheus_client metric underneath, so multiprocess mode keeps working.
@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
-from .pricing import PriceTable
+from .pricing import ModelPrice, PriceTable
 
 log = logging.getLogger("ragmon")
 
@@ -245,6 +245,8 @@ class RAGMetrics:
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
 
+        self._histograms = frozenset(value._name for value in vars(self).values()
+                                     if isinstance(value, Histogram))
         # Guarded wrappers for every metric whose label values come from callers.
         for attr in ("query_latency", "stage_latency", "time_to_first_token", "queries", "errors",
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
@@ -284,15 +286,28 @@ class RAGMetrics:
 
     @property
     def price_table(self) -> PriceTable:
+        """Read once. A price file that cannot be read (servers check it at start, see
+        settings.check_startup) is logged and counted once, and the default prices are used:
+        the file is not read again per query and no cost calculation raises into the host."""
         if self._price_table is None:
-            self._price_table = PriceTable.from_settings(self.settings)
+            try:
+                self._price_table = PriceTable.from_settings(self.settings)
+            except (OSError, ValueError) as exc:
+                settings = self.settings
+                self._price_table = PriceTable(ModelPrice(
+                    settings.COST_PER_1K_INPUT_TOKENS, settings.COST_PER_1K_OUTPUT_TOKENS,
+                    settings.COST_PER_1K_CACHED_INPUT_TOKENS))
+                self.count_instrumentation_error("price_file")
+                log.error("monitoring: the price file cannot be used, so every model is priced at "
+                          "the defaults until the settings change: %s (counted in "
+                          "rag_instrumentation_errors_total{reason=\"price_file\"})", exc)
         return self._price_table
 
     def _label_limit(self, metric_name: str) -> int:
         return self.settings.label_limit(metric_name)
 
     def _series_limit(self, metric_name: str) -> int:
-        return self.settings.series_limit(metric_name)
+        return self.settings.series_limit(metric_name, metric_name in self._histograms)
 
     def _record_overflow(self, metric: str, label: str, value: str) -> None:
         self.label_overflow.labels(metric, label).inc()

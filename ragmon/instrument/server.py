@@ -15,8 +15,8 @@ def start_metrics_server(port: int | None = None, addr: str | None = None,
     Port 0 picks a free port; read it back from ``server.server_port``. Returns the server;
     ``server.shutdown()`` stops it. A port in use raises OSError naming the port.
     """
-    from ..settings import get_settings
-    settings = get_settings()
+    from ..settings import check_startup, get_settings
+    settings = check_startup(get_settings())  # a broken price file stops the server here
     port = settings.METRICS_PORT if port is None else port
     addr = settings.METRICS_ADDR if addr is None else addr
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
