@@ -164,9 +164,10 @@ def routes(tmp_path, config: dict, *labels: str) -> list[str]:
 def test_unconfigured_receivers_are_inert(tmp_path, settings):
     config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings)
     assert configured_integrations(config) == {"default": ["webhook"], "page": ["webhook"],
-                                               "ticket": ["webhook"]}
+                                               "ticket": ["webhook"], "deadmans-switch": ["webhook"]}
     assert "host.docker.internal" not in yaml.safe_dump(config)
-    assert all(hook["send_resolved"] is True for r in config["receivers"] for hook in r["webhook_configs"])
+    assert all(hook["send_resolved"] is True for r in config["receivers"] for hook in r["webhook_configs"]
+               if r["name"] != "deadmans-switch")
     assert amtool_check(tmp_path, config).returncode == 0
 
 
@@ -179,7 +180,7 @@ def test_configured_receivers_are_filled_in_and_valid(tmp_path):
     config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings)
     assert configured_integrations(config) == {
         "default": ["webhook"], "page": ["email", "pagerduty", "slack", "webhook"],
-        "ticket": ["email", "slack", "webhook"]}
+        "ticket": ["email", "slack", "webhook"], "deadmans-switch": ["webhook"]}
     page = next(r for r in config["receivers"] if r["name"] == "page")
     assert page["slack_configs"][0]["channel"] == "#rag-alerts"
     assert page["pagerduty_configs"][0]["routing_key"] == PD_KEY
@@ -189,6 +190,16 @@ def test_configured_receivers_are_filled_in_and_valid(tmp_path):
     assert page["webhook_configs"][0]["url"] == "http://hooks.internal:9000/am"
     result = amtool_check(tmp_path, config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dead_mans_switch_has_its_own_url_and_the_watchdog_goes_only_there(tmp_path):
+    heartbeat = "https://hc-ping.example.com/0d1b4c2e"
+    config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), make_settings(
+        ALERT_WEBHOOK_URL="http://hooks.internal:9000/am", DEADMANS_SWITCH_URL=heartbeat))
+    urls = {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]}
+    assert urls["deadmans-switch"] == heartbeat and urls["default"] == "http://hooks.internal:9000/am"
+    assert routes(tmp_path, config, "severity=warning", "alertname=RagWatchdog") == ["deadmans-switch"]
+    assert amtool_check(tmp_path, config).returncode == 0
 
 
 @pytest.mark.parametrize("env, expected", [
