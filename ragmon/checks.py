@@ -5,20 +5,36 @@ from __future__ import annotations
 import math
 
 
+def shown(value: object, limit: int = 200) -> str:
+    """repr(value) for an error message: never raises, never longer than `limit`."""
+    try:
+        text = repr(value)
+        if type(text) is not str:
+            raise TypeError
+    except Exception:
+        try:
+            text = f"<{type(value).__name__} whose repr() fails>"
+        except Exception:
+            text = "<object>"
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_count(name: str, value: object) -> int:
     """A whole number >= 0: token counts, cache hits."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} is not a count; expected a whole number >= 0 "
+        raise ValueError(f"{name}={shown(value)} is not a count; expected a whole number >= 0 "
                          f"(pass e.g. {name}=500, not a string or fraction)")
     if value < 0:
-        raise ValueError(f"{name}={value!r} is negative; counts must be >= 0")
+        raise ValueError(f"{name}={shown(value)} is negative; counts must be >= 0")
     return value
 
 
 def check_score(name: str, value: object) -> float:
     """A quality score from 0 to 1."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{name}={value!r} is not a score; expected a number from 0 to 1")
+        raise ValueError(f"{name}={shown(value)} is not a score; expected a number from 0 to 1")
     return float(value)
 
 
@@ -26,14 +42,14 @@ def check_amount(name: str, value: object, expected: str = "a finite number >= 0
     """A finite number >= 0: seconds, dollars, remaining requests."""
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or value < 0):
-        raise ValueError(f"{name}={value!r} is invalid; expected {expected}")
+        raise ValueError(f"{name}={shown(value)} is invalid; expected {expected}")
     return float(value)
 
 
 def check_name(name: str, value: object, example: str) -> str:
     """A non-empty string used as a label value or identifier."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}={value!r} must be a non-empty string, e.g. {name}={example!r}")
+        raise ValueError(f"{name}={shown(value)} must be a non-empty string, e.g. {name}={example!r}")
     return value
 
 
