@@ -262,6 +262,20 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
+def _warn_misspelled(dotenv: Mapping[str, str], path) -> None:
+    """A `.env` key that is almost a setting's name is a typo that would silently do nothing."""
+    import difflib
+    import logging
+    for key in dotenv:
+        if key in _PARSERS:
+            continue
+        close = difflib.get_close_matches(key.upper(), _PARSERS, n=1, cutoff=0.8)
+        if close:
+            logging.getLogger("ragmon").warning(
+                "%s sets %s, which is not a ragmon setting and is ignored; did you mean %s?",
+                path, key, close[0])
+
+
 def load_settings(environ: Mapping[str, str] | None = None,
                   dotenv_path: str | os.PathLike | None = None) -> Settings:
     """Builds Settings from `environ` (default: os.environ) over a `.env` file.
@@ -270,7 +284,9 @@ def load_settings(environ: Mapping[str, str] | None = None,
     """
     if dotenv_path is None:
         dotenv_path = Path.cwd() / ".env"
-    source = {**_read_dotenv(Path(dotenv_path)), **(os.environ if environ is None else environ)}
+    dotenv = _read_dotenv(Path(dotenv_path))
+    _warn_misspelled(dotenv, dotenv_path)
+    source = {**dotenv, **(os.environ if environ is None else environ)}
     values = {name: parse(name, source[name]) for name, parse in _PARSERS.items() if name in source}
     return _checked(Settings(**values))
 

@@ -82,13 +82,23 @@ class _QuietFileHandler(logging.FileHandler):
     def _open(self):
         path = self.baseFilename
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")  # fence a line cut off by a full disk: the next starts clean
+        except OSError:
+            os.close(fd)
+            raise
         return open(fd, "a", encoding=self.encoding, errors=self.errors, closefd=True)
 
     def emit(self, record):
-        if self.stream is not None and self._replaced():
-            self.close()  # deleted or replaced: start a new file at the path
-        super().emit(record)
+        try:
+            if self.stream is not None and self._replaced():
+                self.close()  # deleted or replaced: start a new file at the path
+            super().emit(record)  # opening the file happens here, outside logging's own try
+        except Exception:
+            self.handleError(record)
 
     def _replaced(self) -> bool:
         try:

@@ -129,7 +129,9 @@ class PidFile:
 def start_process(argv: list[str], log_path: Path, pid_file: PidFile, cwd: Path) -> subprocess.Popen:
     """Starts argv detached from our terminal and process group (it outlives a CLI `up`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    # Component logs may quote receiver URLs and their tokens: readable by the owner only.
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "ab") as log:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  cwd=cwd, start_new_session=True)
     pid_file.write(popen.pid, argv[0])

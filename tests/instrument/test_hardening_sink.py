@@ -202,3 +202,31 @@ def test_records_are_not_world_readable(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / log_file_name(T0)).stat().st_mode & 0o777 == 0o640
+
+
+# --- the structured logger's app.jsonl ---------------------------------------------------------------
+
+def file_logger(log_dir):
+    from ragmon.instrument.jsonlog import StructuredLogger
+    return StructuredLogger("svc", settings=make_settings(LOG_DESTINATION="file", LOG_DIR=log_dir))
+
+
+def test_the_logger_recreates_a_deleted_log_directory(tmp_path):
+    log_dir = tmp_path / "logs"
+    logger = file_logger(log_dir)
+    logger.info("before")
+    shutil.rmtree(log_dir)
+    for n in range(20):
+        logger.info("after", n=n)
+    lines = [json.loads(line) for line in (log_dir / "app.jsonl").read_text().splitlines()]
+    assert [line["fields"]["n"] for line in lines] == list(range(20))
+
+
+def test_the_logger_on_a_read_only_directory_counts_and_keeps_the_host_running(tmpfs, capfd):
+    log_dir = tmpfs("64k", read_only=True)
+    logger = file_logger(log_dir)
+    for n in range(30):
+        logger.info("event", n=n)  # raises nothing
+    handler = logger._logger.handlers[0]
+    assert handler.lost == 30
+    assert "Traceback" not in capfd.readouterr().err
