@@ -51,6 +51,21 @@ def docker_engine_answers(timeout: float = 10.0) -> bool:
         return False
 
 
+def docker_bridge_address() -> str:
+    """The host's address on Docker's default bridge (docker0), where containers reach the host
+    as host.docker.internal (host-gateway). Listening there instead of on 0.0.0.0 serves the
+    containers without exposing the webhook receiver or /metrics to the network. Without a
+    docker0 interface (Docker Desktop forwards host.docker.internal to the host's loopback), it
+    is 127.0.0.1."""
+    import socket
+
+    import psutil
+    for address in psutil.net_if_addrs().get("docker0", []):
+        if address.family == socket.AF_INET:
+            return address.address
+    return "127.0.0.1"
+
+
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5):
     """Calls `check` until it returns something truthy and returns that.
 

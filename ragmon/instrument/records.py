@@ -190,10 +190,10 @@ class _DayFile:
     """One open day file: its descriptor, the identity of the file it was opened on, and whether
     its last line was cut off (the next record must then start on a line of its own)."""
 
-    __slots__ = ("fd", "ident", "torn")
+    __slots__ = ("fd", "ident", "torn", "path")
 
-    def __init__(self, fd: int, ident: tuple[int, int], torn: bool):
-        self.fd, self.ident, self.torn = fd, ident, torn
+    def __init__(self, fd: int, ident: tuple[int, int], torn: bool, path: str):
+        self.fd, self.ident, self.torn, self.path = fd, ident, torn, path
 
 
 _live_sinks: "weakref.WeakSet[DailyFileSink]" = weakref.WeakSet()
@@ -252,13 +252,19 @@ class DailyFileSink:
             self.written += 1
 
     def _write(self, day: int, at: float, data: bytes) -> None:
-        path = self.log_dir / log_file_name(at)
         file = self._files.get(day)
-        if file is not None and not self._still_at(file, path):
-            self._forget(day)  # deleted or replaced under us: write to the file at the path
-            file = None
+        if file is not None:
+            try:
+                st = os.stat(file.path)
+                current = (st.st_dev, st.st_ino) == file.ident
+            except OSError:
+                current = False
+            if not current:
+                self._forget(day)  # deleted or replaced under us: write to the file at the path
+                file = None
         if file is None:
-            file = self._open(day, path)
+            file = self._open(day, str(self.log_dir / log_file_name(at)))
+        path = file.path
         if file.torn:
             data = b"\n" + data
         view, done = memoryview(data), 0
@@ -274,15 +280,7 @@ class DailyFileSink:
             done += written
         file.torn = False
 
-    @staticmethod
-    def _still_at(file: _DayFile, path: Path) -> bool:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == file.ident
-
-    def _open(self, day: int, path: Path) -> _DayFile:
+    def _open(self, day: int, path: str) -> _DayFile:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
         try:
@@ -291,7 +289,7 @@ class DailyFileSink:
         except OSError:
             os.close(fd)
             raise
-        file = _DayFile(fd, (st.st_dev, st.st_ino), torn)
+        file = _DayFile(fd, (st.st_dev, st.st_ino), torn, path)
         # Keep the day just opened (its record is about to be written) and the most recent of
         # the others; a late record for an old day may evict yesterday, reopened on demand.
         others = sorted(d for d in self._files if d != day)

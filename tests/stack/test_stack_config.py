@@ -240,7 +240,8 @@ def test_fast_alertmanager_groups_and_sends_within_seconds(settings):
 def test_render_alertmanager_cli_writes_a_private_file_from_the_environment(tmp_path):
     out = tmp_path / "alertmanager.local.yml"
     # every receiver setting given, so a developer's .env cannot change the outcome
-    receivers = {name: "" for name in ("ALERT_WEBHOOK_URL", "SLACK_CHANNEL", "PAGERDUTY_ROUTING_KEY",
+    receivers = {name: "" for name in ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL", "SLACK_CHANNEL",
+                                       "PAGERDUTY_ROUTING_KEY",
                                        "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM", "SMTP_SMARTHOST",
                                        "SMTP_USERNAME", "SMTP_PASSWORD")}
     env = {**os.environ, **receivers, "SLACK_WEBHOOK_URL": SLACK}
@@ -249,6 +250,11 @@ def test_render_alertmanager_cli_writes_a_private_file_from_the_environment(tmp_
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # readable by the Alertmanager container's user (nobody) and by no one else
+    if os.geteuid() == 0:
+        assert out.stat().st_uid == 65534
+    else:
+        assert "sudo chown 65534" in result.stderr
     config = load_yaml(out)
     assert configured_integrations(config)["page"] == ["slack", "webhook"]
     # for Docker: the webhook stays on the host as the containers see it
