@@ -58,7 +58,7 @@ def check_name(name: str, value: object, example: str) -> str:
 # on every sample, and no real model, stage or operation name comes near it.
 MAX_LABEL_LENGTH = 128
 # A string field of a record or a log line longer than this is cut and marked.
-MAX_TEXT_LENGTH = 16_384
+MAX_TEXT_LENGTH = 65_536
 TRUNCATED = "…[truncated]"
 REPLACEMENT = "\ufffd"
 

@@ -210,3 +210,27 @@ def test_record_tokens_outside_a_query_drops_out_of_bound_counts(metrics):
     assert record_tokens(10**30, model="gpt", metrics=metrics) in (0.0, None)
     assert metrics.registry.get_sample_value("rag_spend_dollars_total", {"model": "gpt"}) in (None, 0.0)
     assert metrics.registry.get_sample_value("rag_instrumentation_errors_total", {"reason": "out_of_bounds"}) == 1
+
+
+def test_the_report_reads_records_of_queries_that_passed_lone_surrogates(tmp_path, metrics):
+    import io
+
+    from ragmon.instrument.records import DailyFileSink
+    from ragmon.report.cli import main
+
+    sink = DailyFileSink(tmp_path)
+
+    @monitored_query("op" + LONE_SURROGATE, metrics=metrics, request_log=sink)
+    def query():
+        with stage("retrieval" + LONE_SURROGATE, note=LONE_SURROGATE):
+            pass
+        return {"input_tokens": 10, "model": LONE_SURROGATE}
+
+    for _ in range(3):
+        query()
+    raw = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert b"\\udc80" not in raw.lower() and json.loads(raw.splitlines()[0])["model"] == "gpt\ufffd"
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["report", "--log-dir", str(tmp_path), "--hours", "1", "--format", "json"],
+                out=out, err=err) == 0, err.getvalue()
+    assert json.loads(out.getvalue())
