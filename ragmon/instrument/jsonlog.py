@@ -5,8 +5,10 @@ Every line has: timestamp (UTC ISO-8601), level, logger, service, env, event, re
 so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing.
 
 Privacy by default: query text and user ids are written as a keyed hash and a length (LOG_RAW_TEXT
-turns raw text on), and anything that looks like an API key or bearer token is redacted from
-every string, raw mode or not.
+turns raw text on), and secrets are redacted from every field, raw mode or not: values of fields
+named like secrets (password, token, api_key, ...) and secret-shaped substrings of any string
+(see redaction.py). LOG_DIR/app.jsonl is created 0640; a line that cannot be written is counted,
+not raised or printed as a traceback.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
@@ -27,6 +28,7 @@ from .context import current_request_id
 from .redaction import REDACTED, redact, scrub  # noqa: F401  (redact is part of the API)
 
 EVENTS_LOGGER = "ragmon.events"
+
 
 def _scrub(value: Any) -> Any:
     return scrub(value)

@@ -4,10 +4,7 @@ import http.client
 import json
 import logging
 import os
-import subprocess
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from ragmon.instrument.catalog import RAGMetrics
