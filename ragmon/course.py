@@ -51,6 +51,21 @@ def docker_engine_answers(timeout: float = 10.0) -> bool:
         return False
 
 
+def docker_bridge_address() -> str:
+    """The host's address on Docker's default bridge (docker0), where containers reach the host
+    as host.docker.internal (host-gateway). Listening there instead of on 0.0.0.0 serves the
+    containers without exposing the webhook receiver or /metrics to the network. Without a
+    docker0 interface (Docker Desktop forwards host.docker.internal to the host's loopback), it
+    is 127.0.0.1."""
+    import socket
+
+    import psutil
+    for address in psutil.net_if_addrs().get("docker0", []):
+        if address.family == socket.AF_INET:
+            return address.address
+    return "127.0.0.1"
+
+
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5):
     """The stack's wait_until (ragmon.stack.process) with the notebook's patience: an engine
     that is still starting (refused connection, HTTP error) counts as "not yet"."""
@@ -644,7 +659,7 @@ def start_course(procs: Processes, workdir: str | os.PathLike, *,
     if use_docker is None:
         use_docker = docker_engine_answers() and _grafana_password_configured(workspace)
     # In Docker, alertmanager.yml's webhook is host.docker.internal:5001: listen there.
-    receiver = WebhookReceiver("0.0.0.0", 5001) if use_docker else WebhookReceiver()
+    receiver = WebhookReceiver(docker_bridge_address(), 5001) if use_docker else WebhookReceiver()
     procs.on_cleanup("webhook receiver", receiver.close)
     stack = None
     if use_docker:
@@ -653,7 +668,7 @@ def start_course(procs: Processes, workdir: str | os.PathLike, *,
         procs.on_cleanup("docker compose", lambda: subprocess.run(compose + ["down"], check=False))
         endpoints = {"prometheus": "http://127.0.0.1:9090", "alertmanager": "http://127.0.0.1:9093"}
         # The containers reach the demo as host.docker.internal:8000 (prometheus.yml).
-        demo_addr, demo_port, app_instance = "0.0.0.0", 8000, "host.docker.internal:8000"
+        demo_addr, demo_port, app_instance = docker_bridge_address(), 8000, "host.docker.internal:8000"
         timing = {"scrape_interval": 15.0, "window_seconds": 60, "wait_scale": 12.0}
     else:
         from .stack.runner import Stack

@@ -409,10 +409,27 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
     return args
 
 
+def _unwritable(log_dir: str) -> str | None:
+    """Why records cannot be written to `log_dir`, or None when they can."""
+    import tempfile
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from .settings import load_settings, settings_for_cli
     settings = settings_for_cli()
     args = parse_args(argv, settings)
+    problem = _unwritable(args.log_dir)
+    if problem:
+        print(f"error: --log-dir {args.log_dir!r} cannot hold the request records: {problem}. "
+              "Give a writable directory (--log-dir or LOG_DIR).", file=sys.stderr)
+        return 2
     # Records and log lines go to files so the console shows only the summary.
     demo_settings = load_settings({**os.environ, "LOG_DIR": args.log_dir, "LOG_DESTINATION": "file",
                                    "REQUEST_LOG_DESTINATION": "file"})

@@ -71,6 +71,14 @@ class Settings:
     MAX_LABEL_VALUES: int = 100
     # Per-metric overrides, e.g. "rag_errors_total=50,rag_tokens_total=200".
     LABEL_LIMITS: Mapping[str, int] = field(default_factory=dict)
+    # Label combinations (series) any one metric may expose before new combinations have their
+    # caller-chosen labels recorded as "__other__". Prometheus guidance: under 1,000 per metric.
+    MAX_SERIES_PER_METRIC: int = 1000
+    # The same for histograms, lower because each combination is ~18 series (buckets, sum,
+    # count): 250 keeps the worst case of every histogram under ~4,500 series per scrape.
+    MAX_SERIES_PER_HISTOGRAM: int = 250
+    # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
+    SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
 
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
@@ -92,6 +100,9 @@ class Settings:
     # its settings are set: ALERT_WEBHOOK_URL replaces the shipped webhook URL; Slack goes to the
     # page and ticket routes, PagerDuty to page only, email to both and needs TO, FROM and SMARTHOST.
     ALERT_WEBHOOK_URL: str = ""
+    # Heartbeat URL for the always-firing RagWatchdog alert (the receiver "deadmans-switch"): a
+    # service such as healthchecks.io that pages when the pings stop. Empty: the local webhook.
+    DEADMANS_SWITCH_URL: str = ""
     SLACK_WEBHOOK_URL: str = ""
     SLACK_CHANNEL: str = ""
     PAGERDUTY_ROUTING_KEY: str = ""
@@ -107,6 +118,11 @@ class Settings:
 
     def label_limit(self, metric_name: str) -> int:
         return self.LABEL_LIMITS.get(metric_name, self.MAX_LABEL_VALUES)
+
+    def series_limit(self, metric_name: str, histogram: bool = False) -> int:
+        default = min(self.MAX_SERIES_PER_METRIC, self.MAX_SERIES_PER_HISTOGRAM) if histogram \
+            else self.MAX_SERIES_PER_METRIC
+        return self.SERIES_LIMITS.get(metric_name, default)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -217,6 +233,9 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "LOG_HASH_KEY": _any_text,
     "MAX_LABEL_VALUES": _int_in(1, 100_000),
     "LABEL_LIMITS": _mapping(_int_in(1, 100_000)),
+    "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
+    "MAX_SERIES_PER_HISTOGRAM": _int_in(1, 1_000_000),
+    "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,
@@ -228,7 +247,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "NODE_EXPORTER_PORT": _PORT,
     "GRAFANA_PORT": _PORT,
     "STACK_DIR": _text,
-    **{name: _any_text for name in ("ALERT_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "SLACK_CHANNEL",
+    **{name: _any_text for name in ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL",
+                                    "SLACK_WEBHOOK_URL", "SLACK_CHANNEL",
                                     "PAGERDUTY_ROUTING_KEY", "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM",
                                     "SMTP_SMARTHOST", "SMTP_USERNAME", "SMTP_PASSWORD")},
 }
@@ -242,6 +262,20 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
+def _warn_misspelled(dotenv: Mapping[str, str], path) -> None:
+    """A `.env` key that is almost a setting's name is a typo that would silently do nothing."""
+    import difflib
+    import logging
+    for key in dotenv:
+        if key in _PARSERS:
+            continue
+        close = difflib.get_close_matches(key.upper(), _PARSERS, n=1, cutoff=0.8)
+        if close:
+            logging.getLogger("ragmon").warning(
+                "%s sets %s, which is not a ragmon setting and is ignored; did you mean %s?",
+                path, key, close[0])
+
+
 def load_settings(environ: Mapping[str, str] | None = None,
                   dotenv_path: str | os.PathLike | None = None) -> Settings:
     """Builds Settings from `environ` (default: os.environ) over a `.env` file.
@@ -250,7 +284,9 @@ def load_settings(environ: Mapping[str, str] | None = None,
     """
     if dotenv_path is None:
         dotenv_path = Path.cwd() / ".env"
-    source = {**_read_dotenv(Path(dotenv_path)), **(os.environ if environ is None else environ)}
+    dotenv = _read_dotenv(Path(dotenv_path))
+    _warn_misspelled(dotenv, dotenv_path)
+    source = {**dotenv, **(os.environ if environ is None else environ)}
     values = {name: parse(name, source[name]) for name, parse in _PARSERS.items() if name in source}
     return _checked(Settings(**values))
 
@@ -308,18 +344,35 @@ def set_settings(settings: Settings | None) -> None:
     _cached = settings
 
 
+def check_startup(settings: Settings) -> Settings:
+    """Validates, once, what the settings point at: the price file is read and checked. Servers
+    and command-line tools call it before they start, so a broken file stops them with a clear
+    error naming it instead of being discovered (and re-read) on every query. Raises ConfigError."""
+    if settings.MODEL_PRICES_FILE:
+        from .instrument.pricing import PriceTable
+        try:
+            PriceTable.from_settings(settings)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"MODEL_PRICES_FILE={settings.MODEL_PRICES_FILE!r} cannot be used: "
+                              f"{exc}. Fix the file, point MODEL_PRICES_FILE at another one, or "
+                              "set it empty to use only the COST_PER_1K_* default prices") from None
+    return settings
+
+
 def settings_for_cli() -> Settings:
-    """get_settings() for command-line tools: a bad setting ends the program with its message
-    (exit status 2) instead of a traceback."""
+    """get_settings() for command-line tools, checked with check_startup(): a bad setting or
+    price file ends the program with its message (exit status 2) instead of a traceback."""
     import sys
     try:
-        return get_settings()
+        return check_startup(get_settings())
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-_SECRETS = ("SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "SMTP_PASSWORD")
+# Printed as "(set)" / "(not set)" only: webhook URLs carry their token in the path.
+_SECRETS = ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL", "SLACK_WEBHOOK_URL",
+            "PAGERDUTY_ROUTING_KEY", "SMTP_USERNAME", "SMTP_PASSWORD")
 
 
 def describe(settings: Settings) -> dict[str, object]:

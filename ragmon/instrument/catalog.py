@@ -4,10 +4,14 @@ Names follow Prometheus conventions: one prefix (``rag_``), snake_case, base uni
 ``_total`` on counters. Rules, dashboard and tests refer to these names; a contract test checks
 that they agree with this file.
 
-Each labelled metric is wrapped in a ``GuardedMetric``: ``.labels(...)`` first passes every value
-through a ``LabelGuard`` that admits at most N distinct values per label (default 100) and maps
-the rest to ``__other__``. Everything else is forwarded to the plain prometheus_client metric
-underneath, so multiprocess mode keeps working.
+Each labelled metric is wrapped in a ``GuardedMetric``: ``.labels(...)`` first makes every value
+safe (``checks.safe_label``: text, no unprintable characters, at most 128 characters), then
+passes it through a ``LabelGuard`` with two budgets: at most MAX_LABEL_VALUES distinct values per
+label (default 100) and at most MAX_SERIES_PER_METRIC label combinations per metric (default
+1,000; 250 for histograms, MAX_SERIES_PER_HISTOGRAM; SERIES_LIMITS overrides it per metric). Past either budget the values become
+``__other__`` (labels with a fixed vocabulary, such as ``status``, keep theirs), so totals stay
+right and every overflow is counted in rag_label_overflow_total. Everything else is forwarded to
+the plain prometheus_client metric underneath, so multiprocess mode keeps working.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from ..checks import check_count
-from .pricing import PriceTable
+from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
+from .pricing import ModelPrice, PriceTable
 
 log = logging.getLogger("ragmon")
 
@@ -44,20 +48,37 @@ TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_5m", "cache_write
 RATE_LIMIT_KINDS = ("requests", "tokens")
 
 
-class LabelGuard:
-    """Admits at most `limit(metric)` distinct values per (metric, label); the rest become OTHER.
+# Labels whose values the library chooses from a fixed list; an overflowing series keeps them, so
+# rag_queries_total{status="error"} still adds up when the operations past the budget are merged.
+FIXED_VOCABULARY_LABELS = frozenset({"status", "token_type", "result"})
 
-    The admitted sets only grow, so the hot path is one dict lookup and one set lookup.
+
+def _label_value(value: object) -> str:
+    if type(value) is str and len(value) <= MAX_LABEL_LENGTH and value.isprintable():
+        return value
+    return safe_label(value)
+
+
+class LabelGuard:
+    """Bounds each metric's series: at most `limit(metric)` distinct values per label, at most
+    `series_limit(metric)` label combinations per metric; what passes a budget becomes OTHER.
+
+    The admitted sets only grow and hold only safe, length-capped values, so memory is bounded
+    by the budgets and the hot path is one dict lookup and one set lookup.
     """
 
-    def __init__(self, limit: Callable[[str], int], on_overflow: Callable[[str, str, str], None]):
+    def __init__(self, limit: Callable[[str], int], on_overflow: Callable[[str, str, str], None],
+                 series_limit: Callable[[str], int] | None = None):
         self._limit = limit
+        self._series_limit = series_limit or (lambda metric: 1_000)
         self._on_overflow = on_overflow
         self._seen: dict[tuple[str, str], set[str]] = {}
+        self._series: dict[str, set[tuple[str, ...]]] = {}
         self._lock = threading.Lock()
 
     def admit(self, metric: str, label: str, value: object) -> str:
-        value = value if type(value) is str else str(value)
+        """One label value on its own: safe, and OTHER once the label passed its budget."""
+        value = _label_value(value)
         seen = self._seen.get((metric, label))
         if seen is not None and value in seen:
             return value
@@ -70,6 +91,27 @@ class LabelGuard:
                 return value
         self._on_overflow(metric, label, value)
         return OTHER
+
+    def admit_series(self, metric: str, labelnames: tuple[str, ...],
+                     values: tuple) -> tuple[str, ...]:
+        """A whole label combination: each value admitted, then the combination counted against
+        the metric's series budget. Past it, every caller-chosen label becomes OTHER."""
+        values = tuple(self.admit(metric, label, value) for label, value in zip(labelnames, values))
+        series = self._series.get(metric)
+        if series is not None and values in series:
+            return values
+        with self._lock:
+            series = self._series.setdefault(metric, set())
+            if values in series:
+                return values
+            overflow = tuple(value if label in FIXED_VOCABULARY_LABELS else OTHER
+                             for label, value in zip(labelnames, values))
+            if values == overflow or len(series) < self._series_limit(metric):
+                series.add(values)
+                return values
+        collapsed = "+".join(label for label in labelnames if label not in FIXED_VOCABULARY_LABELS)
+        self._on_overflow(metric, collapsed, "")
+        return overflow
 
 
 class GuardedMetric:
@@ -93,15 +135,32 @@ class GuardedMetric:
         elif kwvalues or len(values) != len(self._labelnames):
             raise ValueError(f"{self._name} takes labels {list(self._labelnames)}; got "
                              f"{values or ''}{kwvalues or ''}. Pass one value per label.")
-        admit = self._guard.admit
-        return self.metric.labels(*(admit(self._name, label, value)
-                                    for label, value in zip(self._labelnames, values)))
+        return self.metric.labels(*self._guard.admit_series(self._name, self._labelnames, values))
 
     def __getattr__(self, item):
         return getattr(self.metric, item)
 
     def __repr__(self):
         return f"GuardedMetric({self.metric!r})"
+
+
+CHILD_CACHE_SIZE = 4096
+
+
+class BoundedCache(dict):
+    """A dict that empties itself when full: a cache of values that are cheap to look up again,
+    bounded in count (and, with length-capped keys, in memory) whatever callers pass."""
+
+    __slots__ = ("max_size",)
+
+    def __init__(self, max_size: int):
+        super().__init__()
+        self.max_size = max_size
+
+    def __setitem__(self, key, value):
+        if len(self) >= self.max_size and key not in self:
+            self.clear()
+        super().__setitem__(key, value)
 
 
 class RAGMetrics:
@@ -116,15 +175,18 @@ class RAGMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, settings=None,
                  price_table: PriceTable | None = None):
         self.registry = REGISTRY if registry is None else registry
+        from .exposition import register_catalog
+        register_catalog(self.registry, self)
         self._settings = settings
         self._price_table = price_table
         self._follows_process_settings = settings is None
         self._own_price_table = price_table is not None
         self._warned_models: set[str] = set()
         self._warned_overflow: set[tuple[str, str]] = set()
-        self.guard = LabelGuard(self._label_limit, self._record_overflow)
-        # Labelled children looked up by the helpers in instrument.py, keyed by purpose+labels.
-        self.child_cache: dict[tuple, object] = {}
+        self.guard = LabelGuard(self._label_limit, self._record_overflow, self._series_limit)
+        # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
+        # Keys are safe label values; the cache is emptied when it reaches CHILD_CACHE_SIZE.
+        self.child_cache: dict[tuple, object] = BoundedCache(CHILD_CACHE_SIZE)
 
         def histogram(name, doc, labels, buckets, **kw):
             return Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw)
@@ -208,6 +270,8 @@ class RAGMetrics:
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
 
+        self._histograms = frozenset(value._name for value in vars(self).values()
+                                     if isinstance(value, Histogram))
         # Guarded wrappers for every metric whose label values come from callers.
         for attr in ("query_latency", "stage_latency", "time_to_first_token", "queries", "errors",
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
@@ -249,17 +313,39 @@ class RAGMetrics:
 
     @property
     def price_table(self) -> PriceTable:
+        """Read once. A price file that cannot be read (servers check it at start, see
+        settings.check_startup) is logged and counted once, and the default prices are used:
+        the file is not read again per query and no cost calculation raises into the host."""
         if self._price_table is None:
-            self._price_table = PriceTable.from_settings(self.settings)
+            try:
+                self._price_table = PriceTable.from_settings(self.settings)
+            except (OSError, ValueError) as exc:
+                settings = self.settings
+                self._price_table = PriceTable(ModelPrice(
+                    settings.COST_PER_1K_INPUT_TOKENS, settings.COST_PER_1K_OUTPUT_TOKENS,
+                    settings.COST_PER_1K_CACHED_INPUT_TOKENS))
+                self.count_instrumentation_error("price_file")
+                log.error("monitoring: the price file cannot be used, so every model is priced at "
+                          "the defaults until the settings change: %s (counted in "
+                          "rag_instrumentation_errors_total{reason=\"price_file\"})", exc)
         return self._price_table
 
     def _label_limit(self, metric_name: str) -> int:
         return self.settings.label_limit(metric_name)
 
+    def _series_limit(self, metric_name: str) -> int:
+        return self.settings.series_limit(metric_name, metric_name in self._histograms)
+
     def _record_overflow(self, metric: str, label: str, value: str) -> None:
         self.label_overflow.labels(metric, label).inc()
         if (metric, label) not in self._warned_overflow:
             self._warned_overflow.add((metric, label))
+            if not value:  # the series budget, not one label's
+                log.warning("%s passed its budget of %d label combinations; further new "
+                            "combinations are recorded with %s=%r. Raise SERIES_LIMITS=%s=N only "
+                            "if every label is bounded.", metric, self._series_limit(metric),
+                            label, OTHER, metric)
+                return
             log.warning("label %r of %s passed its limit of %d distinct values; further new values "
                         "are recorded as %r. Is an unbounded value (user id, query text, request "
                         "id) being used as a label? Raise LABEL_LIMITS=%s=N only if the label is "
@@ -286,6 +372,7 @@ class RAGMetrics:
 
     def _note_unknown_model(self, model: str) -> None:
         self.unknown_model.inc()
+        model = _label_value(model)
         if model not in self._warned_models and len(self._warned_models) < 1000:
             self._warned_models.add(model)
             log.warning("model %r is not in the price table; priced at the default (input $%s, "

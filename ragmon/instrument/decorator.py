@@ -19,10 +19,11 @@ import time
 import weakref
 from typing import Any, Callable, Mapping
 
-from .catalog import QUERY_LATENCY_BUCKETS, RAGMetrics
+from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
-from ..checks import check_amount, check_count, check_name, check_score
+from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
+                      check_name, check_score, safe_label, text_of)
 from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
 from .usage import _PLAIN, StreamUsage, Unreadable, Usage, _is_stream, is_content, read_usage, watch_stream
 
@@ -110,9 +111,48 @@ def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *ar
         pass
 
 
+def _is_safe_label(value: object) -> bool:
+    return type(value) is str and len(value) <= MAX_LABEL_LENGTH and value.isprintable()
+
+
+def _safe_name(value: str) -> str:
+    """A caller's name (operation, model, stage, cache type) as it is labelled and recorded."""
+    return value if _is_safe_label(value) else safe_label(value)
+
+
 class _ModelChildren:
+    """The children of one model, each made on its first observation: a model that never
+    streamed has no time-to-first-token series, one without cached tokens no cached series."""
+
     __slots__ = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning",
-                 "partial", "cost", "spend", "ttft", "price", "known", "match", "day", "pricing")
+                 "partial", "cost", "spend", "ttft", "price", "known", "match", "day", "pricing",
+                 "_metrics", "_operation", "_label")
+
+    def __init__(self, metrics: RAGMetrics, operation: str, label: str):
+        self._metrics, self._operation, self._label = metrics, operation, label
+        self.input = self.output = self.cached_input = self.cost = self.spend = self.ttft = None
+        self.cache_write_5m = self.cache_write_1h = self.reasoning = self.partial = None
+        self.day = None
+
+    def make(self, name: str):
+        m, label = self._metrics, self._label
+        if name == "ttft":
+            child = m.time_to_first_token.labels(self._operation, label)
+        elif name == "cost":
+            child = m.query_cost.labels(label)
+        elif name == "spend":
+            child = m.spend.labels(label)
+        elif name == "reasoning":
+            child = m.reasoning_tokens.labels(label)
+        elif name == "partial":
+            child = m.partial_usage.labels(label)
+        else:
+            child = m.tokens.labels(label, name)
+        setattr(self, name, child)
+        return child
+
+    def child(self, name: str):
+        return getattr(self, name) or self.make(name)
 
 
 def _price_day(day: int):
@@ -125,6 +165,7 @@ _warned_shapes: set[str] = set()
 
 def _note_unreadable(metrics: RAGMetrics, shape: str, hint: str = "") -> None:
     """Counts a response whose usage could not be read; warns once per shape."""
+    shape = safe_label(shape)
     metrics.unreadable_responses.labels(shape).inc()
     if shape not in _warned_shapes and len(_warned_shapes) < 100:
         _warned_shapes.add(shape)
@@ -145,6 +186,7 @@ class _Instrumented:
         self._request_log = request_log  # None: process default; False: no records
         self.ready = False
         self._retry_at = 0.0
+        self._relevance = self._precision = None
 
     def resolve(self) -> bool:
         """Resolves children on first call (not at import). False if monitoring is unusable;
@@ -162,15 +204,14 @@ class _Instrumented:
             self.succeeded = m.queries.labels(op, "success")
             self.failed = m.queries.labels(op, "error")
             self.cancelled = m.queries.labels(op, "cancelled")
-            self.relevance = m.relevance.labels(op)
-            self.precision = m.context_precision.labels(op)
             # Bound methods of the hottest calls, looked up once instead of on every query.
             self._observe_latency = self.latency.observe
             self._exemplars = ExemplarSampler(QUERY_LATENCY_BUCKETS)
             self._count_success = self.succeeded.inc
-            self.errors_by_type: dict[str, Any] = {}
-            self.by_model: dict[str | None, _ModelChildren] = {}
-            self.stages: dict[str, Any] = {}
+            # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
+            self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
+            self.by_model: dict[str | None, _ModelChildren] = BoundedCache(CHILD_CACHE_SIZE)
+            self.stages: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             current_request_log()  # resolve the process default now, where a failure is caught
             self.ready = True
         except Exception as exc:
@@ -189,18 +230,7 @@ class _Instrumented:
         children = self.by_model.get(model)
         if children is None:
             m = self.metrics
-            label = model if model is not None else "unknown"
-            children = _ModelChildren()
-            children.input = m.tokens.labels(label, "input")
-            children.output = m.tokens.labels(label, "output")
-            children.cached_input = m.tokens.labels(label, "cached_input")
-            children.cache_write_5m = m.tokens.labels(label, "cache_write_5m")
-            children.cache_write_1h = m.tokens.labels(label, "cache_write_1h")
-            children.reasoning = m.reasoning_tokens.labels(label)
-            children.partial = m.partial_usage.labels(label)
-            children.cost = m.query_cost.labels(label)
-            children.spend = m.spend.labels(label)
-            children.ttft = m.time_to_first_token.labels(self.operation, label)
+            children = _ModelChildren(m, self.operation, model if model is not None else "unknown")
             self.reprice(children, model, int(time.time() // 86400))
             self.by_model[model] = children
         return children
@@ -212,10 +242,25 @@ class _Instrumented:
         children.pricing = children.match.describe()
         children.day = day
 
+    @property
+    def relevance(self):
+        child = self._relevance
+        if child is None:
+            child = self._relevance = self.metrics.relevance.labels(self.operation)
+        return child
+
+    @property
+    def precision(self):
+        child = self._precision
+        if child is None:
+            child = self._precision = self.metrics.context_precision.labels(self.operation)
+        return child
+
     def stage_child(self, name: str):
         child = self.stages.get(name)
         if child is None:
-            child = self.stages[name] = self.metrics.stage_latency.labels(self.operation, name)
+            child = self.stages[_safe_name(name)] = self.metrics.stage_latency.labels(
+                self.operation, name)
         return child
 
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
@@ -234,6 +279,8 @@ class _Instrumented:
                 self.cancelled.inc()
             else:
                 status, error_type = "error", type(exc).__name__
+                if not _is_safe_label(error_type):
+                    error_type = safe_label(error_type)
                 self.failed.inc()
                 counter = self.errors_by_type.get(error_type)
                 if counter is None:
@@ -255,7 +302,10 @@ class _Instrumented:
                         and (r_cached is None or (type(r_cached) is int and r_cached >= 0))
                         and (relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
                         and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                        and (r_model is None or (type(r_model) is str and r_model and not r_model.isspace()))):
+                        and (r_model is None or (type(r_model) is str and r_model
+                                                 and not r_model.isspace()
+                                                 and len(r_model) <= MAX_LABEL_LENGTH
+                                                 and r_model.isprintable()))):
                     r_inp, r_out, r_cached, relevance, precision, r_model = self._checked_result(
                         (r_inp, r_out, r_cached, relevance, precision, r_model))
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
@@ -283,6 +333,12 @@ class _Instrumented:
 
             cost = None
             pricing = None
+            out_of_bounds = None
+            if inp > MAX_TOKENS or out > MAX_TOKENS or cached > MAX_TOKENS:
+                out_of_bounds, inp, out, cached = _token_bounds(self.metrics, self.operation,
+                                                                inp, out, cached)
+            if llm:
+                llm, out_of_bounds = _bounded_usages(self.metrics, self.operation, llm, out_of_bounds)
             ttft_pending = first_token is not None
             if llm:
                 cost, pricing, model, ttft_pending, llm_tokens = self._record_llm(
@@ -296,25 +352,30 @@ class _Instrumented:
             if inp or out or cached or ttft_pending:
                 children = self.by_model.get(model) or self.model_children(model)
                 if ttft_pending:
-                    children.ttft.observe(first_token)
+                    (children.ttft or children.make("ttft")).observe(first_token)
                 if inp or out or cached:
                     day = int(time.time() // 86400)
                     if children.day != day:
                         self.reprice(children, model, day)
                     if inp:
-                        children.input.inc(inp)
+                        (children.input or children.make("input")).inc(inp)
                     if out:
-                        children.output.inc(out)
+                        (children.output or children.make("output")).inc(out)
                     if cached:
-                        children.cached_input.inc(cached)
+                        (children.cached_input or children.make("cached_input")).inc(cached)
                     price = children.price  # PriceTable.cost, inlined: this runs per query
                     own = (inp * price.input + out * price.output + cached * price.cached_input) / 1000.0
-                    children.cost.observe(own)
-                    if own:
-                        children.spend.inc(own)
+                    if own > MAX_COST_DOLLARS:
+                        out_of_bounds = _cost_bound(self.metrics, self.operation, own, out_of_bounds)
+                        own = None
+                    else:
+                        (children.cost or children.make("cost")).observe(own)
+                        if own:
+                            (children.spend or children.make("spend")).inc(own)
                     if not children.known:
                         self.metrics._note_unknown_model(model)
-                    cost = own if cost is None else cost + own
+                    if own is not None:
+                        cost = own if cost is None else cost + own
                     pricing = pricing or children.pricing
             if llm is not None:
                 kinds = llm_tokens
@@ -334,7 +395,8 @@ class _Instrumented:
             return
         if ctx.sink is not None:
             self._write_record(ctx, duration, status, error_type, model, inp, out, cached, cost,
-                               relevance, precision, first_token, kinds, pricing)
+                               relevance, precision, first_token, kinds, pricing,
+                               out_of_bounds)
 
     # --- LLM usage read from SDK responses and streams ------------------------------------------
     def _llm_usages(self, ctx: QueryContext, extra) -> list:
@@ -391,21 +453,20 @@ class _Instrumented:
                 self.reprice(children, name, day)
             counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
                       usage.cache_write_tokens, usage.cache_write_1h_tokens)
-            for child, count in zip((children.input, children.output, children.cached_input,
-                                     children.cache_write_5m, children.cache_write_1h), counts):
+            for kind, count in zip(_TOKEN_KINDS, counts):
                 if count:
-                    child.inc(count)
+                    children.child(kind).inc(count)
             if usage.reasoning_tokens:
-                children.reasoning.inc(usage.reasoning_tokens)
+                children.child("reasoning").inc(usage.reasoning_tokens)
             if usage.partial:
-                children.partial.inc()
+                children.child("partial").inc()
             for index, count in enumerate(counts):
                 totals[index] += count
             totals[5] += usage.reasoning_tokens
             one = children.price.cost(*counts)
             cost += one
             if one:
-                children.spend.inc(one)
+                children.child("spend").inc(one)
             if not children.known:
                 self.metrics._note_unknown_model(name)
             entry = by_model.setdefault(name, [children, 0.0])
@@ -413,22 +474,22 @@ class _Instrumented:
             model = name
         if own is not None and any(own):  # the returned dict's counts, for the answering model
             children = self.by_model.get(model) or self.model_children(model)
-            for child, count in zip((children.input, children.output, children.cached_input), own):
+            for kind, count in zip(_TOKEN_KINDS, own):
                 if count:
-                    child.inc(count)
+                    children.child(kind).inc(count)
             one = children.price.cost(*own)
             cost += one
             if one:
-                children.spend.inc(one)
+                children.child("spend").inc(one)
             for index, count in enumerate(own):
                 totals[index] += count
             entry = by_model.setdefault(model, [children, 0.0])
             entry[1] += one
         for name, (children, one) in by_model.items():
-            children.cost.observe(one)
+            children.child("cost").observe(one)
         ttft_pending = first_token is not None
         if ttft_pending and model in by_model:
-            by_model[model][0].ttft.observe(first_token)
+            by_model[model][0].child("ttft").observe(first_token)
             ttft_pending = False
         pricing = dict(by_model[model][0].pricing) if model in by_model else None
         if pricing is not None and len(by_model) > 1:
@@ -467,7 +528,7 @@ class _Instrumented:
         for (name, check), value in zip(_RESULT_FIELDS, fields):
             try:
                 checked.append(None if value is None else check(name, value))
-            except ValueError as bad:
+            except ValueError as bad:  # the message names the value safely (repr escapes it)
                 checked.append(None)
                 _recording_failed(self.metrics, "bad_return_value",
                                   "%r returned a bad value: %s", self.operation, bad)
@@ -477,7 +538,7 @@ class _Instrumented:
                       error_type: str | None, model: str | None, inp: int, out: int, cached: int,
                       cost: float | None, relevance: float | None, precision: float | None,
                       first_token: float | None, kinds: list | None = None,
-                      pricing: dict | None = None) -> None:
+                      pricing: dict | None = None, out_of_bounds: dict | None = None) -> None:
         extra = ctx.extra
         try:
             end = time.time()
@@ -493,17 +554,68 @@ class _Instrumented:
                 attributes=extra.attributes if extra else None,
                 cache_write_tokens=kinds[3] if kinds else 0,
                 cache_write_1h_tokens=kinds[4] if kinds else 0,
-                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing), at=end)
+                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing,
+                out_of_bounds=out_of_bounds), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
 
 
+def _token_bounds(metrics: RAGMetrics, operation: str, inp: int, out: int,
+                  cached: int) -> tuple[dict, int, int, int]:
+    """Token counts above MAX_TOKENS: counted, left out of the metrics (one return of 10**30
+    would add $1e23 to spend), and returned raw for the record."""
+    raw = {}
+    for name, value in (("input_tokens", inp), ("output_tokens", out),
+                        ("cached_input_tokens", cached)):
+        if value > MAX_TOKENS:
+            raw[name] = value
+    _recording_failed(metrics, "out_of_bounds", "%r reported %s above the bound of %d tokens per "
+                      "call; left out of the metrics, kept in the record under out_of_bounds",
+                      operation, ", ".join(raw), MAX_TOKENS)
+    return (raw, 0 if inp > MAX_TOKENS else inp, 0 if out > MAX_TOKENS else out,
+            0 if cached > MAX_TOKENS else cached)
+
+
+def _cost_bound(metrics: RAGMetrics, operation: str, cost: float, raw: dict | None) -> dict:
+    _recording_failed(metrics, "out_of_bounds", "%r cost $%s, above the bound of $%s per call; "
+                      "left out of the metrics, kept in the record under out_of_bounds",
+                      operation, cost, MAX_COST_DOLLARS)
+    raw = dict(raw or {})
+    raw["cost"] = cost
+    return raw
+
+
+def _bounded_usages(metrics: RAGMetrics, operation: str, usages: list,
+                    raw: dict | None) -> tuple[list, dict | None]:
+    """The LLM usages whose every count is within MAX_TOKENS; the others are counted, left out of
+    the metrics and returned raw (merged into `raw`) for the record."""
+    kept = []
+    for usage in usages:
+        counts = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                  "cached_input_tokens": usage.cached_input_tokens,
+                  "cache_write_tokens": usage.cache_write_tokens,
+                  "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+                  "reasoning_tokens": usage.reasoning_tokens}
+        over = {name: value for name, value in counts.items() if value > MAX_TOKENS}
+        if not over:
+            kept.append(usage)
+            continue
+        _recording_failed(metrics, "out_of_bounds", "%r reported %s above the bound of %d tokens "
+                          "per call; left out of the metrics, kept in the record under "
+                          "out_of_bounds", operation, ", ".join(over), MAX_TOKENS)
+        raw = {**(raw or {}), **over}
+    return kept, raw
+
+
+def _checked_model(name: str, value: object) -> str:
+    return _safe_name(check_name(name, value, "gpt-4o-mini"))
+
+
 _REAL = (int, float)
 _RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
                   ("cached_input_tokens", check_count), ("relevance_score", check_score),
-                  ("context_precision", check_score),
-                  ("model", lambda name, value: check_name(name, value, "gpt-4o-mini")))
+                  ("context_precision", check_score), ("model", _checked_model))
 
 
 def follow_stream(stream, started: float | None = None) -> StreamUsage | None:
@@ -568,9 +680,9 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     ``metrics``: the RAGMetrics catalog to record into (default: the global one).
     ``request_log``: a sink for this function's records; ``False`` turns records off for it.
     """
-    check_name("operation", operation, "rag_search")
+    operation = _safe_name(check_name("operation", operation, "rag_search"))
     if model is not None:
-        check_name("model", model, "gpt-4o-mini")
+        model = _safe_name(check_name("model", model, "gpt-4o-mini"))
     if metrics is not None and not isinstance(metrics, RAGMetrics):
         raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
                          "RAGMetrics(registry=...) or leave it out for the global one")
@@ -738,8 +850,10 @@ def observe_stage(name: str, duration: float, metadata: Mapping | None = None, *
     """Records one stage's duration in rag_stage_duration_seconds and, inside a monitored query,
     in that query's record. Shared by stage() and PerformanceMonitor, which passes
     ``attach=False`` because it writes its own record for the stage."""
-    check_name("stage", name, "retrieval")
+    name = _safe_name(check_name("stage", name, "retrieval"))
     check_amount("duration", duration, f"seconds for stage {name!r} as a finite number >= 0")
+    if operation is not None:
+        operation = _safe_name(operation)
     _record_stage(name, duration, metadata, metrics, operation, attach)
 
 
@@ -782,6 +896,8 @@ class stage:
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
         if type(name) is not str or not name or name.isspace():
             check_name("stage", name, "retrieval")  # raises with the full explanation
+        if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
+            name = safe_label(name)
         self.name = name
         self.metadata = metadata
         self.metrics = metrics
@@ -842,7 +958,7 @@ def track_cache_operation(hit: bool = True, cache_type: str = "semantic", *,
     """Counts one cache lookup as a hit or a miss (and in the current query's record)."""
     if type(hit) is not bool:
         raise ValueError(f"hit={hit!r} must be True (a cache hit) or False (a miss)")
-    check_name("cache_type", cache_type, "semantic")
+    cache_type = _safe_name(check_name("cache_type", cache_type, "semantic"))
     query = CURRENT_QUERY.get()
     m = metrics or (query.owner.metrics if query is not None else default_metrics())
     _child(m, ("cache", cache_type, hit),
@@ -870,7 +986,7 @@ def track_rate_limit(provider: str | None = None, remaining_requests: float | No
     """
     from .sdk import headers_of, provider_of_headers, record_rate_limits
     if provider is not None:
-        check_name("provider", provider, "openai")
+        provider = _safe_name(check_name("provider", provider, "openai"))
     m = metrics or default_metrics()
     found: dict[str, float] = {}
     if remaining_requests is not None:
@@ -884,14 +1000,19 @@ def track_rate_limit(provider: str | None = None, remaining_requests: float | No
                           "(client.chat.completions.with_raw_response.create(...)) or instrument "
                           "the client with ragmon.instrument_openai(client)", type(headers).__name__)
     if provider is None:
-        provider = (provider_of_headers(mapping) if mapping else None) or "unknown"
+        provider = _safe_name((provider_of_headers(mapping) if mapping else None) or "unknown")
     if found:
         if "requests" in found:
             m.rate_limit_requests.labels(provider).set(found["requests"])
         if "tokens" in found:
             m.rate_limit_tokens.labels(provider).set(found["tokens"])
     if mapping:
-        lowered = {str(key).lower(): value for key, value in mapping.items()}
+        try:
+            lowered = {text_of(key).lower(): value for key, value in mapping.items()}
+        except Exception as bad:  # headers come from outside: a broken mapping is not our caller's bug
+            _recording_failed(m, "bad_header", "rate-limit headers from %s could not be read: %r",
+                              provider, bad)
+            lowered = {}
         for kind in ("requests", "tokens"):  # numbers passed directly win over headers
             if kind in found:
                 for name in (f"x-ratelimit-remaining-{kind}", f"anthropic-ratelimit-{kind}-remaining"):
@@ -901,35 +1022,38 @@ def track_rate_limit(provider: str | None = None, remaining_requests: float | No
 
 
 def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: str = "none",
-                 first_token: float | None = None, incomplete_stream: bool = False) -> float:
-    """Counts one LLM call's usage now, outside any monitored query; returns its cost."""
+                 first_token: float | None = None, incomplete_stream: bool = False) -> float | None:
+    """Counts one LLM call's usage now, outside any monitored query; returns its cost (None when
+    the cost is past the sane bound: counted, nothing recorded)."""
     m = metrics or default_metrics()
-    label = usage.model or "unknown"
-    found = m.price_table.match(usage.model)
-    if not found.known and usage.model is not None:
-        m._note_unknown_model(usage.model)
+    model = _safe_name(usage.model) if usage.model is not None else None
+    label = model or "unknown"
+    found = m.price_table.match(model)
     counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
               usage.cache_write_tokens, usage.cache_write_1h_tokens)
-    tokens, reasoning, partial, cost_child, spend = _child(m, ("usage", label), lambda: (
-        [m.tokens.labels(label, kind) for kind in _TOKEN_KINDS], m.reasoning_tokens.labels(label),
-        m.partial_usage.labels(label), m.query_cost.labels(label), m.spend.labels(label)))
-    for child, count in zip(tokens, counts):
+    cost = found.price.cost(*counts)
+    if cost > MAX_COST_DOLLARS:
+        _cost_bound(m, operation, cost, None)
+        return None
+    if not found.known and model is not None:
+        m._note_unknown_model(model)
+    for kind, count in zip(_TOKEN_KINDS, counts):
         if count:
-            child.inc(count)
+            _child(m, ("usage", label, kind), lambda kind=kind: m.tokens.labels(label, kind)).inc(count)
     if usage.reasoning_tokens:
-        reasoning.inc(usage.reasoning_tokens)
+        _child(m, ("reasoning", label), lambda: m.reasoning_tokens.labels(label)).inc(
+            usage.reasoning_tokens)
     if usage.partial:
-        partial.inc()
+        _child(m, ("partial", label), lambda: m.partial_usage.labels(label)).inc()
     if incomplete_stream:
         _note_unreadable(m, "stream_without_usage", "Pass stream_options={'include_usage': True} "
                          "to OpenAI streams so the final chunk reports usage. ")
     if first_token is not None:
         _child(m, ("ttft", operation, label),
                lambda: m.time_to_first_token.labels(operation, label)).observe(first_token)
-    cost = found.price.cost(*counts)
-    cost_child.observe(cost)
+    _child(m, ("cost", label), lambda: m.query_cost.labels(label)).observe(cost)
     if cost:
-        spend.inc(cost)
+        _child(m, ("spend", label), lambda: m.spend.labels(label)).inc(cost)
     return cost
 
 
@@ -952,7 +1076,7 @@ def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_to
     """
     query = CURRENT_QUERY.get()
     if model is not None:
-        check_name("model", model, "gpt-4o-mini")
+        model = _safe_name(check_name("model", model, "gpt-4o-mini"))
     if type(input_tokens) not in _PLAIN:  # an SDK response or its model_dump()
         found = read_usage(input_tokens)
         m = metrics or (query.owner.metrics if query is not None else default_metrics())
@@ -995,7 +1119,13 @@ def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_to
         if not (input_tokens or output_tokens or cached_input_tokens):
             return 0.0
         usage = Usage(input_tokens, output_tokens, cached_input_tokens, model=model)
-    return record_usage(usage, metrics=metrics)
+    m = metrics or default_metrics()
+    try:
+        bounded, _raw = _bounded_usages(m, "record_tokens", [usage], None)
+        return record_usage(bounded[0], metrics=m) if bounded else None
+    except Exception as failure:  # a recording failure never reaches the host
+        _recording_failed(m, "recording", "record_tokens(model=%r) failed: %r", model, failure)
+        return None
 
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:
@@ -1018,7 +1148,7 @@ def set_attributes(**attributes: object) -> bool:
     query = CURRENT_QUERY.get()
     if query is None:
         _recording_failed(default_metrics(), "no_active_query", "set_attributes(%s) outside a monitored query",
-                          ", ".join(attributes))
+                          ", ".join(safe_label(name) for name in attributes))
         return False
     extra = query.extras()
     if extra.attributes is None:

@@ -5,8 +5,10 @@ Every line has: timestamp (UTC ISO-8601), level, logger, service, env, event, re
 so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing.
 
 Privacy by default: query text and user ids are written as a keyed hash and a length (LOG_RAW_TEXT
-turns raw text on), and anything that looks like an API key or bearer token is redacted from
-every string, raw mode or not.
+turns raw text on), and secrets are redacted from every field, raw mode or not: values of fields
+named like secrets (password, token, api_key, ...) and secret-shaped substrings of any string
+(see redaction.py). LOG_DIR/app.jsonl is created 0640; a line that cannot be written is counted,
+not raised or printed as a traceback.
 """
 from __future__ import annotations
 
@@ -15,49 +17,21 @@ import hmac
 import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from ..checks import text_of
 from .context import current_request_id
+from .redaction import REDACTED, redact, scrub  # noqa: F401  (redact is part of the API)
 
 EVENTS_LOGGER = "ragmon.events"
-REDACTED = "[REDACTED]"
-
-_SECRET_PATTERNS = re.compile(
-    r"(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"                  # OpenAI / Anthropic keys
-    r"|AKIA[0-9A-Z]{16}"                                          # AWS access key ids
-    r"|xox[abprs]-[A-Za-z0-9\-]{10,}"                             # Slack tokens
-    r"|gh[pousr]_[A-Za-z0-9]{20,}"                                # GitHub tokens
-    r"|AIza[0-9A-Za-z_\-]{30,}"                                   # Google API keys
-    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{16,}=*"                   # Authorization: Bearer ...
-    r"|(?i:(?:api[_-]?key|secret|token|password)\s*[:=]\s*)[^\s,;\"']{6,})"
-)
 
 
-def redact(text: str) -> str:
-    """Replaces API-key-like substrings with [REDACTED]."""
-    return _SECRET_PATTERNS.sub(REDACTED, text)
-
-
-def _scrub(value: Any, depth: int = 0) -> Any:
-    """The value with every secret-looking substring redacted, ready for json.dumps. Objects that
-    JSON cannot hold (exceptions, paths, ...) become their redacted text, as they would be
-    written anyway; past a few levels of nesting the rest is written as redacted text."""
-    if isinstance(value, str):
-        return redact(value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if depth > 4:
-        return redact(json.dumps(value, default=str))
-    if isinstance(value, Mapping):
-        return {redact(str(k)): _scrub(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_scrub(v, depth + 1) for v in value]
-    return redact(str(value))
+def _scrub(value: Any) -> Any:
+    return scrub(value)
 
 
 # Without LOG_HASH_KEY, one random key per process: every logger in the process hashes alike,
@@ -84,8 +58,7 @@ def _events_logger(settings) -> logging.Logger:
     if settings.LOG_DESTINATION == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     elif settings.LOG_DESTINATION == "file":
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(settings.log_dir / "app.jsonl", encoding="utf-8")
+        handler = _QuietFileHandler(settings.log_dir / "app.jsonl")
     else:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -94,6 +67,59 @@ def _events_logger(settings) -> logging.Logger:
     logger.setLevel(settings.LOG_LEVEL)
     _loggers[key] = logger
     return logger
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """LOG_DIR/app.jsonl, created 0640 (log lines may say more than the world should read).
+
+    The file is opened on the first line, so a read-only or missing directory does not stop the
+    application from starting; a line that cannot be written (full disk, deleted directory) is
+    counted in rag_instrumentation_errors_total{reason="log_write"} and warned about once a
+    minute, instead of a traceback on stderr for every call.
+    """
+
+    def __init__(self, path):
+        super().__init__(path, encoding="utf-8", delay=True)
+
+    def _open(self):
+        path = self.baseFilename
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")  # fence a line cut off by a full disk: the next starts clean
+        except OSError:
+            os.close(fd)
+            raise
+        return open(fd, "a", encoding=self.encoding, errors=self.errors, closefd=True)
+
+    def emit(self, record):
+        try:
+            if self.stream is not None and self._replaced():
+                self.close()  # deleted or replaced: start a new file at the path
+            super().emit(record)  # opening the file happens here, outside logging's own try
+        except Exception:
+            self.handleError(record)
+
+    def _replaced(self) -> bool:
+        try:
+            st = os.stat(self.baseFilename)
+            own = os.fstat(self.stream.fileno())
+        except (OSError, ValueError):
+            return True
+        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
+
+    def handleError(self, record):
+        self.lost = getattr(self, "lost", 0) + 1
+        try:
+            from .decorator import _default_metrics, _recording_failed
+            _recording_failed(_default_metrics, "log_write", "a log line to %s could not be written",
+                              self.baseFilename)
+            if self.stream is not None:
+                self.close()  # reopened on the next line (the directory may come back)
+        except Exception:
+            pass
 
 
 class StructuredLogger:
@@ -151,9 +177,12 @@ class StructuredLogger:
         """An exception: its type, message and traceback, plus your context."""
         if not isinstance(exc, BaseException):
             raise ValueError(f"exc={exc!r} must be an exception instance (inside `except E as e:`)")
-        self.event(logging.ERROR, "error", error_type=type(exc).__name__, message=str(exc),
-                   traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-                   context=dict(context or {}))
+        try:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:  # an exception whose __str__ raises breaks format_exception too
+            trace = f"{type(exc).__name__}: {text_of(exc)}"
+        self.event(logging.ERROR, "error", error_type=type(exc).__name__, message=text_of(exc),
+                   traceback=trace, context=dict(context or {}))
 
     # --- general --------------------------------------------------------------------------------
     def info(self, event: str, **fields: Any) -> None:
@@ -168,7 +197,14 @@ class StructuredLogger:
     def event(self, level: int, event: str, **fields: Any) -> None:
         if not self._logger.isEnabledFor(level):
             return
-        self._logger.log(level, self.format(level, event, fields))
+        try:
+            line = self.format(level, event, fields)
+        except Exception as failure:  # logging never raises into the application
+            from .decorator import _default_metrics, _recording_failed
+            _recording_failed(_default_metrics, "log_format", "a log line for event %r could not "
+                              "be formatted: %r", text_of(event), failure)
+            return
+        self._logger.log(level, line)
 
     def format(self, level: int, event: str, fields: Mapping[str, Any]) -> str:
         line = {
@@ -177,7 +213,7 @@ class StructuredLogger:
             "logger": self.name,
             "service": self.settings.SERVICE_NAME,
             "env": self.settings.ENV,
-            "event": event,
+            "event": scrub(event),
             "request_id": current_request_id(),
             "fields": _scrub(fields),
         }

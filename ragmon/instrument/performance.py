@@ -28,7 +28,8 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping
 
-from ..checks import check_amount, check_count, check_name, check_score, check_whole
+from ..checks import (MAX_COST_DOLLARS, MAX_TOKENS, check_amount, check_count, check_name,
+                      check_score, check_whole, safe_label)
 from .records import STATUSES, add_stage, iso_utc, status_of
 
 log = logging.getLogger("ragmon")
@@ -134,7 +135,7 @@ class _Request:
         if status is not None:
             self.status = status
         if error_type is not None:
-            self.error_type = str(error_type)
+            self.error_type = safe_label(error_type)  # str() that cannot raise, safe to label
 
 
 class PerformanceMonitor:
@@ -457,21 +458,37 @@ class PerformanceMonitor:
         from .records import make_record
         f = state.fields
         cost = f.get("cost")
-        if cost is None and any(f.get(k) for k in ("input_tokens", "output_tokens", "cached_input_tokens")):
-            cost = self._price(f)
+        tokens = {k: f.get(k, 0) for k in ("input_tokens", "output_tokens", "cached_input_tokens")}
+        out_of_bounds = {k: v for k, v in tokens.items() if v > MAX_TOKENS}
+        try:
+            if out_of_bounds:
+                tokens.update(dict.fromkeys(out_of_bounds, 0))
+            if cost is None and any(tokens.values()):
+                cost = self._price({**f, **tokens})
+            if cost is not None and cost > MAX_COST_DOLLARS:
+                out_of_bounds["cost"], cost = cost, None
+            if out_of_bounds:
+                self.metrics.count_instrumentation_error("out_of_bounds")
+                log.warning("request %r reported %s beyond the sane bounds (%d tokens, $%s per "
+                            "call); kept raw under out_of_bounds in its record", state.request_id,
+                            ", ".join(out_of_bounds), MAX_TOKENS, MAX_COST_DOLLARS)
+        except Exception:  # pricing must not fail the request either
+            log.exception("could not price request %r", state.request_id)
+            self.metrics.count_instrumentation_error("recording")
+            cost = None
         try:
             record = make_record(
                 request_id=state.request_id, service=self.settings.SERVICE_NAME,
                 env=self.settings.ENV, operation=f.get("operation") or self.operation,
                 model=f.get("model"), status=status, error_type=state.error_type,
                 start_time=state.start_wall, total_time=total_time, stages=state.stages,
-                input_tokens=f.get("input_tokens", 0), output_tokens=f.get("output_tokens", 0),
-                cached_input_tokens=f.get("cached_input_tokens", 0), cost=cost,
+                input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
+                cached_input_tokens=tokens["cached_input_tokens"], cost=cost,
                 relevance_score=f.get("relevance_score"),
                 context_precision=f.get("context_precision"),
                 time_to_first_token=f.get("time_to_first_token"),
                 cache_hits=f.get("cache_hits", 0), cache_misses=f.get("cache_misses", 0),
-                attributes=state.attributes)
+                attributes=state.attributes, out_of_bounds=out_of_bounds or None)
             self.sink.write(record, at=state.start_wall + total_time)
             return True
         except Exception:  # the application must not fail because its log could not be written

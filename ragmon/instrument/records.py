@@ -16,19 +16,30 @@ in one log that ``m2_3_report.py`` reads::
 Files are named ``YYYYMMDD_performance.jsonl`` by the UTC date of the record's end. Each record
 is one ``os.write`` of one line to a file opened with O_APPEND, so several threads or processes
 can share a file without interleaving lines.
+
+A record whose token counts or cost pass the sane bounds (``checks.MAX_TOKENS``,
+``checks.MAX_COST_DOLLARS``) carries them raw under ``"out_of_bounds"`` (e.g.
+``{"input_tokens": 10**30}``) while ``tokens`` holds 0 and ``cost`` null for them, so reports
+that add records up stay right. Strings in ``attributes`` and stage ``metadata`` are redacted
+(API keys, passwords, tokens, card numbers) and made valid Unicode before they are written.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
 import os
 import sys
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, TextIO
+
+from ..checks import safe_text, text_of
+from .redaction import scrub
 
 STATUSES = ("success", "error", "cancelled")
 # Ending a request this way is the caller's choice (a cancelled task, an abandoned stream,
@@ -93,19 +104,27 @@ _encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False
 def _json_dumps(record: dict) -> bytes:
     try:
         text = _encoder.encode(record)
-    except ValueError:  # NaN or infinity: not JSON; write null as orjson does
-        text = _encoder.encode(_finite(record))
-    return (text + "\n").encode("utf-8")
+        return (text + "\n").encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        # NaN or infinity (not JSON: written as null, as orjson does), lone surrogates (not
+        # UTF-8: replaced), or an object whose str() fails (named by its type).
+        return (_encoder.encode(_safe_json(record)) + "\n").encode("utf-8")
 
 
-def _finite(value):
+def _safe_json(value, depth: int = 0):
+    if isinstance(value, str):
+        return safe_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if depth > 20:
+        return safe_text(text_of(value))
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {safe_text(text_of(key)): _safe_json(item, depth + 1) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+        return [_safe_json(item, depth + 1) for item in value]
+    return safe_text(text_of(value))
 
 
 def make_record(*, request_id: str, service: str, env: str, operation: str, model: str | None,
@@ -116,19 +135,27 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
                 time_to_first_token: float | None = None, cache_hits: int = 0,
                 cache_misses: int = 0, attributes: dict | None = None,
                 cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
-                reasoning_tokens: int = 0, pricing: dict | None = None) -> dict:
+                reasoning_tokens: int = 0, pricing: dict | None = None,
+                out_of_bounds: dict | None = None) -> dict:
     """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}.
 
     ``tokens`` holds the billed kinds (they never overlap) and ``reasoning``, a part of
     ``output``. ``pricing`` says what priced the request: how the model matched the price table
     (exact / alias / pattern / default), the price id (entry or dated version), the unit prices,
     the provider and whether the usage is partial (a stream that ended before its final usage).
+    ``out_of_bounds`` keeps raw values that were outside the sane bounds and left out of metrics.
+    Attributes and stage metadata are scrubbed of secrets.
     """
     tokens = {"input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens}
     if cache_write_tokens or cache_write_1h_tokens or reasoning_tokens:
         tokens.update(cache_write_5m=cache_write_tokens, cache_write_1h=cache_write_1h_tokens,
                       reasoning=reasoning_tokens)
-    return {
+    if attributes:
+        attributes = scrub(attributes)
+    if stages:
+        stages = {name: ({"duration": entry["duration"], "metadata": scrub(entry["metadata"])}
+                         if entry.get("metadata") else entry) for name, entry in stages.items()}
+    record = {
         "timestamp": iso_utc(start_time + total_time),
         "start_time": start_time,
         "total_time": total_time,
@@ -149,6 +176,9 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
         "attributes": attributes or {},
         "pricing": pricing,
     }
+    if out_of_bounds:
+        record["out_of_bounds"] = out_of_bounds
+    return record
 
 
 def add_stage(stages: dict, name: str, duration: float, metadata: dict | None) -> None:
@@ -171,56 +201,130 @@ class RecordSink(Protocol):
     def write(self, record: dict, at: float | None = None) -> None: ...
 
 
+class _DayFile:
+    """One open day file: its descriptor, the identity of the file it was opened on, and whether
+    its last line was cut off (the next record must then start on a line of its own)."""
+
+    __slots__ = ("fd", "ident", "torn", "path")
+
+    def __init__(self, fd: int, ident: tuple[int, int], torn: bool, path: str):
+        self.fd, self.ident, self.torn, self.path = fd, ident, torn, path
+
+
+_live_sinks: "weakref.WeakSet[DailyFileSink]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread at fork() stays held forever in the child.
+    for sink in list(_live_sinks):
+        sink._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class DailyFileSink:
     """Appends records to LOG_DIR/YYYYMMDD_performance.jsonl, by the UTC day each record ends.
 
-    The files of the last two days stay open: around midnight, queries that end on either side
-    write to their own day's file without reopening, and no file is closed while a thread that
-    just looked it up may still write to it. After a fork the inherited descriptors keep working
-    (O_APPEND), so worker processes can share the files.
+    Every record is either written whole or counted as lost (``written``, ``lost``; a lost
+    record also raises, which the decorator counts in rag_instrumentation_errors_total
+    {reason="record_write"} without disturbing the application):
+
+    - Writes and closes happen under one lock, so no thread ever writes through a descriptor
+      another thread closed (which the kernel may have handed to a file of the application).
+    - Before each write the file at the path is compared with the open one (device and inode):
+      a deleted or replaced file, or a deleted directory, is recreated, not written into the void.
+    - A short write is finished; if the disk refuses the rest, the cut-off line is fenced with a
+      newline before the next record, so the reader skips one torn line and loses nothing else.
+      A file that already ends in a cut-off line when opened is fenced the same way.
+
+    The files of the last two days stay open, so around midnight queries that end on either side
+    write without reopening. After a fork the inherited descriptors keep working (O_APPEND), so
+    worker processes can share the files.
     """
 
     _OPEN_DAYS = 2
 
     def __init__(self, log_dir: str | os.PathLike):
         self.log_dir = Path(log_dir).expanduser()
-        self._fds: dict[int, int] = {}
+        self._files: dict[int, _DayFile] = {}
         self._lock = threading.Lock()
+        self.written = 0
+        self.lost = 0
+        _live_sinks.add(self)
 
     def write(self, record: dict, at: float | None = None) -> None:
         data = encode(record)
         at = time.time() if at is None else at
         day = int(at // 86400)
-        fd = self._fds.get(day)
-        if fd is None:
-            fd = self._open(day, at)
-        written = os.write(fd, data)
-        if written != len(data):  # only on a full disk or similar; the reader skips the torn line
-            raise OSError(f"short write to {self.log_dir / log_file_name(at)}: {written} of "
-                          f"{len(data)} bytes")
-
-    def _open(self, day: int, at: float) -> int:
         with self._lock:
-            fd = self._fds.get(day)
-            if fd is None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.log_dir / log_file_name(at), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                # Keep the day just opened (its record is about to be written) and the most
-                # recent of the others; a late record for an old day may evict yesterday, which
-                # is reopened on demand.
-                others = sorted(d for d in self._fds if d != day)
-                for old_day in others[:len(others) - (self._OPEN_DAYS - 1)]:
-                    os.close(self._fds.pop(old_day))
-                self._fds[day] = fd
-            return fd
+            try:
+                self._write(day, at, data)
+            except BaseException:
+                self.lost += 1
+                raise
+            self.written += 1
+
+    def _write(self, day: int, at: float, data: bytes) -> None:
+        file = self._files.get(day)
+        if file is not None:
+            try:
+                st = os.stat(file.path)
+                current = (st.st_dev, st.st_ino) == file.ident
+            except OSError:
+                current = False
+            if not current:
+                self._forget(day)  # deleted or replaced under us: write to the file at the path
+                file = None
+        if file is None:
+            file = self._open(day, str(self.log_dir / log_file_name(at)))
+        path = file.path
+        if file.torn:
+            data = b"\n" + data
+        view, done = memoryview(data), 0
+        while done < len(data):
+            try:
+                written = os.write(file.fd, view[done:])
+            except OSError:
+                file.torn = file.torn or done > 0
+                raise
+            if written <= 0:
+                file.torn = file.torn or done > 0
+                raise OSError(errno.ENOSPC, f"short write to {path}: {done} of {len(data)} bytes")
+            done += written
+        file.torn = False
+
+    def _open(self, day: int, path: str) -> _DayFile:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            st = os.fstat(fd)
+            torn = st.st_size > 0 and os.pread(fd, 1, st.st_size - 1) != b"\n"
+        except OSError:
+            os.close(fd)
+            raise
+        file = _DayFile(fd, (st.st_dev, st.st_ino), torn, path)
+        # Keep the day just opened (its record is about to be written) and the most recent of
+        # the others; a late record for an old day may evict yesterday, reopened on demand.
+        others = sorted(d for d in self._files if d != day)
+        for old_day in others[:len(others) - (self._OPEN_DAYS - 1)]:
+            self._forget(old_day)
+        self._files[day] = file
+        return file
+
+    def _forget(self, day: int) -> None:
+        file = self._files.pop(day)
+        try:
+            os.close(file.fd)
+        except OSError:
+            pass
 
     def close(self) -> None:
-        """Closes the files; call it when no thread writes any more (a write racing it fails
-        with EBADF and is counted as a record_write error, not raised into the application)."""
+        """Closes the files. A later write reopens them."""
         with self._lock:
-            fds, self._fds = self._fds, {}
-            for fd in fds.values():
-                os.close(fd)
+            for day in list(self._files):
+                self._forget(day)
 
 
 class StreamSink:

@@ -27,7 +27,7 @@ import time
 from datetime import datetime
 from typing import Any, Mapping
 
-from ..checks import check_name
+from ..checks import check_name, safe_label, text_of
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
 from .decorator import _child, _recording_failed, default_metrics, follow_stream, record_usage
@@ -88,7 +88,7 @@ def parse_reset(value: str, now: float | None = None) -> float:
     """The Unix time a rate-limit window resets, from OpenAI's durations (``1m30s``, ``250ms``,
     ``6m0s``) or Anthropic's RFC 3339 timestamps. ValueError when it is neither."""
     now = time.time() if now is None else now
-    text = str(value).strip()
+    text = text_of(value).strip()
     match = _DURATION.match(text)
     if match and text and any(match.groups()):
         hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
@@ -142,7 +142,7 @@ def read_rate_limits(headers: Mapping) -> tuple[dict[str, float], dict[str, floa
             continue
         try:
             if what == "remaining":
-                number = float(str(raw).strip())
+                number = float(text_of(raw).strip())
                 if not number >= 0:
                     raise ValueError
                 remaining.setdefault(kind, number)
@@ -338,10 +338,10 @@ def record_rate_limits(provider: str | None, headers: Mapping, metrics: RAGMetri
     """Sets the rate-limit gauges from response headers; returns what was recorded
     (``requests`` / ``tokens`` remaining, ``requests_reset`` / ``tokens_reset`` Unix times)."""
     remaining, reset, bad = read_rate_limits(headers)
-    provider = provider or provider_of_headers(headers) or "unknown"
+    provider = safe_label(provider or provider_of_headers(headers) or "unknown")
     for header, raw in bad:
-        _recording_failed(metrics, "bad_header", "header %s=%r from %s is not a number or time",
-                          header, raw, provider)
+        _recording_failed(metrics, "bad_header", "header %s=%s from %s is not a number or time",
+                          header, safe_label(raw), provider)
     cache = metrics.child_cache
     for kind, value in remaining.items():
         child = cache.get(("rate", provider, kind))

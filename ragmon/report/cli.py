@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,8 +121,12 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     hours = _check_hours(hours)
     log_dir = Path(log_dir).expanduser() if log_dir is not None else _settings(settings).log_dir
     since = since_hours(hours, now)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     output.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh, unpredictable name created exclusively (O_EXCL): a symlink planted at a guessable
+    # temporary name cannot redirect the export into another file.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         if suffix == ".csv":
             df, stats = read_columns(log_dir, since, None)

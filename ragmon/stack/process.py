@@ -164,7 +164,9 @@ def spawn(name: str, argv: Sequence[str], log_path: str | os.PathLike, *,
     a full pipe)."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    # Component logs may quote receiver URLs and their tokens: readable by the owner only.
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(fd, "ab") as log:
         popen = subprocess.Popen([str(arg) for arg in argv], stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
                                  env=None if env is None else {**os.environ, **env})

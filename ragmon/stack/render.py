@@ -272,6 +272,9 @@ VICTORIA_METRICS_RELABEL = [{"action": "labeldrop", "regex": REPLICA_LABEL}]
 
 # --- alertmanager.yml ----------------------------------------------------------------------------
 
+DEADMANS_SWITCH = "deadmans-switch"
+
+
 def _check_url(name: str, value: str) -> str:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -308,10 +311,15 @@ def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[
     webhook_url = settings.ALERT_WEBHOOK_URL.strip()
     if webhook_url:
         _check_url("ALERT_WEBHOOK_URL", webhook_url)
+    heartbeat_url = getattr(settings, "DEADMANS_SWITCH_URL", "").strip()
+    if heartbeat_url:
+        _check_url("DEADMANS_SWITCH_URL", heartbeat_url)
     for receiver in config.get("receivers", []):
+        # The dead man's switch has its own URL: ALERT_WEBHOOK_URL must not swallow the heartbeat.
+        own_url = heartbeat_url if receiver["name"] == DEADMANS_SWITCH else webhook_url
         for hook in receiver.get("webhook_configs", []):
-            if webhook_url:
-                hook["url"] = webhook_url
+            if own_url:
+                hook["url"] = own_url
             elif local:
                 hook["url"] = hook["url"].replace(DOCKER_HOST, LOOPBACK)
 

@@ -462,6 +462,23 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+# The prom/alertmanager image runs as nobody:nogroup.
+ALERTMANAGER_CONTAINER_UID = 65534
+
+
+def _give_to_container_user(path: Path) -> str:
+    """Makes a rendered config readable by the Alertmanager container's user and by nobody else
+    (it may hold receiver secrets): owned by that user, mode 600. Needs root; otherwise says how."""
+    try:
+        os.chown(path, ALERTMANAGER_CONTAINER_UID, ALERTMANAGER_CONTAINER_UID)
+        return f", owned by uid {ALERTMANAGER_CONTAINER_UID}, the Alertmanager container's user"
+    except PermissionError:
+        print(f"note: the Alertmanager container runs as uid {ALERTMANAGER_CONTAINER_UID} and cannot "
+              f"read {path} (mode 600, yours). Run `sudo chown {ALERTMANAGER_CONTAINER_UID} {path}` "
+              "before `docker compose up`; mode 600 keeps everyone else out.", file=sys.stderr)
+        return ""
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 def _parser(settings) -> argparse.ArgumentParser:
@@ -580,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             from .render import configured_integrations
             config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings, local=args.local)
             write_private(Path(args.out), dump_yaml(config, ALERTMANAGER_FILE))
-            print(f"wrote {args.out} (mode 600):")
+            owner = "" if args.local else _give_to_container_user(Path(args.out))
+            print(f"wrote {args.out} (mode 600{owner}):")
             for receiver, kinds in configured_integrations(config).items():
                 print(f"  {receiver:8} {', '.join(kinds) or '(no integrations)'}")
             return 0

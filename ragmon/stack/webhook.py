@@ -18,20 +18,47 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 
+# Alertmanager's notifications are a few KB; anything far larger is not one.
+MAX_BODY_BYTES = 1_000_000
+# The receiver keeps the latest notifications only, so a long run or a flood cannot fill memory.
+MAX_NOTIFICATIONS = 10_000
+
+
+def _well_formed(payload: object) -> bool:
+    """A JSON object whose "alerts", if present, is a list of objects with object labels."""
+    if not isinstance(payload, dict):
+        return False
+    alerts = payload.get("alerts", [])
+    return isinstance(alerts, list) and all(
+        isinstance(alert, dict) and isinstance(alert.get("labels", {}), dict) for alert in alerts)
+
+
 class WebhookReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, on_alert: Callable | None = None):
         self._on_alert = on_alert
         self.notifications: list[dict] = []
+        self._dropped = 0  # notifications let go of to stay within MAX_NOTIFICATIONS
         self._changed = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY_BYTES:
+                    self.send_response(413)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    return
                 body = self.rfile.read(length)
                 try:
                     payload = json.loads(body or b"{}")
                 except ValueError:
+                    payload = None
+                if not _well_formed(payload):
                     self.send_response(400)
                     self.end_headers()
                     return
@@ -79,6 +106,10 @@ class WebhookReceiver:
         with self._changed:
             payload = dict(payload, _path=path)
             self.notifications.append(payload)
+            excess = len(self.notifications) - MAX_NOTIFICATIONS
+            if excess > 0:
+                del self.notifications[:excess]
+                self._dropped += excess
             self._changed.notify_all()
         if self._on_alert is not None:
             for alert in payload.get("alerts", []):
@@ -93,13 +124,13 @@ class WebhookReceiver:
     def mark(self) -> int:
         """A position in the notifications: pass it as `since` to ignore what came before."""
         with self._changed:
-            return len(self.notifications)
+            return self._dropped + len(self.notifications)
 
     def wait_for(self, predicate: Callable[[dict], bool], timeout: float, since: int = 0) -> dict | None:
         """The first alert (in arrival order, after notification `since`) matching `predicate`,
         waiting up to `timeout` s."""
         def first_alert():
-            for notification in self.notifications[since:]:
+            for notification in self.notifications[max(0, since - self._dropped):]:
                 for alert in notification.get("alerts", []):
                     alert = dict(alert, _path=notification["_path"])
                     if predicate(alert):

@@ -164,9 +164,10 @@ def routes(tmp_path, config: dict, *labels: str) -> list[str]:
 def test_unconfigured_receivers_are_inert(tmp_path, settings):
     config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings)
     assert configured_integrations(config) == {"default": ["webhook"], "page": ["webhook"],
-                                               "ticket": ["webhook"]}
+                                               "ticket": ["webhook"], "deadmans-switch": ["webhook"]}
     assert "host.docker.internal" not in yaml.safe_dump(config)
-    assert all(hook["send_resolved"] is True for r in config["receivers"] for hook in r["webhook_configs"])
+    assert all(hook["send_resolved"] is True for r in config["receivers"] for hook in r["webhook_configs"]
+               if r["name"] != "deadmans-switch")
     assert amtool_check(tmp_path, config).returncode == 0
 
 
@@ -179,7 +180,7 @@ def test_configured_receivers_are_filled_in_and_valid(tmp_path):
     config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings)
     assert configured_integrations(config) == {
         "default": ["webhook"], "page": ["email", "pagerduty", "slack", "webhook"],
-        "ticket": ["email", "slack", "webhook"]}
+        "ticket": ["email", "slack", "webhook"], "deadmans-switch": ["webhook"]}
     page = next(r for r in config["receivers"] if r["name"] == "page")
     assert page["slack_configs"][0]["channel"] == "#rag-alerts"
     assert page["pagerduty_configs"][0]["routing_key"] == PD_KEY
@@ -189,6 +190,16 @@ def test_configured_receivers_are_filled_in_and_valid(tmp_path):
     assert page["webhook_configs"][0]["url"] == "http://hooks.internal:9000/am"
     result = amtool_check(tmp_path, config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dead_mans_switch_has_its_own_url_and_the_watchdog_goes_only_there(tmp_path):
+    heartbeat = "https://hc-ping.example.com/0d1b4c2e"
+    config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), make_settings(
+        ALERT_WEBHOOK_URL="http://hooks.internal:9000/am", DEADMANS_SWITCH_URL=heartbeat))
+    urls = {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]}
+    assert urls["deadmans-switch"] == heartbeat and urls["default"] == "http://hooks.internal:9000/am"
+    assert routes(tmp_path, config, "severity=warning", "alertname=RagWatchdog") == ["deadmans-switch"]
+    assert amtool_check(tmp_path, config).returncode == 0
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -229,7 +240,8 @@ def test_fast_alertmanager_groups_and_sends_within_seconds(settings):
 def test_render_alertmanager_cli_writes_a_private_file_from_the_environment(tmp_path):
     out = tmp_path / "alertmanager.local.yml"
     # every receiver setting given, so a developer's .env cannot change the outcome
-    receivers = {name: "" for name in ("ALERT_WEBHOOK_URL", "SLACK_CHANNEL", "PAGERDUTY_ROUTING_KEY",
+    receivers = {name: "" for name in ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL", "SLACK_CHANNEL",
+                                       "PAGERDUTY_ROUTING_KEY",
                                        "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM", "SMTP_SMARTHOST",
                                        "SMTP_USERNAME", "SMTP_PASSWORD")}
     env = {**os.environ, **receivers, "SLACK_WEBHOOK_URL": SLACK}
@@ -238,6 +250,11 @@ def test_render_alertmanager_cli_writes_a_private_file_from_the_environment(tmp_
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # readable by the Alertmanager container's user (nobody) and by no one else
+    if os.geteuid() == 0:
+        assert out.stat().st_uid == 65534
+    else:
+        assert "sudo chown 65534" in result.stderr
     config = load_yaml(out)
     assert configured_integrations(config)["page"] == ["slack", "webhook"]
     # for Docker: the webhook stays on the host as the containers see it
