@@ -12,6 +12,7 @@ underneath, so multiprocess mode keeps working.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Callable, Iterable
 
@@ -37,6 +38,8 @@ COST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 TOKEN_TYPES = ("input", "output", "cached_input")
+# The HTTP methods the middleware names; any other becomes "other", so a client cannot mint labels.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class LabelGuard:
@@ -99,6 +102,18 @@ class GuardedMetric:
         return f"GuardedMetric({self.metric!r})"
 
 
+def _make_multiprocess_dir() -> None:
+    """In multiprocess mode metric files are opened as metrics are made (at import): a missing
+    PROMETHEUS_MULTIPROC_DIR would make `import ragmon` fail, so it is created."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and not os.path.isdir(path):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create PROMETHEUS_MULTIPROC_DIR=%s: %s; metrics will fail to "
+                      "record until it exists and is writable", path, exc)
+
+
 class RAGMetrics:
     """Every metric of a RAG service, registered in one registry.
 
@@ -111,6 +126,7 @@ class RAGMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, settings=None,
                  price_table: PriceTable | None = None):
         self.registry = REGISTRY if registry is None else registry
+        _make_multiprocess_dir()
         self._settings = settings
         self._price_table = price_table
         self._follows_process_settings = settings is None
@@ -179,6 +195,19 @@ class RAGMetrics:
             ["metric", "label"])
         self.unknown_model = counter(
             f"{P}unknown_model_total", "Cost calculations for models missing from the price table.")
+        self.http_requests = counter(
+            f"{P}http_requests_total",
+            "HTTP requests answered, by method, route template and status class (2xx, 4xx, ...).",
+            ["method", "route", "status_class"])
+        self.http_latency = histogram(
+            f"{P}http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response headers; a streamed body is "
+            "timed separately in rag_http_response_stream_duration_seconds.",
+            ["method", "route"], QUERY_LATENCY_BUCKETS)
+        self.http_stream = histogram(
+            f"{P}http_response_stream_duration_seconds",
+            "Time spent sending a streamed response body, from the headers to its last chunk or "
+            "the client's disconnect.", ["method", "route"], QUERY_LATENCY_BUCKETS)
         self.service_info = gauge(
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
@@ -186,7 +215,8 @@ class RAGMetrics:
         # Guarded wrappers for every metric whose label values come from callers.
         for attr in ("query_latency", "stage_latency", "time_to_first_token", "queries", "errors",
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
-                     "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens"):
+                     "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
+                     "http_requests", "http_latency", "http_stream"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
     # --- catalog facts -----------------------------------------------------------------------
