@@ -27,10 +27,11 @@ test: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) -m pytest -q $(ARGS)
 
-## bench: the overhead and report benchmarks (print tables)
+## bench: the overhead, report and multi-worker benchmarks (print tables)
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_report.py
+	$(PY) bench/bench_workers.py
 
 ## notebook: open the course notebook in Jupyter Lab
 notebook: $(VENV)/.dev-installed

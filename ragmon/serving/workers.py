@@ -140,18 +140,19 @@ def retire_workers(pids, path: str | os.PathLike | None = None) -> int:
     """Marks the workers `pids` dead: their live gauges go, everything else they counted is
     merged into the archive files. Returns how many of their files were merged."""
     path = str(path or multiprocess_dir())
-    merged = 0
     with _locked(path, exclusive=True):
+        by_kind: dict[str, list[str]] = {}
         for pid in pids:
             mark_process_dead(pid, path)
             for file in glob.glob(os.path.join(path, f"*_{int(pid)}.db")):
                 kind = _kind_and_pid(os.path.basename(file))[0]
-                if kind not in _MERGE:
-                    continue  # a gauge in an "all" mode: one series per pid, kept as it is
-                _merge_into_archive(path, kind, file)
+                if kind in _MERGE:  # gauges in an "all" mode keep one series per pid: kept
+                    by_kind.setdefault(kind, []).append(file)
+        for kind, files in by_kind.items():
+            _merge_into_archive(path, kind, files)
+            for file in files:
                 os.unlink(file)
-                merged += 1
-    return merged
+    return sum(len(files) for files in by_kind.values())
 
 
 def retire_dead_workers(path: str | os.PathLike | None = None) -> int:
@@ -162,11 +163,11 @@ def retire_dead_workers(path: str | os.PathLike | None = None) -> int:
     return retire_workers(dead, path) if dead else 0
 
 
-def _merge_into_archive(path: str, kind: str, file: str) -> None:
+def _merge_into_archive(path: str, kind: str, files: list[str]) -> None:
     archive = os.path.join(path, f"{kind}_{ARCHIVE}.db")
     how = _MERGE[kind]
     merged: dict[str, tuple[float, float]] = {}
-    for source in (archive, file):
+    for source in [archive, *files]:
         if not os.path.exists(source):
             continue
         for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(source):

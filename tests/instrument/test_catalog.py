@@ -82,6 +82,9 @@ def test_promtool_check_metrics_prints_nothing_for_a_populated_catalog(metrics):
     m.label_overflow.labels("x", "y").inc()
     m.unknown_model.inc()
     m.service_info.labels("svc", "dev").set(1)
+    m.http_requests.labels("GET", "/items/{item_id}", "2xx").inc()
+    m.http_latency.labels("GET", "/items/{item_id}").observe(0.1)
+    m.http_stream.labels("POST", "/ask/stream").observe(1.5)
     result = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=generate_latest(m.registry),
                             capture_output=True)
     assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)

@@ -17,6 +17,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from ragmon.instrument.pricing import PriceTable
 from ragmon.settings import make_settings
+from tests.conftest import require_binaries
 from tests.integration.example_server import ExampleServer, total, wait_for
 from tests.integration.openai_stub import OpenAIStub
 
@@ -97,6 +100,11 @@ def in_flight_by_worker(server: ExampleServer) -> dict[int, float]:
 
 
 def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries: int) -> None:
+    # The merged exposition passes promtool as the single-process one does.
+    [promtool] = require_binaries("promtool")
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read()
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert lint.returncode == 0 and lint.stdout == lint.stderr == b"", lint
     # Several scrapes, answered by whichever worker accepts them, and the master's endpoint.
     for _ in range(6):
         assert total(server.scrape(), "rag_queries_total") == queries
@@ -124,6 +132,7 @@ def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries
 
     samples = server.scrape()
     by_status = Counter(r["status"] for r in records)
+    assert by_status["cancelled"] >= 1  # ~200 clients hung up mid-stream; most are caught there
     for status, count in by_status.items():
         assert total(samples, "rag_queries_total", status=status) == count
     for path, operation in ROUTES.items():
