@@ -21,7 +21,7 @@ EXAMPLES = ROOT / "examples"
 
 class ExampleServer:
     def __init__(self, workdir: Path, openai_base_url: str, *, workers: int = 4,
-                 preload: bool = False, server: str = "gunicorn"):
+                 preload: bool = False, server: str = "gunicorn", app: str = "rag_service:app"):
         self.workdir = workdir
         self.multiproc_dir = workdir / "metrics"
         self.log_dir = workdir / "logs"
@@ -33,13 +33,13 @@ class ExampleServer:
         self.pid_file = PidFile(workdir / f"{server}.pid")
         if server == "gunicorn":
             self.argv = [sys.executable, "-m", "gunicorn", "-c", str(EXAMPLES / "gunicorn.conf.py"),
-                         "--chdir", str(EXAMPLES), "--workers", str(workers), "rag_service:app"]
+                         "--chdir", str(EXAMPLES), "--workers", str(workers), app]
             if preload:
                 self.argv.append("--preload")
         else:
             self.argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES),
                          "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                         str(workers), "--no-access-log", "rag_service:app"]
+                         str(workers), "--no-access-log", app]
             self.multiproc_dir.mkdir(parents=True)  # uvicorn has no start hook: a fresh dir
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
                     "OPENAI_BASE_URL": openai_base_url, "OPENAI_API_KEY": "sk-test-local",

@@ -211,3 +211,18 @@ def test_uvicorn_workers_report_exact_totals_and_drop_a_killed_worker(tmp_path: 
         seen = asyncio.run(drive(server.url, plan(REQUESTS // 4)))
         check_load(server, llm, seen, REQUESTS // 4)
         kill_a_worker_holding_requests(server, llm, REQUESTS // 4)
+
+
+def test_a_metrics_port_taken_by_another_process_never_stops_a_worker(tmp_path: Path, llm):
+    """Every worker calls start_metrics_server() at import; the master already serves the port."""
+    with ExampleServer(tmp_path, llm.openai_base_url,
+                       app="tests.integration.app_starting_its_own_metrics_server:app") as server:
+        assert len(server.worker_pids()) == server.workers  # all booted
+        for _ in range(8):
+            assert httpx.get(server.url + "/echo", timeout=10).json() == {"text": "ok"}
+        merged = server.scrape(f"http://127.0.0.1:{server.metrics_port}/metrics")
+        assert total(merged, "rag_queries_total", operation="echo") == 8
+        assert total(merged, "rag_instrumentation_errors_total",
+                     reason="metrics_port_in_use") == server.workers
+    assert "port %d on 127.0.0.1 is already in use" % server.metrics_port in \
+        server.server_log.read_text()
