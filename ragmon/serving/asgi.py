@@ -35,7 +35,7 @@ from ..instrument.decorator import _recording_failed, close_abandoned_streams, d
 REQUEST_ID_HEADER = "x-request-id"
 UNMATCHED_ROUTE = "unmatched"
 # What an incoming X-Request-ID may look like; anything else (too long, odd characters) is
-# replaced, so the id is safe in a log line and in a file name.
+# replaced, so the id is safe to echo in a header and to write in a log line.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _perf = time.perf_counter
 
