@@ -5,14 +5,16 @@
 Every setting can be overridden on the command line (--workers 8, --bind ..., --preload).
 """
 import os
+import shutil
 import tempfile
 
 # Before anything imports prometheus_client (it picks file-backed values at import). The
 # directory belongs to this server alone: on_starting empties it. Set it yourself in
-# production (e.g. /run/rag-service/metrics on a tmpfs); by default each master gets its own.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
-                      os.path.join(tempfile.gettempdir(), f"ragmon-metrics-{os.getpid()}"))
-
+# production (e.g. /run/rag-service/metrics on a tmpfs); otherwise each master gets its own,
+# removed when the master exits.
+_OWN_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ragmon-metrics-")
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 from ragmon.serving.workers import child_exit, on_starting, post_fork, when_ready  # noqa: E402,F401
@@ -23,3 +25,8 @@ worker_class = "uvicorn.workers.UvicornWorker"
 # A worker that hangs is killed and replaced; child_exit then drops its in-flight count.
 timeout = 30
 graceful_timeout = 10
+
+
+def on_exit(server):
+    if _OWN_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
