@@ -17,6 +17,7 @@ keep requests in flight for as long as it needs.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -43,8 +44,7 @@ class OpenAIStub:
         class Handler(_Handler):
             owner = stub
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -69,6 +69,15 @@ class OpenAIStub:
     def _bill(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
         with self.lock:
             self.billed[request_id] = {"input": prompt_tokens, "output": completion_tokens}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many workers' connection pools connect at once
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a caller hanging up is no error
 
 
 class _Handler(BaseHTTPRequestHandler):

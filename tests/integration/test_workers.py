@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from ragmon.instrument.pricing import PriceTable
+from ragmon.stack.process import log_tail
 from ragmon.settings import make_settings
 from tests.conftest import require_binaries
 from tests.integration.example_server import ExampleServer, total, wait_for
@@ -113,7 +114,8 @@ def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries
         assert total(master, "rag_queries_total") == queries
     wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 30, "in-flight 0")
 
-    assert all(s["status"] == 200 for s in seen), Counter(s["status"] for s in seen)
+    assert all(s["status"] == 200 for s in seen), (Counter(s["status"] for s in seen),
+                                                   log_tail(server.server_log, 60))
     records = server.records()
     ids = [r["request_id"] for r in records]
     assert len(records) == queries and len(set(ids)) == queries
