@@ -106,13 +106,15 @@ def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries
     text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read()
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     assert lint.returncode == 0 and lint.stdout == lint.stderr == b"", lint
-    # Several scrapes, answered by whichever worker accepts them, and the master's endpoint.
+    # A stream whose client hung up ends on the server a moment later (at its next chunk), so
+    # in-flight first returns to 0; then several scrapes, answered by whichever worker accepts
+    # them, and the master's endpoint, all report every query.
+    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 30, "in-flight 0")
     for _ in range(6):
         assert total(server.scrape(), "rag_queries_total") == queries
     if server.server == "gunicorn":
         master = server.scrape(f"http://127.0.0.1:{server.metrics_port}/metrics")
         assert total(master, "rag_queries_total") == queries
-    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 30, "in-flight 0")
 
     assert all(s["status"] == 200 for s in seen), (Counter(s["status"] for s in seen),
                                                    log_tail(server.server_log, 60))
