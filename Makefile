@@ -27,13 +27,14 @@ test: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) -m pytest -q $(ARGS)
 
-## bench: the overhead, SDK, report and cardinality benchmarks (print tables)
+## bench: the overhead, SDK, report, cardinality and multi-worker benchmarks (print tables)
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_sdk.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_cardinality.py
+	$(PY) bench/bench_workers.py
 
 ## bench-ha: the HA stack with 1, 4 and 16 app replicas (a few minutes; prints a table)
 bench-ha: $(VENV)/.dev-installed

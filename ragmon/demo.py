@@ -436,10 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_request_log("file", args.log_dir)
     metrics = default_metrics()
     logger = StructuredLogger("m2_3_demo", settings=demo_settings)
-    try:
-        server = start_metrics_server(args.port, args.addr)
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}", file=sys.stderr)
+    server = start_metrics_server(args.port, args.addr)
+    if server is None:  # a service keeps running without its endpoint; the demo is pointless
+        print(f"error: cannot serve /metrics: port {args.port} on {args.addr} is already in use "
+              "or cannot be bound; choose another --port", file=sys.stderr)
         return 2
     if not args.quiet:
         fault = f" with fault '{args.fault}': {FAULTS[args.fault]}" if args.fault else ""

@@ -16,6 +16,7 @@ the plain prometheus_client metric underneath, so multiprocess mode keeps workin
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Callable, Iterable
 
@@ -46,6 +47,8 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 # their own counter (rag_reasoning_tokens_total) so that no sum counts them twice.
 TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
 RATE_LIMIT_KINDS = ("requests", "tokens")
+# The HTTP methods the middleware names; any other becomes "other", so a client cannot mint labels.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 # Labels whose values the library chooses from a fixed list; an overflowing series keeps them, so
@@ -163,6 +166,18 @@ class BoundedCache(dict):
         super().__setitem__(key, value)
 
 
+def _make_multiprocess_dir() -> None:
+    """In multiprocess mode metric files are opened as metrics are made (at import): a missing
+    PROMETHEUS_MULTIPROC_DIR would make `import ragmon` fail, so it is created."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and not os.path.isdir(path):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create PROMETHEUS_MULTIPROC_DIR=%s: %s; metrics will fail to "
+                      "record until it exists and is writable", path, exc)
+
+
 class RAGMetrics:
     """Every metric of a RAG service, registered in one registry.
 
@@ -175,6 +190,7 @@ class RAGMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, settings=None,
                  price_table: PriceTable | None = None):
         self.registry = REGISTRY if registry is None else registry
+        _make_multiprocess_dir()
         from .exposition import register_catalog
         register_catalog(self.registry, self)
         self._settings = settings
@@ -266,6 +282,19 @@ class RAGMetrics:
         self.unknown_model = counter(
             f"{P}unknown_model_total", "Cost calculations for models missing from the price table "
             "(priced at the default).")
+        self.http_requests = counter(
+            f"{P}http_requests_total",
+            "HTTP requests answered, by method, route template and status class (2xx, 4xx, ...).",
+            ["method", "route", "status_class"])
+        self.http_latency = histogram(
+            f"{P}http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its response headers; a streamed body is "
+            "timed separately in rag_http_response_stream_duration_seconds.",
+            ["method", "route"], QUERY_LATENCY_BUCKETS)
+        self.http_stream = histogram(
+            f"{P}http_response_stream_duration_seconds",
+            "Time spent sending a streamed response body, from the headers to its last chunk or "
+            "the client's disconnect.", ["method", "route"], QUERY_LATENCY_BUCKETS)
         self.service_info = gauge(
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
@@ -277,7 +306,8 @@ class RAGMetrics:
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
                      "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
                      "reasoning_tokens", "partial_usage", "rate_limit_reset", "llm_errors",
-                     "unreadable_responses"):
+                     "unreadable_responses",
+                     "http_requests", "http_latency", "http_stream"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
     # --- catalog facts -----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A ContextVar follows threads and asyncio tasks correctly: two concurrent queries never see each
 other's context. The request id is cheap to make (a random per-process prefix and a counter)
-because it is made on every query.
+because it is made on every query; a forked child (a gunicorn worker, with or without --preload)
+draws a new prefix, so ids stay unique across the workers of one server.
 """
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ _ids = itertools.count(1)
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+def _renew_request_ids() -> None:
+    """A forked process would otherwise repeat its parent's ids (same prefix, same counter)."""
+    global _ID_PREFIX, _ids
+    _ID_PREFIX = os.urandom(4).hex()
+    _ids = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_request_ids)
 
 
 class QueryExtras:
@@ -86,6 +98,9 @@ class QueryContext:
 
 CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("ragmon_current_query", default=None)
 _BOUND_REQUEST_ID: ContextVar[str | None] = ContextVar("ragmon_bound_request_id", default=None)
+# The monitored streams started while serving one HTTP request (a list set by the ASGI
+# middleware), so the ones the server abandons can be finished when the response ends.
+OPEN_STREAMS: ContextVar[list | None] = ContextVar("ragmon_open_streams", default=None)
 
 
 def current_request_id() -> str | None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 import time
 import weakref
 from typing import Any, Callable, Mapping
 
 from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
-from .context import CURRENT_QUERY, QueryContext
+from .context import CURRENT_QUERY, OPEN_STREAMS, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
 from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
                       check_name, check_score, safe_label, text_of)
@@ -753,6 +754,62 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
     return monitored
 
 
+class _Stream:
+    """The end of one monitored stream, recorded exactly once: by the stream itself, or by
+    close_abandoned_streams() when the server gives up on it (client gone) while the generator
+    sits suspended, which otherwise would end it only at garbage collection."""
+
+    __slots__ = ("inst", "ctx", "inner", "done", "_lock")
+
+    def __init__(self, inst: _Instrumented, ctx: QueryContext, inner):
+        self.inst, self.ctx, self.inner = inst, ctx, inner
+        self.done = False
+        self._lock = threading.Lock()
+        streams = OPEN_STREAMS.get()
+        if streams is not None:
+            streams.append(self)
+
+    def end(self, result: object, exc: BaseException | None) -> bool:
+        with self._lock:
+            if self.done:
+                return False
+            self.done = True
+        self.inst.in_flight.dec()
+        self.inst.finish(self.ctx, result, exc)
+        return True
+
+
+async def close_abandoned_streams(streams: list) -> int:
+    """Finishes the monitored streams in `streams` that have not ended (recorded ``cancelled``,
+    in-flight decremented) and closes their generators, so their ``finally`` blocks release the
+    upstream connection now. A generator still running in another thread is closed by its own
+    wrapper when its step returns. Returns how many streams were finished here."""
+    finished = 0
+    for stream in streams:
+        if stream.done or not stream.end(None, GeneratorExit()):
+            continue
+        finished += 1
+        inner = stream.inner
+        try:
+            if inspect.isasyncgen(inner):
+                if not inner.ag_running:
+                    await inner.aclose()
+            elif not inner.gi_running:
+                inner.close()
+        except (RuntimeError, ValueError):  # started running meanwhile: its wrapper closes it
+            pass
+        except Exception as failure:  # the application's own cleanup failed
+            log.warning("closing an abandoned stream of %r raised %r", stream.ctx.operation, failure)
+    return finished
+
+
+def _close_quietly(inner) -> None:
+    try:
+        inner.close()
+    except Exception as failure:
+        log.warning("closing an abandoned stream raised %r", failure)
+
+
 def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
     # The query context is switched in around each step of the inner generator, never across a
     # yield, so the caller's code between chunks does not run "inside" the query.
@@ -763,6 +820,7 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
         ctx = inst.start()
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
+        stream = _Stream(inst, ctx, inner)
         step, arg, first_chunk = inner.send, None, True
         try:
             while True:
@@ -774,6 +832,9 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
+                if stream.done:  # abandoned by the server while this step ran in a thread
+                    _close_quietly(inner)
+                    return None
                 if first_chunk or type(item) not in _PLAIN:
                     first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
@@ -786,11 +847,9 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):
                 inner.close()
-            inst.in_flight.dec()
-            inst.finish(ctx, None, exc)
+            stream.end(None, exc)
             raise
-        inst.in_flight.dec()
-        inst.finish(ctx, result, None)
+        stream.end(result, None)
         return result
     return monitored
 
@@ -805,6 +864,7 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
         ctx = inst.start()
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
+        stream = _Stream(inst, ctx, inner)
         step, arg, first_chunk = inner.asend, None, True
         try:
             while True:
@@ -815,6 +875,9 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     break
                 finally:
                     CURRENT_QUERY.reset(token)
+                if stream.done:  # abandoned by the server while this step was awaited
+                    await inner.aclose()
+                    return
                 if first_chunk or type(item) not in _PLAIN:
                     first_chunk = _observe_chunk(ctx, item, first_chunk)
                 try:
@@ -827,11 +890,9 @@ def _wrap_async_generator(inst: _Instrumented, fn: Callable) -> Callable:
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):
                 await inner.aclose()
-            inst.in_flight.dec()
-            inst.finish(ctx, None, exc)
+            stream.end(None, exc)
             raise
-        inst.in_flight.dec()
-        inst.finish(ctx, None, None)
+        stream.end(None, None)
     return monitored
 
 

@@ -2,7 +2,8 @@
 
 Every line has: timestamp (UTC ISO-8601), level, logger, service, env, event, request_id and
 ``fields``. Lines go through the standard ``logging`` module (logger "ragmon.events"),
-so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing.
+so levels and handlers work as usual; LOG_DESTINATION picks stderr, LOG_DIR/app.jsonl or nothing
+unless the application routes "ragmon.events" itself (then only its handlers get the lines).
 
 Privacy by default: query text and user ids are written as a keyed hash and a length (LOG_RAW_TEXT
 turns raw text on), and secrets are redacted from every field, raw mode or not: values of fields
@@ -40,21 +41,41 @@ _PROCESS_HASH_KEY = os.urandom(32)
 
 _loggers: dict[tuple, logging.Logger] = {}
 
+# JSON lines stay out of the application's text logs unless it routes them. Set once, and only
+# on a logger nobody configured before ragmon was imported, so an application's own setting
+# (dictConfig, `propagate = True`) is never overwritten.
+if EVENTS_LOGGER not in logging.Logger.manager.loggerDict:
+    logging.getLogger(EVENTS_LOGGER).propagate = False
+
+
+class _UnlessRouted(logging.Filter):
+    """LOG_DESTINATION is the route of last resort: once the application routes
+    "ragmon.events" itself (a handler of its own on it, or ``propagate = True`` towards its
+    root handlers), lines go only there, so a line is never printed twice. A handler that is
+    also on the root logger is a catch-all (pytest's capture, some agents), not a route."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        events = logging.getLogger(EVENTS_LOGGER)
+        if events.propagate:
+            return False
+        if events.handlers:
+            catch_all = logging.getLogger().handlers
+            return all(handler in catch_all for handler in events.handlers)
+        return True
+
 
 def _events_logger(settings) -> logging.Logger:
     """The stdlib logger for one logging configuration (destination, directory, level).
 
     Each configuration gets its own child of "ragmon.events" with its own handler, so a
     StructuredLogger built with other settings never rewires the others. Children propagate to
-    the parent, which stops propagation (the lines are already JSON): attach a handler to
-    "ragmon.events" to see every line, whatever its configuration.
+    "ragmon.events": attach a handler there (or let it propagate) to receive every line,
+    whatever its configuration; see docs/production.md#logs.
     """
     key = (settings.LOG_DESTINATION, str(settings.log_dir), settings.LOG_LEVEL)
     logger = _loggers.get(key)
     if logger is not None:
         return logger
-    parent = logging.getLogger(EVENTS_LOGGER)
-    parent.propagate = False
     if settings.LOG_DESTINATION == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     elif settings.LOG_DESTINATION == "file":
@@ -62,6 +83,7 @@ def _events_logger(settings) -> logging.Logger:
     else:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_UnlessRouted())
     logger = logging.getLogger(f"{EVENTS_LOGGER}.{len(_loggers)}")
     logger.addHandler(handler)
     logger.setLevel(settings.LOG_LEVEL)

@@ -88,6 +88,9 @@ def test_promtool_check_metrics_prints_nothing_for_a_populated_catalog(metrics):
     m.rate_limit_reset.labels("openai", "requests").set(1.8e9)
     m.llm_errors.labels("openai", "RateLimitError").inc()
     m.unreadable_responses.labels("stream_without_usage").inc()
+    m.http_requests.labels("GET", "/items/{item_id}", "2xx").inc()
+    m.http_latency.labels("GET", "/items/{item_id}").observe(0.1)
+    m.http_stream.labels("POST", "/ask/stream").observe(1.5)
     result = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=generate_latest(m.registry),
                             capture_output=True)
     assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)

@@ -133,3 +133,61 @@ def test_loggers_with_different_settings_do_not_rewire_each_other(tmp_path, caps
     StructuredLogger("loud", settings=make_settings(LOG_DESTINATION="stderr"))
     quiet.info("should_stay_silent")
     assert "should_stay_silent" not in capsys.readouterr().err
+
+
+# --- routing: each line reaches each handler exactly once ---------------------------------------
+
+def test_a_handler_on_the_events_logger_gets_each_line_once_and_stderr_stays_quiet(capfd):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger(EVENTS_LOGGER).addHandler(handler)
+    try:
+        StructuredLogger("routed", settings=make_settings(LOG_DESTINATION="stderr")).info("once")
+    finally:
+        logging.getLogger(EVENTS_LOGGER).removeHandler(handler)
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["once"]
+    assert "once" not in capfd.readouterr().err
+
+
+def test_without_routing_the_destination_writes_each_line_once(capfd, tmp_path):
+    settings = make_settings(LOG_DESTINATION="stderr", LOG_DIR=tmp_path)
+    StructuredLogger("plain", settings=settings).info("alone")
+    assert capfd.readouterr().err.count('"event":"alone"') == 1
+
+
+def test_propagating_to_the_root_handlers_delivers_each_line_once(capfd, tmp_path):
+    stream = io.StringIO()
+    root_handler = logging.StreamHandler(stream)
+    events = logging.getLogger(EVENTS_LOGGER)
+    logging.getLogger().addHandler(root_handler)
+    events.propagate = True
+    try:
+        settings = make_settings(LOG_DESTINATION="stderr", LOG_DIR=tmp_path)
+        StructuredLogger("rooted", settings=settings).info("up")
+    finally:
+        events.propagate = False
+        logging.getLogger().removeHandler(root_handler)
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["up"]
+    assert '"event":"up"' not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("disable_existing, delivered", [(False, ["kept"]), (True, [])])
+def test_dict_config_silences_the_events_unless_existing_loggers_are_kept(tmp_path, disable_existing,
+                                                                          delivered):
+    import logging.config
+    logger = StructuredLogger("configured", settings=make_settings(LOG_DIR=tmp_path))
+    stream = io.StringIO()
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": disable_existing,
+        "handlers": {"json": {"class": "logging.StreamHandler", "stream": stream}},
+        "loggers": {"myapp": {}}})
+    handler = logging.StreamHandler(stream)
+    logging.getLogger(EVENTS_LOGGER).addHandler(handler)
+    try:
+        logger.info("kept")
+    finally:
+        logging.getLogger(EVENTS_LOGGER).removeHandler(handler)
+        for name in logging.Logger.manager.loggerDict:
+            if name.startswith("ragmon"):
+                logging.getLogger(name).disabled = False
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == delivered
