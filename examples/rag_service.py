@@ -1,5 +1,5 @@
-"""A small RAG service, monitored: FastAPI, the real `openai` SDK, one JSON and two streaming
-endpoints, the ragmon middleware and /metrics. Run it under gunicorn with 4 uvicorn workers:
+"""A small RAG service, monitored: FastAPI, the real `openai` SDK instrumented by ragmon, one
+JSON and two streaming endpoints, the ragmon middleware and /metrics. Run it under gunicorn with 4 uvicorn workers:
 
     gunicorn -c examples/gunicorn.conf.py --chdir examples rag_service:app
 
@@ -41,14 +41,16 @@ class Question(BaseModel):
 
 
 # One client per worker process, made on first use (after the fork, key checked then).
+# instrument_openai times each call as the "generation" stage and records its usage (tokens by
+# kind, priced by the model that answered), rate-limit headers and SDK errors.
 @functools.cache
 def async_client() -> AsyncOpenAI:
-    return AsyncOpenAI(max_retries=0)
+    return ragmon.instrument_openai(AsyncOpenAI(max_retries=0))
 
 
 @functools.cache
 def sync_client() -> OpenAI:
-    return OpenAI(max_retries=0)
+    return ragmon.instrument_openai(OpenAI(max_retries=0))
 
 
 def retrieve(question: str, k: int = 2) -> list[str]:
@@ -68,25 +70,13 @@ def correlation() -> dict:
     return {"X-Client-Request-Id": ragmon.current_request_id()}
 
 
-def token_counts(usage) -> dict:
-    """Tokens as ragmon counts them: input excludes the cached part of the prompt."""
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = (getattr(details, "cached_tokens", None) or 0) if details else 0
-    return {"input_tokens": usage.prompt_tokens - cached, "output_tokens": usage.completion_tokens,
-            "cached_input_tokens": cached}
-
-
 @ragmon.monitored_query(operation="ask", model=MODEL)
-async def answer(question: str) -> dict:
+async def answer(question: str) -> str:
     with ragmon.stage("retrieval"):
         documents = retrieve(question)
-    with ragmon.stage("generation"):
-        raw = await async_client().chat.completions.with_raw_response.create(
-            model=MODEL, messages=messages_for(question, documents), extra_headers=correlation())
-        ragmon.track_rate_limit("openai", headers=raw.headers)
-        completion = raw.parse()
-    return {"answer": completion.choices[0].message.content, "model": completion.model,
-            **token_counts(completion.usage)}
+    completion = await async_client().chat.completions.create(
+        model=MODEL, messages=messages_for(question, documents), extra_headers=correlation())
+    return completion.choices[0].message.content
 
 
 @ragmon.monitored_query(operation="ask_stream", model=MODEL)
@@ -98,8 +88,6 @@ async def stream_answer(question: str):
         stream_options={"include_usage": True}, extra_headers=correlation())
     try:
         async for chunk in stream:
-            if chunk.usage is not None:
-                ragmon.record_tokens(**token_counts(chunk.usage), model=chunk.model)
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
     finally:
@@ -115,8 +103,6 @@ def stream_answer_sync(question: str):
         stream_options={"include_usage": True}, extra_headers=correlation())
     try:
         for chunk in stream:
-            if chunk.usage is not None:
-                ragmon.record_tokens(**token_counts(chunk.usage), model=chunk.model)
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
     finally:
@@ -125,8 +111,7 @@ def stream_answer_sync(question: str):
 
 @app.post("/ask")
 async def ask(body: Question) -> dict:
-    result = await answer(body.question)
-    return {"answer": result["answer"], "request_id": ragmon.current_request_id()}
+    return {"answer": await answer(body.question), "request_id": ragmon.current_request_id()}
 
 
 @app.post("/ask/stream")

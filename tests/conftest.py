@@ -39,6 +39,7 @@ def pytest_configure(config):
     scratch = Path(tempfile.mkdtemp(prefix="ragmon-tests-"))
     os.environ.setdefault("LOG_DIR", str(scratch / "logs"))
     os.environ.setdefault("STACK_DIR", str(scratch / "stack"))
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(scratch / "hypothesis"))
     config._ragmon_scratch = scratch
     config._ragmon_tree_before = _tree_state()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from ragmon.stack.process import (PidFile, free_port, http_ok, log_tail, start_process,
-                                  stop_process, wait_until)
+from ragmon.stack.api import http_ok
+from ragmon.stack.process import PidFile, free_port, log_tail, spawn, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -47,32 +47,28 @@ class ExampleServer:
                     "LOG_DIR": str(self.log_dir), "REQUEST_LOG_DESTINATION": "file",
                     "LOG_DESTINATION": "none", "SERVICE_NAME": "rag-example",
                     "PYTHONPATH": str(ROOT)}
-        self.popen = None
+        self.owned = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "ExampleServer":
-        saved = os.environ.copy()
-        os.environ.clear()
-        os.environ.update(self.env)
+        self.owned = spawn(self.server, self.argv, self.server_log, cwd=self.workdir, env=self.env)
+        self.pid_file.write(self.owned)
         try:
-            self.popen = start_process(self.argv, self.server_log, self.pid_file, self.workdir)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        if not wait_until(self._all_workers_ready, timeout=90, interval=0.3):
+            wait_until(self._all_workers_ready, timeout=90, interval=0.3,
+                       what=f"{self.server} to start {self.workers} workers")
+        except TimeoutError as exc:
             self.__exit__()
-            raise RuntimeError(f"{self.server} did not start {self.workers} workers:\n"
-                               + log_tail(self.server_log, 40))
+            raise RuntimeError(f"{exc}:\n" + log_tail(self.server_log, 40)) from None
         return self
 
     def __exit__(self, *exc) -> None:
-        stop_process(self.pid_file, self.popen, timeout=15)
+        stop_process(self.pid_file, self.owned, timeout=15)
 
     def _all_workers_ready(self) -> bool:
-        if self.popen.poll() is not None:
+        if self.owned.popen.poll() is not None:
             raise RuntimeError(f"{self.server} exited:\n" + log_tail(self.server_log, 40))
         text = self.server_log.read_text(errors="replace")
         return (text.count("Application startup complete") >= self.workers
@@ -82,7 +78,7 @@ class ExampleServer:
     def worker_pids(self) -> list[int]:
         """The serving workers (uvicorn's supervisor also runs a resource tracker: skipped)."""
         try:
-            children = psutil.Process(self.popen.pid).children()
+            children = psutil.Process(self.owned.pid).children()
         except psutil.Error:
             return []
         return [c.pid for c in children if "multiprocessing.resource_tracker" not in " ".join(
@@ -127,6 +123,8 @@ def _cmdline(process: psutil.Process) -> list[str]:
 
 
 def wait_for(check, timeout: float = 30.0, what: str = "condition") -> None:
-    if not wait_until(check, timeout=timeout, interval=0.1):
-        raise AssertionError(f"timed out waiting for {what}")
+    try:
+        wait_until(check, timeout, what=what, interval=0.1)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
