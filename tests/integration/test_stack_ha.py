@@ -69,6 +69,13 @@ def _ours(alert: dict) -> bool:
     return alert.get("labels", {}).get("alertname") == ALERT
 
 
+def _main_operation(alert: dict) -> bool:
+    """The alert of the demo's busiest operation. The demo's streaming operation fails too, but
+    on a handful of queries its ratio flickers; it joins the same group (grouped by alertname, job
+    and severity), and Alertmanager re-sends the group when it changes, which is not a page."""
+    return _ours(alert) and alert["labels"].get("operation") == "rag_search"
+
+
 def notifications(hook: WebhookReceiver, since: int = 0) -> list[dict]:
     """Notifications from the extra webhook receiver that carry our alert."""
     return [n for n in hook.notifications[since:]
@@ -94,7 +101,15 @@ def summary(found: list[dict]) -> list:
 
 
 def statuses(found: list[dict]) -> list[str]:
-    return [a["status"] for n in found for a in n["alerts"] if _ours(a)]
+    """The states the main operation's alert was notified in, each change once: a page that
+    was sent twice (by the two Prometheus or the two Alertmanagers) shows as firing, firing."""
+    changes: list[str] = []
+    for note in found:
+        for alert in note["alerts"]:
+            if _main_operation(alert):
+                if not changes or changes[-1] != alert["status"] or note in duplicates(found):
+                    changes.append(alert["status"])
+    return changes
 
 
 def incident(ha: dict, during=None) -> tuple[list[dict], dict]:
