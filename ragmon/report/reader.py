@@ -403,14 +403,14 @@ class _Progress:
 
 def read_table(log_dir, since: float | None = None, until: float | None = None, *,
                full: bool = False, workers: int | None = None, progress: str | None = None):
-    """(pyarrow.Table of the valid records ending in [since, until) with the normalized
-    columns, ReadStats). ``full`` adds the whole stages (metadata included) and attributes as
-    JSON, for exports, compaction and repricing."""
-    import pyarrow.compute as pc
+    """(pyarrow.Table of the valid records ending in [since, until), oldest first, ReadStats).
 
+    Columns: end_time, the load_records() columns with stage_<name> durations and attr_<key>
+    values as JSON text; ``full`` adds the whole stages (metadata included), attributes and
+    pricing as JSON, for exports, compaction and repricing."""
     sources = find_sources(log_dir, since, until)
-    stats = ReadStats(", ".join(str(d) for d in sources.dirs) if not isinstance(
-        log_dir, (str, os.PathLike)) else str(log_dir))
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
     stats.files = [str(f.path) for f in sources.files]
     stats.ignored_files = list(sources.ignored)
     con = connect(workers)
@@ -420,35 +420,55 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
         while True:
             sql = records_query(sources, full, list(readable.values()))
             if sql is None:
-                return _empty_table(con, full), stats
+                return _empty_table(full), stats
             try:
                 with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
-                    table = con.execute(sql).to_arrow_table()
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
                 break
             except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
                 original = _file_over_limit(exc, readable)
                 if original is None:
                     raise
                 readable[original] = _without_long_lines(Path(original), Path(scratch), stats, cut)
+        inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
+            f" AND end_time < {until!r}" if until is not None else "")
         names = {str(v): k for k, v in readable.items()}
-        table = table.set_column(table.schema.get_field_index("file"), "file",
-                                 pc.cast(table["file"], "string"))
-        _count_rows(table, names, since, until, stats, cut)
-    keep = table["valid"]
-    if since is not None:
-        keep = pc.and_(keep, pc.greater_equal(table["end_time"], since))
-    if until is not None:
-        keep = pc.and_(keep, pc.less(table["end_time"], until))
-    table = table.filter(keep)
+        _count_rows(con, inside, names, stats, cut)
+    stages = _keys(con, "stage_seconds", inside, MAX_STAGE_NAMES, "stage", stats)
+    attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+    columns = ["end_time", "request_id", "start_time", "total_time", *STRING_COLUMNS,
+               *FLOAT_COLUMNS, *COUNT_COLUMNS, *PRICING_COLUMNS]
+    if full:
+        columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at"]
+    select = ", ".join(columns + [f"stage_seconds[{_quote(k)}] AS {_ident(STAGE_PREFIX + k)}"
+                                  for k in stages]
+                       + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
+                          for k in attributes])
+    table = con.execute(f"SELECT {select} FROM log_rows WHERE {inside} "
+                        "ORDER BY end_time, rowid").to_arrow_table()
+    con.close()
     stats.records = table.num_rows
-    if table.num_rows:
-        order = None
-        ends = table["end_time"].to_numpy()
-        if not (ends[1:] >= ends[:-1]).all():
-            order = pc.sort_indices(table, sort_keys=[("end_time", "ascending")])
-        if order is not None:
-            table = table.take(order)
     return table, stats
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _keys(con, column: str, inside: str, limit: int, kind: str, stats: ReadStats) -> list[str]:
+    """The distinct keys of a map column, sorted, at most `limit` (the rest are named in
+    stats.ignored_names: like metric labels, columns must be bounded)."""
+    keys = [row[0] for row in con.execute(
+        f"SELECT DISTINCT unnest(map_keys({column})) AS k FROM log_rows WHERE {inside} "
+        "ORDER BY k").fetchall() if row[0] is not None]
+    for key in keys[limit:]:
+        if len(stats.ignored_names) < 20:
+            stats.ignored_names.add(f"{kind} {key}")
+    return keys[:limit]
 
 
 def _file_over_limit(exc: Exception, readable: dict) -> str | None:
@@ -461,52 +481,34 @@ def _file_over_limit(exc: Exception, readable: dict) -> str | None:
     return None
 
 
-def _count_rows(table, names: dict, since, until, stats: ReadStats, cut: Counter) -> None:
-    """Per-file lines, skipped rows (named by the second pass) and bad values."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    files = table["file"].to_numpy(zero_copy_only=False)
-    valid = table["valid"].to_numpy(zero_copy_only=False).astype(bool)
-    ends = table["end_time"].to_numpy(zero_copy_only=False)
-    with np.errstate(invalid="ignore"):
-        inside = valid.copy()
-        if since is not None:
-            inside &= ends >= since
-        if until is not None:
-            inside &= ends < until
-    stats.outside_period = int((valid & ~inside).sum())
-    stats.bad_values = int(pc.sum(table.filter(pa.array(inside))["bad_values"]).as_py() or 0)
-    if not len(files):
-        for original in cut:
-            stats.lines += name_skipped_lines(Path(original), 0, stats)
-        return
-    unique, inverse = np.unique(files, return_inverse=True)
-    rows = np.bincount(inverse, minlength=len(unique))
-    rejected = np.bincount(inverse, weights=~valid, minlength=len(unique)).astype(int)
+def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter) -> None:
+    """Per-file lines, skipped rows (named by the second pass), outside the period, bad values."""
     seen = set()
-    for name, n_rows, n_rejected in zip(unique, rows, rejected):
+    for name, rows, rejected, outside, bad in con.execute(
+            f"SELECT file, count(*), count(*) FILTER (NOT valid), "
+            f"count(*) FILTER (valid AND NOT ({inside})), "
+            f"coalesce(sum(bad_values) FILTER ({inside}), 0) FROM log_rows GROUP BY file "
+            "ORDER BY file").fetchall():
         original = names.get(name, name)
         seen.add(original)
-        if n_rejected or cut.get(original):
-            stats.lines += name_skipped_lines(Path(original), int(n_rejected), stats)
+        stats.outside_period += outside
+        stats.bad_values += int(bad)
+        if rejected or cut.get(original):
+            stats.lines += name_skipped_lines(Path(original), int(rejected), stats)
         else:
-            stats.lines += int(n_rows)  # a clean file: one row per (non-blank) line
+            stats.lines += int(rows)  # a clean file: one row per (non-blank) line
     for original in cut:
         if original not in seen:
             stats.lines += name_skipped_lines(Path(original), 0, stats)
 
 
-def _empty_table(con, full: bool):
+def _empty_table(full: bool):
     import pyarrow as pa
 
-    fields = [("file", pa.string()), ("valid", pa.bool_()), ("end_time", pa.float64()),
+    fields = [("end_time", pa.float64()), ("request_id", pa.string()),
               ("start_time", pa.float64()), ("total_time", pa.float64()),
-              ("request_id", pa.string()), *((n, pa.string()) for n in STRING_COLUMNS),
+              *((n, pa.string()) for n in STRING_COLUMNS),
               *((n, pa.float64()) for n in FLOAT_COLUMNS), *((n, pa.int64()) for n in COUNT_COLUMNS),
-              ("stage_seconds", pa.map_(pa.string(), pa.float64())),
-              ("attributes", pa.map_(pa.string(), pa.string())), ("bad_values", pa.int64()),
               ("cost_original", pa.float64()), ("price_match", pa.string())]
     if full:
         fields += [("stages_json", pa.string()), ("attributes_json", pa.string()),
@@ -526,16 +528,14 @@ def read_columns(log_dir, since: float | None = None, until: float | None = None
 # --- Arrow to the DataFrame ---------------------------------------------------------------------
 
 def to_frame(table, stats: ReadStats | None = None):
-    """The load_records() DataFrame from read_table()'s columns: stage durations and attributes
-    pivoted into stage_<name> and attr_<key> columns."""
-    import numpy as np
+    """The load_records() DataFrame from read_table()'s columns."""
     import pandas as pd
     import pyarrow.compute as pc
 
     n = table.num_rows
     data: dict = {"request_id": table["request_id"].to_numpy(zero_copy_only=False).astype(object)}
-    end = table["end_time"].to_numpy(zero_copy_only=False)
-    data["timestamp"] = pd.to_datetime(end, unit="s", utc=True)
+    data["timestamp"] = pd.to_datetime(table["end_time"].to_numpy(zero_copy_only=False),
+                                       unit="s", utc=True)
     for name in ("start_time", "total_time", *FLOAT_COLUMNS):
         data[name] = pc.cast(table[name], "float64").to_numpy(zero_copy_only=False)
     for name in STRING_COLUMNS:
@@ -544,75 +544,28 @@ def to_frame(table, stats: ReadStats | None = None):
         data[name] = pc.fill_null(pc.cast(table[name], "int64"), 0).to_numpy(zero_copy_only=False)
     data["cost_original"] = pc.cast(table["cost_original"], "float64").to_numpy(zero_copy_only=False)
     data["price_match"] = _categorical(table["price_match"])
-    for key, values in _pivot(table["stage_seconds"], n, MAX_STAGE_NAMES, "stage", stats):
-        data[STAGE_PREFIX + key] = _float_column(values, n)
-    for key, values in _pivot(table["attributes"], n, MAX_ATTRIBUTE_KEYS, "attribute", stats):
-        data[ATTR_PREFIX + key] = _attribute_column(values, n)
-    df = pd.DataFrame(data, copy=False)
-    return df
+    for name in table.column_names:
+        if name.startswith(STAGE_PREFIX):
+            data[name] = pc.cast(table[name], "float64").to_numpy(zero_copy_only=False)
+        elif name.startswith(ATTR_PREFIX):
+            data[name] = _attribute_column(table[name].to_numpy(zero_copy_only=False), n)
+    return pd.DataFrame(data, copy=False)
 
 
 def _categorical(column):
     import pandas as pd
 
-    values = column.to_pandas()
-    return pd.Categorical(values.astype(object).where(values.notna(), None))
+    return pd.Categorical(column.to_pandas().astype(object), copy=False)
 
 
-def _pivot(column, n: int, limit: int, kind: str, stats):
-    """(key, (row indices, values)) for each key of a map column, in order of first appearance,
-    at most `limit` keys (the rest are named in stats.ignored_names)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(column) == 0 or column.null_count == len(column):
-        return
-    offsets = column.offsets.to_numpy()
-    rows = np.repeat(np.arange(len(column)), np.diff(offsets))
-    keys, items = column.keys, column.items
-    if len(keys) != len(rows):  # a sliced array: its children start at its first offset
-        keys = keys.slice(offsets[0], len(rows))
-        items = items.slice(offsets[0], len(rows))
-    codes, uniques = _factorize(keys)
-    first = np.full(len(uniques), len(codes))
-    np.minimum.at(first, codes, np.arange(len(codes)))
-    order = np.argsort(first, kind="stable")
-    for rank, code in enumerate(order):
-        key = uniques[code]
-        if rank >= limit:
-            if stats is not None and len(stats.ignored_names) < 20:
-                stats.ignored_names.add(f"{kind} {key}")
-            continue
-        picked = np.flatnonzero(codes == code)
-        yield key, (rows[picked], items.take(pa.array(picked)))
-
-
-def _factorize(array):
-    import pandas as pd
-
-    codes, uniques = pd.factorize(array.to_numpy(zero_copy_only=False), use_na_sentinel=False)
-    return codes, list(uniques)
-
-
-def _float_column(part, n: int):
-    import numpy as np
-
-    rows, values = part
-    out = np.full(n, np.nan)
-    out[rows] = values.to_numpy(zero_copy_only=False).astype("float64")
-    return out
-
-
-def _attribute_column(part, n: int):
-    """One attribute: float64 when every value is a number (or missing), a categorical when
-    every value is a string, else objects (lists as shared tuples, so they can be counted)."""
+def _attribute_column(texts, n: int):
+    """One attribute from its JSON texts: float64 when every value is a number (or missing), a
+    categorical when every value is a string, else objects (lists as shared tuples, so they can
+    be counted). Each distinct text is decoded once."""
     import numpy as np
     import pandas as pd
 
-    rows, values = part
-    texts = values.to_numpy(zero_copy_only=False)
+    rows = slice(None)
     codes, uniques = pd.factorize(texts, use_na_sentinel=True)
     decoded = [_decode(u) for u in uniques]
     kinds = {type(v) for v in decoded}
@@ -691,6 +644,8 @@ def iter_records(log_dir, since: float | None = None, until: float | None = None
     """Each valid record ending in [since, until), oldest first, as a record dict with its stage
     metadata (for exports). Pass a ReadStats to learn what was read and skipped."""
     table, read = read_table(log_dir, since, until, full=True)
+    table = table.drop_columns([c for c in table.column_names
+                                if c.startswith((STAGE_PREFIX, ATTR_PREFIX))])
     if stats is not None:
         stats.__dict__.update(read.__dict__)
     for batch in table.to_batches(batch_rows):

@@ -208,9 +208,13 @@ def parquet_files(log_dir: Path, ignored: list[str] | None = None) -> list[LogFi
 def find_sources(log_dir, since: float | None = None, until: float | None = None) -> Sources:
     """The JSONL and Parquet files of every directory in `log_dir` that can hold records ending
     in [since, until). Raises LogDirNotFound for a missing directory."""
+    from .compact import leftover_jsonl
+
     sources = Sources(resolve_dirs(log_dir))
     for directory in sources.dirs:
         for entry in jsonl_files(directory, sources.ignored) + parquet_files(directory, sources.ignored):
+            if entry.kind == "jsonl" and leftover_jsonl(entry.path):
+                continue  # already in the history: a compaction stopped before deleting it
             if _in_window(entry.day, since, until):
                 sources.files.append(entry)
     sources.files.sort(key=lambda f: (f.day, f.kind, str(f.path)))
