@@ -108,60 +108,38 @@ def _compact_dir(directory: Path, now: float, progress: bool) -> CompactResult:
     return result
 
 
-def _rejected_lines(jsonl: Path, cheap: bool) -> tuple[int, list[bytes]]:
-    from .reader import _looks_whole, bounded_lines, line_problem
-
-    nonblank, bad = 0, []
-    for _, line in bounded_lines(jsonl):
-        if line is None:
-            continue  # longer than any record may be: not kept
-        if not line.strip():
-            continue
-        nonblank += 1
-        if cheap and _looks_whole(line):
-            continue
-        if line_problem(line)[0] is not None:
-            bad.append(line)
-    return nonblank, bad
-
-
 def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
-    from .reader import connect, records_query
+    from .reader import load_rows
     from .sources import LogFile, Sources, file_date
 
     size = jsonl.stat().st_size
     scratch = history / f"{SCRATCH_PREFIX}{target.name}-{os.getpid()}"
     scratch.mkdir()
     out = scratch / PARQUET_NAME
-    # The same query and validity rules as a report; the row count is checked against it.
+    # The report's own reading (validity rules, recovery, line numbers); lines it skips are
+    # kept as they were in rejected.jsonl.
     sources = Sources([jsonl.parent], [LogFile(jsonl, file_date(jsonl), "jsonl", jsonl.parent)])
-    con = connect()
-    sql = records_query(sources, full=True)
-    written = con.execute(f"""
-        COPY (SELECT timestamp_text AS timestamp, start_time, total_time, request_id, status,
-                     error_type, operation, model, service, env, cost, relevance_score,
-                     context_precision, time_to_first_token,
-                     {{'input': input_tokens, 'output': output_tokens,
-                       'cached_input': cached_input_tokens}} AS tokens,
-                     {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
-                     stages_json::JSON AS stages, stage_seconds,
-                     coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
-                     cost_original, price_match, pricing, repriced_at
-              FROM ({sql}) WHERE valid ORDER BY end_time)
-        TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
-    con.close()
-    # Keep every line the history does not hold. Lines that cannot be a whole object are checked
-    # first; only when they do not account for every line left out is every line parsed.
-    nonblank, bad = _rejected_lines(jsonl, cheap=True)
-    if nonblank - int(written) != len(bad):
-        nonblank, bad = _rejected_lines(jsonl, cheap=False)
-    rejected = len(bad)
     with open(scratch / REJECTED_NAME, "wb") as keep:
-        for line in bad:
-            keep.write(line if line.endswith(b"\n") else line + b"\n")
+        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep)
         keep.flush()
         os.fsync(keep.fileno())
-    if not rejected:
+    written = 0
+    if con is not None:
+        written = con.execute(f"""
+            COPY (SELECT timestamp_text AS timestamp, start_time, total_time, request_id, status,
+                         error_type, operation, model, service, env, cost, relevance_score,
+                         context_precision, time_to_first_token,
+                         {{'input': input_tokens, 'output': output_tokens,
+                           'cached_input': cached_input_tokens}} AS tokens,
+                         {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
+                         stages_json::JSON AS stages, stage_seconds,
+                         coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
+                         cost_original, price_match, pricing, repriced_at
+                  FROM log_rows WHERE {inside} ORDER BY end_time, rowid)
+            TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
+        con.close()
+    rejected = stats.skipped_total
+    if not (scratch / REJECTED_NAME).stat().st_size:
         (scratch / REJECTED_NAME).unlink()
     (scratch / SOURCE_NAME).write_text(json.dumps(
         {"file": jsonl.name, "size": size, "records": written, "rejected_lines": rejected}))

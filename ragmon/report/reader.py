@@ -161,7 +161,7 @@ def _price_match() -> str:
             "THEN json_extract_string(pricing, '$') ELSE json_extract_string(pricing, '$.match') END)")
 
 
-def _jsonl_select(files_sql: str, full: bool) -> str:
+def _jsonl_select(files_sql: str, full: bool, strict: bool = False) -> str:
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in JSONL_COLUMNS.items()) + "}"
     count_paths = {"input_tokens": "json_extract(tokens, '$.input')",
                    "output_tokens": "json_extract(tokens, '$.output')",
@@ -271,14 +271,35 @@ def bounded_lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int
                 yield lineno, line
 
 
-def _without_long_lines(path: Path, into: Path, stats: ReadStats, counted: Counter) -> Path:
-    """A copy of `path` without its over-long lines (each counted), for DuckDB to read."""
+def _copy_line(path: Path, number: int, out) -> None:
+    """Copies line `number` of `path` to `out` in pieces (it may be any length)."""
+    with open(path, "rb") as f:
+        for _ in range(number - 1):
+            while True:
+                piece = f.readline(1 << 20)
+                if not piece or piece.endswith(b"\n"):
+                    break
+        while True:
+            piece = f.readline(1 << 20)
+            out.write(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
+        if piece and not piece.endswith(b"\n"):
+            out.write(b"\n")
+
+
+def _without_long_lines(path: Path, into: Path, stats: ReadStats, counted: Counter,
+                        keep_rejected=None) -> Path:
+    """A copy of `path` without its over-long lines (each counted, and kept in `keep_rejected`
+    when given), for DuckDB to read."""
     copy = into / f"{len(list(into.iterdir()))}_{path.name}"
     with open(copy, "wb") as out:
         for lineno, line in bounded_lines(path):
             if line is None:
                 stats.skip(path, lineno, TOO_LONG)
                 counted[str(path)] += 1
+                if keep_rejected is not None:
+                    _copy_line(path, lineno, keep_rejected)
             else:
                 out.write(line)
     return copy
@@ -330,37 +351,37 @@ def end_time(record: dict) -> float | None:
     return None
 
 
-def _looks_whole(line: bytes) -> bool:
-    text = line.strip()
-    return text.startswith(b"{") and text.endswith(b"}")
-
-
-def name_skipped_lines(path: Path, expected: int, stats: ReadStats) -> int:
-    """The second pass over a file whose query rows held `expected` rejected ones: counts each
-    skipped line with its number and reason; returns the file's line count. Lines that cannot be
-    a whole object are checked first (cheap); only if they do not account for every rejected row
-    is every line parsed."""
-    found: list[tuple[int, str]] = []
-    lines = 0
+def second_pass(path: Path, rejected: set[int], rows: int, stats: ReadStats, recovered,
+                keep_rejected=None, cut_out: bool = False) -> int:
+    """Reads the lines of `path` behind the engine's rejected rows (`rejected`: ordinals among
+    the file's non-blank lines, counted from 1, over-long lines left out as in the engine's
+    copy when `cut_out`). Each is named with its line number and reason, or - when it is a record after all
+    (a value of an unexpected type; or a good line the engine's error recovery swallowed after a
+    bad one) - written to `recovered` to be read leniently. Returns the file's line count."""
+    ordinal = lines = 0
     for lineno, line in bounded_lines(path):
         lines = lineno
-        if line is None or not line.strip() or _looks_whole(line):
-            continue  # over-long lines were counted when they were cut out; blank lines are no record
+        if line is None and cut_out:
+            continue  # counted when it was cut out of the engine's copy
+        if line is not None and not line.strip():
+            continue  # a blank line is no record (and no row)
+        ordinal += 1
+        if ordinal not in rejected:
+            continue
+        if line is None:
+            stats.skip(path, lineno, TOO_LONG)
+            if keep_rejected is not None:
+                _copy_line(path, lineno, keep_rejected)
+            continue
         reason, _ = line_problem(line)
         if reason is not None:
-            found.append((lineno, reason))
-    if len(found) < expected:
-        found = []
-        for lineno, line in bounded_lines(path):
-            if line is None or not line.strip():
-                continue
-            reason, _ = line_problem(line)
-            if reason is not None:
-                found.append((lineno, reason))
-    for lineno, reason in found:
-        stats.skip(path, lineno, reason)
-    if len(found) != expected:  # the engine and this pass disagree: say so, never hide it
-        stats.skipped[UNEXPLAINED] += max(expected - len(found), 0)
+            stats.skip(path, lineno, reason)
+            if keep_rejected is not None:
+                keep_rejected.write(line if line.endswith(b"\n") else line + b"\n")
+        else:
+            recovered.write(line if line.endswith(b"\n") else line + b"\n")
+    if ordinal != rows:  # the engine's rows and the lines no longer pair up: say so
+        stats.skipped[UNEXPLAINED] += abs(rows - ordinal)
     return lines
 
 
@@ -401,6 +422,41 @@ class _Progress:
             self.thread.join()
 
 
+def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
+              full: bool = False, workers: int | None = None, progress: str | None = None,
+              stats: ReadStats | None = None, keep_rejected=None):
+    """(DuckDB connection holding the temp table ``log_rows``, SQL condition for the valid rows
+    of the period, ReadStats); the connection is None when there is no file to read.
+    `keep_rejected`: a binary file that receives every skipped line as it was."""
+    stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
+    stats.files = [str(f.path) for f in sources.files]
+    stats.ignored_files = list(sources.ignored)
+    inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
+        f" AND end_time < {until!r}" if until is not None else "")
+    con = connect(workers)
+    cut = Counter()  # over-long lines cut out of each file
+    with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
+        readable = {str(f.path): f.path for f in sources.jsonl}
+        while True:
+            sql = records_query(sources, full, list(readable.values()))
+            if sql is None:
+                con.close()
+                return None, inside, stats
+            try:
+                with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
+                break
+            except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
+                original = _file_over_limit(exc, readable)
+                if original is None:
+                    raise
+                readable[original] = _without_long_lines(Path(original), Path(scratch), stats, cut,
+                                                         keep_rejected)
+        names = {str(v): k for k, v in readable.items()}
+        _count_rows(con, inside, names, stats, cut, Path(scratch), full, keep_rejected)
+    return con, inside, stats
+
+
 def read_table(log_dir, since: float | None = None, until: float | None = None, *,
                full: bool = False, workers: int | None = None, progress: str | None = None):
     """(pyarrow.Table of the valid records ending in [since, until), oldest first, ReadStats).
@@ -411,29 +467,10 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     sources = find_sources(log_dir, since, until)
     stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
                       else ", ".join(str(d) for d in sources.dirs))
-    stats.files = [str(f.path) for f in sources.files]
-    stats.ignored_files = list(sources.ignored)
-    con = connect(workers)
-    cut = Counter()  # over-long lines cut out of each file
-    with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
-        readable = {str(f.path): f.path for f in sources.jsonl}
-        while True:
-            sql = records_query(sources, full, list(readable.values()))
-            if sql is None:
-                return _empty_table(full), stats
-            try:
-                with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
-                break
-            except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
-                original = _file_over_limit(exc, readable)
-                if original is None:
-                    raise
-                readable[original] = _without_long_lines(Path(original), Path(scratch), stats, cut)
-        inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
-            f" AND end_time < {until!r}" if until is not None else "")
-        names = {str(v): k for k, v in readable.items()}
-        _count_rows(con, inside, names, stats, cut)
+    con, inside, stats = load_rows(sources, since, until, full=full, workers=workers,
+                                   progress=progress, stats=stats)
+    if con is None:
+        return _empty_table(full), stats
     stages = _keys(con, "stage_seconds", inside, MAX_STAGE_NAMES, "stage", stats)
     attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
     columns = ["end_time", "request_id", "start_time", "total_time", *STRING_COLUMNS,
@@ -481,25 +518,48 @@ def _file_over_limit(exc: Exception, readable: dict) -> str | None:
     return None
 
 
-def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter) -> None:
-    """Per-file lines, skipped rows (named by the second pass), outside the period, bad values."""
+def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter,
+                scratch: Path, full: bool, keep_rejected=None) -> None:
+    """Per-file lines, outside the period and bad values; the rejected rows of a file are
+    named or recovered by second_pass(), and recovered records are read into log_rows."""
+    per_file = con.execute(
+        "SELECT file, count(*), count(*) FILTER (NOT valid) FROM log_rows GROUP BY file "
+        "ORDER BY file").fetchall()
+    recovered_files = []
     seen = set()
-    for name, rows, rejected, outside, bad in con.execute(
-            f"SELECT file, count(*), count(*) FILTER (NOT valid), "
-            f"count(*) FILTER (valid AND NOT ({inside})), "
-            f"coalesce(sum(bad_values) FILTER ({inside}), 0) FROM log_rows GROUP BY file "
-            "ORDER BY file").fetchall():
+    for name, rows, rejected in per_file:
         original = names.get(name, name)
         seen.add(original)
-        stats.outside_period += outside
-        stats.bad_values += int(bad)
-        if rejected or cut.get(original):
-            stats.lines += name_skipped_lines(Path(original), int(rejected), stats)
-        else:
+        if not rejected and not cut.get(original):
             stats.lines += int(rows)  # a clean file: one row per (non-blank) line
+            continue
+        ordinals = {row[0] for row in con.execute(
+            "SELECT ordinal FROM (SELECT valid, row_number() OVER (ORDER BY rowid) AS ordinal "
+            "FROM log_rows WHERE file = ?) WHERE NOT valid", [name]).fetchall()}
+        target = scratch / f"recovered-{len(recovered_files)}.jsonl"
+        with open(target, "wb") as recovered:
+            stats.lines += second_pass(Path(original), ordinals, int(rows), stats, recovered,
+                                       keep_rejected, cut_out=bool(cut.get(original)))
+        if target.stat().st_size:
+            recovered_files.append(target)
     for original in cut:
         if original not in seen:
-            stats.lines += name_skipped_lines(Path(original), 0, stats)
+            with open(scratch / "recovered-none.jsonl", "wb") as recovered:
+                stats.lines += second_pass(Path(original), set(), 0, stats, recovered,
+                                           keep_rejected, cut_out=True)
+    if recovered_files:
+        con.execute(f"INSERT INTO log_rows BY NAME "
+                    f"{_jsonl_select(_sql_list(recovered_files), full, strict=False)}")
+        # What the line rules call a record but the query does not: counted, never silent.
+        lost = con.execute("SELECT count(*) FROM log_rows WHERE NOT valid AND file IN "
+                           f"{tuple(map(str, recovered_files)) + ('',)}").fetchone()[0]
+        if lost:
+            stats.skipped[UNEXPLAINED] += lost
+    for outside, bad in con.execute(
+            f"SELECT count(*) FILTER (valid AND NOT ({inside})), "
+            f"coalesce(sum(bad_values) FILTER ({inside}), 0) FROM log_rows").fetchall():
+        stats.outside_period += int(outside)
+        stats.bad_values += int(bad)
 
 
 def _empty_table(full: bool):
