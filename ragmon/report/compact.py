@@ -4,8 +4,8 @@
 
 Parquet is what the engines a growing team already has read directly (DuckDB, pandas/pyarrow,
 Spark, Trino, BigQuery external tables), about ten times smaller than the JSONL, and typed.
-Free-form parts keep their shape: ``stages`` (with metadata) as JSON text, ``stage_seconds`` as
-a map of durations, ``attributes`` as a map of JSON values.
+Free-form parts keep their shape: ``stages`` (with metadata) as JSON text, ``stage_durations``
+as a map of {duration}, ``attributes`` as a map of JSON values.
 
 Atomic, so a crash at any moment loses and duplicates nothing:
 
@@ -132,7 +132,7 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
                          {{'input': input_tokens, 'output': output_tokens,
                            'cached_input': cached_input_tokens}} AS tokens,
                          {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
-                         stages_json::JSON AS stages, stage_seconds,
+                         stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
                          cost_original, price_match, pricing, repriced_at
                   FROM log_rows WHERE {inside} ORDER BY end_time, rowid)

@@ -121,7 +121,7 @@ JSONL_COLUMNS = {
     "tokens": "JSON", "cache": "JSON", "stages": "JSON", "attributes": "JSON",
     "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
 }
-_STAGE_MAP = "MAP(VARCHAR, STRUCT(duration JSON))"
+_STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
 
 
 def _num(x: str) -> str:
@@ -161,7 +161,84 @@ def _price_match() -> str:
             "THEN json_extract_string(pricing, '$') ELSE json_extract_string(pricing, '$.match') END)")
 
 
-def _jsonl_select(files_sql: str, full: bool, strict: bool = False) -> str:
+# Numbers are read as their text: DuckDB reads a value of the wrong type into a DOUBLE column
+# as NULL, which would hide it; from the text the query tells a number from anything else.
+STRICT_COLUMNS = {
+    "timestamp": "VARCHAR", "start_time": "VARCHAR", "total_time": "VARCHAR",
+    "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
+    **{name: "VARCHAR" for name in FLOAT_COLUMNS},
+    "tokens": "STRUCT(input VARCHAR, output VARCHAR, cached_input VARCHAR)",
+    "cache": "STRUCT(hits VARCHAR, misses VARCHAR)",
+    "stages": "MAP(VARCHAR, STRUCT(duration DOUBLE))", "attributes": "MAP(VARCHAR, JSON)",
+    "cost_original": "VARCHAR", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
+}
+
+
+def _finite(x: str) -> str:
+    """A number's text as a finite DOUBLE, else NULL."""
+    return (f"(CASE WHEN isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+
+
+def _bad_text(x: str, whole: bool = False) -> str:
+    value = _finite(x)
+    wrong = f"{value} IS NULL" + (f" OR {value} <> floor({value})" if whole else "")
+    return f"({x} IS NOT NULL AND ({wrong}))::INT"
+
+
+def _whole(x: str) -> str:
+    value = _finite(x)
+    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
+
+
+def _jsonl_select(files_sql: str, full: bool, strict: bool = True) -> str:
+    """The JSONL files as normalized rows. The strict form types every field, which is what
+    makes the scan fast; a line it cannot type comes back as a rejected row, and the second
+    pass hands such lines to the lenient form (every field JSON, checked in SQL)."""
+    return _strict_select(files_sql, full) if strict else _lenient_select(files_sql, full)
+
+
+def _strict_select(files_sql: str, full: bool) -> str:
+    types = dict(STRICT_COLUMNS)
+    if full:  # the metadata must survive, so stages stay JSON and are typed in the query
+        types["stages"], types["attributes"] = "JSON", "JSON"
+    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
+    stage_map = (f"TRY_CAST(stages AS {STRICT_COLUMNS['stages']})" if full else "stages")
+    attributes = "TRY_CAST(attributes AS MAP(VARCHAR, JSON))" if full else "attributes"
+    extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
+             "pricing, repriced_at" if full else "")
+    stages_absent = "stages IS NULL OR json_type(stages) = 'NULL'" if full else "stages IS NULL"
+    counts = {"input_tokens": "tokens.input", "output_tokens": "tokens.output",
+              "cached_input_tokens": "tokens.cached_input", "cache_hits": "cache.hits",
+              "cache_misses": "cache.misses"}
+    bad = " + ".join([_bad_text(n) for n in FLOAT_COLUMNS]
+                     + [_bad_text(p, whole=True) for p in counts.values()])
+    return f"""
+    WITH raw AS (
+        SELECT *, {_finite('start_time')} AS st, {_finite('total_time')} AS tt,
+               {stage_map} AS stage_map
+        FROM read_json({files_sql}, format='newline_delimited', columns={columns},
+                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})
+    ), timed AS (
+        SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
+                       ELSE {_iso_epoch('timestamp')} END AS end_time
+        FROM raw
+    )
+    SELECT filename AS file,
+           end_time IS NOT NULL AND ({stages_absent} OR (stage_map IS NOT NULL AND
+               coalesce(list_bool_and(list_transform(map_values(stage_map),
+                   v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
+           end_time, end_time - tt AS start_time, tt AS total_time, request_id,
+           {", ".join(STRING_COLUMNS)},
+           {", ".join(f"{_finite(n)} AS {n}" for n in FLOAT_COLUMNS)},
+           {", ".join(f"{_whole(p)} AS {n}" for n, p in counts.items())},
+           stage_map, {attributes} AS attributes,
+           {"(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT + "
+            if full else ""}{bad} AS bad_values,
+           {_finite('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+    FROM timed"""
+
+
+def _lenient_select(files_sql: str, full: bool) -> str:
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in JSONL_COLUMNS.items()) + "}"
     count_paths = {"input_tokens": "json_extract(tokens, '$.input')",
                    "output_tokens": "json_extract(tokens, '$.output')",
@@ -186,14 +263,12 @@ def _jsonl_select(files_sql: str, full: bool, strict: bool = False) -> str:
            end_time IS NOT NULL AND (
                stages IS NULL OR json_type(stages) = 'NULL' OR (stage_map IS NOT NULL AND
                coalesce(list_bool_and(list_transform(map_values(stage_map),
-                   v -> {_num('v.duration')} IS NOT NULL)), true))) AS valid,
+                   v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
            end_time, end_time - tt AS start_time, tt AS total_time, request_id,
            {", ".join(STRING_COLUMNS)},
            {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
            {", ".join(f"{_count(p)} AS {n}" for n, p in count_paths.items())},
-           map_from_entries(list_transform(map_entries(stage_map),
-               e -> {{'key': e.key, 'value': {_num('e.value.duration')}}})) AS stage_seconds,
-           TRY_CAST(attributes AS MAP(VARCHAR, JSON)) AS attributes,
+           stage_map, TRY_CAST(attributes AS MAP(VARCHAR, JSON)) AS attributes,
            (attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT
                + {bad} AS bad_values,
            {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
@@ -201,7 +276,7 @@ def _jsonl_select(files_sql: str, full: bool, strict: bool = False) -> str:
 
 
 PARQUET_COLUMNS = ("timestamp", "start_time", "total_time", "request_id", *STRING_COLUMNS,
-                   *FLOAT_COLUMNS, "tokens", "cache", "stages", "stage_seconds", "attributes",
+                   *FLOAT_COLUMNS, "tokens", "cache", "stages", "stage_durations", "attributes",
                    "cost_original", "price_match", "pricing", "repriced_at")
 
 
@@ -213,7 +288,7 @@ def _parquet_select(files_sql: str, full: bool) -> str:
            total_time, request_id, {", ".join(STRING_COLUMNS)}, {", ".join(FLOAT_COLUMNS)},
            tokens.input AS input_tokens, tokens.output AS output_tokens,
            tokens.cached_input AS cached_input_tokens, cache.hits AS cache_hits,
-           cache.misses AS cache_misses, stage_seconds, attributes, 0 AS bad_values,
+           cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
            cost_original, price_match{extra}
     FROM read_parquet({files_sql}, filename=true, union_by_name=true)"""
 
@@ -471,13 +546,13 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
                                    progress=progress, stats=stats)
     if con is None:
         return _empty_table(full), stats
-    stages = _keys(con, "stage_seconds", inside, MAX_STAGE_NAMES, "stage", stats)
+    stages = _keys(con, "stage_map", inside, MAX_STAGE_NAMES, "stage", stats)
     attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
     columns = ["end_time", "request_id", "start_time", "total_time", *STRING_COLUMNS,
                *FLOAT_COLUMNS, *COUNT_COLUMNS, *PRICING_COLUMNS]
     if full:
         columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at"]
-    select = ", ".join(columns + [f"stage_seconds[{_quote(k)}] AS {_ident(STAGE_PREFIX + k)}"
+    select = ", ".join(columns + [f"stage_map[{_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
                                   for k in stages]
                        + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
                           for k in attributes])

@@ -62,7 +62,7 @@ def test_compact_moves_past_days_to_parquet_and_reports_read_both(tmp_path, sett
     assert len(partitions) == 3
     # Any engine reads the history; the free-form parts keep their shape.
     table = pq.read_table(tmp_path / "history" / partitions[0] / "records.parquet")
-    assert table.num_rows == 20 and "stage_seconds" in table.column_names
+    assert table.num_rows == 20 and "stage_durations" in table.column_names
     rejected = (tmp_path / "history" / partitions[-1] / "rejected.jsonl").read_bytes()
     assert rejected == b"not json at all\n"
     after = load_records(tmp_path, settings=settings)
