@@ -7,6 +7,8 @@
     python m2_3_report.py cleanup [--days N] [--dry-run]
     python m2_3_report.py plot    [--output trends.png] [--hours 24] [--bucket 1h]
     python m2_3_report.py compact                  # whole past days -> LOG_DIR/history (Parquet)
+    python m2_3_report.py reprice   --prices FILE [--since DATE] [--dry-run]
+    python m2_3_report.py reconcile --invoice FILE.csv [--tolerance 0.02] [--since DATE]
 
 Every command takes --log-dir DIR [DIR ...] (default: LOG_DIR from the settings): several
 directories or quoted glob patterns, e.g. one per replica or host, read as one log. Exit status: 0 done
@@ -289,7 +291,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("compact", parents=[common],
                    help="move whole past days from JSONL to Parquet (LOG_DIR/history/day=...)")
+
+    p = sub.add_parser("reprice", parents=[common],
+                       help="recompute the cost of past records with a corrected price file")
+    p.add_argument("--prices", required=True, metavar="FILE", help="JSON price file")
+    p.add_argument("--since", type=_date_arg, metavar="DATE", help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument("--dry-run", action="store_true", help="only print the change by day and model")
+
+    p = sub.add_parser("reconcile", parents=[common],
+                       help="compare spend by day and model with a provider's cost export (CSV)")
+    p.add_argument("--invoice", required=True, metavar="FILE",
+                   help="CSV: date,model,cost, or OpenAI's or Anthropic's cost export")
+    p.add_argument("--tolerance", type=_fraction_arg, default=0.02,
+                   help="relative difference to ignore (default 0.02 = 2%%)")
     return parser
+
+
+def _date_arg(text: str):
+    from datetime import date
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; e.g. --since 2026-11-01") from None
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1); e.g. 0.02 for 2%")
+    return value
 
 
 def _warn_skipped(df_or_stats, err) -> None:
@@ -368,6 +401,12 @@ def _run(args, out, err) -> int:
                 print(f"m2_3_report compact: skipped {problem}", file=err)
         return 0
 
+    if command == "reprice":
+        return _reprice(args, log_dir, settings, out, err)
+
+    if command == "reconcile":
+        return _reconcile(args, log_dir, settings, out, err)
+
     if command == "export":
         result = export_records(args.output, log_dir, args.hours, settings=settings, progress=tty)
         _warn_skipped(result["read"], err)
@@ -414,6 +453,54 @@ def _run(args, out, err) -> int:
         out.write(f"wrote {path} ({len(df):,} requests, last {args.hours:g} h)\n")
         return 0
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
+
+
+def _reprice(args, log_dir, settings, out, err) -> int:
+    from .costs import reprice_logs
+    try:
+        result = reprice_logs(log_dir, args.prices, settings, since=args.since,
+                              dry_run=args.dry_run)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc).replace("MODEL_PRICES_FILE=", "--prices ")) from None
+    verb = "would reprice" if args.dry_run else "repriced"
+    out.write(f"{verb} {result.records:,} records in {len(result.files)} file(s) with "
+              f"{args.prices}\n")
+    if result.rows:
+        out.write(f"{'day':<10}  {'model':<28} {'requests':>9} {'before':>12} {'after':>12} "
+                  f"{'delta':>12}\n")
+        for row in result.rows:
+            out.write(f"{row['day']:<10}  {row['model'][:28]:<28} {row['requests']:>9,} "
+                      f"{row['old']:>12.4f} {row['new']:>12.4f} {row['delta']:>+12.4f}\n")
+        total = sum(r["delta"] for r in result.rows)
+        out.write(f"{'total':<10}  {'':<28} {sum(r['requests'] for r in result.rows):>9,} "
+                  f"{sum(r['old'] for r in result.rows):>12.4f} "
+                  f"{sum(r['new'] for r in result.rows):>12.4f} {total:>+12.4f}\n")
+    if result.skipped_today:
+        print(f"m2_3_report reprice: left {result.skipped_today:,} records of the day in progress "
+              "as they are (writers still append to it); run reprice again tomorrow", file=err)
+    for note in result.notes:
+        print(f"m2_3_report reprice: {note}", file=err)
+    return 0
+
+
+def _reconcile(args, log_dir, settings, out, err) -> int:
+    from ..instrument.pricing import PriceTable
+    from .costs import read_invoice, reconcile
+    try:
+        invoice, shape = read_invoice(args.invoice)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    df = load_records(log_dir, None, settings=settings)
+    _warn_skipped(df, err)
+    days = sorted({day for day, _ in invoice})
+    differences = reconcile(df, invoice, PriceTable.from_settings(settings), args.tolerance)
+    out.write(f"invoice {args.invoice} ({shape} shape): {len(invoice)} day/model rows, "
+              f"{days[0] if days else '-'} to {days[-1] if days else '-'}; "
+              f"{len(differences)} difference(s) beyond {args.tolerance:.0%}\n")
+    for d in differences:
+        out.write(f"  {d.day}  {d.model:<28} computed {d.computed:>10.4f}  invoiced "
+                  f"{d.invoiced:>10.4f}  delta {d.delta:>+10.4f}  {d.cause}\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
                          stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
                          cost_original, price_match, pricing, repriced_at
-                  FROM log_rows WHERE {inside} ORDER BY end_time, rowid)
+                  FROM all_rows WHERE {inside} ORDER BY end_time)
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()
     rejected = stats.skipped_total

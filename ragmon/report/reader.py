@@ -500,23 +500,43 @@ class _Progress:
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
               stats: ReadStats | None = None, keep_rejected=None):
-    """(DuckDB connection holding the temp table ``log_rows``, SQL condition for the valid rows
-    of the period, ReadStats); the connection is None when there is no file to read.
+    """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
+    period, ReadStats); the connection is None when there is no file to read.
+
+    The JSONL files are read once into the temp table ``log_rows`` (their rejected rows need a
+    second look); the Parquet history is scanned in place by the view, column by column.
     `keep_rejected`: a binary file that receives every skipped line as it was."""
     stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
     stats.files = [str(f.path) for f in sources.files]
     stats.ignored_files = list(sources.ignored)
     inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
         f" AND end_time < {until!r}" if until is not None else "")
+    if not sources.files:
+        return None, inside, stats
     con = connect(workers)
+    parts = []
+    if sources.parquet:
+        parquet = _parquet_select(_sql_list([f.path for f in sources.parquet]), full)
+        con.execute(f"CREATE TEMP VIEW history_rows AS {parquet}")
+        parts.append("SELECT * FROM history_rows")
+        rows, outside = con.execute(
+            f"SELECT count(*), count(*) FILTER (NOT ({inside})) FROM history_rows").fetchone()
+        stats.lines += rows
+        stats.outside_period += outside
+    if sources.jsonl:
+        _load_jsonl(con, sources, inside, full, progress, stats, keep_rejected)
+        parts.append("SELECT * FROM log_rows")
+    con.execute("CREATE TEMP VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
+    return con, inside, stats
+
+
+def _load_jsonl(con, sources: Sources, inside: str, full: bool, progress, stats: ReadStats,
+                keep_rejected) -> None:
     cut = Counter()  # over-long lines cut out of each file
     with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
         readable = {str(f.path): f.path for f in sources.jsonl}
         while True:
-            sql = records_query(sources, full, list(readable.values()))
-            if sql is None:
-                con.close()
-                return None, inside, stats
+            sql = _jsonl_select(_sql_list(list(readable.values())), full)
             try:
                 with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
                     con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
@@ -529,7 +549,6 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
                                                          keep_rejected)
         names = {str(v): k for k, v in readable.items()}
         _count_rows(con, inside, names, stats, cut, Path(scratch), full, keep_rejected)
-    return con, inside, stats
 
 
 def read_table(log_dir, since: float | None = None, until: float | None = None, *,
@@ -539,6 +558,9 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     Columns: end_time, the load_records() columns with stage_<name> durations and attr_<key>
     values as JSON text; ``full`` adds the whole stages (metadata included), attributes and
     pricing as JSON, for exports, compaction and repricing."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     sources = find_sources(log_dir, since, until)
     stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
                       else ", ".join(str(d) for d in sources.dirs))
@@ -556,9 +578,11 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
                                   for k in stages]
                        + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
                           for k in attributes])
-    table = con.execute(f"SELECT {select} FROM log_rows WHERE {inside} "
-                        "ORDER BY end_time, rowid").to_arrow_table()
+    table = con.execute(f"SELECT {select} FROM all_rows WHERE {inside}").to_arrow_table()
     con.close()
+    ends = table["end_time"].to_numpy(zero_copy_only=False)
+    if len(ends) > 1 and not (ends[1:] >= ends[:-1]).all():
+        table = table.take(pc.sort_indices(table["end_time"]))  # stable: ties keep read order
     stats.records = table.num_rows
     return table, stats
 
@@ -575,7 +599,7 @@ def _keys(con, column: str, inside: str, limit: int, kind: str, stats: ReadStats
     """The distinct keys of a map column, sorted, at most `limit` (the rest are named in
     stats.ignored_names: like metric labels, columns must be bounded)."""
     keys = [row[0] for row in con.execute(
-        f"SELECT DISTINCT unnest(map_keys({column})) AS k FROM log_rows WHERE {inside} "
+        f"SELECT DISTINCT unnest(map_keys({column})) AS k FROM all_rows WHERE {inside} "
         "ORDER BY k").fetchall() if row[0] is not None]
     for key in keys[limit:]:
         if len(stats.ignored_names) < 20:
@@ -688,9 +712,9 @@ def to_frame(table, stats: ReadStats | None = None):
 
 
 def _categorical(column):
-    import pandas as pd
+    import pyarrow.compute as pc
 
-    return pd.Categorical(column.to_pandas().astype(object), copy=False)
+    return pc.dictionary_encode(column).to_pandas().array
 
 
 def _attribute_column(texts, n: int):
