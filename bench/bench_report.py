@@ -104,7 +104,9 @@ def measure(command: list[str]) -> dict:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    # Files, not pipes: a child writing more than a pipe holds would block until the end.
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT)
     tree_peak = 0
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -115,8 +117,10 @@ def measure(command: list[str]) -> dict:
             rss = 0
         tree_peak = max(tree_peak, rss)
         time.sleep(0.02)
-    out, errors = proc.communicate()
+    proc.wait()
     seconds = time.perf_counter() - start
+    stdout.seek(0), stderr.seek(0)
+    out, errors = stdout.read(), stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{command} failed ({proc.returncode}):\n{errors.decode()}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -135,7 +139,8 @@ def bare_scan_command(log_dir: Path) -> list[str]:
     """DuckDB alone reading the same JSONL files into Arrow, schema auto-detected: the floor
     for any engine built on it."""
     code = ("import duckdb, glob, sys; files = sorted(glob.glob(sys.argv[1] + '/*_performance.jsonl')); "
-            "t = duckdb.connect().execute('SELECT * FROM read_json(?, format=\\'newline_delimited\\')', "
+            "con = duckdb.connect(); con.execute('SET enable_progress_bar = false'); "
+            "t = con.execute('SELECT * FROM read_json(?, format=\\'newline_delimited\\')', "
             "[files]).to_arrow_table(); print(t.num_rows)")
     return [sys.executable, "-c", code, str(log_dir)]
 
