@@ -120,7 +120,8 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
     # kept as they were in rejected.jsonl.
     sources = Sources([jsonl.parent], [LogFile(jsonl, file_date(jsonl), "jsonl", jsonl.parent)])
     with open(scratch / REJECTED_NAME, "wb") as keep:
-        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep)
+        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep,
+                                       spill_dir=scratch / ".spill")
         keep.flush()
         os.fsync(keep.fileno())
     written = 0
@@ -138,6 +139,7 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
                   FROM all_rows WHERE {inside} ORDER BY end_time)
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()
+    shutil.rmtree(scratch / ".spill", ignore_errors=True)
     rejected = stats.skipped_total
     if not (scratch / REJECTED_NAME).stat().st_size:
         (scratch / REJECTED_NAME).unlink()

@@ -297,7 +297,7 @@ def _sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def connect(threads: int | None = None):
+def connect(threads: int | None = None, spill_dir: Path | None = None):
     """A DuckDB connection set up for the log: UTC, no progress bar of its own (ours is tqdm),
     memory bounded for a laptop, and `threads` threads (default: every core)."""
     import duckdb
@@ -305,6 +305,8 @@ def connect(threads: int | None = None):
     con = duckdb.connect()
     # Progress is tracked (our bar reads it) but DuckDB prints none of its own.
     con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+    if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
+        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"workers={threads!r} must be a whole number >= 1 (None: every core)")
@@ -499,7 +501,7 @@ class _Progress:
 
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
-              stats: ReadStats | None = None, keep_rejected=None):
+              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None):
     """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
     period, ReadStats); the connection is None when there is no file to read.
 
@@ -513,7 +515,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         f" AND end_time < {until!r}" if until is not None else "")
     if not sources.files:
         return None, inside, stats
-    con = connect(workers)
+    con = connect(workers, spill_dir)
     parts = []
     if sources.parquet:
         parquet = _parquet_select(_sql_list([f.path for f in sources.parquet]), full)
@@ -680,34 +682,46 @@ def read_columns(log_dir, since: float | None = None, until: float | None = None
                  workers: int | None = None, progress: str | None = None):
     """(DataFrame, ReadStats) of every valid record ending in [since, until), oldest first.
     ``workers``: DuckDB threads (default every core)."""
-    table, stats = read_table(log_dir, since, until, workers=workers, progress=progress)
-    return to_frame(table, stats), stats
+    holder = list(read_table(log_dir, since, until, workers=workers, progress=progress))
+    stats = holder.pop()
+    return to_frame(holder, stats), stats
 
 
 # --- Arrow to the DataFrame ---------------------------------------------------------------------
 
 def to_frame(table, stats: ReadStats | None = None):
-    """The load_records() DataFrame from read_table()'s columns."""
+    """The load_records() DataFrame from read_table()'s columns. Pass the table inside a list
+    to let each Arrow column go as soon as it is converted (the peak is then about one copy of
+    the data, not two)."""
     import pandas as pd
     import pyarrow.compute as pc
 
-    n = table.num_rows
-    data: dict = {"request_id": table["request_id"].to_numpy(zero_copy_only=False).astype(object)}
-    data["timestamp"] = pd.to_datetime(table["end_time"].to_numpy(zero_copy_only=False),
-                                       unit="s", utc=True)
+    holder = table if isinstance(table, list) else [table]
+    n = holder[0].num_rows
+
+    def take(name):
+        column = holder[0][name]
+        holder[0] = holder[0].drop_columns([name])
+        return column
+
+    def floats(name):
+        return pc.cast(take(name), "float64").to_numpy(zero_copy_only=False)
+
+    data: dict = {"request_id": take("request_id").to_numpy(zero_copy_only=False).astype(object)}
+    data["timestamp"] = pd.to_datetime(floats("end_time"), unit="s", utc=True)
     for name in ("start_time", "total_time", *FLOAT_COLUMNS):
-        data[name] = pc.cast(table[name], "float64").to_numpy(zero_copy_only=False)
+        data[name] = floats(name)
     for name in STRING_COLUMNS:
-        data[name] = _categorical(table[name])
+        data[name] = _categorical(take(name))
     for name in COUNT_COLUMNS:
-        data[name] = pc.fill_null(pc.cast(table[name], "int64"), 0).to_numpy(zero_copy_only=False)
-    data["cost_original"] = pc.cast(table["cost_original"], "float64").to_numpy(zero_copy_only=False)
-    data["price_match"] = _categorical(table["price_match"])
-    for name in table.column_names:
+        data[name] = pc.fill_null(pc.cast(take(name), "int64"), 0).to_numpy(zero_copy_only=False)
+    data["cost_original"] = floats("cost_original")
+    data["price_match"] = _categorical(take("price_match"))
+    for name in list(holder[0].column_names):
         if name.startswith(STAGE_PREFIX):
-            data[name] = pc.cast(table[name], "float64").to_numpy(zero_copy_only=False)
+            data[name] = floats(name)
         elif name.startswith(ATTR_PREFIX):
-            data[name] = _attribute_column(table[name].to_numpy(zero_copy_only=False), n)
+            data[name] = _attribute_column(take(name).to_numpy(zero_copy_only=False), n)
     return pd.DataFrame(data, copy=False)
 
 
