@@ -188,3 +188,36 @@ def test_a_tiny_bucket_is_a_clear_error(tmp_path):
     assert "--bucket '1us' cuts 24 h into more than 10,000 rows" in proc.stderr
     proc = run("stats", "--bucket", "soon", "--log-dir", tmp_path)
     assert proc.returncode == 2 and "is not a time span" in proc.stderr
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    write_records(tmp_path / "logs", [rec(n) for n in range(50)])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "m2_3_report.py"),
+                             "export", "--output", str(tmp_path / "out.jsonl"),
+                             "--log-dir", str(tmp_path / "logs")],
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ,
+                                                                      "LOG_DESTINATION": "none"})
+    os.close(slave)
+    proc.wait(timeout=120)
+    shown = b""
+    while select.select([master], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"export" in shown and b"records" in shown  # tqdm's bar on the terminal
+    piped = run("export", "--output", tmp_path / "out2.jsonl", "--log-dir", tmp_path / "logs")
+    assert piped.returncode == 0 and piped.stderr == ""
