@@ -210,10 +210,16 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def median_run(results: list[dict]) -> dict:
+    """The median of each measure over repeated runs (the report text of the first)."""
+    import statistics
+    return {key: statistics.median(r[key] for r in results) if key != "output" else results[0][key]
+            for key in results[0]}
+
+
 def run_row(name: str, result: dict, target: str = "") -> tuple[str, str]:
     return (name, f"{result['seconds']:.2f} s wall, {result['cpu']:.1f} s CPU, "
-                  f"peak {result['tree_peak_mib']:,.0f} MiB (largest process "
-                  f"{result['maxrss_mib']:,.0f} MiB){target}")
+                  f"peak {result['tree_peak_mib']:,.0f} MiB{target}")
 
 
 def main(argv=None) -> None:
@@ -227,6 +233,8 @@ def main(argv=None) -> None:
                         help="records in the Parquet history benchmark (0: skip it)")
     parser.add_argument("--compact", action="store_true", help="also time compacting one day of "
                         "--records records")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each 1M measurement, interleaved (default 3; medians)")
     parser.add_argument("--show-report", action="store_true", help="print the text report too")
     args = parser.parse_args(argv)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_report_"))
@@ -245,16 +253,24 @@ def main(argv=None) -> None:
                 ("generate + write time", f"{write_s:.1f} s"),
                 ("  of which DailyFileSink.write (encode + os.write)",
                  f"{sink_s:.1f} s ({args.records / sink_s:,.0f} records/s)")]
-        bare = measure(bare_scan_command(log_dir))
-        new = measure(report_command(log_dir, 24))
+        # Interleaved and repeated, medians reported: the machine may be shared.
+        commands = {"bare": bare_scan_command(log_dir), "new": report_command(log_dir, 24)}
+        if args.old_ref:
+            tree = old_reader_tree(args.old_ref)
+            cleanup.append(tree)
+            commands["old"] = report_command(log_dir, 24, tree)
+        runs: dict = {name: [] for name in commands}
+        for _ in range(args.repeat):
+            for name, command in commands.items():
+                runs[name].append(measure(command))
+        bare, new = median_run(runs["bare"]), median_run(runs["new"])
+        rows.append(("runs of each (interleaved; medians below)", str(args.repeat)))
         rows.append(run_row("bare DuckDB scan (read_json -> Arrow)", bare))
         rows.append(run_row("report --hours 24, DuckDB engine", new,
                             f"; {new['seconds'] / bare['seconds']:.2f}x the bare scan "
                             "(target <= 1.5x, peak < 1024 MiB)"))
         if args.old_ref:
-            tree = old_reader_tree(args.old_ref)
-            cleanup.append(tree)
-            old = measure(report_command(log_dir, 24, tree))
+            old = median_run(runs["old"])
             rows.append(run_row(f"report --hours 24, reader of {args.old_ref}", old,
                                 f"; new/old {new['seconds'] / old['seconds']:.2f}x"))
         rows.append(("cpus", str(os.cpu_count())))
