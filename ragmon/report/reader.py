@@ -682,9 +682,13 @@ def read_columns(log_dir, since: float | None = None, until: float | None = None
                  workers: int | None = None, progress: str | None = None):
     """(DataFrame, ReadStats) of every valid record ending in [since, until), oldest first.
     ``workers``: DuckDB threads (default every core)."""
+    import pyarrow as pa
+
     holder = list(read_table(log_dir, since, until, workers=workers, progress=progress))
     stats = holder.pop()
-    return to_frame(holder, stats), stats
+    df = to_frame(holder, stats)
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed memory otherwise
+    return df, stats
 
 
 # --- Arrow to the DataFrame ---------------------------------------------------------------------
@@ -707,7 +711,11 @@ def to_frame(table, stats: ReadStats | None = None):
     def floats(name):
         return pc.cast(take(name), "float64").to_numpy(zero_copy_only=False)
 
-    data: dict = {"request_id": take("request_id").to_numpy(zero_copy_only=False).astype(object)}
+    # Arrow-backed strings (pandas' str dtype): no Python object per request. Records of older
+    # formats may lack an id; that column stays objects so a missing id reads as None.
+    ids = take("request_id")
+    data: dict = {"request_id": ids.to_pandas().array if not ids.null_count
+                  else ids.to_numpy(zero_copy_only=False).astype(object)}
     data["timestamp"] = pd.to_datetime(floats("end_time"), unit="s", utc=True)
     for name in ("start_time", "total_time", *FLOAT_COLUMNS):
         data[name] = floats(name)
@@ -721,7 +729,7 @@ def to_frame(table, stats: ReadStats | None = None):
         if name.startswith(STAGE_PREFIX):
             data[name] = floats(name)
         elif name.startswith(ATTR_PREFIX):
-            data[name] = _attribute_column(take(name).to_numpy(zero_copy_only=False), n)
+            data[name] = _attribute_column(take(name), n)
     return pd.DataFrame(data, copy=False)
 
 
@@ -732,37 +740,36 @@ def _categorical(column):
 
 
 def _attribute_column(texts, n: int):
-    """One attribute from its JSON texts: float64 when every value is a number (or missing), a
-    categorical when every value is a string, else objects (lists as shared tuples, so they can
-    be counted). Each distinct text is decoded once."""
+    """One attribute from its JSON texts (an Arrow column): float64 when every value is a
+    number (or missing), a categorical when every value is a string, else objects (lists as
+    shared tuples, so they can be counted). Each distinct text is decoded once, and no Python
+    object is made per row except in the last case."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    rows = slice(None)
-    codes, uniques = pd.factorize(texts, use_na_sentinel=True)
-    decoded = [_decode(u) for u in uniques]
+    encoded = pc.dictionary_encode(texts).combine_chunks() if isinstance(
+        texts, pa.ChunkedArray) else pc.dictionary_encode(texts)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype("int64")
+    decoded = [_decode(u) for u in encoded.dictionary.to_pylist()]
     kinds = {type(v) for v in decoded}
     if kinds <= {int, float, type(None)}:
-        out = np.full(n, np.nan)
         lookup = np.array([np.nan if v is None else v for v in decoded] + [np.nan], dtype="float64")
-        out[rows] = lookup[codes]
-        return out
+        return lookup[codes]
     if kinds <= {str, type(None)}:
         names = sorted({v for v in decoded if v is not None})
         index = {name: i for i, name in enumerate(names)}
         lookup = np.array([index.get(v, -1) if v is not None else -1 for v in decoded] + [-1],
                           dtype="int32")
-        full = np.full(n, -1, dtype="int32")
-        full[rows] = lookup[codes]
+        full = lookup[codes]
         if len(names) <= max(100, n // 2):
             return pd.Categorical.from_codes(full, categories=names)
         return np.array(names + [None], dtype=object)[full]
     objects = np.empty(len(decoded) + 1, dtype=object)
     for i, value in enumerate(decoded):
         objects[i] = _hashable(value)
-    out = np.full(n, None, dtype=object)
-    out[rows] = objects[codes]
-    return out
+    return objects[codes]
 
 
 def _decode(text):
