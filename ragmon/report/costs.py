@@ -15,7 +15,6 @@ records with a corrected price file, and reconciling computed spend with a provi
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import tempfile

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .sources import LogDirNotFound, LogFile, Sources, file_date, find_sources  # noqa: F401
+# LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
+from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
 # A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
 # room for big metadata while bounding what one line may cost.
@@ -275,11 +275,6 @@ def _lenient_select(files_sql: str, full: bool) -> str:
     FROM timed"""
 
 
-PARQUET_COLUMNS = ("timestamp", "start_time", "total_time", "request_id", *STRING_COLUMNS,
-                   *FLOAT_COLUMNS, "tokens", "cache", "stages", "stage_durations", "attributes",
-                   "cost_original", "price_match", "pricing", "repriced_at")
-
-
 def _parquet_select(files_sql: str, full: bool) -> str:
     extra = (", stages AS stages_json, to_json(attributes) AS attributes_json, "
              "timestamp AS timestamp_text, pricing, repriced_at" if full else "")
@@ -312,20 +307,6 @@ def connect(threads: int | None = None, spill_dir: Path | None = None):
             raise ValueError(f"workers={threads!r} must be a whole number >= 1 (None: every core)")
         con.execute(f"SET threads = {threads}")
     return con
-
-
-def records_query(sources: Sources, full: bool = False, jsonl: list | None = None) -> str | None:
-    """The SQL reading every file of `sources` (JSONL through `jsonl`, their readable stand-ins
-    when given) as one relation with the normalized columns; None if there is nothing to read."""
-    parts = []
-    jsonl = jsonl if jsonl is not None else [f.path for f in sources.jsonl]
-    if jsonl:
-        parts.append(_jsonl_select(_sql_list(jsonl), full))
-    if sources.parquet:
-        parts.append(_parquet_select(_sql_list([f.path for f in sources.parquet]), full))
-    if not parts:
-        return None
-    return "\nUNION ALL BY NAME\n".join(parts)
 
 
 # --- over-long lines ------------------------------------------------------------------------------
@@ -560,7 +541,6 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     Columns: end_time, the load_records() columns with stage_<name> durations and attr_<key>
     values as JSON text; ``full`` adds the whole stages (metadata included), attributes and
     pricing as JSON, for exports, compaction and repricing."""
-    import numpy as np
     import pyarrow.compute as pc
 
     sources = find_sources(log_dir, since, until)
@@ -851,7 +831,3 @@ def read_problems(read: dict) -> list[str]:
                         f"own regular files (symlinks out of the log directory, devices, pipes): "
                         f"{', '.join(read['ignored_files'][:3])}")
     return problems
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -3,7 +3,7 @@ seeded invoice in each accepted CSV shape."""
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 import pytest
 

@@ -183,7 +183,7 @@ def test_stage_names_and_attribute_keys_that_appear_later_become_columns(tmp_pat
 def test_the_engine_and_the_line_rules_agree(tmp_path, settings):
     # The engine (DuckDB) skips a line exactly when the second pass's rules name it.
     records = sample_records() + [rec(50, stages={"rerank": 0.2}, attributes={"flag": True})]
-    newest = write_records(tmp_path, records, raw_lines=[b"garbage\n", encode(rec(51)),
+    write_records(tmp_path, records, raw_lines=[b"garbage\n", encode(rec(51)),
                                                        b'{"stages": [1], "total_time": 1}\n'])
     engine = load_records(tmp_path, settings=settings)
     kept = []
