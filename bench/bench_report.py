@@ -1,12 +1,19 @@
 """Benchmark: write N realistic request records, then analyze them with `m2_3_report.py report`.
 
-    .venv/bin/python bench/bench_report.py [--records 1000000] [--keep DIR]
+    .venv/bin/python bench/bench_report.py [--records 1000000] [--keep DIR] [--old-ref COMMIT]
+                                           [--history 10000000] [--compact]
 
 Records are written through the real path (ragmon.instrument.records.make_record + DailyFileSink, one
 os.write per line) with 3 stages with metadata, 3 models, errors, cache, quality scores and
-seed-004 attributes. The analysis runs as a subprocess - the CLI exactly as an operator runs it -
-so its peak memory is measured alone (ru_maxrss of the child) and includes interpreter and
-imports. Targets (issue 4): analysis < 10 s and < 2 GB peak on a 2-core machine.
+attributes. Every analysis runs as a subprocess - the CLI exactly as an operator runs it - so
+its peak memory is measured alone and includes interpreter and imports. In the same run:
+
+* a bare DuckDB scan of the same JSONL files (the floor for the engine; target: the report
+  within 1.5x of it, peak under 1 GB), and with --old-ref COMMIT the report of an older commit
+  (the hand-built reader) on the same files;
+* the report over --history records (default 10M) written straight to the Parquet history
+  layout plus the JSONL day (target: under 10 s, under 2 GB);
+* with --compact, `compact` of one past day of --records records.
 """
 from __future__ import annotations
 
@@ -89,18 +96,17 @@ def write(log_dir: Path, n: int, end: float) -> tuple[float, float]:
     return clock() - start, in_sink
 
 
-def analyze(log_dir: Path, fmt: str) -> dict:
-    """Runs `m2_3_report.py report --hours 24` as a child process and measures it: wall time,
-    CPU time, the largest single-process peak RSS (ru_maxrss, exact) and the peak of the summed
-    RSS of the child and its parse workers (sampled every 20 ms with psutil: the whole tree's
-    memory at its worst moment, which ru_maxrss cannot tell)."""
+def measure(command: list[str]) -> dict:
+    """Runs `command` as a child process and measures it: wall time, CPU time, the largest
+    single-process peak RSS (ru_maxrss, exact) and the peak of the summed RSS of the child and
+    its own children (sampled every 20 ms with psutil: the whole tree at its worst moment)."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "m2_3_report.py"), "report", "--hours", "24",
-                             "--format", fmt, "--log-dir", str(log_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    # Files, not pipes: a child writing more than a pipe holds would block until the end.
+    stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT)
     tree_peak = 0
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -111,10 +117,12 @@ def analyze(log_dir: Path, fmt: str) -> dict:
             rss = 0
         tree_peak = max(tree_peak, rss)
         time.sleep(0.02)
-    out, errors = proc.communicate()
+    proc.wait()
     seconds = time.perf_counter() - start
+    stdout.seek(0), stderr.seek(0)
+    out, errors = stdout.read(), stderr.read()
     if proc.returncode != 0:
-        raise SystemExit(f"report failed ({proc.returncode}):\n{errors.decode()}")
+        raise SystemExit(f"{command} failed ({proc.returncode}):\n{errors.decode()}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"seconds": seconds,
             "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
@@ -122,45 +130,187 @@ def analyze(log_dir: Path, fmt: str) -> dict:
             "tree_peak_mib": tree_peak / 2**20, "output": out.decode()}
 
 
+def report_command(log_dir: Path, hours: float, tree: Path = ROOT) -> list[str]:
+    return [sys.executable, str(tree / "m2_3_report.py"), "report", "--hours", str(hours),
+            "--format", "text", "--log-dir", str(log_dir)]
+
+
+def bare_scan_command(log_dir: Path) -> list[str]:
+    """DuckDB alone reading the same JSONL files into Arrow, schema auto-detected: the floor
+    for any engine built on it."""
+    code = ("import duckdb, glob, sys; files = sorted(glob.glob(sys.argv[1] + '/*_performance.jsonl')); "
+            "con = duckdb.connect(); con.execute('SET enable_progress_bar = false'); "
+            "t = con.execute('SELECT * FROM read_json(?, format=\\'newline_delimited\\')', "
+            "[files]).to_arrow_table(); print(t.num_rows)")
+    return [sys.executable, "-c", code, str(log_dir)]
+
+
+def old_reader_tree(ref: str) -> Path:
+    """The package as of `ref` (a commit that still has the hand-built reader), unpacked into a
+    temporary directory, so the old reader runs in the same benchmark as the new engine."""
+    target = Path(tempfile.mkdtemp(prefix="bench_old_reader_"))
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def write_parquet_history(log_dir: Path, records: int, days: int, end_day: float) -> None:
+    """`records` records over the `days` UTC days before `end_day`, written straight to the
+    history layout that `compact` writes (one records.parquet per day partition)."""
+    import duckdb
+
+    per_day = records // days
+    con = duckdb.connect()
+    for d in range(days):
+        day_start = end_day - (days - d) * 86400
+        folder = log_dir / "history" / time.strftime("day=%Y-%m-%d", time.gmtime(day_start))
+        folder.mkdir(parents=True, exist_ok=True)
+        con.execute(f"""
+            COPY (
+              WITH r AS (
+                SELECT i, {day_start} + i * (86400.0 / {per_day}) AS finish, hash(i, {d}) AS h,
+                       ['gpt-4o-mini', 'claude-3-5-haiku', 'gpt-4o'][1 + (hash(i, {d}) % 3)::INT] AS model,
+                       0.05 + (hash(i, 1) % 1000) / 4000.0 AS retrieval,
+                       0.03 + (hash(i, 2) % 1000) / 8000.0 AS reranking,
+                       0.3 + (hash(i, 3) % 1000) / 700.0 AS generation
+                FROM range({per_day}) t(i))
+              SELECT strftime(to_timestamp(finish), '%Y-%m-%dT%H:%M:%S.%f+00:00') AS timestamp,
+                     finish - (retrieval + reranking + generation) AS start_time,
+                     retrieval + reranking + generation AS total_time,
+                     printf('%08x-%016x', i, h) AS request_id,
+                     CASE WHEN h % 50 = 0 THEN 'error' ELSE 'success' END AS status,
+                     CASE WHEN h % 50 = 0 THEN 'TimeoutError' END AS error_type,
+                     'rag_search' AS operation, model, 'rag-service' AS service,
+                     'production' AS env, (h % 1000) / 100000.0 AS cost,
+                     (h % 997) / 997.0 AS relevance_score, (h % 991) / 991.0 AS context_precision,
+                     retrieval + reranking + 0.1 AS time_to_first_token,
+                     {{'input': (200 + h % 2800)::BIGINT, 'output': (20 + h % 780)::BIGINT,
+                       'cached_input': 0::BIGINT}} AS tokens,
+                     {{'hits': (h % 2)::BIGINT, 'misses': ((h >> 1) % 2)::BIGINT}} AS cache,
+                     json_object('retrieval', json_object('duration', retrieval, 'metadata',
+                                   json_object('strategy', 'hybrid')),
+                                 'reranking', json_object('duration', reranking, 'metadata', json_object()),
+                                 'generation', json_object('duration', generation, 'metadata',
+                                   json_object('model', model))) AS stages,
+                     MAP {{'retrieval': {{'duration': retrieval}}, 'reranking': {{'duration': reranking}},
+                          'generation': {{'duration': generation}}}} AS stage_durations,
+                     MAP {{'agent_type': (CASE WHEN h % 10 < 3 THEN '"crewai"' ELSE '"simple"' END)::JSON,
+                          'tool_calls': ((h % 6)::VARCHAR)::JSON}} AS attributes,
+                     NULL::DOUBLE AS cost_original, NULL::VARCHAR AS price_match,
+                     NULL::JSON AS pricing, NULL::VARCHAR AS repriced_at
+              FROM r ORDER BY finish)
+            TO '{folder / "records.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
+    con.close()
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'measure'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 34}"]
+    lines += [f"{key.ljust(width)} | {value}" for key, value in rows]
+    return "\n".join(lines)
+
+
+def median_run(results: list[dict]) -> dict:
+    """The median of each measure over repeated runs (the report text of the first)."""
+    import statistics
+    return {key: statistics.median(r[key] for r in results) if key != "output" else results[0][key]
+            for key in results[0]}
+
+
+def run_row(name: str, result: dict, target: str = "") -> tuple[str, str]:
+    return (name, f"{result['seconds']:.2f} s wall, {result['cpu']:.1f} s CPU, "
+                  f"peak {result['tree_peak_mib']:,.0f} MiB{target}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--keep", metavar="DIR", help="write into DIR and keep it (default: a temp dir)")
+    parser.add_argument("--old-ref", metavar="COMMIT",
+                        help="also run the report of this commit (e.g. the last one with the "
+                        "hand-built reader) on the same files, side by side")
+    parser.add_argument("--history", type=int, default=10_000_000,
+                        help="records in the Parquet history benchmark (0: skip it)")
+    parser.add_argument("--compact", action="store_true", help="also time compacting one day of "
+                        "--records records")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each 1M measurement, interleaved (default 3; medians)")
     parser.add_argument("--show-report", action="store_true", help="print the text report too")
     args = parser.parse_args(argv)
-    log_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_report_"))
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_report_"))
+    log_dir = base / "jsonl"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cleanup = [] if args.keep else [base]
     try:
         if not any(log_dir.glob("*_performance.jsonl")):
             write_s, sink_s = write(log_dir, args.records, time.time())
         else:  # --keep DIR with records already there: analysis only
             write_s = sink_s = float("nan")
         size = sum(p.stat().st_size for p in log_dir.glob("*_performance.jsonl"))
-        result = analyze(log_dir, "text")
         rows = [("records", f"{args.records:,}"),
                 ("log files", str(len(list(log_dir.glob("*_performance.jsonl"))))),
                 ("file size", f"{size / 2**20:,.0f} MiB"),
                 ("generate + write time", f"{write_s:.1f} s"),
                 ("  of which DailyFileSink.write (encode + os.write)",
-                 f"{sink_s:.1f} s ({args.records / sink_s:,.0f} records/s)"),
-                ("analysis wall time (report --hours 24)", f"{result['seconds']:.2f} s (target < 10 s)"),
-                ("analysis CPU time (all processes)", f"{result['cpu']:.2f} s"),
-                ("analysis peak RSS, largest process", f"{result['maxrss_mib']:,.0f} MiB"),
-                ("analysis peak RSS, whole tree (sampled)",
-                 f"{result['tree_peak_mib']:,.0f} MiB (target < 2048 MiB)"),
-                ("cpus", str(os.cpu_count()))]
-        out = result["output"]
-        width = max(len(k) for k, _ in rows)
-        print(f"{'measure'.ljust(width)} | value")
-        print(f"{'-' * width}-+-{'-' * 30}")
-        for key, value in rows:
-            print(f"{key.ljust(width)} | {value}")
-        if args.show_report:
-            print(out)
-        else:
-            print("\n" + "\n".join(out.splitlines()[:12]))
+                 f"{sink_s:.1f} s ({args.records / sink_s:,.0f} records/s)")]
+        # Interleaved and repeated, medians reported: the machine may be shared.
+        commands = {"bare": bare_scan_command(log_dir), "new": report_command(log_dir, 24)}
+        if args.old_ref:
+            tree = old_reader_tree(args.old_ref)
+            cleanup.append(tree)
+            commands["old"] = report_command(log_dir, 24, tree)
+        runs: dict = {name: [] for name in commands}
+        for _ in range(args.repeat):
+            for name, command in commands.items():
+                runs[name].append(measure(command))
+        bare, new = median_run(runs["bare"]), median_run(runs["new"])
+        rows.append(("runs of each (interleaved; medians below)", str(args.repeat)))
+        rows.append(run_row("bare DuckDB scan (read_json -> Arrow)", bare))
+        rows.append(run_row("report --hours 24, DuckDB engine", new,
+                            f"; {new['seconds'] / bare['seconds']:.2f}x the bare scan "
+                            "(target <= 1.5x, peak < 1024 MiB)"))
+        if args.old_ref:
+            old = median_run(runs["old"])
+            rows.append(run_row(f"report --hours 24, reader of {args.old_ref}", old,
+                                f"; new/old {new['seconds'] / old['seconds']:.2f}x"))
+        rows.append(("cpus", str(os.cpu_count())))
+        print(table(rows))
+        out = new["output"]
+        print("\n" + ("\n".join(out.splitlines()[:12]) if not args.show_report else out))
+
+        if args.history:
+            start = time.perf_counter()
+            today = time.time() // 86400 * 86400
+            write_parquet_history(log_dir, args.history, 10, today - 86400)
+            gen = time.perf_counter() - start
+            size = sum(p.stat().st_size for p in (log_dir / "history").rglob("*.parquet"))
+            hist = measure(report_command(log_dir, 24 * 12))
+            print()
+            print(table([("Parquet history", f"{args.history:,} records, 10 day partitions, "
+                                             f"{size / 2**20:,.0f} MiB (generated in {gen:.1f} s)"),
+                         ("plus JSONL", f"{args.records:,} records"),
+                         run_row("report --hours 288 (history + JSONL)", hist,
+                                 " (target < 10 s, < 2048 MiB)")]))
+            print("\n".join(hist["output"].splitlines()[3:8]))
+            shutil.rmtree(log_dir / "history", ignore_errors=True)
+
+        if args.compact:
+            day_dir = base / "compact"
+            day_dir.mkdir(exist_ok=True)
+            end = time.time() // 86400 * 86400 - 2 * 86400 - 1800  # within one past UTC day
+            write(day_dir, args.records, end)
+            size = sum(p.stat().st_size for p in day_dir.glob("*_performance.jsonl"))
+            result = measure([sys.executable, str(ROOT / "m2_3_report.py"), "compact",
+                              "--log-dir", str(day_dir)])
+            parquet = sum(p.stat().st_size for p in (day_dir / "history").rglob("*.parquet"))
+            print()
+            print(table([("compact: one day", f"{args.records:,} records, {size / 2**20:,.0f} MiB "
+                                              f"JSONL -> {parquet / 2**20:,.0f} MiB Parquet"),
+                         run_row("compact", result)]))
+            shutil.rmtree(day_dir, ignore_errors=True)
     finally:
-        if not args.keep:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

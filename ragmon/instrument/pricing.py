@@ -296,7 +296,11 @@ def _read_price_file(path: str | Path, default: ModelPrice):
             if not set(version) <= set(PRICE_KINDS) | {"effective_from", "note"}:
                 raise ValueError(f"price file {str(path)!r}, model {model!r}: version {version!r} "
                                  f"may hold only effective_from and {list(PRICE_KINDS)}")
-            versions.append((day, _price(path, f"model {model!r} version {day}", version, base,
+            # A version names what changed; every other price is the entry's own, as written
+            # (a derived cache-write price follows the version's input price).
+            written = {kind: entry[kind] for kind in PRICE_KINDS if kind in entry}
+            versions.append((day, _price(path, f"model {model!r} version {day}",
+                                         {**written, **version}, base,
                                          f"{model}@{day.isoformat()}")))
         entries[model] = PriceEntry(model, base, versions)
         for key, target in (("aliases", aliases), ("patterns", patterns)):

@@ -65,6 +65,34 @@ def _quantiles(values, qs=(50, 95, 99)) -> list[float | None]:
     return [_f(v) for v in np.percentile(values, qs)]
 
 
+def _pricing(df, settings, cost, priced) -> dict:
+    """Spend priced by the table apart from spend priced at the default (a model missing from
+    the price table), and the records a reprice corrected."""
+    import numpy as np
+
+    out: dict = {}
+    try:
+        from ..instrument.pricing import PriceTable
+        from .costs import default_priced_mask
+        table = PriceTable.from_settings(settings)
+    except (OSError, ValueError):  # no readable price file: nothing to tell apart
+        table = None
+    if table is not None:
+        default = default_priced_mask(df, table) & priced
+        out["default_priced"] = {"requests": int(default.sum()),
+                                 "cost": _f(cost[default].sum()) if default.any() else 0.0,
+                                 "models": sorted({str(m) for m in df["model"][default].dropna()})}
+        out["table_priced"] = _f(cost[priced & ~default].sum()) if (priced & ~default).any() else 0.0
+    if "cost_original" in df:
+        original = df["cost_original"].to_numpy()
+        repriced = ~np.isnan(original)
+        out["repriced"] = {"requests": int(repriced.sum()),
+                           "cost_before": _f(original[repriced].sum()) if repriced.any() else 0.0,
+                           "cost_after": _f(np.nan_to_num(cost[repriced]).sum())
+                           if repriced.any() else 0.0}
+    return out
+
+
 def build_report(df, settings=None, *, hours: float | None = None, read_stats=None,
                  top: int = 10, now: float | None = None) -> dict:
     """The performance report of the records in `df` as a JSON-able dict.
@@ -132,7 +160,8 @@ def build_report(df, settings=None, *, hours: float | None = None, read_stats=No
     priced = ~np.isnan(cost)
     report["cost"] = {"total": _f(cost[priced].sum()) if priced.any() else 0.0,
                       "per_request": _f(cost[priced].mean()) if priced.any() else None,
-                      "requests_without_cost": int((~priced).sum())}
+                      "requests_without_cost": int((~priced).sum()),
+                      **_pricing(df, settings, cost, priced)}
     report["tokens"] = {kind: int(df[f"{kind}_tokens"].sum())
                         for kind in ("input", "output", "cached_input")}
     hits, misses = int(df["cache_hits"].sum()), int(df["cache_misses"].sum())

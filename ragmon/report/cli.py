@@ -7,8 +7,12 @@
     python m2_3_report.py cleanup [--days N] [--dry-run]
     python m2_3_report.py plot    [--output trends.png] [--hours 24] [--bucket 1h]
     python m2_3_report.py show    REQUEST_ID [--hours H] [--format text|json]
+    python m2_3_report.py compact                  # whole past days -> LOG_DIR/history (Parquet)
+    python m2_3_report.py reprice   --prices FILE [--since DATE] [--dry-run]
+    python m2_3_report.py reconcile --invoice FILE.csv [--tolerance 0.02] [--since DATE]
 
-Every command takes --log-dir DIR (default: LOG_DIR from the settings). Exit status: 0 done
+Every command takes --log-dir DIR [DIR ...] (default: LOG_DIR from the settings): several
+directories or quoted glob patterns, e.g. one per replica or host, read as one log. Exit status: 0 done
 (an empty period is not an error; it is said plainly), 1 nothing to plot or files cleanup could
 not delete, 2 bad usage, bad settings or a missing log directory.
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from .analysis import build_report as _build_report
 from .analysis import build_stats as _build_stats
 from .reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
+from .sources import as_dir_list
 from .formatting import format_csv, format_stats_text, format_text
 from .retention import check_days, cleanup_logs
 
@@ -59,8 +64,18 @@ def _check_hours(hours) -> float | None:
     return float(hours)
 
 
+def _log_dirs(log_dir, settings):
+    """`log_dir` as given (one path or pattern, or a list of them), else LOG_DIR."""
+    if log_dir is None:
+        return _settings(settings).log_dir
+    if isinstance(log_dir, (str, os.PathLike)):
+        return Path(log_dir).expanduser()
+    return [os.path.expanduser(str(entry)) for entry in as_dir_list(log_dir)]
+
+
 def load_records(log_dir=None, hours: float | None = None, *, settings=None,
-                 now: float | None = None, workers: int | None = None):
+                 now: float | None = None, workers: int | None = None,
+                 progress: bool = False):
     """The records of requests that ended in the last `hours` hours (None: all) as a DataFrame,
     one row per request, oldest first.
 
@@ -73,10 +88,15 @@ def load_records(log_dir=None, hours: float | None = None, *, settings=None,
     ``df.attrs["read_stats"]`` says which files were read and how many lines were skipped
     (torn or corrupt); ``df.attrs["hours"]`` and ``df.attrs["log_dir"]`` the period and
     directory. A missing directory raises LogDirNotFound (a FileNotFoundError) naming it.
+    ``log_dir`` may be a list of directories or glob patterns (every replica's log at once);
+    the JSONL files and the Parquet history (see ``compact``) are read together.
+    ``cost_original`` is the cost before a reprice (NaN if never repriced) and ``price_match``
+    how the record says it was priced (exact, pattern, default) when it says so.
     """
     hours = _check_hours(hours)
-    log_dir = Path(log_dir).expanduser() if log_dir is not None else _settings(settings).log_dir
-    df, stats = read_columns(log_dir, since_hours(hours, now), None, workers=workers)
+    log_dir = _log_dirs(log_dir, settings)
+    df, stats = read_columns(log_dir, since_hours(hours, now), None, workers=workers,
+                             progress="reading" if progress else None)
     df.attrs["read_stats"] = stats.as_dict()
     df.attrs["hours"] = hours
     df.attrs["log_dir"] = str(log_dir)
@@ -107,7 +127,7 @@ def plot_trends(df, output="trends.png", settings=None, bucket: str | None = Non
 
 
 def export_records(output, log_dir=None, hours: float | None = None, *, settings=None,
-                   now: float | None = None) -> dict:
+                   now: float | None = None, progress: bool = False) -> dict:
     """Writes the records of the period to `output`: .json (an object with the records as
     written, stage metadata included), .jsonl (the same lines as the log) or .csv (the
     load_records() columns). Written to a temporary file and renamed, so a reader never sees
@@ -119,11 +139,12 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
                          f"is not one of {', '.join(EXPORT_FORMATS)}; name the file e.g. "
                          "export.json or export.csv")
     hours = _check_hours(hours)
-    log_dir = Path(log_dir).expanduser() if log_dir is not None else _settings(settings).log_dir
+    log_dir = _log_dirs(log_dir, settings)
     since = since_hours(hours, now)
     output.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh, unpredictable name created exclusively (O_EXCL): a symlink planted at a guessable
-    # temporary name cannot redirect the export into another file.
+    # A fresh name made with O_EXCL in the target directory: never a file someone placed there
+    # (or a symlink to follow), and the rename below stays on one file system.
+    import tempfile
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -136,12 +157,16 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
             from .reader import ReadStats
             from ..instrument.records import encode
             stats = ReadStats(str(log_dir))
+            records = iter_records(log_dir, since, None, stats)
+            if progress:
+                from tqdm import tqdm
+                records = tqdm(records, desc="export", unit=" records", leave=False)
             count = 0
             with open(tmp, "wb") as f:
                 if suffix == ".json":
                     head = {"exported_at": _now_iso(now), "log_dir": str(log_dir), "hours": hours}
                     f.write(json.dumps(head)[:-1].encode() + b', "records": [\n')
-                for record in iter_records(log_dir, since, None, stats):
+                for record in records:
                     line = encode(record)
                     if suffix == ".json":
                         line = (b",\n" if count else b"") + line[:-1]
@@ -171,6 +196,25 @@ def _csv_ready(df):
 def _now_iso(now: float | None = None) -> str:
     from datetime import datetime, timezone
     return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).isoformat()
+
+
+MAX_BUCKETS = 10_000
+
+
+def _check_bucket(bucket: str, hours: float) -> None:
+    """A bucket must be a time span that cuts the period into at most MAX_BUCKETS rows: a 1us
+    bucket over a day would build billions of empty rows."""
+    import pandas as pd
+    try:
+        width = pd.tseries.frequencies.to_offset(bucket)
+        seconds = pd.Timedelta(width).total_seconds()
+    except (ValueError, TypeError):
+        raise UsageError(f"--bucket {bucket!r} is not a time span; expected a pandas frequency "
+                         "such as 5min, 1h or 1D") from None
+    if seconds <= 0 or hours * 3600 / seconds > MAX_BUCKETS:
+        raise UsageError(f"--bucket {bucket!r} cuts {hours:g} h into more than {MAX_BUCKETS:,} "
+                         f"rows; choose a bucket of at least {hours * 3600 / MAX_BUCKETS:g} s, "
+                         "e.g. 5min or 1h")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -209,8 +253,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-dir", metavar="DIR",
-                        help="directory of the *_performance.jsonl files (default: LOG_DIR)")
+    common.add_argument("--log-dir", metavar="DIR", nargs="+", action="extend",
+                        help="directories of the *_performance.jsonl files and their history/, "
+                        "or quoted glob patterns, e.g. 'logs/*' (default: LOG_DIR)")
     parser = argparse.ArgumentParser(
         prog="m2_3_report.py", description="Reports on the request log (one JSON record per "
         "request, written by @monitored_query and PerformanceMonitor).",
@@ -253,6 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image to write, .png/.svg/.pdf (default trends.png)")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
     p.add_argument("--bucket", help="time bucket, a pandas frequency (default: from the span)")
+
+    sub.add_parser("compact", parents=[common],
+                   help="move whole past days from JSONL to Parquet (LOG_DIR/history/day=...)")
+
+    p = sub.add_parser("reprice", parents=[common],
+                       help="recompute the cost of past records with a corrected price file")
+    p.add_argument("--prices", required=True, metavar="FILE", help="JSON price file")
+    p.add_argument("--since", type=_date_arg, metavar="DATE", help="first day, YYYY-MM-DD (UTC)")
+    p.add_argument("--dry-run", action="store_true", help="only print the change by day and model")
+
+    p = sub.add_parser("reconcile", parents=[common],
+                       help="compare spend by day and model with a provider's cost export (CSV)")
+    p.add_argument("--invoice", required=True, metavar="FILE",
+                   help="CSV: date,model,cost, or OpenAI's or Anthropic's cost export")
+    p.add_argument("--tolerance", type=_fraction_arg, default=0.02,
+                   help="relative difference to ignore (default 0.02 = 2%%)")
     return parser
 
 
@@ -290,6 +351,24 @@ def format_request(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _date_arg(text: str):
+    from datetime import date
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; e.g. --since 2026-11-01") from None
+
+
+def _fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1); e.g. 0.02 for 2%")
+    return value
+
+
 def _warn_skipped(df_or_stats, err) -> None:
     stats = df_or_stats.attrs["read_stats"] if hasattr(df_or_stats, "attrs") else df_or_stats
     problems = read_problems(stats)
@@ -313,7 +392,11 @@ def _run(args, out, err) -> int:
         settings = _settings()
     except ValueError as exc:  # config.ConfigError
         raise UsageError(f"bad settings: {exc}") from None
-    log_dir = Path(args.log_dir).expanduser() if args.log_dir else settings.log_dir
+    log_dir = _log_dirs(args.log_dir, settings)
+    if isinstance(log_dir, list) and len(log_dir) == 1:
+        log_dir = Path(log_dir[0])
+    shown = log_dir if not isinstance(log_dir, list) else ", ".join(log_dir)
+    tty = err.isatty() if hasattr(err, "isatty") else False
     command = args.command
 
     if command == "show":
@@ -334,7 +417,8 @@ def _run(args, out, err) -> int:
     if command == "config":
         from ..settings import describe
         values = describe(settings)
-        values["(log directory in use)"] = str(log_dir.resolve())
+        values["(log directory in use)"] = (str(log_dir.resolve()) if isinstance(log_dir, Path)
+                                            else shown)
         if args.format == "json":
             json.dump(values, out, indent=2, default=str)
             out.write("\n")
@@ -345,29 +429,55 @@ def _run(args, out, err) -> int:
         return 0
 
     if command == "cleanup":
+        from .sources import resolve_dirs
         days = args.days if args.days is not None else settings.LOG_RETENTION_DAYS
-        result = cleanup_logs(log_dir, days, dry_run=args.dry_run)
-        verb = "would delete" if args.dry_run else "deleted"
-        out.write(f"{verb} {len(result.deleted)} log file(s) older than {days} day(s) in "
-                  f"{log_dir} ({result.freed_bytes / 2**20:,.1f} MiB); kept {len(result.kept)}\n")
-        for name in result.deleted:
-            out.write(f"  {name}\n")
-        for failure in result.failed:
-            print(f"m2_3_report cleanup: could not delete {failure}", file=err)
-        return 1 if result.failed else 0
+        failed = 0
+        for directory in resolve_dirs(log_dir):
+            result = cleanup_logs(directory, days, dry_run=args.dry_run)
+            verb = "would delete" if args.dry_run else "deleted"
+            out.write(f"{verb} {len(result.deleted)} log file(s) older than {days} day(s) in "
+                      f"{directory} ({result.freed_bytes / 2**20:,.1f} MiB); kept {len(result.kept)}\n")
+            for name in result.deleted:
+                out.write(f"  {name}\n")
+            for failure in result.failed:
+                print(f"m2_3_report cleanup: could not delete {failure}", file=err)
+            failed += len(result.failed)
+        return 1 if failed else 0
+
+    if command == "compact":
+        from .compact import compact_logs
+        for result in compact_logs(log_dir, progress=tty):
+            out.write(f"compacted {len(result.compacted)} day(s), {result.records:,} records, "
+                      f"into {result.log_dir}/history")
+            if result.rejected_lines:
+                out.write(f"; kept {result.rejected_lines} unreadable line(s) in rejected.jsonl")
+            out.write("\n")
+            for name in result.compacted:
+                out.write(f"  {name}\n")
+            for name in result.finished:
+                out.write(f"  {name} (already in the history: deleted)\n")
+            for problem in result.skipped:
+                print(f"m2_3_report compact: skipped {problem}", file=err)
+        return 0
+
+    if command == "reprice":
+        return _reprice(args, log_dir, settings, out, err)
+
+    if command == "reconcile":
+        return _reconcile(args, log_dir, settings, out, err)
 
     if command == "export":
-        result = export_records(args.output, log_dir, args.hours, settings=settings)
+        result = export_records(args.output, log_dir, args.hours, settings=settings, progress=tty)
         _warn_skipped(result["read"], err)
         if result["records"]:
             out.write(f"exported {result['records']:,} records from the last {args.hours:g} h "
-                      f"in {log_dir} to {result['output']}\n")
+                      f"in {shown} to {result['output']}\n")
         else:
-            out.write(f"no requests in the last {args.hours:g} h in {log_dir}; wrote an empty "
+            out.write(f"no requests in the last {args.hours:g} h in {shown}; wrote an empty "
                       f"export to {result['output']}\n")
         return 0
 
-    df = load_records(log_dir, args.hours, settings=settings)
+    df = load_records(log_dir, args.hours, settings=settings, progress=tty)
     _warn_skipped(df, err)
 
     if command == "report":
@@ -381,6 +491,9 @@ def _run(args, out, err) -> int:
             out.write(format_text(report))
         return 0
 
+    if command in ("stats", "plot") and args.bucket:
+        _check_bucket(args.bucket, args.hours)
+
     if command == "stats":
         stats = build_stats(df, settings, hours=args.hours, bucket=args.bucket)
         if args.format == "json":
@@ -392,13 +505,61 @@ def _run(args, out, err) -> int:
 
     if command == "plot":
         if len(df) == 0:
-            print(f"m2_3_report plot: no requests in the last {args.hours:g} h in {log_dir}; "
+            print(f"m2_3_report plot: no requests in the last {args.hours:g} h in {shown}; "
                   "nothing to plot (no file written)", file=err)
             return 1
         path = plot_trends(df, args.output, settings, bucket=args.bucket)
         out.write(f"wrote {path} ({len(df):,} requests, last {args.hours:g} h)\n")
         return 0
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
+
+
+def _reprice(args, log_dir, settings, out, err) -> int:
+    from .costs import reprice_logs
+    try:
+        result = reprice_logs(log_dir, args.prices, settings, since=args.since,
+                              dry_run=args.dry_run)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc).replace("MODEL_PRICES_FILE=", "--prices ")) from None
+    verb = "would reprice" if args.dry_run else "repriced"
+    out.write(f"{verb} {result.records:,} records in {len(result.files)} file(s) with "
+              f"{args.prices}\n")
+    if result.rows:
+        out.write(f"{'day':<10}  {'model':<28} {'requests':>9} {'before':>12} {'after':>12} "
+                  f"{'delta':>12}\n")
+        for row in result.rows:
+            out.write(f"{row['day']:<10}  {row['model'][:28]:<28} {row['requests']:>9,} "
+                      f"{row['old']:>12.4f} {row['new']:>12.4f} {row['delta']:>+12.4f}\n")
+        total = sum(r["delta"] for r in result.rows)
+        out.write(f"{'total':<10}  {'':<28} {sum(r['requests'] for r in result.rows):>9,} "
+                  f"{sum(r['old'] for r in result.rows):>12.4f} "
+                  f"{sum(r['new'] for r in result.rows):>12.4f} {total:>+12.4f}\n")
+    if result.skipped_today:
+        print(f"m2_3_report reprice: left {result.skipped_today:,} records of the day in progress "
+              "as they are (writers still append to it); run reprice again tomorrow", file=err)
+    for note in result.notes:
+        print(f"m2_3_report reprice: {note}", file=err)
+    return 0
+
+
+def _reconcile(args, log_dir, settings, out, err) -> int:
+    from ..instrument.pricing import PriceTable
+    from .costs import read_invoice, reconcile
+    try:
+        invoice, shape = read_invoice(args.invoice)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    df = load_records(log_dir, None, settings=settings)
+    _warn_skipped(df, err)
+    days = sorted({day for day, _ in invoice})
+    differences = reconcile(df, invoice, PriceTable.from_settings(settings), args.tolerance)
+    out.write(f"invoice {args.invoice} ({shape} shape): {len(invoice)} day/model rows, "
+              f"{days[0] if days else '-'} to {days[-1] if days else '-'}; "
+              f"{len(differences)} difference(s) beyond {args.tolerance:.0%}\n")
+    for d in differences:
+        out.write(f"  {d.day}  {d.model:<28} computed {d.computed:>10.4f}  invoiced "
+                  f"{d.invoiced:>10.4f}  delta {d.delta:>+10.4f}  {d.cause}\n")
+    return 0
 
 
 if __name__ == "__main__":

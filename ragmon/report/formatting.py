@@ -88,6 +88,15 @@ def format_text(report: dict) -> str:
             f"{tokens['cached_input']:,}"
             + (f"   ({cost['requests_without_cost']:,} requests without a cost)"
                if cost["requests_without_cost"] else "")]
+    default = cost.get("default_priced")
+    if default and default["requests"]:
+        out.append(f"  default-priced (model not in the price table): {_money(default['cost'])} "
+                   f"over {default['requests']:,} requests ({', '.join(default['models'][:5])}); "
+                   f"table-priced {_money(cost.get('table_priced'))}")
+    repriced = cost.get("repriced")
+    if repriced and repriced["requests"]:
+        out.append(f"  repriced: {repriced['requests']:,} requests, {_money(repriced['cost_before'])}"
+                   f" before, {_money(repriced['cost_after'])} now (see cost_original)")
     if report["models"]:
         out += _table(["model", "requests", "cost", "per request", "input tok", "output tok",
                        "cached tok", "p95", "error rate"],

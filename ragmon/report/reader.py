@@ -1,63 +1,71 @@
-"""Reading the request log (LOG_DIR/YYYYMMDD_performance.jsonl) into records or a DataFrame.
+"""Reading the request log - daily JSONL files and their Parquet history - into a DataFrame.
 
-The log is shared by many writers and may be read while they append, so a reader must expect a
-torn last line (a write in progress, or a crash mid-write) and lines that are not records at all
-(a hand edit, a disk error). Such lines are skipped and counted in ``ReadStats``, never fatal;
-callers print ``read_problems(stats)`` so a skipped line is never silent.
+The engine is DuckDB (embedded, no server): it reads the JSONL files and the Parquet day
+partitions in one query, on every core, and hands back Arrow columns that become the pandas
+DataFrame of ``load_records()``. What it cannot use is never fatal and never silent:
 
-Speed matters: a busy service writes a million records a day, and a report over them should
-take seconds. With msgspec installed, each line is decoded straight into a typed struct that
-skips what reports never read (stage metadata), checking types as it goes; a line that does not
-fit (an older or hand-written record, a string where a number belongs) takes the lenient path,
-which keeps what it can and counts what it cannot. Without msgspec the lenient path (stdlib json)
-reads everything, correctly but several times slower. Big logs are parsed by several processes.
+* A line DuckDB cannot parse (a torn last line, a write cut short, a hand edit, a line nested
+  too deep) comes back as an all-NULL row; a parsed record without usable times or with malformed
+  stages fails the validity test in the query. Both are counted per file. For a file with such
+  rows a second pass reads that file line by line (bounded line length, no recursion) and names
+  each skipped line with its file, line number and reason.
+* A line longer than MAX_LINE_BYTES stops DuckDB's JSON reader outright, so such a file is
+  copied once to a temporary file without its over-long lines (each counted with its line
+  number), and the copy is read instead. A hostile 1 GB line costs one linear pass.
+* A value of the wrong type (a string where a number belongs, NaN) is read as missing and
+  counted in ``bad_values``.
+
+Records are read leniently: any stage names, any ``attributes`` keys, records from older versions
+of the format (only ``timestamp`` and ``total_time``; naive timestamps taken as UTC).
 """
 from __future__ import annotations
 
-import gc
 import json
 import math
-import operator
 import os
-import re
+import sys
+import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from ..instrument.records import LOG_FILE_GLOB, LOG_FILE_SUFFIX
+# LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
+from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
-try:
-    import msgspec
-except ImportError:  # the lenient path alone still reads everything
-    msgspec = None
-
-_FILE_RE = re.compile(r"^(\d{8})" + re.escape(LOG_FILE_SUFFIX) + "$")
-_READ_BLOCK = 1 << 24  # bytes of lines read at a time: large enough to amortise, small in memory
-_NUM = (int, float)
+# A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
+# room for big metadata while bounding what one line may cost.
+MAX_LINE_BYTES = 16 << 20
+STRING_COLUMNS = ("status", "error_type", "operation", "model", "service", "env")
+FLOAT_COLUMNS = ("cost", "relevance_score", "context_precision", "time_to_first_token")
+COUNT_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_5m_tokens",
+                 "cache_write_1h_tokens", "reasoning_tokens", "cache_hits", "cache_misses")
+# Token kinds beyond input, output and cached input: in a record only when non-zero.
+EXTRA_TOKEN_KINDS = ("cache_write_5m", "cache_write_1h", "reasoning")
+# How a record was priced and what it cost before a reprice (see ragmon.report.costs).
+PRICING_COLUMNS = ("cost_original", "price_match")
+STAGE_PREFIX = "stage_"
+ATTR_PREFIX = "attr_"
+# Stage names and attribute keys become columns up to these many; further ones are counted and
+# ignored. Like metric labels they must be bounded: a key per user would make a column per user.
+MAX_STAGE_NAMES = 100
+MAX_ATTRIBUTE_KEYS = 100
 
 # Reasons a line is skipped, as counted in ReadStats.skipped.
 TORN = "torn_last_line"
 CORRUPT = "corrupt_json"
 NOT_OBJECT = "not_an_object"
 BAD_FIELDS = "bad_fields"
+TOO_LONG = "line_too_long"
+UNEXPLAINED = "rejected_by_engine"
 _REASON_WORDS = {TORN: "torn last line (a write in progress or cut short)",
                  CORRUPT: "not valid JSON", NOT_OBJECT: "JSON but not an object",
-                 BAD_FIELDS: "missing or invalid start_time/total_time, or malformed stages"}
-
-
-class LogDirNotFound(FileNotFoundError):
-    """The log directory does not exist; the message says where we looked and how to point
-    elsewhere."""
-
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        super().__init__(
-            f"log directory {str(log_dir)!r} does not exist (looked at {log_dir.resolve()}); "
-            "pass --log-dir DIR (or log_dir=...) or set LOG_DIR to where the service writes "
-            "its *_performance.jsonl files")
+                 BAD_FIELDS: "missing or invalid start_time/total_time, or malformed stages",
+                 TOO_LONG: f"longer than {MAX_LINE_BYTES >> 20} MiB",
+                 UNEXPLAINED: "rejected by the engine"}
+_MAX_EXAMPLES = 10
 
 
 @dataclass
@@ -70,19 +78,20 @@ class ReadStats:
     records: int = 0  # valid records in the period
     outside_period: int = 0
     skipped: Counter = field(default_factory=Counter)
-    examples: list[tuple] = field(default_factory=list)  # (file name, line, reason), first few
+    examples: list[tuple] = field(default_factory=list)  # (file, line, reason), first few
     ignored_names: set = field(default_factory=set)  # stage names/attribute keys past the limits
+    ignored_files: list[str] = field(default_factory=list)  # symlinks out of the log, not regular
     bad_values: int = 0  # numeric fields that held something else, read as missing
-    parser: str = field(default_factory=lambda: "msgspec" if msgspec is not None else "json")
+    parser: str = "duckdb"
 
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
-    def skip(self, path: Path, lineno: int, reason: str) -> None:
+    def skip(self, path, lineno: int, reason: str) -> None:
         self.skipped[reason] += 1
-        if len(self.examples) < 5:
-            self.examples.append((path.name, lineno, reason))
+        if len(self.examples) < _MAX_EXAMPLES:
+            self.examples.append((Path(path).name, lineno, reason))
 
     def example_texts(self) -> list[str]:
         return [f"{name}:{line}: {_REASON_WORDS[reason]}" for name, line, reason in self.examples]
@@ -93,720 +102,7 @@ class ReadStats:
                 "skipped_lines": self.skipped_total, "skipped_by_reason": dict(self.skipped),
                 "skipped_examples": self.example_texts(), "bad_values": self.bad_values,
                 "ignored_names": sorted(self.ignored_names),
-                "parser": self.parser}
-
-
-def file_date(path: Path) -> datetime | None:
-    """The UTC date in a log file's name, or None if the name is not a valid log file name."""
-    match = _FILE_RE.match(path.name)
-    if not match:
-        return None
-    try:
-        return datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=timezone.utc)
-    except ValueError:  # 20261399_performance.jsonl matches the glob but is no date
-        return None
-
-
-def log_files(log_dir: str | Path, since: float | None = None, until: float | None = None
-              ) -> list[Path]:
-    """Log files in `log_dir` (not its subdirectories) that can hold records ending in
-    [since, until), oldest first. Raises LogDirNotFound if the directory is missing."""
-    log_dir = Path(log_dir).expanduser()
-    if not log_dir.is_dir():
-        raise LogDirNotFound(log_dir)
-    found = []
-    for path in log_dir.glob(LOG_FILE_GLOB):
-        day = file_date(path)
-        if day is None or not path.is_file():
-            continue
-        start = day.timestamp()
-        # A file holds records whose end falls on its UTC day: [start, start + 1 day).
-        if since is not None and start + 86400 <= since:
-            continue
-        if until is not None and start >= until:
-            continue
-        found.append((start, path))
-    return [path for _, path in sorted(found)]
-
-
-def _loads_any(line: bytes):
-    """Untyped decode. The stdlib parser is the last resort because it also accepts the NaN
-    and Infinity that json.dumps writes for float('nan')."""
-    if msgspec is not None:
-        try:
-            return msgspec.json.decode(line)
-        except msgspec.DecodeError:
-            pass
-    return json.loads(line)  # raises ValueError (JSONDecodeError, UnicodeDecodeError)
-
-
-def _end_time(record: dict) -> float | None:
-    """End of the request in epoch seconds from start_time + total_time (or the ISO timestamp),
-    or None if total_time is not a finite number >= 0 or neither time is usable."""
-    start, total = record.get("start_time"), record.get("total_time")
-    if type(total) not in _NUM or not math.isfinite(total) or total < 0:
-        return None
-    if type(start) in _NUM and math.isfinite(start):
-        return start + total
-    stamp = record.get("timestamp")
-    if isinstance(stamp, str):
-        try:
-            parsed = datetime.fromisoformat(stamp)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:  # records without a zone (older writers) are taken as UTC
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.timestamp()
-    return None
-
-
-def _parse_line(line: bytes, path, lineno: int, stats) -> dict | None:
-    """The record on one line, or None after counting why it was skipped (a blank line is not
-    counted: it is no record at all)."""
-    try:
-        record = _loads_any(line)
-    except ValueError:
-        if line.strip():
-            stats.skip(path, lineno, CORRUPT if line.endswith(b"\n") else TORN)
-        return None
-    problem = _record_problem(record)
-    if problem is not None:
-        stats.skip(path, lineno, problem)
-        return None
-    return record
-
-
-def _record_problem(record) -> str | None:
-    """Why `record` (decoded JSON) cannot be used as a request record, or None."""
-    if type(record) is not dict:
-        return NOT_OBJECT
-    if _end_time(record) is None:
-        return BAD_FIELDS
-    stages = record.get("stages")
-    if stages is None:
-        return None
-    if type(stages) is not dict:
-        return BAD_FIELDS
-    for entry in stages.values():
-        if type(entry) is not dict:
-            return BAD_FIELDS
-        duration = entry.get("duration")
-        if type(duration) not in _NUM or not math.isfinite(duration):
-            return BAD_FIELDS
-    return None
-
-
-def iter_records(log_dir: str | Path, since: float | None = None, until: float | None = None,
-                 stats: ReadStats | None = None) -> Iterator[dict]:
-    """Each valid record ending in [since, until), file by file, as the dict that was written
-    (for exports and small reads; read_columns() is the fast path for analysis). Pass a
-    ReadStats to learn what was skipped."""
-    stats = stats if stats is not None else ReadStats(str(log_dir))
-    for path in log_files(log_dir, since, until):
-        stats.files.append(str(path))
-        with open(path, "rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                stats.lines += 1
-                record = _parse_line(line, path, lineno, stats)
-                if record is None:
-                    continue
-                end = _end_time(record)
-                if (since is not None and end < since) or (until is not None and end >= until):
-                    stats.outside_period += 1
-                    continue
-                stats.records += 1
-                yield record
-
-
-# --- columnar reading --------------------------------------------------------------------------
-#
-# The per-line work is kept to C calls: msgspec decodes a line into a struct built for the stage
-# names and attribute keys seen so far (skipping stage metadata without building it), and three
-# attrgetters pull every needed value into tuples. Checking, filtering by time and conversion to
-# numpy happen once per block of lines. A line the typed decoder refuses - a new stage name or
-# attribute key, an older or hand-written record, a wrong type - takes the lenient path, which
-# learns new names (the next struct knows them) and reads what it can.
-
-STRING_COLUMNS = ("status", "error_type", "operation", "model", "service", "env")
-FLOAT_COLUMNS = ("cost", "relevance_score", "context_precision", "time_to_first_token")
-COUNT_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_hits",
-                 "cache_misses")
-STAGE_PREFIX = "stage_"
-ATTR_PREFIX = "attr_"
-# Stage names and attribute keys are read into columns up to these many; further ones are
-# counted and ignored. Like metric labels they must be bounded: a key per user or document
-# would make a column per user.
-MAX_STAGE_NAMES = 100
-MAX_ATTRIBUTE_KEYS = 100
-
-_COUNT_PATHS = ("tokens.input", "tokens.output", "tokens.cached_input", "cache.hits",
-                "cache.misses")
-_N_FIXED = 2 + len(FLOAT_COLUMNS) + len(COUNT_COLUMNS)  # numbers before the stage durations
-_strings_of = operator.attrgetter("request_id", *STRING_COLUMNS)
-
-
-class _Schema:
-    """The stage names and attribute keys known so far, and the decoder and getters for them."""
-
-    def __init__(self):
-        self.stages: list[str] = []
-        self.attributes: list[str] = []
-        self._build()
-
-    def knows(self, stage_names, attribute_keys) -> bool:
-        """False if a name is new and there is room for it (learn() would change the schema)."""
-        return (all(n in self.stages for n in stage_names) or len(self.stages) >= MAX_STAGE_NAMES) \
-            and (all(k in self.attributes for k in attribute_keys)
-                 or len(self.attributes) >= MAX_ATTRIBUTE_KEYS)
-
-    def learn(self, stage_names, attribute_keys, stats: ReadStats) -> bool:
-        """Adds unseen names (up to the limits); True if the schema changed."""
-        added = False
-        for names, known, limit, kind in ((stage_names, self.stages, MAX_STAGE_NAMES, "stage"),
-                                          (attribute_keys, self.attributes, MAX_ATTRIBUTE_KEYS,
-                                           "attribute")):
-            for name in names:
-                if name in known:
-                    continue
-                if len(known) < limit:
-                    known.append(name)
-                    added = True
-                elif len(stats.ignored_names) < 20:
-                    stats.ignored_names.add(f"{kind} {name}")
-        if added:
-            self._build()
-        return added
-
-    def _build(self) -> None:
-        stage_paths = tuple(f"stages.s{i}.duration" for i in range(len(self.stages)))
-        self.numbers_of = operator.attrgetter("start_time", "total_time", *FLOAT_COLUMNS,
-                                              *_COUNT_PATHS, *stage_paths)
-        self.attributes_of = (operator.attrgetter(*(f"attributes.a{i}"
-                                                     for i in range(len(self.attributes))))
-                              if self.attributes else None)
-        decoder = _typed_decoder(self.stages, self.attributes)
-        self.decode = decoder.decode if decoder is not None else None
-        self.decode_lines = decoder.decode_lines if decoder is not None else None
-
-    def row(self, record: dict, c: "Columns"):
-        """An object with the typed struct's attributes, from a record dict (lenient path).
-        Values of the wrong type are read as missing and counted in c.bad_values."""
-        def number(value):
-            if value is None or (type(value) in _NUM and math.isfinite(value)):
-                return value
-            c.bad_values += 1
-            return None
-
-        def count(mapping, key):
-            value = mapping.get(key) if type(mapping) is dict else None
-            if value is None:
-                return 0
-            if type(value) is int or (type(value) is float and value.is_integer()):
-                return int(value)
-            c.bad_values += 1
-            return 0
-
-        def text(value):
-            return value if value is None or type(value) is str else str(value)
-
-        get = record.get
-        end = _end_time(record)
-        total = float(get("total_time"))
-        row = _Namespace(start_time=end - total, total_time=total,
-                         request_id=text(get("request_id")))
-        for name in STRING_COLUMNS:
-            setattr(row, name, text(get(name)))
-        for name in FLOAT_COLUMNS:
-            setattr(row, name, number(get(name)))
-        tokens, cache = get("tokens"), get("cache")
-        row.tokens = _Namespace(input=count(tokens, "input"), output=count(tokens, "output"),
-                                cached_input=count(tokens, "cached_input"))
-        row.cache = _Namespace(hits=count(cache, "hits"), misses=count(cache, "misses"))
-        stages = get("stages") or {}
-        row.stages = _Namespace(**{
-            f"s{i}": _Namespace(duration=float(stages[name]["duration"]) if name in stages
-                                else math.nan) for i, name in enumerate(self.stages)})
-        attributes = get("attributes")
-        if attributes is not None and type(attributes) is not dict:
-            c.bad_values += 1
-            attributes = None
-        attributes = attributes or {}
-        row.attributes = _Namespace(**{f"a{i}": attributes.get(key)
-                                       for i, key in enumerate(self.attributes)})
-        return row
-
-
-class _Namespace:
-    """A plain object for the lenient path's rows (attrgetter needs attributes)."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
-
-
-def _typed_decoder(stage_names: list[str], attribute_keys: list[str]):
-    """A msgspec decoder for records with exactly these stage names and attribute keys (an
-    unknown one fails, so the lenient path can learn it); None without msgspec."""
-    if msgspec is None:
-        return None
-    stage = msgspec.defstruct("Stage", [("duration", float)], gc=False)
-    missing = stage(duration=math.nan)
-    stages = msgspec.defstruct(
-        "Stages", [(f"s{i}", stage, msgspec.field(default_factory=lambda: missing, name=name))
-                   for i, name in enumerate(stage_names)], forbid_unknown_fields=True, gc=False)
-    attributes = msgspec.defstruct(
-        "Attributes", [(f"a{i}", Any, msgspec.field(default=None, name=key))
-                       for i, key in enumerate(attribute_keys)], forbid_unknown_fields=True)
-    tokens = msgspec.defstruct("Tokens", [("input", int, 0), ("output", int, 0),
-                                          ("cached_input", int, 0)], gc=False)
-    cache = msgspec.defstruct("Cache", [("hits", int, 0), ("misses", int, 0)], gc=False)
-    record = msgspec.defstruct("Record", [
-        ("start_time", float), ("total_time", float),
-        ("request_id", str | None, None),
-        *((name, str | None, None) for name in STRING_COLUMNS),
-        *((name, float | None, None) for name in FLOAT_COLUMNS),
-        ("tokens", tokens, msgspec.field(default_factory=tokens)),
-        ("cache", cache, msgspec.field(default_factory=cache)),
-        ("stages", stages, msgspec.field(default_factory=stages)),
-        ("attributes", attributes, msgspec.field(default_factory=attributes)),
-    ], gc=False)
-    return msgspec.json.Decoder(record)
-
-
-class Columns:
-    """Blocks of column arrays, one block per run of lines read with one schema; concatenated
-    by column name at the end (a column missing from a block is NaN/None there)."""
-
-    def __init__(self):
-        self.n = 0
-        self.schema = _Schema()
-        self.blocks: list[dict] = []
-        self.categories: list[dict[str, int]] = [{} for _ in STRING_COLUMNS]
-        self.interned: dict = {}
-        self.attr_categories: dict[str, dict[str, int]] = {}
-        self.bad_values = 0  # fields holding a value of the wrong type, read as missing
-
-    def add_block(self, numbers: list, strings: list, attributes: list, linenos: list,
-                  path: Path, since, until, stats: ReadStats) -> None:
-        """Checks, filters by time and converts rows read with the current schema."""
-        import numpy as np
-
-        if not numbers:
-            return
-        schema = self.schema
-        matrix = np.array(numbers, dtype="float64")  # None (no cost, no score) becomes NaN
-        start, total = matrix[:, 0], matrix[:, 1]
-        end = start + total
-        valid = np.isfinite(end) & (total >= 0)
-        if not valid.all():
-            if callable(linenos):
-                linenos = linenos()
-            for k in np.flatnonzero(~valid):
-                stats.skip(path, linenos[k], BAD_FIELDS)
-        keep = valid
-        if since is not None:
-            keep = keep & (end >= since)
-        if until is not None:
-            keep = keep & (end < until)
-        stats.outside_period += int((valid & ~keep).sum())
-        if not keep.any():
-            return
-        everything = bool(keep.all())
-        index = None if everything else np.flatnonzero(keep)
-        if not everything:
-            matrix, end = matrix[index], end[index]
-        block: dict = {"n": len(matrix), "end": end, "start_time": matrix[:, 0].copy(),
-                       "total_time": matrix[:, 1].copy()}
-        for i, name in enumerate(FLOAT_COLUMNS, start=2):
-            block[name] = matrix[:, i].copy()
-        for i, name in enumerate(COUNT_COLUMNS, start=2 + len(FLOAT_COLUMNS)):
-            block[name] = matrix[:, i].astype("int64")
-        block["stages"] = {name: matrix[:, _N_FIXED + i].copy()
-                           for i, name in enumerate(schema.stages)}
-        columns = list(zip(*strings))
-        if not everything:
-            columns = [[col[k] for k in index] for col in columns]
-        block["request_id"] = np.array(columns[0], dtype=object)
-        block["codes"] = [_codes(np.array(col, dtype=object), cats)
-                          for col, cats in zip(columns[1:], self.categories)]
-        block["attrs"] = {}
-        if schema.attributes:
-            attr_columns = (list(zip(*attributes)) if len(schema.attributes) > 1
-                            else [tuple(attributes)])
-            for key, values in zip(schema.attributes, attr_columns):
-                if not everything:
-                    values = [values[k] for k in index]
-                block["attrs"][key] = self._attribute(key, values)
-        self.blocks.append(block)
-        self.n += block["n"]
-
-    def _attribute(self, key: str, values):
-        """One block of an attribute: float64 when every value is a number (or missing);
-        category codes when every value is a string (or missing); else objects, lists as
-        shared tuples so they can be counted and cost one pointer a row."""
-        import numpy as np
-
-        kinds = set(map(type, values))
-        if kinds <= {int, float, type(None)}:
-            return np.array(values, dtype="float64")
-        if kinds <= {str, type(None)}:
-            categories = self.attr_categories.setdefault(key, {})
-            return _Codes(_codes(np.array(values, dtype=object), categories), categories)
-        if list in kinds:
-            intern = self.interned.setdefault
-            if kinds == {list}:
-                try:  # C-level maps: one shared tuple per distinct list
-                    tuples = list(map(tuple, values))
-                    values = list(map(intern, tuples, tuples))
-                except TypeError:  # unhashable items (a list of dicts): keep the lists
-                    pass
-            else:
-                converted = []
-                for value in values:
-                    if type(value) is list:
-                        try:
-                            value = tuple(value)
-                            value = intern(value, value)
-                        except TypeError:
-                            pass
-                    converted.append(value)
-                values = converted
-        # fromiter keeps each tuple one object; np.array would make a 2-D array of them.
-        return np.fromiter(values, dtype=object, count=len(values))
-
-    def frame(self):
-        """The columns as a pandas DataFrame, one row per record, ordered by end time."""
-        import numpy as np
-        import pandas as pd
-
-        blocks = self.blocks
-        data: dict = {}
-        for name in ("request_id", "end", "start_time", "total_time", *FLOAT_COLUMNS):
-            parts = [b[name] for b in blocks]
-            data[name] = (np.concatenate(parts) if parts else
-                          np.empty(0, dtype=object if name == "request_id" else "float64"))
-        for name in COUNT_COLUMNS:
-            parts = [b[name] for b in blocks]
-            data[name] = np.concatenate(parts) if parts else np.empty(0, dtype="int64")
-        for i, name in enumerate(STRING_COLUMNS):
-            parts = [b["codes"][i] for b in blocks]
-            codes = np.concatenate(parts) if parts else np.empty(0, dtype="int32")
-            data[name] = pd.Categorical.from_codes(codes, categories=list(self.categories[i]))
-        end = data.pop("end")
-        for name in sorted({name for b in blocks for name in b["stages"]}):
-            data[STAGE_PREFIX + name] = np.concatenate(
-                [b["stages"].get(name, np.full(b["n"], np.nan)) for b in blocks])
-        for key in sorted({key for b in blocks for key in b["attrs"]}):
-            data[ATTR_PREFIX + key] = _join_attribute([(b["n"], b["attrs"].get(key)) for b in blocks])
-        df = pd.DataFrame(data, copy=False)
-        df.insert(1, "timestamp", pd.to_datetime(end, unit="s", utc=True))
-        if len(df) and not df["timestamp"].is_monotonic_increasing:
-            df = df.sort_values("timestamp", kind="stable", ignore_index=True)
-        return df
-
-
-class _Codes:
-    """A block of a string attribute as codes into a categories dict shared by all blocks."""
-
-    __slots__ = ("codes", "categories")
-    dtype = "codes"
-
-    def __init__(self, codes, categories: dict):
-        self.codes, self.categories = codes, categories
-
-    def objects(self):
-        import numpy as np
-        names = np.array(list(self.categories) + [None], dtype=object)
-        return names[self.codes]  # code -1 picks the trailing None
-
-
-def _join_attribute(parts: list):
-    """Concatenates one attribute's blocks; a block without it is NaN (numbers) or None.
-    Strings become a categorical when they repeat."""
-    import numpy as np
-    import pandas as pd
-
-    present = [part for _, part in parts if part is not None]
-    if all(isinstance(part, np.ndarray) and part.dtype != object for part in present):
-        return np.concatenate([part if part is not None else np.full(n, np.nan) for n, part in parts])
-    if all(isinstance(part, _Codes) for part in present):
-        categories = present[0].categories  # one dict per attribute, shared by every block
-        codes = np.concatenate([part.codes if part is not None else np.full(n, -1, dtype="int32")
-                                for n, part in parts])
-        if len(categories) <= max(100, len(codes) // 2):
-            return pd.Categorical.from_codes(codes, categories=list(categories))
-        return np.array(list(categories) + [None], dtype=object)[codes]
-    pieces = []
-    for n, part in parts:
-        if part is None:
-            pieces.append(np.full(n, None, dtype=object))
-        elif isinstance(part, _Codes):
-            pieces.append(part.objects())
-        elif part.dtype != object:
-            pieces.append(np.array([None if v != v else v for v in part.tolist()], dtype=object))
-        else:
-            pieces.append(part)
-    return np.concatenate(pieces)
-
-
-def _codes(values, categories: dict[str, int]):
-    """Codes into the shared `categories` (str -> code); None is -1."""
-    import numpy as np
-    import pandas as pd
-
-    codes, uniques = pd.factorize(values)
-    translate = np.array([categories.setdefault(name, len(categories)) for name in uniques]
-                         + [-1], dtype="int32")
-    return translate[codes]  # code -1 picks the trailing -1
-
-
-def _scan(lines: list, start_lineno: int, path: Path, since, until, c: Columns,
-          stats: ReadStats) -> None:
-    """Parses one block of lines into `c`. The loop body is C calls bound to locals: it runs a
-    million times for a day of a busy service."""
-    schema = c.schema
-    numbers: list = []
-    strings: list = []
-    attributes: list = []
-    linenos: list = []
-
-    def bind():
-        return (schema.decode, schema.numbers_of, _strings_of, schema.attributes_of)
-
-    def flush():
-        c.add_block(numbers, strings, attributes, linenos, path, since, until, stats)
-        numbers.clear(), strings.clear(), attributes.clear(), linenos.clear()
-
-    decode, numbers_of, strings_of, attributes_of = bind()
-    typed_errors = (msgspec.DecodeError,) if msgspec is not None else ()
-    n_append, s_append, a_append, l_append = (numbers.append, strings.append, attributes.append,
-                                              linenos.append)
-    lineno = start_lineno
-    for line in lines:
-        lineno += 1
-        if decode is not None:
-            try:
-                r = decode(line)
-            except typed_errors:
-                r = None
-        else:
-            r = None
-        if r is None:
-            record = _parse_line(line, path, lineno, stats)
-            if record is None:
-                continue
-            stages, attrs = record.get("stages") or {}, record.get("attributes")
-            attrs = attrs if type(attrs) is dict else ()
-            if not schema.knows(stages, attrs):
-                flush()  # the rows so far have the old layout
-            if schema.learn(stages, attrs, stats):
-                decode, numbers_of, strings_of, attributes_of = bind()
-            r = schema.row(record, c)
-        n_append(numbers_of(r))
-        s_append(strings_of(r))
-        if attributes_of is not None:
-            a_append(attributes_of(r))
-        l_append(lineno)
-    flush()
-
-
-# Below this many bytes one process reads everything: starting workers would cost more.
-PARALLEL_MIN_BYTES = 48 << 20
-
-
-def _plan(paths: list[Path], workers: int) -> list[list[tuple[Path, int, int]]]:
-    """Splits the files into `workers` shares of about equal bytes: (path, start, end) ranges."""
-    sizes = [(path, path.stat().st_size) for path in paths]
-    total = sum(size for _, size in sizes)
-    share = -(-total // workers) if total else 1
-    plans: list[list] = [[] for _ in range(workers)]
-    worker, room = 0, share
-    for path, size in sizes:
-        pos = 0
-        while pos < size:
-            take = min(room, size - pos)
-            plans[worker].append((path, pos, pos + take))
-            pos += take
-            room -= take
-            if room == 0 and worker < workers - 1:
-                worker, room = worker + 1, share
-    return [plan for plan in plans if plan]
-
-
-def _blocks(path: Path, start: int, end: int):
-    """Blocks of the whole lines that begin in [start, end), as (buffer, length): the lines are
-    buffer[:length]. The buffer is reused, so use a block before asking for the next. The last
-    line of a file may lack its newline. A line straddling `start` belongs to the range before,
-    which reads past its end to finish it."""
-    with open(path, "rb", buffering=0) as f:
-        pos = 0  # file offset of buf[0]
-        if start > 0:
-            f.seek(start - 1)
-            first = f.read(1 << 16)
-            while b"\n" not in first and first:
-                first += f.read(1 << 16)
-            skip = first.find(b"\n") + 1 if b"\n" in first else len(first)
-            pos = start - 1 + skip
-            f.seek(pos)
-        buf = bytearray(_READ_BLOCK)
-        view = memoryview(buf)
-        kept = 0  # bytes carried over at the front of buf: a line not finished yet
-        while pos < end:
-            if kept == len(buf):  # one line longer than the buffer: grow it
-                view.release()
-                buf.extend(bytes(len(buf)))
-                view = memoryview(buf)
-            got = f.readinto(view[kept:])
-            size = kept + got
-            if not got:
-                if kept:
-                    yield buf, kept
-                return
-            limit = end - pos  # lines starting before buf[limit] are ours
-            if size >= limit:
-                cut = buf.find(b"\n", limit - 1, size)
-                if cut >= 0:
-                    yield buf, cut + 1
-                    return
-                kept = size
-                continue
-            cut = buf.rfind(b"\n", 0, size)
-            if cut < 0:
-                kept = size
-                continue
-            yield buf, cut + 1
-            kept = size - cut - 1
-            buf[:kept] = buf[cut + 1:size]
-            pos += cut + 1
-
-
-def _line_count(buf, length: int) -> int:
-    if not length:
-        return 0
-    return buf.count(b"\n", 0, length) + (0 if buf[length - 1] == 0x0A else 1)
-
-
-def _scan_block(buf, length: int, first_lineno: int, path: Path, since, until, c: Columns,
-                stats: ReadStats) -> None:
-    """Decodes a block of lines with one C call when every line fits the current schema (the
-    usual case); otherwise line by line, learning new names for the blocks after it."""
-    schema = c.schema
-    if schema.decode_lines is not None:
-        try:
-            with memoryview(buf) as view, view[:length] as block:
-                records = schema.decode_lines(block)
-        except msgspec.DecodeError:
-            records = None
-        if records is not None:
-            numbers = list(map(schema.numbers_of, records))
-            strings = list(map(_strings_of, records))
-            attributes = (list(map(schema.attributes_of, records))
-                          if schema.attributes_of is not None else [])
-            del records
-
-            def linenos():  # only needed to name a bad record; decode_lines skips blank lines
-                lines = bytes(buf[:length]).split(b"\n")
-                return [first_lineno + k + 1 for k, line in enumerate(lines) if line.strip()]
-            c.add_block(numbers, strings, attributes, linenos, path, since, until, stats)
-            return
-    _scan(bytes(buf[:length]).splitlines(keepends=True), first_lineno, path, since, until, c,
-          stats)
-
-
-def _read_ranges(ranges, since, until):
-    """Reads (path, start, end) ranges in this process: (Columns, ReadStats, lines per range)."""
-    columns = Columns()
-    stats = ReadStats("")
-    lines_per_range = []
-    collecting = gc.isenabled()
-    gc.disable()  # the loop makes no reference cycles; collections would only cost time
-    try:
-        for path, start, end in ranges:
-            lineno = 0
-            first_example = len(stats.examples)
-            for buf, length in _blocks(path, start, end):
-                _scan_block(buf, length, lineno, path, since, until, columns, stats)
-                lineno += _line_count(buf, length)
-            lines_per_range.append((first_example, lineno))
-            stats.lines += lineno
-    finally:
-        if collecting:
-            gc.enable()
-    stats.records = columns.n
-    stats.bad_values = columns.bad_values
-    return columns, stats, lines_per_range
-
-
-def _worker(ranges, since, until):
-    columns, stats, per_range = _read_ranges(ranges, since, until)
-    return columns.frame(), stats, per_range
-
-
-def read_columns(log_dir: str | Path, since: float | None = None, until: float | None = None,
-                 workers: int | None = None):
-    """(DataFrame, ReadStats) of every valid record ending in [since, until).
-
-    ``workers``: processes to parse with; default one per CPU (at most 4) when the files
-    hold more than PARALLEL_MIN_BYTES and this process may fork (see _can_fork), else 1.
-    Parsing is CPU-bound Python, so processes, not threads.
-    """
-    paths = log_files(log_dir, since, until)
-    total = sum(path.stat().st_size for path in paths)
-    if workers is None:
-        big = total > PARALLEL_MIN_BYTES
-        workers = min(os.cpu_count() or 1, 4) if big and _can_fork() else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r} must be a whole number >= 1 (None: automatic)")
-    plans = _plan(paths, workers) if paths else []
-    if len(plans) <= 1:
-        columns, stats, _ = _read_ranges([(p, 0, p.stat().st_size) for p in paths], since, until)
-        stats.log_dir, stats.files = str(log_dir), [str(p) for p in paths]
-        return columns.frame(), stats
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(len(plans), mp_context=mp.get_context("fork")) as pool:
-        results = list(pool.map(_worker, plans, [since] * len(plans), [until] * len(plans)))
-    return _merge(results, plans, str(log_dir), [str(p) for p in paths])
-
-
-def _can_fork() -> bool:
-    """Forking is cheap and safe only from a single-threaded process: a fork copies locks that
-    other threads may hold. Notebook kernels and servers have threads, so they read serially;
-    the CLI is single-threaded. (forkserver/spawn would re-run an unguarded __main__ script.)"""
-    import multiprocessing as mp
-    import threading
-    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
-
-
-def _merge(results, plans, log_dir: str, files: list[str]):
-    """One DataFrame and ReadStats from the workers' parts, with line numbers made file-wide."""
-    import pandas as pd
-
-    stats = ReadStats(log_dir, files=files)
-    lines_before: Counter = Counter()  # lines of each file in earlier ranges
-    frames = []
-    for (frame, part, per_range), plan in zip(results, plans):
-        frames.append(frame)
-        stats.lines += part.lines
-        stats.records += part.records
-        stats.outside_period += part.outside_period
-        stats.bad_values += part.bad_values
-        stats.skipped.update(part.skipped)
-        stats.ignored_names |= part.ignored_names
-        bounds = [first for first, _ in per_range] + [len(part.examples)]
-        for k, ((path, _, _), (first, lines)) in enumerate(zip(plan, per_range)):
-            for name, line, reason in part.examples[bounds[k]:bounds[k + 1]]:
-                if len(stats.examples) < 5:
-                    stats.examples.append((name, line + lines_before[path], reason))
-            lines_before[path] += lines
-    categorical = {name for frame in frames for name, dtype in frame.dtypes.items()
-                   if isinstance(dtype, pd.CategoricalDtype)}
-    df = pd.concat(frames, ignore_index=True)
-    for name in categorical:  # concat turns categoricals with different categories to objects
-        if not isinstance(df[name].dtype, pd.CategoricalDtype):
-            df[name] = df[name].astype("category")
-    if len(df) and not df["timestamp"].is_monotonic_increasing:
-        df = df.sort_values("timestamp", kind="stable", ignore_index=True)
-    return df, stats
+                "ignored_files": list(self.ignored_files), "parser": self.parser}
 
 
 def since_hours(hours: float | None, now: float | None = None) -> float | None:
@@ -814,6 +110,717 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
     if hours is None:
         return None
     return (time.time() if now is None else now) - hours * 3600.0
+
+
+# --- the query ------------------------------------------------------------------------------------
+
+# Every field is read as JSON where the format allows more than one type, so that a value of the
+# wrong type is read as missing (and counted) instead of losing its whole record.
+JSONL_COLUMNS = {
+    "timestamp": "VARCHAR", "start_time": "JSON", "total_time": "JSON", "request_id": "VARCHAR",
+    **{name: "VARCHAR" for name in STRING_COLUMNS},
+    **{name: "JSON" for name in FLOAT_COLUMNS},
+    "tokens": "JSON", "cache": "JSON", "stages": "JSON", "attributes": "JSON",
+    "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
+}
+_STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
+
+
+def _num(x: str) -> str:
+    return (f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
+            f"AND isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+
+
+def _bad_num(x: str) -> str:
+    return f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND {_num(x)} IS NULL)::INT"
+
+
+def _count(x: str) -> str:
+    value = _num(x)
+    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
+
+
+def _bad_count(x: str) -> str:
+    value = _num(x)
+    return (f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND "
+            f"coalesce({value} <> floor({value}) OR TRY_CAST({value} AS BIGINT) IS NULL, true))::INT")
+
+
+def _iso_epoch(x: str) -> str:
+    """Epoch seconds of an ISO-8601 text; a naive one is UTC. The offset is applied here because
+    DuckDB's TIMESTAMP cast ignores it (TIMESTAMPTZ needs the ICU extension)."""
+    offset = r"'([+-])(\d{2}):?(\d{2})$'"
+    return (f"(epoch(TRY_CAST(regexp_replace({x}, '(Z|[+-]\\d{{2}}:?\\d{{2}})$', '') AS TIMESTAMP)) - "
+            f"coalesce(CASE regexp_extract({x}, {offset}, 1) WHEN '-' THEN -1 WHEN '+' THEN 1 END * "
+            f"(TRY_CAST(regexp_extract({x}, {offset}, 2) AS INT) * 3600 + "
+            f"TRY_CAST(regexp_extract({x}, {offset}, 3) AS INT) * 60), 0))")
+
+
+def _price_match() -> str:
+    """The record's own word on how it was priced, from ``price_match`` or ``pricing``
+    (a string, or an object with a ``match`` key)."""
+    return ("coalesce(price_match, CASE WHEN json_type(pricing) = 'VARCHAR' "
+            "THEN json_extract_string(pricing, '$') ELSE json_extract_string(pricing, '$.match') END)")
+
+
+# Numbers are read as their text: DuckDB reads a value of the wrong type into a DOUBLE column
+# as NULL, which would hide it; from the text the query tells a number from anything else.
+STRICT_COLUMNS = {
+    "timestamp": "VARCHAR", "start_time": "VARCHAR", "total_time": "VARCHAR",
+    "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
+    **{name: "VARCHAR" for name in FLOAT_COLUMNS},
+    "tokens": ("STRUCT(input VARCHAR, output VARCHAR, cached_input VARCHAR, cache_write_5m VARCHAR, "
+               "cache_write_1h VARCHAR, reasoning VARCHAR)"),
+    "cache": "STRUCT(hits VARCHAR, misses VARCHAR)",
+    "stages": "MAP(VARCHAR, STRUCT(duration DOUBLE))", "attributes": "MAP(VARCHAR, JSON)",
+    "cost_original": "VARCHAR", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
+}
+
+
+def _finite(x: str) -> str:
+    """A number's text as a finite DOUBLE, else NULL."""
+    return (f"(CASE WHEN isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+
+
+def _bad_text(x: str, whole: bool = False) -> str:
+    value = _finite(x)
+    wrong = f"{value} IS NULL" + (f" OR {value} <> floor({value})" if whole else "")
+    return f"({x} IS NOT NULL AND ({wrong}))::INT"
+
+
+def _whole(x: str) -> str:
+    value = _finite(x)
+    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
+
+
+def _jsonl_select(files_sql: str, full: bool, strict: bool = True) -> str:
+    """The JSONL files as normalized rows. The strict form types every field, which is what
+    makes the scan fast; a line it cannot type comes back as a rejected row, and the second
+    pass hands such lines to the lenient form (every field JSON, checked in SQL)."""
+    return _strict_select(files_sql, full) if strict else _lenient_select(files_sql, full)
+
+
+def _strict_select(files_sql: str, full: bool) -> str:
+    types = dict(STRICT_COLUMNS)
+    if full:  # the metadata must survive, so stages stay JSON and are typed in the query
+        types["stages"], types["attributes"] = "JSON", "JSON"
+    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
+    stage_map = (f"TRY_CAST(stages AS {STRICT_COLUMNS['stages']})" if full else "stages")
+    attributes = "TRY_CAST(attributes AS MAP(VARCHAR, JSON))" if full else "attributes"
+    extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
+             "pricing, repriced_at" if full else "")
+    stages_absent = "stages IS NULL OR json_type(stages) = 'NULL'" if full else "stages IS NULL"
+    counts = {"input_tokens": "tokens.input", "output_tokens": "tokens.output",
+              "cached_input_tokens": "tokens.cached_input",
+              **{f"{kind}_tokens": f"tokens.{kind}" for kind in EXTRA_TOKEN_KINDS},
+              "cache_hits": "cache.hits", "cache_misses": "cache.misses"}
+    bad = " + ".join([_bad_text(n) for n in FLOAT_COLUMNS]
+                     + [_bad_text(p, whole=True) for p in counts.values()])
+    return f"""
+    WITH raw AS (
+        SELECT *, {_finite('start_time')} AS st, {_finite('total_time')} AS tt,
+               {stage_map} AS stage_map
+        FROM read_json({files_sql}, format='newline_delimited', columns={columns},
+                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})
+    ), timed AS (
+        SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
+                       ELSE {_iso_epoch('timestamp')} END AS end_time
+        FROM raw
+    )
+    SELECT filename AS file,
+           end_time IS NOT NULL AND ({stages_absent} OR (stage_map IS NOT NULL AND
+               coalesce(list_bool_and(list_transform(map_values(stage_map),
+                   v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
+           end_time, end_time - tt AS start_time, tt AS total_time, request_id,
+           {", ".join(STRING_COLUMNS)},
+           {", ".join(f"{_finite(n)} AS {n}" for n in FLOAT_COLUMNS)},
+           {", ".join(f"{_whole(p)} AS {n}" for n, p in counts.items())},
+           stage_map, {attributes} AS attributes,
+           {"(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT + "
+            if full else ""}{bad} AS bad_values,
+           {_finite('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+    FROM timed"""
+
+
+def _lenient_select(files_sql: str, full: bool) -> str:
+    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in JSONL_COLUMNS.items()) + "}"
+    count_paths = {"input_tokens": "json_extract(tokens, '$.input')",
+                   "output_tokens": "json_extract(tokens, '$.output')",
+                   "cached_input_tokens": "json_extract(tokens, '$.cached_input')",
+                   **{f"{kind}_tokens": f"json_extract(tokens, '$.{kind}')"
+                      for kind in EXTRA_TOKEN_KINDS},
+                   "cache_hits": "json_extract(cache, '$.hits')",
+                   "cache_misses": "json_extract(cache, '$.misses')"}
+    bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in count_paths.values()])
+    extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
+             "pricing, repriced_at" if full else "")
+    return f"""
+    WITH raw AS (
+        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt,
+               TRY_CAST(stages AS {_STAGE_MAP}) AS stage_map
+        FROM read_json({files_sql}, format='newline_delimited', columns={columns},
+                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})
+    ), timed AS (
+        SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
+                       ELSE {_iso_epoch('timestamp')} END AS end_time
+        FROM raw
+    )
+    SELECT filename AS file,
+           end_time IS NOT NULL AND (
+               stages IS NULL OR json_type(stages) = 'NULL' OR (stage_map IS NOT NULL AND
+               coalesce(list_bool_and(list_transform(map_values(stage_map),
+                   v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
+           end_time, end_time - tt AS start_time, tt AS total_time, request_id,
+           {", ".join(STRING_COLUMNS)},
+           {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
+           {", ".join(f"{_count(p)} AS {n}" for n, p in count_paths.items())},
+           stage_map, TRY_CAST(attributes AS MAP(VARCHAR, JSON)) AS attributes,
+           (attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT
+               + {bad} AS bad_values,
+           {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+    FROM timed"""
+
+
+def _parquet_select(files_sql: str, full: bool) -> str:
+    extra = (", stages AS stages_json, to_json(attributes) AS attributes_json, "
+             "timestamp AS timestamp_text, pricing, repriced_at" if full else "")
+    return f"""
+    SELECT filename AS file, true AS valid, start_time + total_time AS end_time, start_time,
+           total_time, request_id, {", ".join(STRING_COLUMNS)}, {", ".join(FLOAT_COLUMNS)},
+           tokens.input AS input_tokens, tokens.output AS output_tokens,
+           tokens.cached_input AS cached_input_tokens,
+           {", ".join(f"tokens.{kind} AS {kind}_tokens" for kind in EXTRA_TOKEN_KINDS)},
+           cache.hits AS cache_hits,
+           cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
+           cost_original, price_match{extra}
+    FROM read_parquet({files_sql}, filename=true, union_by_name=true)"""
+
+
+def _sql_list(paths) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def connect(threads: int | None = None, spill_dir: Path | None = None):
+    """A DuckDB connection set up for the log: UTC, no progress bar of its own (ours is tqdm),
+    memory bounded for a laptop, and `threads` threads (default: every core)."""
+    import duckdb
+
+    con = duckdb.connect()
+    # Progress is tracked (our bar reads it) but DuckDB prints none of its own.
+    con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+    if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
+        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"workers={threads!r} must be a whole number >= 1 (None: every core)")
+        con.execute(f"SET threads = {threads}")
+    return con
+
+
+# --- over-long lines ------------------------------------------------------------------------------
+
+def bounded_lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) for each line of `path`; a line longer than `limit` bytes is
+    (number, None), read past in pieces so it never sits in memory whole."""
+    with open(path, "rb") as f:
+        lineno = 0
+        while True:
+            line = f.readline(limit + 1)
+            if not line:
+                return
+            lineno += 1
+            if len(line) > limit:
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(1 << 20)
+                yield lineno, None
+            else:
+                yield lineno, line
+
+
+def _copy_line(path: Path, number: int, out) -> None:
+    """Copies line `number` of `path` to `out` in pieces (it may be any length)."""
+    with open(path, "rb") as f:
+        for _ in range(number - 1):
+            while True:
+                piece = f.readline(1 << 20)
+                if not piece or piece.endswith(b"\n"):
+                    break
+        while True:
+            piece = f.readline(1 << 20)
+            out.write(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
+        if piece and not piece.endswith(b"\n"):
+            out.write(b"\n")
+
+
+def _without_long_lines(path: Path, into: Path, stats: ReadStats, counted: Counter,
+                        keep_rejected=None) -> Path:
+    """A copy of `path` without its over-long lines (each counted, and kept in `keep_rejected`
+    when given), for DuckDB to read."""
+    copy = into / f"{len(list(into.iterdir()))}_{path.name}"
+    with open(copy, "wb") as out:
+        for lineno, line in bounded_lines(path):
+            if line is None:
+                stats.skip(path, lineno, TOO_LONG)
+                counted[str(path)] += 1
+                if keep_rejected is not None:
+                    _copy_line(path, lineno, keep_rejected)
+            else:
+                out.write(line)
+    return copy
+
+
+# --- naming the skipped lines ----------------------------------------------------------------------
+
+def line_problem(line: bytes) -> tuple[str | None, dict | None]:
+    """(reason, None) for a line that is not a usable record, (None, record) for one that is.
+    The same rules as the query's: this is how a skipped line gets its name."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        return (CORRUPT if line.endswith(b"\n") else TORN), None
+    if type(record) is not dict:
+        return NOT_OBJECT, None
+    if end_time(record) is None:
+        return BAD_FIELDS, None
+    stages = record.get("stages")
+    if stages is not None:
+        if type(stages) is not dict:
+            return BAD_FIELDS, None
+        for entry in stages.values():
+            duration = entry.get("duration") if type(entry) is dict else None
+            if type(duration) not in (int, float) or not math.isfinite(duration):
+                return BAD_FIELDS, None
+    return None, record
+
+
+def end_time(record: dict) -> float | None:
+    """End of the request in epoch seconds from start_time + total_time (or the ISO timestamp),
+    or None if total_time is not a finite number >= 0 or neither time is usable."""
+    from datetime import datetime, timezone
+
+    start, total = record.get("start_time"), record.get("total_time")
+    if type(total) not in (int, float) or not math.isfinite(total) or total < 0:
+        return None
+    if type(start) in (int, float) and math.isfinite(start):
+        return start + total
+    stamp = record.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            parsed = datetime.fromisoformat(stamp)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:  # older records wrote naive timestamps: taken as UTC
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    return None
+
+
+def second_pass(path: Path, rejected: set[int], rows: int, stats: ReadStats, recovered,
+                keep_rejected=None, cut_out: bool = False) -> int:
+    """Reads the lines of `path` behind the engine's rejected rows (`rejected`: ordinals among
+    the file's non-blank lines, counted from 1, over-long lines left out as in the engine's
+    copy when `cut_out`). Each is named with its line number and reason, or - when it is a record after all
+    (a value of an unexpected type; or a good line the engine's error recovery swallowed after a
+    bad one) - written to `recovered` to be read leniently. Returns the file's line count."""
+    ordinal = lines = 0
+    for lineno, line in bounded_lines(path):
+        lines = lineno
+        if line is None and cut_out:
+            continue  # counted when it was cut out of the engine's copy
+        if line is not None and not line.strip():
+            continue  # a blank line is no record (and no row)
+        ordinal += 1
+        if ordinal not in rejected:
+            continue
+        if line is None:
+            stats.skip(path, lineno, TOO_LONG)
+            if keep_rejected is not None:
+                _copy_line(path, lineno, keep_rejected)
+            continue
+        reason, _ = line_problem(line)
+        if reason is not None:
+            stats.skip(path, lineno, reason)
+            if keep_rejected is not None:
+                keep_rejected.write(line if line.endswith(b"\n") else line + b"\n")
+        else:
+            recovered.write(line if line.endswith(b"\n") else line + b"\n")
+    if ordinal != rows:  # the engine's rows and the lines no longer pair up: say so
+        stats.skipped[UNEXPLAINED] += abs(rows - ordinal)
+    return lines
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+class _Progress:
+    """A tqdm bar following DuckDB's own progress of the running query, shown only when stderr
+    is a terminal and the query runs long enough to be worth one."""
+
+    def __init__(self, con, description: str, delay: float = 1.0):
+        self.con, self.description, self.delay = con, description, delay
+        self.done = threading.Event()
+        self.thread = None
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            self.thread = threading.Thread(target=self._follow, daemon=True)
+            self.thread.start()
+        return self
+
+    def _follow(self) -> None:
+        from tqdm import tqdm
+
+        if self.done.wait(self.delay):
+            return
+        with tqdm(total=100, desc=self.description, unit="%", leave=False) as bar:
+            while not self.done.wait(0.2):
+                try:
+                    percent = self.con.query_progress()
+                except Exception:  # no query running at this instant
+                    continue
+                if percent >= 0:
+                    bar.update(max(0.0, percent - bar.n))
+
+    def __exit__(self, *exc):
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
+              full: bool = False, workers: int | None = None, progress: str | None = None,
+              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None):
+    """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
+    period, ReadStats); the connection is None when there is no file to read.
+
+    The JSONL files are read once into the temp table ``log_rows`` (their rejected rows need a
+    second look); the Parquet history is scanned in place by the view, column by column.
+    `keep_rejected`: a binary file that receives every skipped line as it was."""
+    stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
+    stats.files = [str(f.path) for f in sources.files]
+    stats.ignored_files = list(sources.ignored)
+    inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
+        f" AND end_time < {until!r}" if until is not None else "")
+    if not sources.files:
+        return None, inside, stats
+    con = connect(workers, spill_dir)
+    parts = []
+    if sources.parquet:
+        parquet = _parquet_select(_sql_list([f.path for f in sources.parquet]), full)
+        con.execute(f"CREATE TEMP VIEW history_rows AS {parquet}")
+        parts.append("SELECT * FROM history_rows")
+        rows, outside = con.execute(
+            f"SELECT count(*), count(*) FILTER (NOT ({inside})) FROM history_rows").fetchone()
+        stats.lines += rows
+        stats.outside_period += outside
+    if sources.jsonl:
+        _load_jsonl(con, sources, inside, full, progress, stats, keep_rejected)
+        parts.append("SELECT * FROM log_rows")
+    con.execute("CREATE TEMP VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
+    return con, inside, stats
+
+
+def _load_jsonl(con, sources: Sources, inside: str, full: bool, progress, stats: ReadStats,
+                keep_rejected) -> None:
+    cut = Counter()  # over-long lines cut out of each file
+    with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
+        readable = {str(f.path): f.path for f in sources.jsonl}
+        while True:
+            sql = _jsonl_select(_sql_list(list(readable.values())), full)
+            try:
+                with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
+                break
+            except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
+                original = _file_over_limit(exc, readable)
+                if original is None:
+                    raise
+                readable[original] = _without_long_lines(Path(original), Path(scratch), stats, cut,
+                                                         keep_rejected)
+        names = {str(v): k for k, v in readable.items()}
+        _count_rows(con, inside, names, stats, cut, Path(scratch), full, keep_rejected)
+
+
+def read_table(log_dir, since: float | None = None, until: float | None = None, *,
+               full: bool = False, workers: int | None = None, progress: str | None = None):
+    """(pyarrow.Table of the valid records ending in [since, until), oldest first, ReadStats).
+
+    Columns: end_time, the load_records() columns with stage_<name> durations and attr_<key>
+    values as JSON text; ``full`` adds the whole stages (metadata included), attributes and
+    pricing as JSON, for exports, compaction and repricing."""
+    import pyarrow.compute as pc
+
+    sources = find_sources(log_dir, since, until)
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
+    con, inside, stats = load_rows(sources, since, until, full=full, workers=workers,
+                                   progress=progress, stats=stats)
+    if con is None:
+        return _empty_table(full), stats
+    stages = _keys(con, "stage_map", inside, MAX_STAGE_NAMES, "stage", stats)
+    attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+    columns = ["end_time", "request_id", "start_time", "total_time", *STRING_COLUMNS,
+               *FLOAT_COLUMNS, *COUNT_COLUMNS, *PRICING_COLUMNS]
+    if full:
+        columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at"]
+    select = ", ".join(columns + [f"stage_map[{_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
+                                  for k in stages]
+                       + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
+                          for k in attributes])
+    table = con.execute(f"SELECT {select} FROM all_rows WHERE {inside}").to_arrow_table()
+    con.close()
+    ends = table["end_time"].to_numpy(zero_copy_only=False)
+    if len(ends) > 1 and not (ends[1:] >= ends[:-1]).all():
+        table = table.take(pc.sort_indices(table["end_time"]))  # stable: ties keep read order
+    stats.records = table.num_rows
+    return table, stats
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _keys(con, column: str, inside: str, limit: int, kind: str, stats: ReadStats) -> list[str]:
+    """The distinct keys of a map column, sorted, at most `limit` (the rest are named in
+    stats.ignored_names: like metric labels, columns must be bounded)."""
+    keys = [row[0] for row in con.execute(
+        f"SELECT DISTINCT unnest(map_keys({column})) AS k FROM all_rows WHERE {inside} "
+        "ORDER BY k").fetchall() if row[0] is not None]
+    for key in keys[limit:]:
+        if len(stats.ignored_names) < 20:
+            stats.ignored_names.add(f"{kind} {key}")
+    return keys[:limit]
+
+
+def _file_over_limit(exc: Exception, readable: dict) -> str | None:
+    message = str(exc)
+    if "maximum_object_size" not in message:
+        return None
+    for original, path in readable.items():
+        if f'"{path}"' in message and Path(path) == Path(original):
+            return original
+    return None
+
+
+def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter,
+                scratch: Path, full: bool, keep_rejected=None) -> None:
+    """Per-file lines, outside the period and bad values; the rejected rows of a file are
+    named or recovered by second_pass(), and recovered records are read into log_rows."""
+    per_file = con.execute(
+        "SELECT file, count(*), count(*) FILTER (NOT valid) FROM log_rows GROUP BY file "
+        "ORDER BY file").fetchall()
+    recovered_files = []
+    seen = set()
+    for name, rows, rejected in per_file:
+        original = names.get(name, name)
+        seen.add(original)
+        if not rejected and not cut.get(original):
+            stats.lines += int(rows)  # a clean file: one row per (non-blank) line
+            continue
+        ordinals = {row[0] for row in con.execute(
+            "SELECT ordinal FROM (SELECT valid, row_number() OVER (ORDER BY rowid) AS ordinal "
+            "FROM log_rows WHERE file = ?) WHERE NOT valid", [name]).fetchall()}
+        target = scratch / f"recovered-{len(recovered_files)}.jsonl"
+        with open(target, "wb") as recovered:
+            stats.lines += second_pass(Path(original), ordinals, int(rows), stats, recovered,
+                                       keep_rejected, cut_out=bool(cut.get(original)))
+        if target.stat().st_size:
+            recovered_files.append(target)
+    for original in cut:
+        if original not in seen:
+            with open(scratch / "recovered-none.jsonl", "wb") as recovered:
+                stats.lines += second_pass(Path(original), set(), 0, stats, recovered,
+                                           keep_rejected, cut_out=True)
+    if recovered_files:
+        con.execute(f"INSERT INTO log_rows BY NAME "
+                    f"{_jsonl_select(_sql_list(recovered_files), full, strict=False)}")
+        # What the line rules call a record but the query does not: counted, never silent.
+        lost = con.execute("SELECT count(*) FROM log_rows WHERE NOT valid AND file IN "
+                           f"{tuple(map(str, recovered_files)) + ('',)}").fetchone()[0]
+        if lost:
+            stats.skipped[UNEXPLAINED] += lost
+    for outside, bad in con.execute(
+            f"SELECT count(*) FILTER (valid AND NOT ({inside})), "
+            f"coalesce(sum(bad_values) FILTER ({inside}), 0) FROM log_rows").fetchall():
+        stats.outside_period += int(outside)
+        stats.bad_values += int(bad)
+
+
+def _empty_table(full: bool):
+    import pyarrow as pa
+
+    fields = [("end_time", pa.float64()), ("request_id", pa.string()),
+              ("start_time", pa.float64()), ("total_time", pa.float64()),
+              *((n, pa.string()) for n in STRING_COLUMNS),
+              *((n, pa.float64()) for n in FLOAT_COLUMNS), *((n, pa.int64()) for n in COUNT_COLUMNS),
+              ("cost_original", pa.float64()), ("price_match", pa.string())]
+    if full:
+        fields += [("stages_json", pa.string()), ("attributes_json", pa.string()),
+                   ("timestamp_text", pa.string()), ("pricing", pa.string()),
+                   ("repriced_at", pa.string())]
+    return pa.schema(fields).empty_table()
+
+
+def read_columns(log_dir, since: float | None = None, until: float | None = None,
+                 workers: int | None = None, progress: str | None = None):
+    """(DataFrame, ReadStats) of every valid record ending in [since, until), oldest first.
+    ``workers``: DuckDB threads (default every core)."""
+    import pyarrow as pa
+
+    holder = list(read_table(log_dir, since, until, workers=workers, progress=progress))
+    stats = holder.pop()
+    df = to_frame(holder, stats)
+    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed memory otherwise
+    return df, stats
+
+
+# --- Arrow to the DataFrame ---------------------------------------------------------------------
+
+def to_frame(table, stats: ReadStats | None = None):
+    """The load_records() DataFrame from read_table()'s columns. Pass the table inside a list
+    to let each Arrow column go as soon as it is converted (the peak is then about one copy of
+    the data, not two)."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    holder = table if isinstance(table, list) else [table]
+    n = holder[0].num_rows
+
+    def take(name):
+        column = holder[0][name]
+        holder[0] = holder[0].drop_columns([name])
+        return column
+
+    def floats(name):
+        return pc.cast(take(name), "float64").to_numpy(zero_copy_only=False)
+
+    # Arrow-backed strings (pandas' str dtype): no Python object per request. Records of older
+    # formats may lack an id; that column stays objects so a missing id reads as None.
+    ids = take("request_id")
+    data: dict = {"request_id": ids.to_pandas().array if not ids.null_count
+                  else ids.to_numpy(zero_copy_only=False).astype(object)}
+    data["timestamp"] = pd.to_datetime(floats("end_time"), unit="s", utc=True)
+    for name in ("start_time", "total_time", *FLOAT_COLUMNS):
+        data[name] = floats(name)
+    for name in STRING_COLUMNS:
+        data[name] = _categorical(take(name))
+    for name in COUNT_COLUMNS:
+        data[name] = pc.fill_null(pc.cast(take(name), "int64"), 0).to_numpy(zero_copy_only=False)
+    data["cost_original"] = floats("cost_original")
+    data["price_match"] = _categorical(take("price_match"))
+    for name in list(holder[0].column_names):
+        if name.startswith(STAGE_PREFIX):
+            data[name] = floats(name)
+        elif name.startswith(ATTR_PREFIX):
+            data[name] = _attribute_column(take(name), n)
+    return pd.DataFrame(data, copy=False)
+
+
+def _categorical(column):
+    import pyarrow.compute as pc
+
+    return pc.dictionary_encode(column).to_pandas().array
+
+
+def _attribute_column(texts, n: int):
+    """One attribute from its JSON texts (an Arrow column): float64 when every value is a
+    number (or missing), a categorical when every value is a string, else objects (lists as
+    shared tuples, so they can be counted). Each distinct text is decoded once, and no Python
+    object is made per row except in the last case."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(texts).combine_chunks() if isinstance(
+        texts, pa.ChunkedArray) else pc.dictionary_encode(texts)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype("int64")
+    decoded = [_decode(u) for u in encoded.dictionary.to_pylist()]
+    kinds = {type(v) for v in decoded}
+    if kinds <= {int, float, type(None)}:
+        lookup = np.array([np.nan if v is None else v for v in decoded] + [np.nan], dtype="float64")
+        return lookup[codes]
+    if kinds <= {str, type(None)}:
+        names = sorted({v for v in decoded if v is not None})
+        index = {name: i for i, name in enumerate(names)}
+        lookup = np.array([index.get(v, -1) if v is not None else -1 for v in decoded] + [-1],
+                          dtype="int32")
+        full = lookup[codes]
+        if len(names) <= max(100, n // 2):
+            return pd.Categorical.from_codes(full, categories=names)
+        return np.array(names + [None], dtype=object)[full]
+    objects = np.empty(len(decoded) + 1, dtype=object)
+    for i, value in enumerate(decoded):
+        objects[i] = _hashable(value)
+    return objects[codes]
+
+
+def _decode(text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _hashable(value):
+    return tuple(value) if type(value) is list else value
+
+
+# --- records as written, for exports ----------------------------------------------------------------
+
+def record_from_row(row: dict) -> dict:
+    """A record dict (the format of ragmon.instrument.records) from a read_table(full=True) row."""
+    stages = _decode(row.get("stages_json")) if row.get("stages_json") is not None else None
+    attributes = _decode(row.get("attributes_json")) if row.get("attributes_json") else None
+    record = {
+        "timestamp": row.get("timestamp_text"),
+        "start_time": row["start_time"], "total_time": row["total_time"],
+        "request_id": row["request_id"], "service": row["service"], "env": row["env"],
+        "operation": row["operation"], "model": row["model"], "status": row["status"],
+        "error_type": row["error_type"], "stages": stages if stages is not None else {},
+        "tokens": {"input": row["input_tokens"], "output": row["output_tokens"],
+                   "cached_input": row["cached_input_tokens"],
+                   **{kind: row[f"{kind}_tokens"] for kind in EXTRA_TOKEN_KINDS
+                      if row.get(f"{kind}_tokens")}},
+        "cost": row["cost"], "relevance_score": row["relevance_score"],
+        "context_precision": row["context_precision"],
+        "time_to_first_token": row["time_to_first_token"],
+        "cache": {"hits": row["cache_hits"], "misses": row["cache_misses"]},
+        "attributes": attributes if attributes is not None else {},
+    }
+    if record["timestamp"] is None:
+        from ..instrument.records import iso_utc
+        record["timestamp"] = iso_utc(row["end_time"])
+    if row.get("cost_original") is not None:
+        record["cost_original"] = row["cost_original"]
+    if row.get("repriced_at") is not None:
+        record["repriced_at"] = row["repriced_at"]
+    if row.get("price_match") is not None:
+        record["price_match"] = row["price_match"]
+    if row.get("pricing") is not None:
+        record["pricing"] = _decode(row["pricing"])
+    return record
+
+
+def iter_records(log_dir, since: float | None = None, until: float | None = None,
+                 stats: ReadStats | None = None, batch_rows: int = 50_000) -> Iterator[dict]:
+    """Each valid record ending in [since, until), oldest first, as a record dict with its stage
+    metadata (for exports). Pass a ReadStats to learn what was read and skipped."""
+    table, read = read_table(log_dir, since, until, full=True)
+    table = table.drop_columns([c for c in table.column_names
+                                if c.startswith((STAGE_PREFIX, ATTR_PREFIX))])
+    if stats is not None:
+        stats.__dict__.update(read.__dict__)
+    for batch in table.to_batches(batch_rows):
+        for row in batch.to_pylist():
+            yield record_from_row(row)
 
 
 def read_problems(read: dict) -> list[str]:
@@ -829,4 +836,8 @@ def read_problems(read: dict) -> list[str]:
     if read.get("ignored_names"):
         problems.append(f"more than {MAX_STAGE_NAMES} stage names or {MAX_ATTRIBUTE_KEYS} attribute "
                         f"keys: ignored {', '.join(sorted(read['ignored_names'])[:5])}")
+    if read.get("ignored_files"):
+        problems.append(f"did not read {len(read['ignored_files'])} file(s) that are not the log's "
+                        f"own regular files (symlinks out of the log directory, devices, pipes): "
+                        f"{', '.join(read['ignored_files'][:3])}")
     return problems

@@ -1,5 +1,8 @@
 """Retention: deleting request-log files older than N days.
 
+The Parquet history's day partitions (``history/day=YYYY-MM-DD/``, see ``compact``) follow the
+same rule, and a partition is removed only when it holds nothing but the files compaction writes.
+
 Only regular files directly in the log directory whose names match LOG_FILE_GLOB and parse as a
 date (``YYYYMMDD_performance.jsonl``) are ever considered; anything else - other files, a
 misnamed file, a symlink, a subdirectory - is left alone, so pointing LOG_DIR at a shared
@@ -15,8 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .reader import LogDirNotFound, file_date
+from .sources import (HISTORY_DIR, LogDirNotFound, file_date, own_regular_file, parquet_files)
 from ..instrument.records import LOG_FILE_GLOB
+
+# The only files a history partition may hold; a partition holding anything else is left alone.
+_PARTITION_FILES = {"records.parquet", "source.json", "rejected.jsonl"}
 
 
 @dataclass
@@ -69,5 +75,26 @@ def cleanup_logs(log_dir: str | Path, days: int, *, now: float | None = None,
                 result.failed.append(f"{path.name}: {exc}")
                 continue
         result.deleted.append(path.name)
+        result.freed_bytes += size
+    for entry in parquet_files(log_dir):
+        partition = entry.path.parent
+        name = f"{HISTORY_DIR}/{partition.name}"
+        if entry.start + 86400 > cutoff:
+            result.kept.append(name)
+            continue
+        files = list(partition.iterdir())
+        if not all(f.name in _PARTITION_FILES and own_regular_file(f, partition) for f in files):
+            result.failed.append(f"{name}: holds files that are not the log's own; left alone")
+            continue
+        size = sum(f.stat().st_size for f in files)
+        if not dry_run:
+            try:
+                for f in files:
+                    f.unlink()
+                partition.rmdir()
+            except OSError as exc:
+                result.failed.append(f"{name}: {exc}")
+                continue
+        result.deleted.append(name)
         result.freed_bytes += size
     return result

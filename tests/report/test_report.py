@@ -180,18 +180,28 @@ def test_stage_names_and_attribute_keys_that_appear_later_become_columns(tmp_pat
     assert df.loc["req-3", "attr_agent_type"] == "crewai"
 
 
-def test_the_fast_and_the_lenient_parser_agree(tmp_path, settings, monkeypatch):
+def test_the_engine_and_the_line_rules_agree(tmp_path, settings):
+    # The engine (DuckDB) skips a line exactly when the second pass's rules name it.
     records = sample_records() + [rec(50, stages={"rerank": 0.2}, attributes={"flag": True})]
-    write_records(tmp_path, records, raw_lines=[b"garbage\n", encode(rec(51))])
-    fast = load_records(tmp_path, settings=settings)
-    monkeypatch.setattr(reader, "msgspec", None)  # as on a machine without msgspec
-    slow = load_records(tmp_path, settings=settings)
-    assert fast.attrs["read_stats"]["parser"] == "msgspec"
-    assert fast.attrs["read_stats"]["skipped_lines"] == slow.attrs["read_stats"]["skipped_lines"] == 1
-    assert list(fast.columns) == list(slow.columns)
-    for column in fast.columns:
-        assert fast[column].astype(object).where(fast[column].notna(), None).tolist() == \
-            slow[column].astype(object).where(slow[column].notna(), None).tolist(), column
+    write_records(tmp_path, records, raw_lines=[b"garbage\n", encode(rec(51)),
+                                                       b'{"stages": [1], "total_time": 1}\n'])
+    engine = load_records(tmp_path, settings=settings)
+    kept = []
+    for path in sorted(tmp_path.glob("*_performance.jsonl")):
+        for _, line in reader.bounded_lines(path):
+            reason, record = reader.line_problem(line) if line.strip() else ("blank", None)
+            if record is not None:
+                kept.append(record)
+    assert engine.attrs["read_stats"]["parser"] == "duckdb"
+    assert engine.attrs["read_stats"]["skipped_lines"] == 2
+    assert engine["request_id"].tolist() == [r["request_id"] for r in kept]
+    assert engine["total_time"].tolist() == [r["total_time"] for r in kept]
+    by_id = {r["request_id"]: r for r in kept}
+    for column in ("stage_retrieval", "stage_generation", "stage_rerank"):
+        name = column[len("stage_"):]
+        expected = [by_id[i]["stages"].get(name, {}).get("duration") for i in engine["request_id"]]
+        got = engine[column].astype(object).where(engine[column].notna(), None).tolist()
+        assert got == expected, column
 
 
 def test_parallel_reading_matches_serial_reading_line_numbers_included(tmp_path, settings):
@@ -213,17 +223,16 @@ def test_parallel_reading_matches_serial_reading_line_numbers_included(tmp_path,
     assert serial_stats.lines == parallel_stats.lines == 3001
 
 
-def test_blocks_split_a_file_at_line_boundaries(tmp_path):
+def test_bounded_lines_give_every_line_and_skip_over_long_ones(tmp_path):
     path = tmp_path / "x.jsonl"
     lines = [(b"%d" % n) * (n % 17 + 1) + b"\n" for n in range(500)]
     path.write_bytes(b"".join(lines) + b"tail-without-newline")
-    size = path.stat().st_size
-    for cuts in ([0, size], [0, 100, size], [0, 1, 2, 777, 1500, size], list(range(0, size, 97)) + [size]):
-        got = []
-        for start, end in zip(cuts, cuts[1:]):
-            for buf, length in reader._blocks(path, start, end):
-                got.append(bytes(buf[:length]))
-        assert b"".join(got) == path.read_bytes(), cuts
+    got = [line for _, line in reader.bounded_lines(path)]
+    assert b"".join(got) == path.read_bytes()
+    long = b"x" * 5000 + b"\n"
+    path.write_bytes(lines[0] + long + lines[1] + long[:-1])
+    assert list(reader.bounded_lines(path, limit=100)) == [(1, lines[0]), (2, None), (3, lines[1]),
+                                                           (4, None)]
 
 
 # --- the report -----------------------------------------------------------------------------------
