@@ -306,8 +306,12 @@ def connect(threads: int | None = None, spill_dir: Path | None = None):
     import duckdb
 
     con = duckdb.connect()
-    # Progress is tracked (our bar reads it) but DuckDB prints none of its own.
-    con.execute("SET enable_progress_bar = true; SET enable_progress_bar_print = false")
+    # Progress is tracked (our bar reads it) but DuckDB prints none of its own. Inside Jupyter
+    # DuckDB refuses to track it without ipywidgets: the report then runs without a bar.
+    try:
+        con.execute("SET enable_progress_bar_print = false; SET enable_progress_bar = true")
+    except duckdb.Error:
+        pass
     if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
         con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
     if threads is not None:
