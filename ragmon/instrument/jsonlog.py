@@ -24,7 +24,7 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..checks import text_of
+from ..checks import check_amount, text_of
 from .context import current_request_id
 from .redaction import REDACTED, redact, scrub  # noqa: F401  (redact is part of the API)
 
@@ -185,10 +185,9 @@ class StructuredLogger:
     def log_response(self, duration_ms: float, tokens: Mapping[str, int] | None = None,
                      cost: float | None = None, success: bool = True, **fields: Any) -> None:
         """A query finished: its duration, tokens ({"input": .., "output": ..}), cost, outcome."""
-        if isinstance(duration_ms, bool) or not isinstance(duration_ms, (int, float)) or duration_ms < 0:
-            raise ValueError(f"duration_ms={duration_ms!r} must be a number of milliseconds >= 0")
-        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
-            raise ValueError(f"cost={cost!r} must be dollars >= 0 or None")
+        check_amount("duration_ms", duration_ms, "a number of milliseconds >= 0")
+        if cost is not None:
+            check_amount("cost", cost, "dollars >= 0, or None")
         if tokens is not None and not isinstance(tokens, Mapping):
             raise ValueError(f"tokens={tokens!r} must be a dict such as {{'input': 450, 'output': 180}}")
         self.event(logging.INFO if success else logging.WARNING, "response",

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..checks import check_positive
 from .analysis import build_report as _build_report
 from .analysis import build_stats as _build_stats
 from .reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
@@ -57,11 +58,7 @@ def _settings(settings=None):
 def _check_hours(hours) -> float | None:
     if hours is None:
         return None
-    if (isinstance(hours, bool) or not isinstance(hours, (int, float)) or not math.isfinite(hours)
-            or hours <= 0):
-        raise ValueError(f"hours={hours!r} is not a period; expected a number of hours > 0, "
-                         "e.g. hours=24 (or None for the whole log)")
-    return float(hours)
+    return check_positive("hours", hours, "hours=24 (or None for the whole log)")
 
 
 def _log_dirs(log_dir, settings):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 # LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
+from ..checks import check_positive_int
 from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
 # A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
@@ -315,8 +316,7 @@ def connect(threads: int | None = None, spill_dir: Path | None = None):
     if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
         con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"workers={threads!r} must be a whole number >= 1 (None: every core)")
+        check_positive_int("workers", threads, "workers=2 (None: every core)")
         con.execute(f"SET threads = {threads}")
     return con
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .sources import (HISTORY_DIR, LogDirNotFound, file_date, own_regular_file, parquet_files)
+from ..checks import check_positive_int
 from ..instrument.records import LOG_FILE_GLOB
 
 # The only files a history partition may hold; a partition holding anything else is left alone.
@@ -43,10 +44,7 @@ class CleanupResult:
 
 
 def check_days(days: object) -> int:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ValueError(f"days={days!r} is not a retention period; expected a whole number of "
-                         "days >= 1, e.g. --days 30 (LOG_RETENTION_DAYS)")
-    return days
+    return check_positive_int("days", days, "--days 30 (LOG_RETENTION_DAYS)")
 
 
 def cleanup_logs(log_dir: str | Path, days: int, *, now: float | None = None,

@@ -38,6 +38,7 @@ from typing import Mapping
 
 import yaml
 
+from ..checks import check_port
 from .api import AlertmanagerAPI, PrometheusAPI, http_ok
 from .process import (ALL_COMPONENTS, COMPONENTS, HA_COMPONENTS, INSTALL_COMMAND, Component,
                       OwnedProcess, PidFile, StackError, find_binary, free_port, log_tail,
@@ -101,10 +102,7 @@ class Stack:
                                 for name, setting in PORT_SETTINGS.items()}
         self.requested_ports.update({name: 0 for name in HA_PORT_NAMES})
         for name, port in (ports or {}).items():
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-                raise ValueError(f"ports[{name!r}]={port!r} is not a TCP port; expected an integer "
-                                 "from 1 to 65535, or 0 for a free one")
-            self.requested_ports[name] = port
+            self.requested_ports[name] = check_port(f"ports[{name!r}]", port)
         self.extra_receiver_url = extra_receiver_url
         self.node_exporter = node_exporter
         self.search_path = search_path
