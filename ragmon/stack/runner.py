@@ -363,7 +363,7 @@ class Stack:
                      if peer != name]
             if self.fast:  # gossip in well under the time the second peer waits before sending
                 argv += ["--cluster.gossip-interval=100ms", "--cluster.pushpull-interval=2s",
-                         "--cluster.peer-timeout=5s", "--cluster.settle-timeout=10s"]
+                         "--cluster.peer-timeout=10s", "--cluster.settle-timeout=10s"]
             return argv
         if name == "victoria_metrics":
             argv = [f"-httpListenAddr={listen}", f"-storageDataPath={data}",

@@ -83,14 +83,16 @@ def notifications(hook: WebhookReceiver, since: int = 0) -> list[dict]:
 
 
 def duplicates(found: list[dict]) -> list[dict]:
-    """Notifications whose content (group, status, alerts and their states) was already sent."""
-    seen, repeated = set(), []
+    """Notifications that repeat the one before them word for word (group, status, alerts and
+    their states): what a second Prometheus or Alertmanager sending the same page looks like. A
+    group re-sent because one of its alerts changed is not a repeat."""
+    repeated, previous = [], None
     for note in found:
         key = (note["groupKey"], note["status"],
                frozenset((json.dumps(a["labels"], sort_keys=True), a["status"]) for a in note["alerts"]))
-        if key in seen:
+        if key == previous:
             repeated.append(note)
-        seen.add(key)
+        previous = key
     return repeated
 
 
@@ -103,11 +105,13 @@ def summary(found: list[dict]) -> list:
 def statuses(found: list[dict]) -> list[str]:
     """The states the main operation's alert was notified in, each change once: a page that
     was sent twice (by the two Prometheus or the two Alertmanagers) shows as firing, firing."""
+    repeated = duplicates(found)
     changes: list[str] = []
     for note in found:
         for alert in note["alerts"]:
             if _main_operation(alert):
-                if not changes or changes[-1] != alert["status"] or note in duplicates(found):
+                if (not changes or changes[-1] != alert["status"]
+                        or any(note is copy for copy in repeated)):
                     changes.append(alert["status"])
     return changes
 

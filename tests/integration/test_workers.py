@@ -109,7 +109,7 @@ def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries
     # A stream whose client hung up ends on the server a moment later (at its next chunk), so
     # in-flight first returns to 0; then several scrapes, answered by whichever worker accepts
     # them, and the master's endpoint, all report every query.
-    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 30, "in-flight 0")
+    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 90, "in-flight 0")
     for _ in range(6):
         assert total(server.scrape(), "rag_queries_total") == queries
     if server.server == "gunicorn":
@@ -193,7 +193,7 @@ def kill_a_worker_holding_requests(server: ExampleServer, llm: OpenAIStub, queri
     broken = [s for s in seen if not s["complete"]]
     assert len(broken) == lost and len(survived) == HELD - lost
     assert all(s["status"] is None for s in broken)  # the connection died with the worker
-    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 30, "in-flight 0")
+    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 90, "in-flight 0")
     samples = server.scrape()
     assert total(samples, "rag_queries_total") == queries + len(survived)
     records = server.records()

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / NOTEBOOK_NAME
 SECTIONS = 10
 MAX_NOTEBOOK_BYTES = 2_000_000
-MAX_PICTURE_PIXELS = (1600, 2400)  # width, height: 72 dpi pictures of the sizes the course draws
+MAX_PICTURE_PIXELS = (1600, 3200)  # width, height: 72 dpi; the whole dashboard is one tall picture
 
 
 def read_notebook() -> nbformat.NotebookNode:
