@@ -167,10 +167,11 @@ class PriceTable:
         return {name: entry.base for name, entry in self.entries.items()}
 
     @classmethod
-    def from_settings(cls, settings) -> "PriceTable":
+    def from_settings(cls, settings, path: str | Path | None = None) -> "PriceTable":
+        """The settings' default prices with their MODEL_PRICES_FILE, or with `path` instead."""
         default = ModelPrice(settings.COST_PER_1K_INPUT_TOKENS, settings.COST_PER_1K_OUTPUT_TOKENS,
                              settings.COST_PER_1K_CACHED_INPUT_TOKENS)
-        path = settings.MODEL_PRICES_FILE
+        path = settings.MODEL_PRICES_FILE if path is None else path
         if not path:
             return cls(default)
         return cls.from_file(path, default)

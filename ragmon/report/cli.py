@@ -141,7 +141,6 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     output.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name made with O_EXCL in the target directory: never a file someone placed there
     # (or a symlink to follow), and the rename below stays on one file system.
-    import tempfile
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)

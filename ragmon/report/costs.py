@@ -37,11 +37,7 @@ BILLED_KINDS = ("input", "output", "cached_input", "cache_write_5m", "cache_writ
 def price_table(prices_file: str | Path | None, settings) -> PriceTable:
     """The settings' price table, or one from `prices_file` (aliases, patterns and dated
     versions included) with the settings' default."""
-    if prices_file is None:
-        return PriceTable.from_settings(settings)
-    default = ModelPrice(settings.COST_PER_1K_INPUT_TOKENS, settings.COST_PER_1K_OUTPUT_TOKENS,
-                         settings.COST_PER_1K_CACHED_INPUT_TOKENS)
-    return PriceTable.from_file(prices_file, default)
+    return PriceTable.from_settings(settings, prices_file)
 
 
 def price_for(table: PriceTable, model: str | None, day: date | None) -> tuple[ModelPrice, str]:

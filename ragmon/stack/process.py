@@ -206,9 +206,10 @@ class PidFile:
         self.path.unlink(missing_ok=True)
 
 
-def start_process(argv: list[str], log_path: Path, pid_file: PidFile, cwd: Path) -> OwnedProcess:
-    """Starts a daemon of the stack and records it in `pid_file`."""
-    owned = spawn(pid_file.path.stem, argv, log_path, cwd=cwd)
+def start_process(argv: list[str], log_path: Path, pid_file: PidFile, cwd: Path,
+                  env: Mapping[str, str] | None = None) -> OwnedProcess:
+    """Starts a daemon (of the stack, or a server a test runs) and records it in `pid_file`."""
+    owned = spawn(pid_file.path.stem, argv, log_path, cwd=cwd, env=env)
     pid_file.write(owned)
     return owned
 

@@ -13,7 +13,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragmon.stack.api import http_ok
-from ragmon.stack.process import PidFile, free_port, log_tail, spawn, stop_process, wait_until
+from ragmon.stack.process import (PidFile, free_port, log_tail, start_process, stop_process,
+                                  wait_until)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -54,8 +55,8 @@ class ExampleServer:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "ExampleServer":
-        self.owned = spawn(self.server, self.argv, self.server_log, cwd=self.workdir, env=self.env)
-        self.pid_file.write(self.owned)
+        self.owned = start_process(self.argv, self.server_log, self.pid_file, self.workdir,
+                                   env=self.env)
         try:
             wait_until(self._all_workers_ready, timeout=90, interval=0.3,
                        what=f"{self.server} to start {self.workers} workers")
