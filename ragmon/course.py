@@ -613,14 +613,17 @@ class CourseStack:
         self.demo = self.procs.start(name, argv, log_path=self.workdir / f"{name}.out",
                                      cwd=self.workspace)
         self.demo_runs.append({"name": name, "args": " ".join(extra), "started": time.time(),
-                               "stopped": None})
+                               "stopped": None, "exited": None})
         return self.demo
 
     def stop_demo(self) -> None:
-        """Stops the running demo by PID and notes when."""
+        """Stops the running demo by PID and notes when it was told to stop and when it exited.
+
+        Between the two it still serves /metrics while queries in progress finish."""
         if self.demo is not None:
-            self.demo_runs[-1]["stopped"] = time.time()  # when it was told to stop
+            self.demo_runs[-1]["stopped"] = time.time()
             self.procs.stop(self.demo)
+            self.demo_runs[-1]["exited"] = time.time()
             self.demo = None
 
     def restart_demo(self, *extra: str, name: str = "demo") -> subprocess.Popen:
@@ -629,9 +632,9 @@ class CourseStack:
         return self.start_demo(*extra, name=name)
 
     def runs(self) -> pd.DataFrame:
-        """One row per demo run: its name, extra arguments, start and stop (UTC)."""
-        frame = pd.DataFrame(self.demo_runs, columns=["name", "args", "started", "stopped"])
-        for column in ("started", "stopped"):
+        """One row per demo run: its name, extra arguments, start, stop and exit (UTC)."""
+        frame = pd.DataFrame(self.demo_runs, columns=["name", "args", "started", "stopped", "exited"])
+        for column in ("started", "stopped", "exited"):
             frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         return frame
 
