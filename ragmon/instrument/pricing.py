@@ -245,10 +245,15 @@ _EXAMPLE = ('{"gpt-4o-mini": {"input": 0.00015, "output": 0.0006, "cached_input"
             '"patterns": ["gpt-4o-mini-*"]}}')
 
 
-def _price(path, label: str, raw: Mapping, fallback: ModelPrice, price_id: str) -> ModelPrice:
+def _price(path, label: str, raw: Mapping, fallback: ModelPrice, price_id: str,
+           cached_like_input: bool = False) -> ModelPrice:
+    """`cached_like_input`: an entry that leaves out cache reads bills them like its own input,
+    never at the default price (a free local model must not be charged for them); a version
+    leaves them as its entry has them."""
+    cached = raw.get("input", fallback.cached_input) if cached_like_input else fallback.cached_input
     try:
         return ModelPrice(raw.get("input", fallback.input), raw.get("output", fallback.output),
-                          raw.get("cached_input", fallback.cached_input),
+                          raw.get("cached_input", cached),
                           raw.get("cache_write"), raw.get("cache_write_1h"), id=price_id)
     except ValueError as exc:
         raise ValueError(f"price file {str(path)!r}, {label}: {exc}") from None
@@ -284,7 +289,7 @@ def _read_price_file(path: str | Path, default: ModelPrice):
                              "object with keys input, output, cached_input, cache_write, "
                              "cache_write_1h (dollars per 1K tokens) and optionally aliases, "
                              f"patterns, versions, note; e.g. {_EXAMPLE}")
-        base = _price(path, f"model {model!r}", entry, default, model)
+        base = _price(path, f"model {model!r}", entry, default, model, cached_like_input=True)
         versions = []
         for version in entry.get("versions", []):
             day = version.get("effective_from") if isinstance(version, dict) else None

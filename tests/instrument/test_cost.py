@@ -27,6 +27,21 @@ def test_price_file_prices_known_models_including_cached_input(tmp_path, registr
     assert registry.get_sample_value("rag_unknown_model_total") == 0
 
 
+def test_an_entry_without_cache_read_prices_bills_them_like_its_input_and_a_version_inherits(tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({
+        "local-llama": {"input": 0.0, "output": 0.0},
+        "gpt-x": {"input": 0.002, "output": 0.008, "cached_input": 0.0005,
+                  "versions": [{"effective_from": "2025-01-01", "input": 0.004}]}}))
+    default = ModelPrice(0.003, 0.015, 0.0003)
+    models = load_price_file(prices, default)
+    assert models["local-llama"].cached_input == 0.0, "never the default's cache-read price"
+    table = PriceTable.from_settings(make_settings(MODEL_PRICES_FILE=prices))
+    import datetime
+    version = table.match("gpt-x", datetime.date(2025, 6, 1)).price
+    assert (version.input, version.cached_input) == (0.004, 0.0005)
+
+
 def test_the_shipped_price_file_loads():
     models = load_price_file(SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
     assert models["gpt-4o-mini"].output == 0.0006

@@ -26,7 +26,7 @@ from ragmon.course_run import (METADATA_KEY, NOTEBOOK_NAME, code_cells_sha256, e
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / NOTEBOOK_NAME
-SECTIONS = 10
+SECTIONS = 11
 MAX_NOTEBOOK_BYTES = 2_000_000
 MAX_PICTURE_PIXELS = (1600, 3200)  # width, height: 72 dpi; the whole dashboard is one tall picture
 
