@@ -83,6 +83,13 @@ def test_prometheus_mounts_its_config_and_every_rule_file_beside_it():
     assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]
 
 
+def test_prometheus_in_compose_keeps_exemplars_like_the_local_stack():
+    from ragmon.stack.runner import Stack
+    import inspect
+    assert "--enable-feature=exemplar-storage" in inspect.getsource(Stack)
+    assert "--enable-feature=exemplar-storage" in SERVICES["prometheus"]["command"]
+
+
 def test_compose_names_match_the_scrape_targets():
     config = load_yaml(WORKSPACE / "prometheus.yml")
     hosts = {t.split(":")[0] for job in config["scrape_configs"] for s in job["static_configs"]
