@@ -27,21 +27,38 @@ requested model name in responses, as the APIs do), ``request_limit`` and ``toke
 ``fail_next(status)`` answers the next request(s) with an error, ``stall_next(seconds)`` delays
 them (to provoke client timeouts). ``billed()`` tallies the tokens billed per model and kind.
 
-Only the standard library is used; the server binds 127.0.0.1 on a free port.
+Per request, ``billed_by_request()`` maps each request id to the tokens of its answer, so a test
+can hold one query's record against exactly what its call was charged. The id is the caller's
+``X-Client-Request-Id`` header or, without one, the id the server answered with (``x-request-id``
+/ ``request-id``, the SDKs' ``_request_id``). An answer enters it once it has been written whole:
+a stream the client abandons midway is absent, though ``billed()`` keeps the output generated
+until then, as a provider bills it. Two whole answers under one id add up.
+
+A prompt containing ``[hold]`` (``HOLD_MARKER``, in any message, input or system text) waits
+before its answer, JSON or stream, counted in ``held``, until ``release_held()``: a test keeps
+requests in flight for as long as it needs. A released request is answered with the knobs in
+force at its release; ``stop()`` releases every held request. ``in_flight`` counts the requests
+being answered, held ones included.
+
+Only the standard library is used; the server binds 127.0.0.1 on a free port. It is thread-safe:
+every request is answered in its own thread, and many clients (several workers' connection pools)
+may connect at once.
 """
 from __future__ import annotations
 
 import itertools
 import json
-from collections import deque
+import sys
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 BILLED_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "output",
                 "reasoning")
+HOLD_MARKER = "[hold]"
 _ids = itertools.count(1)
 
 _ERRORS = {  # status -> (OpenAI error type, Anthropic error type)
@@ -76,6 +93,12 @@ class LLMTestServer:
         self._failures: list[tuple[int, float]] = []
         self._stalls: list[float] = []
         self._billed: dict[str, dict[str, int]] = {}
+        self._billed_by_request: dict[str, dict[str, Any]] = {}
+        self._held = 0
+        self._in_flight = 0
+        self._releases = 0  # bumped by release_held(): the requests held before it go on
+        self._released = threading.Condition(self._lock)
+        self._stopping = False
         self._requests_used = 0
         self._tokens_used = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -85,14 +108,18 @@ class LLMTestServer:
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> "LLMTestServer":
         handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
-        self._httpd.daemon_threads = True
+        with self._lock:
+            self._stopping = False
+        self._httpd = _Server((self._host, self._port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="llm-test-server",
                                         daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._released.notify_all()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -155,9 +182,37 @@ class LLMTestServer:
         with self._lock:
             return {model: dict(kinds) for model, kinds in self._billed.items()}
 
+    def billed_by_request(self) -> dict[str, dict[str, Any]]:
+        """Whole answers billed so far: {request id: {"model": as answered, kind: tokens}}, the
+        kinds of ``billed()``; the id is the caller's ``X-Client-Request-Id`` or the server's."""
+        with self._lock:
+            return {request_id: dict(entry) for request_id, entry in self._billed_by_request.items()}
+
     def reset_billing(self) -> None:
         with self._lock:
             self._billed.clear()
+            self._billed_by_request.clear()
+
+    @property
+    def held(self) -> int:
+        """Requests waiting on their ``[hold]`` prompt now."""
+        with self._lock:
+            return self._held
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now (held ones included)."""
+        with self._lock:
+            return self._in_flight
+
+    def release_held(self) -> int:
+        """Lets every request held now go on to its answer; returns how many. Requests that
+        arrive later with ``[hold]`` wait again."""
+        with self._lock:
+            released, self._held = self._held, 0
+            self._releases += 1
+            self._released.notify_all()
+            return released
 
     # --- internals used by the handler ----------------------------------------------------------
     def _plan(self) -> tuple[dict, tuple[int, float] | None, float]:
@@ -174,6 +229,28 @@ class LLMTestServer:
                 if kind != "reasoning":
                     self._tokens_used += count
 
+    def _hold(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._held += 1
+            releases = self._releases
+            self._released.wait_for(lambda: self._releases != releases or self._stopping)
+            if self._releases == releases:  # stopping: nobody released this one
+                self._held -= 1
+
+    def _bill_request(self, request_id: str, model: str, tokens: dict[str, int]) -> None:
+        with self._lock:
+            entry = self._billed_by_request.setdefault(
+                request_id, dict.fromkeys(BILLED_KINDS, 0))
+            entry["model"] = model
+            for kind, count in tokens.items():
+                entry[kind] += count
+
+    def _answering(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
+
     def _count_request(self, model: str) -> None:
         with self._lock:
             self._requests_used += 1
@@ -186,15 +263,38 @@ class LLMTestServer:
                     knobs["token_limit"], max(knobs["token_limit"] - self._tokens_used, 0))
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # several workers' connection pools connect at once
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a caller hanging up is no error
+
+
+def _texts(value: Any):
+    """Every string the caller wrote in a request's messages (not roles, types, cache marks)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in ("role", "type", "cache_control"):
+                yield from _texts(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+
+
 def _words(value: Any) -> int:
     """Prompt size in "tokens": the words of every string in the request's messages."""
-    if isinstance(value, str):
-        return len(value.split())
-    if isinstance(value, dict):
-        return sum(_words(v) for k, v in value.items() if k not in ("role", "type", "cache_control"))
-    if isinstance(value, list):
-        return sum(_words(v) for v in value)
-    return 0
+    return sum(len(text.split()) for text in _texts(value))
+
+
+def _answer_tokens(plan: dict) -> dict[str, int]:
+    """What one whole answer bills, by kind (``output`` includes ``reasoning``)."""
+    return {"input": plan["input"], "cached_input": plan["cached"],
+            "cache_write_5m": plan["write_5m"], "cache_write_1h": plan["write_1h"],
+            "output": len(plan["words"]) + plan["reasoning"], "reasoning": plan["reasoning"]}
 
 
 def _answered_model(model: str, knobs: dict) -> str:
@@ -215,24 +315,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         state = self.server_state
+        state._answering(+1)
+        try:
+            self._answer(state)
+        finally:
+            state._answering(-1)
+
+    def _answer(self, state: LLMTestServer) -> None:
         length = int(self.headers.get("content-length") or 0)
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except json.JSONDecodeError:
             body = {}
         state.requests.append(body)
+        path = self.path.split("?")[0]
+        anthropic = path.endswith("/messages")
+        kind = ("chat" if path.endswith("/chat/completions") else
+                "responses" if path.endswith("/responses") else
+                "messages" if anthropic else None)
+        prompt = body.get("input") if kind == "responses" else body.get("messages")
+        system = body.get("system") if anthropic else body.get("instructions")
+        if any(HOLD_MARKER in text for text in _texts([prompt, system])):
+            state._hold()
         knobs, failure, stall = state._plan()
         if stall:
             time.sleep(stall)
-        path = self.path.split("?")[0]
-        anthropic = path.endswith("/messages")
-        if path.endswith("/chat/completions"):
-            kind = "chat"
-        elif path.endswith("/responses"):
-            kind = "responses"
-        elif anthropic:
-            kind = "messages"
-        else:
+        if kind is None:
             return self._json(404, {"error": {"message": f"no route {path}", "type": "not_found"}},
                               {})
         model = _answered_model(str(body.get("model") or "unknown-model"), knobs)
@@ -240,8 +348,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = self._rate_headers(knobs, anthropic)
         if failure is not None:
             return self._error(failure, anthropic, headers)
-        prompt = body.get("messages") if kind != "responses" else body.get("input")
-        system = body.get("system") if anthropic else body.get("instructions")
+        request_id = (self.headers.get("X-Client-Request-Id")
+                      or headers.get("request-id") or headers["x-request-id"])
         plan = {
             "model": model,
             "words": knobs["reply"].split(),
@@ -254,10 +362,11 @@ class _Handler(BaseHTTPRequestHandler):
         state._bill(model, input=plan["input"], cached_input=plan["cached"],
                     cache_write_5m=plan["write_5m"], cache_write_1h=plan["write_1h"])
         if body.get("stream"):
-            return self._stream(kind, body, plan, knobs, headers)
-        output = len(plan["words"]) + plan["reasoning"]
-        state._bill(model, output=output, reasoning=plan["reasoning"])
+            return self._stream(kind, body, plan, knobs, headers, request_id)
+        tokens = _answer_tokens(plan)
+        state._bill(model, output=tokens["output"], reasoning=tokens["reasoning"])
         self._json(200, _BUILDERS[kind](plan), headers)
+        state._bill_request(request_id, model, tokens)
 
     # --- answers -------------------------------------------------------------------------------
     def _rate_headers(self, knobs: dict, anthropic: bool) -> dict[str, str]:
@@ -302,7 +411,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers = dict(headers, **{"retry-after": str(retry_after)})
         self._json(status, payload, headers)
 
-    def _stream(self, kind: str, body: dict, plan: dict, knobs: dict, headers: dict) -> None:
+    def _stream(self, kind: str, body: dict, plan: dict, knobs: dict, headers: dict,
+                request_id: str) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -324,7 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(line.encode())
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            return  # the client went away; what was generated so far is billed
+            return  # the client went away: billed() keeps what was generated, no whole answer
+        state._bill_request(request_id, plan["model"], _answer_tokens(plan))
 
 
 def _chat_usage(plan: dict) -> dict:

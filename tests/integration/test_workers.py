@@ -29,9 +29,10 @@ from prometheus_client.mmap_dict import MmapedDict
 from ragmon.instrument.pricing import PriceTable
 from ragmon.stack.process import log_tail
 from ragmon.settings import make_settings
+from ragmon.testing import LLMTestServer
+from ragmon.testing.llm_server import BILLED_KINDS, HOLD_MARKER
 from tests.conftest import require_binaries
 from tests.integration.example_server import ExampleServer, total, wait_for
-from tests.integration.openai_stub import OpenAIStub
 
 REQUESTS = 2000
 CONCURRENCY = 32
@@ -41,8 +42,11 @@ ROUTES = {"/ask": "ask", "/ask/stream": "ask_stream", "/ask/stream-sync": "ask_s
 
 @pytest.fixture
 def llm():
-    with OpenAIStub() as stub:
-        yield stub
+    # Eight words a few milliseconds apart keep a stream open long enough for a client hanging
+    # up to be caught mid-stream; cached prompt tokens make a second kind travel through workers.
+    with LLMTestServer(reply="Prometheus scrapes every worker through one merged view.",
+                       chunk_delay=0.002, cached_tokens=4) as server:
+        yield server
 
 
 def plan(count: int) -> list[dict]:
@@ -100,7 +104,7 @@ def in_flight_by_worker(server: ExampleServer) -> dict[int, float]:
     return out
 
 
-def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries: int) -> None:
+def check_load(server: ExampleServer, llm: LLMTestServer, seen: list[dict], queries: int) -> None:
     # The merged exposition passes promtool as the single-process one does.
     [promtool] = require_binaries("promtool")
     text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read()
@@ -144,23 +148,28 @@ def check_load(server: ExampleServer, llm: OpenAIStub, seen: list[dict], queries
         assert total(samples, "rag_http_requests_total", route=path, status_class="2xx") == sent
         assert total(samples, "rag_queries_total", operation=operation) == sent
 
-    # Tokens: every finished query carries exactly what the LLM server billed for it.
+    # Tokens: every finished query carries exactly what the LLM server billed for its answer
+    # (keyed by the X-Client-Request-Id the service sends), by kind, under the answering model.
     table = prices()
+    billed = llm.billed_by_request()
     for record in records:
         if record["status"] == "success":
-            assert {k: record["tokens"][k] for k in ("input", "output")} == llm.billed[
-                record["request_id"]]
+            answer = billed[record["request_id"]]
+            assert record["model"] == answer["model"]
+            assert {kind: record["tokens"].get(kind, 0) for kind in BILLED_KINDS} == {
+                kind: answer[kind] for kind in BILLED_KINDS}
+            assert record["tokens"]["cached_input"] == 4
             assert record["cost"] == pytest.approx(
                 expected_cost(table, record["model"], record["tokens"]), rel=1e-9)
-    for kind in ("input", "output"):
+    for kind in ("input", "output", "cached_input"):
         assert total(samples, "rag_tokens_total", token_type=kind) == sum(
             r["tokens"][kind] for r in records)
     assert total(samples, "rag_spend_dollars_total") == pytest.approx(
         sum(r["cost"] or 0 for r in records), rel=1e-9)
 
 
-def kill_a_worker_holding_requests(server: ExampleServer, llm: OpenAIStub, queries: int) -> None:
-    held = [{"path": "/ask", "question": f"[hold] question {i}", "hang_up": False,
+def kill_a_worker_holding_requests(server: ExampleServer, llm: LLMTestServer, queries: int) -> None:
+    held = [{"path": "/ask", "question": f"{HOLD_MARKER} question {i}", "hang_up": False,
              "own_id": None} for i in range(HELD)]
 
     async def scenario():
@@ -185,7 +194,7 @@ def kill_a_worker_holding_requests(server: ExampleServer, llm: OpenAIStub, queri
         if server.server == "gunicorn":  # child_exit merged its files into the archive
             assert not list(server.multiproc_dir.glob(f"*_{victim}.db"))
             assert (server.multiproc_dir / "counter_archive.db").exists()
-        llm.release_held()
+        assert llm.release_held() == HELD
         return await clients, int(serving)
 
     seen, lost = asyncio.run(scenario())
