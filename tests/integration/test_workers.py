@@ -104,24 +104,35 @@ def in_flight_by_worker(server: ExampleServer) -> dict[int, float]:
     return out
 
 
+def wait_until_settled(server: ExampleServer, queries: int) -> None:
+    """Waits until no query is in flight and `queries` are counted and recorded. A stream whose
+    client hung up ends on the server a moment later (at its next chunk), and a query leaves
+    in-flight just before it is counted, then recorded: a scrape in between sees neither."""
+    def settled():
+        samples = server.scrape()
+        return (total(samples, "rag_queries_in_flight") == 0
+                and total(samples, "rag_queries_total") == queries
+                and len(server.records()) == queries)
+    wait_for(settled, 90, f"in-flight 0 and {queries} queries counted and recorded")
+
+
 def check_load(server: ExampleServer, llm: LLMTestServer, seen: list[dict], queries: int) -> None:
     # The merged exposition passes promtool as the single-process one does.
     [promtool] = require_binaries("promtool")
     text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read()
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     assert lint.returncode == 0 and lint.stdout == lint.stderr == b"", lint
-    # A stream whose client hung up ends on the server a moment later (at its next chunk), so
-    # in-flight first returns to 0; then several scrapes, answered by whichever worker accepts
-    # them, and the master's endpoint, all report every query.
-    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 90, "in-flight 0")
+    assert all(s["status"] == 200 for s in seen), (Counter(s["status"] for s in seen),
+                                                   log_tail(server.server_log, 60))
+    # Once settled, several scrapes, answered by whichever worker accepts them, and the master's
+    # endpoint, all report every query.
+    wait_until_settled(server, queries)
     for _ in range(6):
         assert total(server.scrape(), "rag_queries_total") == queries
     if server.server == "gunicorn":
         master = server.scrape(f"http://127.0.0.1:{server.metrics_port}/metrics")
         assert total(master, "rag_queries_total") == queries
 
-    assert all(s["status"] == 200 for s in seen), (Counter(s["status"] for s in seen),
-                                                   log_tail(server.server_log, 60))
     records = server.records()
     ids = [r["request_id"] for r in records]
     assert len(records) == queries and len(set(ids)) == queries
@@ -202,9 +213,7 @@ def kill_a_worker_holding_requests(server: ExampleServer, llm: LLMTestServer, qu
     broken = [s for s in seen if not s["complete"]]
     assert len(broken) == lost and len(survived) == HELD - lost
     assert all(s["status"] is None for s in broken)  # the connection died with the worker
-    wait_for(lambda: total(server.scrape(), "rag_queries_in_flight") == 0, 90, "in-flight 0")
-    samples = server.scrape()
-    assert total(samples, "rag_queries_total") == queries + len(survived)
+    wait_until_settled(server, queries + len(survived))
     records = server.records()
     assert len(records) == queries + len(survived)
     assert {s["request_id"] for s in survived} <= {r["request_id"] for r in records}
