@@ -186,7 +186,8 @@ class LLMTestServer:
         """Whole answers billed so far: {request id: {"model": as answered, kind: tokens}}, the
         kinds of ``billed()``; the id is the caller's ``X-Client-Request-Id`` or the server's."""
         with self._lock:
-            return {request_id: dict(entry) for request_id, entry in self._billed_by_request.items()}
+            return {request_id: dict(entry)
+                    for request_id, entry in self._billed_by_request.items()}
 
     def reset_billing(self) -> None:
         with self._lock:

@@ -1,8 +1,10 @@
-"""LLMTestServer's per-request billing and held requests, driven by the real `openai` SDK."""
+"""LLMTestServer's per-request billing and held requests, driven by the real `openai` SDK
+(and `anthropic` for its wire format)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import anthropic
 import openai
 import pytest
 
@@ -151,3 +153,21 @@ def test_stop_releases_held_requests():
         server.stop()
         assert held.result(timeout=30).choices[0].message.content
     assert server.held == 0
+
+
+def test_anthropic_answers_are_billed_per_request_too(server):
+    client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test", max_retries=0)
+    message = client.messages.create(model="claude-3-5-haiku", max_tokens=50,
+                                     messages=[{"role": "user", "content": PROMPT}])
+    with client.messages.stream(model="claude-3-5-haiku", max_tokens=50,
+                                messages=[{"role": "user", "content": PROMPT}],
+                                extra_headers={"X-Client-Request-Id": "claude-stream"}) as stream:
+        streamed = stream.get_final_message()
+    billed = server.billed_by_request()
+    assert set(billed) == {message._request_id, "claude-stream"}
+    for request_id, answer in ((message._request_id, message), ("claude-stream", streamed)):
+        entry = billed[request_id]
+        assert entry["model"] == answer.model == "claude-3-5-haiku-20241022"
+        assert (entry["input"], entry["cached_input"], entry["output"]) == (
+            answer.usage.input_tokens, answer.usage.cache_read_input_tokens,
+            answer.usage.output_tokens)
