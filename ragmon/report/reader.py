@@ -293,17 +293,20 @@ def _parquet_select(files_sql: str, full: bool) -> str:
            {", ".join(f"tokens.{kind} AS {kind}_tokens" for kind in EXTRA_TOKEN_KINDS)},
            cache.hits AS cache_hits,
            cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
-           cost_original, price_match{extra}
-    FROM read_parquet({files_sql}, filename=true, union_by_name=true)"""
+           cost_original, price_match, 0 AS part, list_position({files_sql}, filename) AS file_pos,
+           file_row_number AS row_in_file{extra}
+    FROM read_parquet({files_sql}, filename=true, union_by_name=true, file_row_number=true)"""
 
 
 def _sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def connect(threads: int | None = None, spill_dir: Path | None = None):
+def connect(threads: int | None = None, spill_dir: Path | None = None,
+            memory_limit: str = "1GB"):
     """A DuckDB connection set up for the log: UTC, no progress bar of its own (ours is tqdm),
-    memory bounded for a laptop, and `threads` threads (default: every core)."""
+    and `threads` threads (default: every core). With `spill_dir`, DuckDB's memory is bounded
+    by `memory_limit` and what does not fit spills there."""
     import duckdb
 
     con = duckdb.connect()
@@ -314,7 +317,8 @@ def connect(threads: int | None = None, spill_dir: Path | None = None):
     except duckdb.Error:
         pass
     if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
-        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
+        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; "
+                    f"SET memory_limit = {_quote(memory_limit)}")
     if threads is not None:
         check_positive_int("workers", threads, "workers=2 (None: every core)")
         con.execute(f"SET threads = {threads}")
@@ -465,6 +469,8 @@ class _Progress:
         self.con, self.description, self.delay = con, description, delay
         self.done = threading.Event()
         self.thread = None
+        # A bar over several queries: each moves it from `base` by its progress times `scale`.
+        self.base, self.scale = 0.0, 1.0
 
     def __enter__(self):
         if sys.stderr.isatty():
@@ -484,7 +490,7 @@ class _Progress:
                 except Exception:  # no query running at this instant
                     continue
                 if percent >= 0:
-                    bar.update(max(0.0, percent - bar.n))
+                    bar.update(max(0.0, self.base + percent * self.scale - bar.n))
 
     def __exit__(self, *exc):
         self.done.set()
@@ -494,9 +500,13 @@ class _Progress:
 
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
-              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None):
+              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None,
+              memory_limit: str = "1GB"):
     """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
     period, ReadStats); the connection is None when there is no file to read.
+
+    ``(part, file_pos, row_in_file)`` is each row's place in the read order (history first,
+    then the JSONL rows): with end_time it tells which of two rows came first.
 
     The JSONL files are read once into the temp table ``log_rows`` (their rejected rows need a
     second look); the Parquet history is scanned in place by the view, column by column.
@@ -508,7 +518,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         f" AND end_time < {until!r}" if until is not None else "")
     if not sources.files:
         return None, inside, stats
-    con = connect(workers, spill_dir)
+    con = connect(workers, spill_dir, memory_limit)
     parts = []
     if sources.parquet:
         parquet = _parquet_select(_sql_list([f.path for f in sources.parquet]), full)
@@ -520,7 +530,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         stats.outside_period += outside
     if sources.jsonl:
         _load_jsonl(con, sources, inside, full, progress, stats, keep_rejected)
-        parts.append("SELECT * FROM log_rows")
+        parts.append("SELECT *, 1 AS part, 0 AS file_pos, rowid AS row_in_file FROM log_rows")
     con.execute("CREATE TEMP VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
     return con, inside, stats
 
