@@ -11,8 +11,9 @@ memory is bounded (``memory_limit``, spilling to a temporary directory past it).
 """
 from __future__ import annotations
 
-import json
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +21,16 @@ from pathlib import Path
 from .analysis import TOP_VALUES, _f
 from .analysis import _iso as _analysis_iso
 from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
-                     _hashable, _keys, _quote, find_sources, load_rows, since_hours)
+                     _hashable, _quote, find_sources, load_rows, since_hours)
+from .reader import HISTORY_END
 
 # DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
 MEMORY_LIMIT = "1GB"
 _NUMBER_TYPES = {"BIGINT", "UBIGINT", "DOUBLE"}
 # Which row came first: load_records() orders by end time, ties in read order; pandas' groups
 # and counts then list values by first appearance.
-FIRST_SEEN = "min({'e': end_time, 'p': part, 'f': file_pos, 'r': row_in_file})"
+# (Two groups both first seen at the same end time are told apart by the earliest row of each.)
+FIRST_SEEN = "min(end_time), min(seq)"
 _QUALITY = (("relevance_score", "relevance"), ("context_precision", "context_precision"),
             ("time_to_first_token", "time_to_first_token"))
 
@@ -49,17 +52,24 @@ def _sql_in(values) -> str:
 
 
 class _Steps:
-    """One progress bar over the report's queries (each query moves it by its share)."""
+    """Runs the report's queries, each on a cursor of its own (so that two may run at once),
+    and moves one progress bar by each query's share."""
 
     def __init__(self, progress: _Progress, steps: int):
-        self.progress, self.steps, self.done = progress, steps, 0
+        self.progress, self.con, self.steps, self.done = progress, progress.con, steps, 0
+        self.lock = threading.Lock()
         progress.scale = 1.0 / steps
 
     def run(self, sql: str, params=None):
-        con = self.progress.con
-        result = con.execute(sql, params or []).fetchall()
-        self.done += 1
-        self.progress.base = 100.0 * min(self.done, self.steps) / self.steps
+        with self.lock:
+            cursor = self.con.cursor()
+        try:
+            result = cursor.execute(sql, params or []).fetchall()
+        finally:
+            cursor.close()
+        with self.lock:
+            self.done += 1
+            self.progress.base = 100.0 * min(self.done, self.steps) / self.steps
         return result
 
 
@@ -75,10 +85,13 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
     with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
         con, inside, stats = load_rows(sources, since, None, workers=workers,
                                        progress="reading" if progress else None, stats=stats,
-                                       spill_dir=Path(spill), memory_limit=memory_limit)
+                                       spill_dir=Path(spill), memory_limit=memory_limit,
+                                       count_history=False)
         if con is None:
             return _header(settings, hours, now, stats, 0)
         try:
+            # Every query below orders what it returns: the scans need not keep the read order.
+            con.execute("SET preserve_insertion_order = false")
             with _Progress(con, "summarising", delay=1.0 if progress else 1e9) as bar:
                 return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 11))
         finally:
@@ -112,31 +125,29 @@ def _header(settings, hours, now, stats: ReadStats, n: int) -> dict:
     return report
 
 
-def _default_models(steps: _Steps, inside: str, settings) -> list | None:
-    """The models the price table prices at the default (None: no readable price file)."""
+def _price_table(settings):
+    """The price table that tells default-priced models (None: no readable price file)."""
     try:
         from ..instrument.pricing import PriceTable
-        table = PriceTable.from_settings(settings)
+        return PriceTable.from_settings(settings)
     except (OSError, ValueError):
         return None
-    models = steps.run(f"SELECT DISTINCT model FROM all_rows WHERE {inside} AND model IS NOT NULL")
-    return [m for (m,) in models if table.match(m).match == "default"]
 
 
-def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: _Steps) -> dict:
-    stage_keys = _keys(con, "stage_map", inside, MAX_STAGE_NAMES, "stage", stats)
-    attribute_keys = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
-    defaulted = _default_models(steps, inside, settings)
-    default = (f"(CASE WHEN price_match IS NOT NULL THEN price_match = 'default' "
-               f"ELSE coalesce(model IN {_sql_in(defaulted)}, false) END)")
+def _bounded(keys, limit: int, kind: str, stats: ReadStats) -> list[str]:
+    """The first `limit` of the sorted `keys`; the rest are named in stats.ignored_names (as
+    reader._keys does: like metric labels, stage names and attribute keys must be bounded)."""
+    keys = sorted(k for k in keys if k is not None)
+    for key in keys[limit:]:
+        if len(stats.ignored_names) < 20:
+            stats.ignored_names.add(f"{kind} {key}")
+    return keys[:limit]
+
+
+def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: "_Steps") -> dict:
     quality = ", ".join(f"count({c}), fsum({c}) / count({c}), quantile_cont({c}, [0.5, 0.95])"
                         for c, _ in _QUALITY)
-    pricing = (f"count(*) FILTER ({default} AND cost IS NOT NULL), "
-               f"coalesce(fsum(cost) FILTER ({default}), 0), "
-               f"coalesce(fsum(cost) FILTER (NOT {default}), 0), "
-               f"list(DISTINCT model::VARCHAR) FILTER ({default} AND cost IS NOT NULL "
-               "AND model IS NOT NULL)" if defaulted is not None else "NULL, NULL, NULL, NULL")
-    [row] = steps.run(f"""
+    main = (f"""
         SELECT count(*), min(end_time), max(end_time),
                count(*) FILTER (status = 'success'), count(*) FILTER (status = 'error'),
                count(*) FILTER (status = 'cancelled'),
@@ -145,22 +156,35 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: _St
                coalesce(fsum(cost), 0), count(cost),
                coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
                coalesce(sum(cached_input_tokens), 0), coalesce(sum(cache_hits), 0),
-               coalesce(sum(cache_misses), 0), {quality},
+               coalesce(sum(cache_misses), 0),
                count(cost_original), coalesce(fsum(cost_original), 0),
                coalesce(fsum(coalesce(cost, 0)) FILTER (cost_original IS NOT NULL), 0),
-               count(model), count(operation), {pricing}
+               count(model), count(operation), count(*) FILTER (seq < {HISTORY_END})
         FROM all_rows WHERE {inside}""",
-        [settings.SLOW_QUERY_SECONDS, settings.VERY_SLOW_QUERY_SECONDS])
-    values = list(row)
+            [settings.SLOW_QUERY_SECONDS, settings.VERY_SLOW_QUERY_SECONDS])
+    # Independent queries, two at a time, longest first: the last step of each (an exact
+    # percentile over millions of values) runs on one core, so two keep both cores busy.
+    queries = {"stages": _stages_query(inside, settings), "attributes": _attributes_query(inside),
+               "quality": (f"SELECT {quality} FROM all_rows WHERE {inside}", None),
+               "main": main, "models": _models_query(inside),
+               "operations": _operations_query(inside), "slowest": _slowest_query(inside, top),
+               "errors": _errors_query(inside)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(queries, pool.map(lambda q: steps.run(*q), queries.values())))
+
+    [values] = results["main"]
+    values = list(values)
     n, first, last, success, error, cancelled = values[:6]
+    stage_rows = results["stages"]
+    stage_keys = _bounded({r[0] for r in stage_rows}, MAX_STAGE_NAMES, "stage", stats)
+    stats.outside_period += stats.history_rows - values[23]  # history rows not in the period
     report = _header(settings, hours, now, stats, int(n))
     if not n:
         return report
     mean, (p50, p95, p99), longest, slow, very_slow = values[6:11]
     cost_sum, priced, tok_in, tok_out, tok_cached, hits, misses = values[11:18]
-    quality = values[18:27]
-    repriced, before, after, with_model, with_operation = values[27:32]
-    default_count, default_cost, table_cost, default_list = values[32:36]
+    quality = results["quality"][0]
+    repriced, before, after, with_model, with_operation = values[18:23]
 
     report["period"]["first"], report["period"]["last"] = _iso(first), _iso(last)
     span_hours = hours if hours else max(
@@ -172,16 +196,14 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: _St
     report["latency"] = {"mean": _f(mean), "p50": _f(p50), "p95": _f(p95), "p99": _f(p99),
                          "max": _f(longest), "slow": slow, "very_slow": very_slow,
                          "slow_share": slow / n}
-    report["stages"] = _stages(steps, inside, stage_keys, settings)
-    report["models"] = _models(steps, inside) if with_model else []
+    report["stages"] = _stages(stage_rows, stage_keys, settings)
+    report["models"] = _models(results["models"]) if with_model else []
+    table = _price_table(settings)
     cost = {"total": _f(cost_sum) if priced else 0.0,
             "per_request": _f(cost_sum / priced) if priced else None,
             "requests_without_cost": n - priced}
-    if defaulted is not None:
-        cost["default_priced"] = {"requests": default_count,
-                                  "cost": _f(default_cost) if default_count else 0.0,
-                                  "models": sorted(default_list or [])}
-        cost["table_priced"] = _f(table_cost) if priced - default_count else 0.0
+    if table is not None:
+        cost.update(_pricing(results["models"], table, priced))
     cost["repriced"] = {"requests": repriced, "cost_before": _f(before) if repriced else 0.0,
                         "cost_after": _f(after) if repriced else 0.0}
     report["cost"] = cost
@@ -195,21 +217,19 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: _St
         q50, q95 = quantiles if quantiles is not None else (None, None)
         report["quality"][key] = {"measured": measured, "mean": _f(average) if measured else None,
                                   "p50": _f(q50), "p95": _f(q95)}
-    report["errors"] = _errors(steps, inside, n)
-    report["operations"] = _operations(steps, inside) if with_operation else []
-    report["attributes"] = _attributes(steps, inside, attribute_keys, n)
-    report["slowest"] = _slowest(steps, inside, stage_keys, top)
+    report["errors"] = _errors(results["errors"], n)
+    report["operations"] = _operations(results["operations"]) if with_operation else []
+    report["attributes"] = _attributes(steps, inside, results["attributes"], stats, n)
+    report["slowest"] = _slowest(steps, inside, results["slowest"], stage_keys)
     return report
 
 
-def _stages(steps: _Steps, inside: str, keys: list[str], settings) -> list[dict]:
-    if not keys:
-        return []
+def _stages_query(inside: str, settings):
     budgets = dict(settings.STAGE_BUDGETS)
     budget = ("CASE stage " + " ".join(f"WHEN {_quote(k)} THEN {float(v)!r}"
                                        for k, v in budgets.items()) + " END"
               if budgets else "NULL::DOUBLE")
-    rows = steps.run(f"""
+    return (f"""
         WITH entries AS (
             SELECT entry.key AS stage, entry.value.duration AS d, total_time AS t
             FROM (SELECT unnest(map_entries(stage_map)) AS entry, total_time
@@ -217,16 +237,23 @@ def _stages(steps: _Steps, inside: str, keys: list[str], settings) -> list[dict]
         shares AS (
             SELECT stage, d, t, CASE WHEN t > 0 THEN d / t ELSE 0.0 END AS share,
                    {budget} AS budget
-            FROM entries WHERE d IS NOT NULL AND stage IN {_sql_in(keys)})
-        SELECT stage, count(*), fsum(d) / count(*), quantile_cont(d, [0.5, 0.95, 0.99]), max(d),
-               fsum(d), fsum(share) / count(*), fsum(t),
+            FROM entries)
+        SELECT stage, count(d), fsum(d) / count(d), quantile_cont(d, [0.5, 0.95, 0.99]), max(d),
+               fsum(d), fsum(share) FILTER (d IS NOT NULL) / count(d),
+               fsum(t) FILTER (d IS NOT NULL),
                count(*) FILTER (share > ? OR coalesce(d > budget, false)),
                count(*) FILTER (share > ?), count(*) FILTER (coalesce(d > budget, false))
-        FROM shares GROUP BY stage""",
-        [settings.BOTTLENECK_SHARE, settings.BOTTLENECK_SHARE])
+        FROM shares GROUP BY stage""", [settings.BOTTLENECK_SHARE, settings.BOTTLENECK_SHARE])
+
+
+def _stages(rows, keys: list[str], settings) -> list[dict]:
+    budgets = dict(settings.STAGE_BUDGETS)
+    known = set(keys)
     out = []
     for (stage, requests, mean, quantiles, longest, total, mean_share, total_t, bottlenecks,
-         by_share, by_budget) in sorted(rows, key=lambda r: r[0]):
+         by_share, by_budget) in sorted(rows, key=lambda r: r[0] or ""):
+        if stage not in known or not requests:
+            continue
         p50, p95, p99 = quantiles
         out.append({
             "stage": stage, "requests": requests, "mean": _f(mean), "p50": _f(p50),
@@ -238,127 +265,232 @@ def _stages(steps: _Steps, inside: str, keys: list[str], settings) -> list[dict]
     return out
 
 
-def _models(steps: _Steps, inside: str) -> list[dict]:
-    rows = steps.run(f"""
+def _models_query(inside: str):
+    return (f"""
         SELECT coalesce(model, '(none)') AS m, count(*), coalesce(fsum(cost), 0), count(cost),
                sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),
-               quantile_cont(total_time, 0.95), count(*) FILTER (status = 'error'), {FIRST_SEEN}
-        FROM all_rows WHERE {inside} GROUP BY m ORDER BY {FIRST_SEEN}, m""")
+               quantile_cont(total_time, 0.95), count(*) FILTER (status = 'error'),
+               model IS NULL AS unnamed,
+               count(cost) FILTER (price_match = 'default'),
+               coalesce(fsum(cost) FILTER (price_match = 'default'), 0),
+               count(cost) FILTER (price_match IS NULL),
+               coalesce(fsum(cost) FILTER (price_match IS NULL), 0)
+        FROM all_rows WHERE {inside} GROUP BY m, unnamed ORDER BY {FIRST_SEEN}, m""", None)
+
+
+def _models(rows) -> list[dict]:
     out = [{"model": str(model), "requests": requests, "cost": _f(cost),
             "mean_cost": _f(cost / priced) if priced else None,
             "input_tokens": int(tok_in), "output_tokens": int(tok_out),
             "cached_input_tokens": int(tok_cached), "p95_latency": _f(p95),
             "error_rate": errors / requests}
-           for model, requests, cost, priced, tok_in, tok_out, tok_cached, p95, errors, _ in rows]
+           for model, requests, cost, priced, tok_in, tok_out, tok_cached, p95, errors, *_ in rows]
     out.sort(key=lambda m: (m["cost"] or 0, m["requests"]), reverse=True)
     return out
 
 
-def _errors(steps: _Steps, inside: str, n: int) -> list[dict]:
-    rows = steps.run(f"""
+def _pricing(rows, table, priced: int) -> dict:
+    """Spend priced at the default apart from spend priced by the table, from the models'
+    rows: a record's own word (price_match) first, else whether the table knows its model."""
+    import math
+
+    requests, spend, total, models = 0, [], [], set()
+    for row in rows:
+        model, cost, unnamed = row[0], row[2], row[9]
+        said, said_cost, unsaid, unsaid_cost = row[10:14]
+        unknown = not unnamed and table.match(model).match == "default"
+        count = said + (unsaid if unknown else 0)
+        requests += count
+        spend += [said_cost] + ([unsaid_cost] if unknown else [])
+        total.append(cost)
+        if count and not unnamed:
+            models.add(str(model))
+    default = math.fsum(spend)
+    return {"default_priced": {"requests": requests, "cost": _f(default) if requests else 0.0,
+                               "models": sorted(models)},
+            "table_priced": _f(math.fsum(total) - default) if priced - requests else 0.0}
+
+
+def _errors_query(inside: str):
+    return (f"""
         SELECT coalesce(error_type, '(none)') AS e, count(*) FROM all_rows
         WHERE {inside} AND status IS DISTINCT FROM 'success'
-        GROUP BY e ORDER BY count(*) DESC, {FIRST_SEEN}, e""")
+        GROUP BY e ORDER BY count(*) DESC, {FIRST_SEEN}, e""", None)
+
+
+def _errors(rows, n: int) -> list[dict]:
     failed = sum(count for _, count in rows)
     return [{"error_type": str(kind), "count": count, "share_of_failures": count / failed,
              "share_of_requests": count / n} for kind, count in rows]
 
 
-def _operations(steps: _Steps, inside: str) -> list[dict]:
-    rows = steps.run(f"""
+def _operations_query(inside: str):
+    return (f"""
         SELECT operation, count(*), quantile_cont(total_time, 0.95),
                count(*) FILTER (status = 'error')
         FROM all_rows WHERE {inside} AND operation IS NOT NULL
-        GROUP BY operation ORDER BY count(*) DESC, {FIRST_SEEN}, operation""")
+        GROUP BY operation ORDER BY count(*) DESC, {FIRST_SEEN}, operation""", None)
+
+
+def _operations(rows) -> list[dict]:
     return [{"value": str(value), "requests": requests, "p95_latency": _f(p95),
              "error_rate": errors / requests} for value, requests, p95, errors in rows]
 
 
-def _attribute_entries(inside: str, keys: list[str]) -> str:
-    """One row per (request, attribute) of `keys` with a value that is not JSON null."""
+def _attribute_entries(inside: str, keys: list[str] | None, values_only: bool = True) -> str:
+    """One row per (request, attribute) - of `keys` if given - with, when `values_only`, a
+    value that is not JSON null."""
+    where = [f"entry.key IN {_sql_in(keys)}"] if keys is not None else []
+    if values_only:
+        where += ["entry.value IS NOT NULL", "json_type(entry.value) <> 'NULL'"]
     return f"""
-        SELECT entry.key AS key, entry.value AS v, total_time, status, end_time, part, file_pos,
-               row_in_file
-        FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time, part,
-                     file_pos, row_in_file
+        SELECT entry.key AS key, entry.value AS v, total_time, status, end_time, seq
+        FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time, seq
+              FROM all_rows WHERE {inside})
+        {"WHERE " + " AND ".join(where) if where else ""}"""
+
+
+_NUMBER_SQL = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+
+
+def _attributes_query(inside: str):
+    """Every attribute in one pass: per key, the distribution of its numbers (all of them in the
+    group whose text is NULL), and per distinct other value (a string, a list...) its requests,
+    latency p95, successes and first appearance - for strings only the top TOP_VALUES."""
+    return (f"""
+        WITH entries AS (
+            SELECT entry.key AS key, entry.value AS v, json_type(entry.value) AS kind,
+                   total_time, status, end_time, seq
+            FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time,
+                         seq
+                  FROM all_rows WHERE {inside})),
+        typed AS (
+            SELECT *, CASE WHEN kind IN {_NUMBER_SQL} THEN TRY_CAST(v AS DOUBLE) END AS x,
+                   CASE WHEN kind NOT IN {_NUMBER_SQL} AND kind <> 'NULL' THEN v::VARCHAR END AS text
+            FROM entries),
+        groups AS (
+            SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, count(*) AS n,
+                   count(x) AS xn, fsum(x) AS xsum, quantile_cont(x, [0.5, 0.95]) AS xq,
+                   max(x) AS xmax,
+                   quantile_cont(CASE WHEN text IS NOT NULL THEN total_time END, 0.95) AS p95,
+                   count(*) FILTER (status = 'success') AS ok, min(end_time) AS first_end,
+                   min(seq) AS first_seq
+            FROM typed GROUP BY key, text),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY key ORDER BY text IS NULL, n DESC, first_end,
+                                                           first_seq, text) AS rank,
+                   count(text) OVER (PARTITION BY key) AS distinct_texts,
+                   sum(CASE WHEN text IS NOT NULL THEN n END) OVER (PARTITION BY key) AS present,
+                   bool_and(text IS NULL OR kind = 'VARCHAR') OVER (PARTITION BY key) AS strings
+            FROM groups)
+        SELECT key, text, kind, xn, xsum, xq, xmax, n, p95, ok / n, distinct_texts, present
+        FROM ranked WHERE text IS NULL OR rank <= {TOP_VALUES} OR NOT strings
+        ORDER BY key, rank""", None)
+
+
+def _attributes(steps: "_Steps", inside: str, rows, stats: ReadStats, n: int) -> dict:
+    """Each attribute as analysis._attribute() describes it: numbers get a distribution,
+    strings (and other scalars) the top values with latency and success rate, lists the count
+    per item. Which it is depends on every value's JSON type, as there."""
+    by_key: dict[str, list] = {}
+    for row in rows:
+        by_key.setdefault(row[0], []).append(row[1:])
+    keys = _bounded(by_key, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+    out: dict = {}
+    mixed_lists, others = [], []
+    for key in keys:
+        numbers = next((g for g in by_key[key] if g[0] is None), None)
+        texts = [g for g in by_key[key] if g[0] is not None]
+        kinds = {g[1] for g in texts} | ({"DOUBLE"} if numbers and numbers[2] else set())
+        if kinds <= {"DOUBLE"}:  # all missing, too: pandas reads that column as numbers
+            _, _, present, total, quantiles, largest = numbers[:6] if numbers else [None] * 6
+            present = present or 0
+            q50, q95 = quantiles if quantiles is not None else (None, None)
+            out[key] = {"kind": "number", "requests": present,
+                        "mean": _f(total / present) if present else None, "p50": _f(q50),
+                        "p95": _f(q95), "max": _f(largest) if present else None,
+                        "sum": _f(total) if present else None}
+        elif kinds == {"VARCHAR"}:
+            distinct, present = texts[0][9], texts[0][10]
+            shown = texts[:TOP_VALUES]
+            out[key] = {"kind": "category", "requests": present, "distinct": distinct,
+                        "values": [{"value": _label(g[0]), "requests": g[6], "share": g[6] / n,
+                                    "p95_latency": _f(g[7]), "success_rate": _f(g[8])}
+                                   for g in shown],
+                        "other": present - sum(g[6] for g in shown)}
+        elif kinds == {"ARRAY"}:
+            out[key] = _list_items([(g[0], g[6]) for g in texts])
+        elif "ARRAY" in kinds:
+            mixed_lists.append(key)
+        else:
+            others.append(key)
+    for key in mixed_lists:  # a list attribute when its first 1,000 values are lists
+        [(all_lists,)] = steps.run(
+            f"SELECT bool_and(json_type(v) = 'ARRAY') FROM (SELECT v FROM "
+            f"({_attribute_entries(inside, [key])}) "
+            "ORDER BY end_time, seq LIMIT 1000)")
+        if all_lists:
+            rows = steps.run(f"SELECT v::VARCHAR AS text, count(*) FROM "
+                             f"({_attribute_entries(inside, [key])}) GROUP BY text "
+                             f"ORDER BY count(*) DESC, {FIRST_SEEN}, text")
+            out[key] = _list_items(rows)
+        else:
+            others.append(key)
+    out.update(_mixed_categories(steps, inside, others, n))
+    return {key: out[key] for key in keys}
+
+
+def _list_items(distinct) -> dict:
+    """Items of a list attribute (entities) from its distinct lists (JSON text, requests), in
+    the order pandas' value_counts hands them over (most frequent, then first seen), so that
+    ties come out as they do there."""
+    counts: Counter = Counter()
+    for text, times in distinct:
+        value = _decode(text)
+        for item in (value if isinstance(value, list) else [value]):
+            counts[str(_hashable(item))] += times
+    top = counts.most_common(TOP_VALUES)
+    return {"kind": "list", "requests": sum(times for _, times in distinct),
+            "distinct": len(counts), "values": [{"value": k, "requests": v} for k, v in top],
+            "other": sum(counts.values()) - sum(v for _, v in top)}
+
+
+def _attribute_entries(inside: str, keys: list[str]) -> str:
+    """One row per (request, attribute of `keys`) with a value that is not JSON null."""
+    return f"""
+        SELECT entry.key AS key, entry.value AS v, total_time, status, end_time, seq
+        FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time, seq
               FROM all_rows WHERE {inside})
         WHERE entry.key IN {_sql_in(keys)} AND entry.value IS NOT NULL
           AND json_type(entry.value) <> 'NULL'"""
 
 
-def _attributes(steps: _Steps, inside: str, keys: list[str], n: int) -> dict:
-    """Each attribute as analysis._attribute() describes it: numbers get a distribution,
-    strings (and other scalars) the top values, lists the count per item."""
+def _mixed_categories(steps: "_Steps", inside: str, keys: list[str], n: int) -> dict:
+    """Attributes of mixed scalar types, each value named as Python prints it (True, 3,
+    ('a', 'b')) through a table of labels for the distinct texts: two texts may share a label."""
     if not keys:
         return {}
-    entries = _attribute_entries(inside, keys)
-    types: dict[str, set] = {key: set() for key in keys}
-    for key, kind in steps.run(f"SELECT DISTINCT key, json_type(v) FROM ({entries})"):
-        types[key].add(kind)
-    numbers = [k for k in keys if types[k] <= _NUMBER_TYPES]
-    strings = [k for k in keys if types[k] and types[k] <= {"VARCHAR"}]
-    lists = [k for k in keys if types[k] and types[k] <= {"ARRAY"}]
-    for key in keys:  # mixed: a list attribute when its first 1,000 values are all lists
-        if key not in numbers + strings + lists and "ARRAY" in types[key]:
-            [(all_lists,)] = steps.progress.con.execute(
-                f"SELECT bool_and(json_type(v) = 'ARRAY') FROM ({entries}) WHERE key = ? "
-                "ORDER BY end_time, part, file_pos, row_in_file LIMIT 1000", [key]).fetchall()
-            if all_lists:
-                lists.append(key)
-    others = [k for k in keys if k not in numbers + strings + lists]
-    out: dict = {}
-    for key, present, mean, quantiles, largest, total in steps.run(f"""
-            SELECT key, count(x), fsum(x) / count(x), quantile_cont(x, [0.5, 0.95]), max(x), fsum(x)
-            FROM (SELECT key, TRY_CAST(v AS DOUBLE) AS x FROM ({_attribute_entries(inside, numbers)}))
-            GROUP BY key""" if numbers else "SELECT NULL, 0, NULL, NULL, NULL, NULL WHERE false"):
-        q50, q95 = quantiles if quantiles is not None else (None, None)
-        out[key] = {"kind": "number", "requests": present, "mean": _f(mean) if present else None,
-                    "p50": _f(q50), "p95": _f(q95), "max": _f(largest) if present else None,
-                    "sum": _f(total) if present else None}
-    out.update(_categories(steps, inside, strings, others, n))
-    out.update(_lists(steps, inside, lists))
-    for key in keys:
-        if key not in out:  # no value at all: as pandas sees an all-missing column
-            out[key] = {"kind": "number", "requests": 0, "mean": None, "p50": None,
-                        "p95": None, "max": None, "sum": None}
-    return {key: out[key] for key in keys}
-
-
-def _categories(steps: _Steps, inside: str, strings: list[str], others: list[str], n: int) -> dict:
-    """Top values with latency and success rate. A value that is not a string is named as
-    Python prints it (True, 3, ('a', 'b')), through a table of labels for its distinct texts."""
-    keys = strings + others
-    if not keys:
-        return {}
-    con = steps.progress.con
-    label = "json_extract_string(v, '$')"
-    if others:
-        texts = con.execute(f"SELECT DISTINCT key, v::VARCHAR FROM "
-                            f"({_attribute_entries(inside, others)})").fetchall()
-        con.execute("CREATE OR REPLACE TEMP TABLE attribute_labels "
-                    "(key VARCHAR, text VARCHAR, label VARCHAR)")
-        con.executemany("INSERT INTO attribute_labels VALUES (?, ?, ?)",
-                        [(key, text, _label(text)) for key, text in texts])
-        label = (f"CASE WHEN key IN {_sql_in(others)} THEN (SELECT label FROM attribute_labels l "
-                 f"WHERE l.key = e.key AND l.text = e.v::VARCHAR) ELSE {label} END")
+    texts = steps.run(f"SELECT DISTINCT key, v::VARCHAR FROM ({_attribute_entries(inside, keys)})")
+    con = steps.con
+    con.execute("CREATE OR REPLACE TABLE attribute_labels (key VARCHAR, text VARCHAR, label VARCHAR)")
+    con.executemany("INSERT INTO attribute_labels VALUES (?, ?, ?)",
+                    [(key, text, _label(text)) for key, text in texts])
     rows = steps.run(f"""
-        SELECT key, value, count(*), quantile_cont(total_time, 0.95),
-               count(*) FILTER (status = 'success') / count(*), {FIRST_SEEN}
-        FROM (SELECT key, {label} AS value, total_time, status, end_time, part, file_pos,
-                     row_in_file
-              FROM ({_attribute_entries(inside, keys)}) e)
-        GROUP BY key, value ORDER BY key, count(*) DESC, {FIRST_SEEN}, value""")
+        SELECT e.key, l.label AS value, count(*), quantile_cont(total_time, 0.95),
+               count(*) FILTER (status = 'success') / count(*)
+        FROM ({_attribute_entries(inside, keys)}) e
+        JOIN attribute_labels l ON l.key = e.key AND l.text = e.v::VARCHAR
+        GROUP BY e.key, value ORDER BY e.key, count(*) DESC, {FIRST_SEEN}, value""")
     grouped: dict[str, list] = {}
     for row in rows:
         grouped.setdefault(row[0], []).append(row[1:])
     out = {}
     for key, groups in grouped.items():
-        shown = groups[:TOP_VALUES]
         out[key] = {"kind": "category", "requests": sum(g[1] for g in groups),
                     "distinct": len(groups),
                     "values": [{"value": str(value), "requests": size, "share": size / n,
                                 "p95_latency": _f(p95), "success_rate": _f(ok)}
-                               for value, size, p95, ok, _ in shown],
+                               for value, size, p95, ok in groups[:TOP_VALUES]],
                     "other": sum(g[1] for g in groups[TOP_VALUES:])}
     return out
 
@@ -368,41 +500,25 @@ def _label(text: str) -> str:
     return value if isinstance(value, str) else str(_hashable(value))
 
 
-def _lists(steps: _Steps, inside: str, keys: list[str]) -> dict:
-    """Items of list attributes (entities), counted over the distinct lists, most common first
-    in the order pandas' value_counts hands the lists over (count, then first seen)."""
-    if not keys:
-        return {}
-    rows = steps.run(f"""
-        SELECT key, v::VARCHAR AS text, count(*), {FIRST_SEEN}
-        FROM ({_attribute_entries(inside, keys)}) GROUP BY key, text
-        ORDER BY key, count(*) DESC, {FIRST_SEEN}, text""")
-    out = {}
-    for key in keys:
-        distinct = [(text, times) for k, text, times, _ in rows if k == key]
-        counts: Counter = Counter()
-        for text, times in distinct:
-            value = _decode(text)
-            for item in (value if isinstance(value, list) else [value]):
-                counts[str(_hashable(item))] += times
-        top = counts.most_common(TOP_VALUES)
-        out[key] = {"kind": "list", "requests": sum(times for _, times in distinct),
-                    "distinct": len(counts),
-                    "values": [{"value": k, "requests": v} for k, v in top],
-                    "other": sum(counts.values()) - sum(v for _, v in top)}
-    return out
+def _slowest_query(inside: str, top: int):
+    return (f"""
+        SELECT total_time, end_time, seq FROM all_rows WHERE {inside}
+        ORDER BY total_time DESC, end_time, seq LIMIT ?""", [max(0, int(top))])
 
 
-def _slowest(steps: _Steps, inside: str, stage_keys: list[str], top: int) -> list[dict]:
-    if top <= 0:
+def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[dict]:
+    if not rows:
         return []
-    rows = steps.run(f"""
-        SELECT request_id, end_time, total_time, status, error_type, model, operation, stage_map
-        FROM all_rows WHERE {inside}
-        ORDER BY total_time DESC, end_time, part, file_pos, row_in_file LIMIT ?""", [int(top)])
+    # The rest of these few rows only: found by their total time (a column the scan filters
+    # on, so that nothing else is read for the other rows), told apart by their read order.
+    totals = ", ".join(repr(float(total)) for total, _, _ in rows)
+    found = {row[0]: row[1:] for row in steps.run(
+        f"SELECT seq, request_id, status, error_type, model, operation, stage_map "
+        f"FROM all_rows WHERE {inside} AND total_time IN ({totals})")}
     known = set(stage_keys)
     out = []
-    for request_id, end, total, status, error_type, model, operation, stage_map in rows:
+    for total, end, seq in rows:
+        request_id, status, error_type, model, operation, stage_map = found[seq]
         slowest_stage, slowest_duration = None, None
         durations = {k: (v or {}).get("duration") for k, v in (stage_map or {}).items()}
         for name in sorted(durations):
