@@ -493,11 +493,10 @@ class _Progress:
         with tqdm(total=100, desc=self.description, unit="%", leave=False) as bar:
             while not self.done.wait(0.2):
                 try:
-                    percent = self.con.query_progress()
-                except Exception:  # no query running at this instant
-                    continue
-                if percent >= 0:
-                    bar.update(max(0.0, self.base + percent * self.scale - bar.n))
+                    percent = max(0.0, self.con.query_progress())
+                except Exception:  # no query running on this connection at this instant
+                    percent = 0.0
+                bar.update(max(0, int(self.base + percent * self.scale) - bar.n))
 
     def __exit__(self, *exc):
         self.done.set()

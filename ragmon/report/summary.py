@@ -26,6 +26,8 @@ from .reader import HISTORY_END
 
 # DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
 MEMORY_LIMIT = "1GB"
+# Seconds before the progress bar appears (on a terminal only): quick reports show none.
+PROGRESS_DELAY = 1.0
 _NUMBER_TYPES = {"BIGINT", "UBIGINT", "DOUBLE"}
 # Which row came first: load_records() orders by end time, ties in read order; pandas' groups
 # and counts then list values by first appearance.
@@ -60,6 +62,9 @@ class _Steps:
         self.lock = threading.Lock()
         progress.scale = 1.0 / steps
 
+    def expect(self, steps: int) -> None:
+        self.steps, self.progress.scale = steps, 1.0 / steps
+
     def run(self, sql: str, params=None):
         with self.lock:
             cursor = self.con.cursor()
@@ -92,7 +97,7 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
         try:
             # Every query below orders what it returns: the scans need not keep the read order.
             con.execute("SET preserve_insertion_order = false")
-            with _Progress(con, "summarising", delay=1.0 if progress else 1e9) as bar:
+            with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
                 return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 11))
         finally:
             con.close()
@@ -169,6 +174,7 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: "_S
                "main": main, "models": _models_query(inside),
                "operations": _operations_query(inside), "slowest": _slowest_query(inside, top),
                "errors": _errors_query(inside)}
+    steps.expect(len(queries) + 1)  # and the slowest requests' details
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(queries, pool.map(lambda q: steps.run(*q), queries.values())))
 

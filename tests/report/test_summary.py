@@ -4,8 +4,10 @@ on a log of JSONL and compacted Parquet with everything a real log holds: torn l
 older formats, non-object stages, missing fields, default-priced and repriced records."""
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -201,3 +203,21 @@ def test_the_command_prints_the_sql_report(log):
     assert printed["totals"] == old["totals"] | {"requests_per_hour": printed["totals"]["requests_per_hour"]}
     same(printed["models"], old["models"])
     assert "torn last line" in proc.stderr  # the note on stderr, the JSON stays clean
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("on_terminal", [True, False])
+def test_the_progress_bar_shows_on_a_terminal_only(log, monkeypatch, on_terminal):
+    from ragmon.report import summary
+
+    log_dir, _ = log
+    stderr = Terminal() if on_terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(summary, "PROGRESS_DELAY", 0.0)
+    report = report_from_log(log_dir, priced(log_dir), hours=None, now=NOW, progress=True)
+    assert report["totals"]["requests"] > 0
+    assert ("summarising" in stderr.getvalue()) is on_terminal
