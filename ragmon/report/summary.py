@@ -11,6 +11,7 @@ memory is bounded (``memory_limit``, spilling to a temporary directory past it).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,6 @@ from .reader import HISTORY_END
 MEMORY_LIMIT = "1GB"
 # Seconds before the progress bar appears (on a terminal only): quick reports show none.
 PROGRESS_DELAY = 1.0
-_NUMBER_TYPES = {"BIGINT", "UBIGINT", "DOUBLE"}
 # Which row came first: load_records() orders by end time, ties in read order; pandas' groups
 # and counts then list values by first appearance.
 # (Two groups both first seen at the same end time are told apart by the earliest row of each.)
@@ -85,7 +85,7 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
     that ended in the last `hours` hours in `log_dir`, aggregated in DuckDB."""
     since = since_hours(hours, now)
     sources = find_sources(log_dir, since, None)
-    stats = ReadStats(str(log_dir) if not isinstance(log_dir, (list, tuple))
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
                       else ", ".join(str(d) for d in sources.dirs))
     with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
         con, inside, stats = load_rows(sources, since, None, workers=workers,
@@ -98,7 +98,7 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
             # Every query below orders what it returns: the scans need not keep the read order.
             con.execute("SET preserve_insertion_order = false")
             with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
-                return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 11))
+                return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 1))
         finally:
             con.close()
 
@@ -341,19 +341,6 @@ def _operations_query(inside: str):
 def _operations(rows) -> list[dict]:
     return [{"value": str(value), "requests": requests, "p95_latency": _f(p95),
              "error_rate": errors / requests} for value, requests, p95, errors in rows]
-
-
-def _attribute_entries(inside: str, keys: list[str] | None, values_only: bool = True) -> str:
-    """One row per (request, attribute) - of `keys` if given - with, when `values_only`, a
-    value that is not JSON null."""
-    where = [f"entry.key IN {_sql_in(keys)}"] if keys is not None else []
-    if values_only:
-        where += ["entry.value IS NOT NULL", "json_type(entry.value) <> 'NULL'"]
-    return f"""
-        SELECT entry.key AS key, entry.value AS v, total_time, status, end_time, seq
-        FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time, seq
-              FROM all_rows WHERE {inside})
-        {"WHERE " + " AND ".join(where) if where else ""}"""
 
 
 _NUMBER_SQL = "('BIGINT', 'UBIGINT', 'DOUBLE')"
