@@ -221,3 +221,38 @@ def test_the_progress_bar_shows_on_a_terminal_only(log, monkeypatch, on_terminal
     report = report_from_log(log_dir, priced(log_dir), hours=None, now=NOW, progress=True)
     assert report["totals"]["requests"] > 0
     assert ("summarising" in stderr.getvalue()) is on_terminal
+
+
+def test_history_partitions_written_before_the_newer_token_kinds_are_read(tmp_path):
+    """A partition whose tokens struct has only input, output and cached_input (as compaction
+    wrote them before cache writes and reasoning were recorded)."""
+    import duckdb
+
+    folder = tmp_path / "history" / datetime.fromtimestamp(NOW - 2 * DAY, timezone.utc).strftime(
+        "day=%Y-%m-%d")
+    folder.mkdir(parents=True)
+    end = NOW - 2 * DAY
+    duckdb.connect().execute(f"""
+        COPY (SELECT NULL::VARCHAR AS timestamp, {end - 1.5} + i AS start_time, 1.5 AS total_time,
+                     'old-' || i AS request_id, 'success' AS status, NULL::VARCHAR AS error_type,
+                     'rag_search' AS operation, 'gpt-4o-mini' AS model, 'svc' AS service,
+                     'prod' AS env, 0.01 AS cost, NULL::DOUBLE AS relevance_score,
+                     NULL::DOUBLE AS context_precision, NULL::DOUBLE AS time_to_first_token,
+                     {{'input': 10::BIGINT, 'output': 5::BIGINT, 'cached_input': 0::BIGINT}} AS tokens,
+                     {{'hits': 1::BIGINT, 'misses': 0::BIGINT}} AS cache, '{{}}'::JSON AS stages,
+                     MAP {{}}::MAP(VARCHAR, STRUCT(duration DOUBLE)) AS stage_durations,
+                     MAP {{}}::MAP(VARCHAR, JSON) AS attributes, NULL::DOUBLE AS cost_original,
+                     NULL::VARCHAR AS price_match, NULL::JSON AS pricing,
+                     NULL::VARCHAR AS repriced_at
+              FROM range(3) t(i))
+        TO '{folder / "records.parquet"}' (FORMAT parquet)""")
+    settings = make_settings()
+    df = load_records(tmp_path, settings=settings)
+    assert len(df) == 3 and df["input_tokens"].sum() == 30 and df["reasoning_tokens"].sum() == 0
+    report = report_from_log(tmp_path, settings, hours=None, now=NOW)
+    assert report["tokens"] == {"input": 30, "output": 15, "cached_input": 0}
+    assert report["read"]["lines"] == 3 and report["read"]["outside_period"] == 0
+    hours = (NOW - end - 0.5) / 3600  # the first of the three ended before the period
+    part = report_from_log(tmp_path, settings, hours=hours, now=NOW)
+    assert part["totals"]["requests"] == 2 and part["read"]["outside_period"] == 1
+    assert part["read"] == load_records(tmp_path, hours, settings=settings, now=NOW).attrs["read_stats"]
