@@ -473,11 +473,11 @@ def _run(args, out, err) -> int:
                       f"export to {result['output']}\n")
         return 0
 
-    df = load_records(log_dir, args.hours, settings=settings, progress=tty)
-    _warn_skipped(df, err)
-
     if command == "report":
-        report = build_report(df, settings, hours=args.hours, top=args.top)
+        # Aggregated in the engine: only the figures reach Python, whatever the log's size.
+        from .summary import report_from_log
+        report = report_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
+        _warn_skipped(report["read"], err)
         if args.format == "json":
             json.dump(report, out, indent=2)
             out.write("\n")
@@ -486,6 +486,9 @@ def _run(args, out, err) -> int:
         else:
             out.write(format_text(report))
         return 0
+
+    df = load_records(log_dir, args.hours, settings=settings, progress=tty)
+    _warn_skipped(df, err)
 
     if command in ("stats", "plot") and args.bucket:
         _check_bucket(args.bucket, args.hours)

@@ -138,37 +138,11 @@ def reprice_logs(log_dir, prices_file, settings, *, since: date | None = None,
             if since is not None and day < since:
                 continue
             in_progress = entry.start + 86400 + GRACE_SECONDS > now
-            lines: list[bytes] = []
-            changed = 0
-            too_long = False
-            for _, line in bounded_lines(entry.path):
-                if line is None:
-                    too_long = True
-                    break
-                if not line.strip():
-                    continue  # no record: a rewrite leaves blank lines out
-                reason, record = line_problem(line)
-                done = _repriced(record, table, name, stamp, day) if reason is None else None
-                if done is None:
-                    lines.append(line)
-                    continue
-                if in_progress:
-                    result.skipped_today += 1
-                    continue
-                new_record, old, new = done
-                _add(summary, day, record.get("model"), old, new)
-                lines.append(encode(new_record))
-                changed += 1
-            if too_long:
-                result.notes.append(f"left {entry.path} as it is: it holds a line longer than "
-                                    "any record (see the report's skipped lines)")
-                continue
+            changed = _reprice_jsonl(entry.path, table, name, stamp, day, summary, result,
+                                     in_progress=in_progress, write=not dry_run)
             if changed and not in_progress:
                 result.records += changed
                 result.files.append(str(entry.path))
-                if not dry_run:
-                    _write_atomically(entry.path, lambda f: f.writelines(
-                        line if line.endswith(b"\n") else line + b"\n" for line in lines))
         for entry in parquet_files(directory):
             day = entry.day.date()
             if since is not None and day < since:
@@ -180,6 +154,51 @@ def reprice_logs(log_dir, prices_file, settings, *, since: date | None = None,
     result.rows = [{"day": d, "model": m, "requests": n, "old": old, "new": new,
                     "delta": new - old} for (d, m), (n, old, new) in sorted(summary.items())]
     return result
+
+
+def _reprice_jsonl(path: Path, table: PriceTable, name: str, stamp: str, day: date,
+                   summary: dict, result: RepriceResult, *, in_progress: bool, write: bool) -> int:
+    """Reprices one day file line by line, into a temporary file renamed over it when `write`
+    and a record changed. Every other line - blank, unreadable, longer than any record - is
+    kept as it was. Records of the day in progress are only counted. Returns the records
+    repriced (or that would be)."""
+    from ..instrument.records import encode
+    from .reader import _copy_line, bounded_lines, line_problem
+
+    write = write and not in_progress
+    changed = 0
+    tmp = None
+    if write:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with (os.fdopen(fd, "wb") if write else open(os.devnull, "wb")) as out:
+            for lineno, line in bounded_lines(path):
+                if line is None:  # longer than any record: copied in pieces, as it was
+                    if write:
+                        _copy_line(path, lineno, out)
+                    continue
+                reason, record = line_problem(line) if line.strip() else ("blank", None)
+                done = _repriced(record, table, name, stamp, day) if reason is None else None
+                if done is None:
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+                    continue
+                if in_progress:
+                    result.skipped_today += 1
+                    continue
+                new_record, old, new = done
+                _add(summary, day, record.get("model"), old, new)
+                changed += 1
+                out.write(encode(new_record))
+            if write:
+                out.flush()
+                os.fsync(out.fileno())
+        if write and changed:
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+            os.replace(tmp, path)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return changed
 
 
 def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: date,

@@ -53,6 +53,8 @@ ATTR_PREFIX = "attr_"
 # ignored. Like metric labels they must be bounded: a key per user would make a column per user.
 MAX_STAGE_NAMES = 100
 MAX_ATTRIBUTE_KEYS = 100
+# Read order (column seq): history rows are (file number << 40) + row, JSONL rows come after.
+HISTORY_END = 1 << 62
 
 # Reasons a line is skipped, as counted in ReadStats.skipped.
 TORN = "torn_last_line"
@@ -83,6 +85,7 @@ class ReadStats:
     ignored_names: set = field(default_factory=set)  # stage names/attribute keys past the limits
     ignored_files: list[str] = field(default_factory=list)  # symlinks out of the log, not regular
     bad_values: int = 0  # numeric fields that held something else, read as missing
+    history_rows: int = 0  # rows of the Parquet history partitions read
     parser: str = "duckdb"
 
     @property
@@ -282,7 +285,11 @@ def _lenient_select(files_sql: str, full: bool) -> str:
     FROM timed"""
 
 
-def _parquet_select(files_sql: str, full: bool) -> str:
+def _parquet_select(files_sql: str, full: bool, token_kinds=EXTRA_TOKEN_KINDS) -> str:
+    """The history partitions as normalized rows. `token_kinds`: the extra token kinds the
+    partitions' ``tokens`` struct has (partitions written before a kind existed lack it)."""
+    tokens = ", ".join(f"tokens.{kind} AS {kind}_tokens" if kind in token_kinds
+                       else f"0::BIGINT AS {kind}_tokens" for kind in EXTRA_TOKEN_KINDS)
     extra = (", stages AS stages_json, to_json(attributes) AS attributes_json, "
              "timestamp AS timestamp_text, pricing, repriced_at" if full else "")
     return f"""
@@ -290,20 +297,23 @@ def _parquet_select(files_sql: str, full: bool) -> str:
            total_time, request_id, {", ".join(STRING_COLUMNS)}, {", ".join(FLOAT_COLUMNS)},
            tokens.input AS input_tokens, tokens.output AS output_tokens,
            tokens.cached_input AS cached_input_tokens,
-           {", ".join(f"tokens.{kind} AS {kind}_tokens" for kind in EXTRA_TOKEN_KINDS)},
+           {tokens},
            cache.hits AS cache_hits,
            cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
-           cost_original, price_match{extra}
-    FROM read_parquet({files_sql}, filename=true, union_by_name=true)"""
+           cost_original, price_match,
+           (list_position({files_sql}, filename)::BIGINT << 40) + file_row_number AS seq{extra}
+    FROM read_parquet({files_sql}, filename=true, union_by_name=true, file_row_number=true)"""
 
 
 def _sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def connect(threads: int | None = None, spill_dir: Path | None = None):
+def connect(threads: int | None = None, spill_dir: Path | None = None,
+            memory_limit: str = "1GB"):
     """A DuckDB connection set up for the log: UTC, no progress bar of its own (ours is tqdm),
-    memory bounded for a laptop, and `threads` threads (default: every core)."""
+    and `threads` threads (default: every core). With `spill_dir`, DuckDB's memory is bounded
+    by `memory_limit` and what does not fit spills there."""
     import duckdb
 
     con = duckdb.connect()
@@ -314,7 +324,8 @@ def connect(threads: int | None = None, spill_dir: Path | None = None):
     except duckdb.Error:
         pass
     if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
-        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; SET memory_limit = '1GB'")
+        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; "
+                    f"SET memory_limit = {_quote(memory_limit)}")
     if threads is not None:
         check_positive_int("workers", threads, "workers=2 (None: every core)")
         con.execute(f"SET threads = {threads}")
@@ -465,6 +476,8 @@ class _Progress:
         self.con, self.description, self.delay = con, description, delay
         self.done = threading.Event()
         self.thread = None
+        # A bar over several queries: each moves it from `base` by its progress times `scale`.
+        self.base, self.scale = 0.0, 1.0
 
     def __enter__(self):
         if sys.stderr.isatty():
@@ -480,11 +493,10 @@ class _Progress:
         with tqdm(total=100, desc=self.description, unit="%", leave=False) as bar:
             while not self.done.wait(0.2):
                 try:
-                    percent = self.con.query_progress()
-                except Exception:  # no query running at this instant
-                    continue
-                if percent >= 0:
-                    bar.update(max(0.0, percent - bar.n))
+                    percent = max(0.0, self.con.query_progress())
+                except Exception:  # no query running on this connection at this instant
+                    percent = 0.0
+                bar.update(max(0, int(self.base + percent * self.scale) - bar.n))
 
     def __exit__(self, *exc):
         self.done.set()
@@ -494,11 +506,19 @@ class _Progress:
 
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
-              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None):
+              stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None,
+              memory_limit: str = "1GB", count_history: bool = True):
     """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
     period, ReadStats); the connection is None when there is no file to read.
 
-    The JSONL files are read once into the temp table ``log_rows`` (their rejected rows need a
+    ``seq`` is each row's place in the read order (the history first, then the JSONL rows):
+    with end_time it tells which of two rows came first. `count_history`: count the history's
+    rows outside the period here (a scan); without it, ``stats.outside_period`` leaves them to
+    the caller, who counts the rows inside (``seq < HISTORY_END``).
+
+    The connection's database is its own, in memory; the views and tables live in it (not
+    TEMP), so that cursors of the connection on other threads see them.
+    The JSONL files are read once into the table ``log_rows`` (their rejected rows need a
     second look); the Parquet history is scanned in place by the view, column by column.
     `keep_rejected`: a binary file that receives every skipped line as it was."""
     stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
@@ -508,20 +528,29 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         f" AND end_time < {until!r}" if until is not None else "")
     if not sources.files:
         return None, inside, stats
-    con = connect(workers, spill_dir)
+    con = connect(workers, spill_dir, memory_limit)
     parts = []
     if sources.parquet:
-        parquet = _parquet_select(_sql_list([f.path for f in sources.parquet]), full)
-        con.execute(f"CREATE TEMP VIEW history_rows AS {parquet}")
+        files = _sql_list([f.path for f in sources.parquet])
+        token_type = {name: kind for name, kind, *_ in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()
+                      }.get("tokens", "")
+        parquet = _parquet_select(files, full, [k for k in EXTRA_TOKEN_KINDS if f"{k} " in token_type])
+        con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
-        rows, outside = con.execute(
-            f"SELECT count(*), count(*) FILTER (NOT ({inside})) FROM history_rows").fetchone()
+        if count_history:
+            rows, outside = con.execute(
+                f"SELECT count(*), count(*) FILTER (NOT ({inside})) FROM history_rows").fetchone()
+            stats.outside_period += outside
+        else:  # from the files' footers, no scan
+            [(rows,)] = con.execute(
+                f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({files})").fetchall()
         stats.lines += rows
-        stats.outside_period += outside
+        stats.history_rows += rows
     if sources.jsonl:
         _load_jsonl(con, sources, inside, full, progress, stats, keep_rejected)
-        parts.append("SELECT * FROM log_rows")
-    con.execute("CREATE TEMP VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
+        parts.append(f"SELECT *, {HISTORY_END} + rowid AS seq FROM log_rows")
+    con.execute("CREATE VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
     return con, inside, stats
 
 
@@ -534,7 +563,7 @@ def _load_jsonl(con, sources: Sources, inside: str, full: bool, progress, stats:
             sql = _jsonl_select(_sql_list(list(readable.values())), full)
             try:
                 with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE log_rows AS {sql}")
+                    con.execute(f"CREATE OR REPLACE TABLE log_rows AS {sql}")
                 break
             except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
                 original = _file_over_limit(exc, readable)

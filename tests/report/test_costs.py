@@ -182,3 +182,23 @@ def test_cache_writes_and_reasoning_survive_compaction_and_are_repriced(tmp_path
     expected = (1000 * 0.002 + 500 * 0.01 + 200 * 0.0001 + 2000 * 0.00125) / 1000
     assert after["cost"] == pytest.approx(expected, rel=1e-9)
     assert after["price_match"] == "alias"  # a dated snapshot of claude-x
+
+
+def test_reprice_keeps_blank_unreadable_and_over_long_lines_as_they_were(tmp_path, prices, settings):
+    from ragmon.instrument.records import log_file_name
+    from ragmon.report import reader
+
+    log_dir = tmp_path / "logs"
+    day = log_dir / log_file_name(NOW - 2 * DAY)
+    records = [rec(n, ago=2 * DAY + n, model="gpt-4o-mini", cost=0.0001, tokens=(1000, 1000, 0))
+               for n in range(3)]
+    write_records(log_dir, records)
+    long_line = b'{"pad": "' + b"x" * (reader.MAX_LINE_BYTES + 10) + b'"}\n'
+    lines = day.read_bytes().splitlines(keepends=True)
+    day.write_bytes(lines[0] + b"\n" + long_line + lines[1] + b"not json\n" + lines[2])
+    result = reprice_logs(log_dir, prices, settings, dry_run=False, now=NOW)
+    assert result.records == 3 and not result.notes
+    after = day.read_bytes().splitlines(keepends=True)
+    assert len(after) == 6 and after[1] == b"\n" and after[2] == long_line
+    assert after[4] == b"not json\n"
+    assert [json.loads(after[i])["cost"] for i in (0, 3, 5)] == [pytest.approx(0.003)] * 3

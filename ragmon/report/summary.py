@@ -1,0 +1,527 @@
+"""The report computed inside DuckDB: every aggregate of ragmon.report.analysis.build_report in
+SQL over the log's rows, so that only small result sets reach Python.
+
+``build_report(load_records())`` holds one pandas row per request: fine for a notebook's day,
+not for a history of ten million records. ``report_from_log()`` reads the same files with the
+same rules (ragmon.report.reader.load_rows: torn lines skipped and named, wrong types counted)
+and returns the same dict, figure for figure: percentiles are exact (``quantile_cont``, the
+linear interpolation of numpy's percentile), sums are compensated (``fsum``), and ties are
+broken by first appearance, as pandas' groupby does. The rows never leave the engine, whose
+memory is bounded (``memory_limit``, spilling to a temporary directory past it).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .analysis import TOP_VALUES, _f
+from .analysis import _iso as _analysis_iso
+from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
+                     _hashable, _quote, find_sources, load_rows, since_hours)
+from .reader import HISTORY_END
+
+# DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
+MEMORY_LIMIT = "1GB"
+# Seconds before the progress bar appears (on a terminal only): quick reports show none.
+PROGRESS_DELAY = 1.0
+# Which row came first: load_records() orders by end time, ties in read order; pandas' groups
+# and counts then list values by first appearance.
+# (Two groups both first seen at the same end time are told apart by the earliest row of each.)
+FIRST_SEEN = "min(end_time), min(seq)"
+_QUALITY = (("relevance_score", "relevance"), ("context_precision", "context_precision"),
+            ("time_to_first_token", "time_to_first_token"))
+
+
+def _timestamp(epoch: float):
+    """The pandas Timestamp that load_records() makes of an end time (same conversion)."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.to_datetime(np.array([epoch], dtype="float64"), unit="s", utc=True)[0]
+
+
+def _iso(epoch) -> str | None:
+    return None if epoch is None else _analysis_iso(_timestamp(float(epoch)))
+
+
+def _sql_in(values) -> str:
+    return "(" + ", ".join(_quote(str(v)) for v in values) + ")" if values else "(NULL)"
+
+
+class _Steps:
+    """Runs the report's queries, each on a cursor of its own (so that two may run at once),
+    and moves one progress bar by each query's share."""
+
+    def __init__(self, progress: _Progress, steps: int):
+        self.progress, self.con, self.steps, self.done = progress, progress.con, steps, 0
+        self.lock = threading.Lock()
+        progress.scale = 1.0 / steps
+
+    def expect(self, steps: int) -> None:
+        self.steps, self.progress.scale = steps, 1.0 / steps
+
+    def run(self, sql: str, params=None):
+        with self.lock:
+            cursor = self.con.cursor()
+        try:
+            result = cursor.execute(sql, params or []).fetchall()
+        finally:
+            cursor.close()
+        with self.lock:
+            self.done += 1
+            self.progress.base = 100.0 * min(self.done, self.steps) / self.steps
+        return result
+
+
+def report_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
+                    now: float | None = None, workers: int | None = None,
+                    progress: bool = False, memory_limit: str = MEMORY_LIMIT) -> dict:
+    """The performance report (the dict of ragmon.report.analysis.build_report) of the requests
+    that ended in the last `hours` hours in `log_dir`, aggregated in DuckDB."""
+    since = since_hours(hours, now)
+    sources = find_sources(log_dir, since, None)
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
+    with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
+        con, inside, stats = load_rows(sources, since, None, workers=workers,
+                                       progress="reading" if progress else None, stats=stats,
+                                       spill_dir=Path(spill), memory_limit=memory_limit,
+                                       count_history=False)
+        if con is None:
+            return _header(settings, hours, now, stats, 0)
+        try:
+            # Every query below orders what it returns: the scans need not keep the read order.
+            con.execute("SET preserve_insertion_order = false")
+            with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
+                return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 1))
+        finally:
+            con.close()
+
+
+def _header(settings, hours, now, stats: ReadStats, n: int) -> dict:
+    generated = (datetime.now(timezone.utc) if now is None
+                 else datetime.fromtimestamp(now, timezone.utc))
+    stats.records = n
+    read = stats.as_dict()
+    report: dict = {
+        "generated_at": generated.isoformat(),
+        "period": {"hours": hours,
+                   "since": (_analysis_iso(generated.timestamp() - hours * 3600) if hours is not None
+                             else None),
+                   "until": generated.isoformat(), "first": None, "last": None},
+        "read": read,
+        "thresholds": {"slow_seconds": settings.SLOW_QUERY_SECONDS,
+                       "very_slow_seconds": settings.VERY_SLOW_QUERY_SECONDS,
+                       "bottleneck_share": settings.BOTTLENECK_SHARE,
+                       "stage_budgets": dict(settings.STAGE_BUDGETS)},
+    }
+    if n == 0:
+        where = read.get("log_dir", "the log directory")
+        period = f"the last {hours:g} h" if hours is not None else "the log"
+        report["empty"] = True
+        report["message"] = f"no requests in {period} in {where}"
+    else:
+        report["empty"] = False
+    return report
+
+
+def _price_table(settings):
+    """The price table that tells default-priced models (None: no readable price file)."""
+    try:
+        from ..instrument.pricing import PriceTable
+        return PriceTable.from_settings(settings)
+    except (OSError, ValueError):
+        return None
+
+
+def _bounded(keys, limit: int, kind: str, stats: ReadStats) -> list[str]:
+    """The first `limit` of the sorted `keys`; the rest are named in stats.ignored_names (as
+    reader._keys does: like metric labels, stage names and attribute keys must be bounded)."""
+    keys = sorted(k for k in keys if k is not None)
+    for key in keys[limit:]:
+        if len(stats.ignored_names) < 20:
+            stats.ignored_names.add(f"{kind} {key}")
+    return keys[:limit]
+
+
+def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: "_Steps") -> dict:
+    quality = ", ".join(f"count({c}), fsum({c}) / count({c}), quantile_cont({c}, [0.5, 0.95])"
+                        for c, _ in _QUALITY)
+    main = (f"""
+        SELECT count(*), min(end_time), max(end_time),
+               count(*) FILTER (status = 'success'), count(*) FILTER (status = 'error'),
+               count(*) FILTER (status = 'cancelled'),
+               fsum(total_time) / count(*), quantile_cont(total_time, [0.5, 0.95, 0.99]),
+               max(total_time), count(*) FILTER (total_time > ?), count(*) FILTER (total_time > ?),
+               coalesce(fsum(cost), 0), count(cost),
+               coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+               coalesce(sum(cached_input_tokens), 0), coalesce(sum(cache_hits), 0),
+               coalesce(sum(cache_misses), 0),
+               count(cost_original), coalesce(fsum(cost_original), 0),
+               coalesce(fsum(coalesce(cost, 0)) FILTER (cost_original IS NOT NULL), 0),
+               count(model), count(operation), count(*) FILTER (seq < {HISTORY_END})
+        FROM all_rows WHERE {inside}""",
+            [settings.SLOW_QUERY_SECONDS, settings.VERY_SLOW_QUERY_SECONDS])
+    # Independent queries, two at a time, longest first: the last step of each (an exact
+    # percentile over millions of values) runs on one core, so two keep both cores busy.
+    queries = {"stages": _stages_query(inside, settings), "attributes": _attributes_query(inside),
+               "quality": (f"SELECT {quality} FROM all_rows WHERE {inside}", None),
+               "main": main, "models": _models_query(inside),
+               "operations": _operations_query(inside), "slowest": _slowest_query(inside, top),
+               "errors": _errors_query(inside)}
+    steps.expect(len(queries) + 1)  # and the slowest requests' details
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(queries, pool.map(lambda q: steps.run(*q), queries.values())))
+
+    [values] = results["main"]
+    values = list(values)
+    n, first, last, success, error, cancelled = values[:6]
+    stage_rows = results["stages"]
+    stage_keys = _bounded({r[0] for r in stage_rows}, MAX_STAGE_NAMES, "stage", stats)
+    stats.outside_period += stats.history_rows - values[23]  # history rows not in the period
+    report = _header(settings, hours, now, stats, int(n))
+    if not n:
+        return report
+    mean, (p50, p95, p99), longest, slow, very_slow = values[6:11]
+    cost_sum, priced, tok_in, tok_out, tok_cached, hits, misses = values[11:18]
+    quality = results["quality"][0]
+    repriced, before, after, with_model, with_operation = values[18:23]
+
+    report["period"]["first"], report["period"]["last"] = _iso(first), _iso(last)
+    span_hours = hours if hours else max(
+        (_timestamp(last) - _timestamp(first)).total_seconds() / 3600, 1 / 60)
+    report["totals"] = {
+        "requests": n, "success": success, "error": error, "cancelled": cancelled,
+        "other": n - success - error - cancelled, "success_rate": success / n,
+        "error_rate": error / n, "requests_per_hour": n / span_hours}
+    report["latency"] = {"mean": _f(mean), "p50": _f(p50), "p95": _f(p95), "p99": _f(p99),
+                         "max": _f(longest), "slow": slow, "very_slow": very_slow,
+                         "slow_share": slow / n}
+    report["stages"] = _stages(stage_rows, stage_keys, settings)
+    report["models"] = _models(results["models"]) if with_model else []
+    table = _price_table(settings)
+    cost = {"total": _f(cost_sum) if priced else 0.0,
+            "per_request": _f(cost_sum / priced) if priced else None,
+            "requests_without_cost": n - priced}
+    if table is not None:
+        cost.update(_pricing(results["models"], table, priced))
+    cost["repriced"] = {"requests": repriced, "cost_before": _f(before) if repriced else 0.0,
+                        "cost_after": _f(after) if repriced else 0.0}
+    report["cost"] = cost
+    report["tokens"] = {"input": int(tok_in), "output": int(tok_out), "cached_input": int(tok_cached)}
+    hits, misses = int(hits), int(misses)
+    report["cache"] = {"hits": hits, "misses": misses,
+                       "hit_rate": hits / (hits + misses) if hits + misses else None}
+    report["quality"] = {}
+    for i, (_, key) in enumerate(_QUALITY):
+        measured, average, quantiles = quality[3 * i: 3 * i + 3]
+        q50, q95 = quantiles if quantiles is not None else (None, None)
+        report["quality"][key] = {"measured": measured, "mean": _f(average) if measured else None,
+                                  "p50": _f(q50), "p95": _f(q95)}
+    report["errors"] = _errors(results["errors"], n)
+    report["operations"] = _operations(results["operations"]) if with_operation else []
+    report["attributes"] = _attributes(steps, inside, results["attributes"], stats, n)
+    report["slowest"] = _slowest(steps, inside, results["slowest"], stage_keys)
+    return report
+
+
+def _stages_query(inside: str, settings):
+    budgets = dict(settings.STAGE_BUDGETS)
+    budget = ("CASE stage " + " ".join(f"WHEN {_quote(k)} THEN {float(v)!r}"
+                                       for k, v in budgets.items()) + " END"
+              if budgets else "NULL::DOUBLE")
+    return (f"""
+        WITH entries AS (
+            SELECT entry.key AS stage, entry.value.duration AS d, total_time AS t
+            FROM (SELECT unnest(map_entries(stage_map)) AS entry, total_time
+                  FROM all_rows WHERE {inside})),
+        shares AS (
+            SELECT stage, d, t, CASE WHEN t > 0 THEN d / t ELSE 0.0 END AS share,
+                   {budget} AS budget
+            FROM entries)
+        SELECT stage, count(d), fsum(d) / count(d), quantile_cont(d, [0.5, 0.95, 0.99]), max(d),
+               fsum(d), fsum(share) FILTER (d IS NOT NULL) / count(d),
+               fsum(t) FILTER (d IS NOT NULL),
+               count(*) FILTER (share > ? OR coalesce(d > budget, false)),
+               count(*) FILTER (share > ?), count(*) FILTER (coalesce(d > budget, false))
+        FROM shares GROUP BY stage""", [settings.BOTTLENECK_SHARE, settings.BOTTLENECK_SHARE])
+
+
+def _stages(rows, keys: list[str], settings) -> list[dict]:
+    budgets = dict(settings.STAGE_BUDGETS)
+    known = set(keys)
+    out = []
+    for (stage, requests, mean, quantiles, longest, total, mean_share, total_t, bottlenecks,
+         by_share, by_budget) in sorted(rows, key=lambda r: r[0] or ""):
+        if stage not in known or not requests:
+            continue
+        p50, p95, p99 = quantiles
+        out.append({
+            "stage": stage, "requests": requests, "mean": _f(mean), "p50": _f(p50),
+            "p95": _f(p95), "p99": _f(p99), "max": _f(longest), "total_time": _f(total),
+            "mean_share": _f(mean_share), "time_share": _f(total / total_t) if total_t else None,
+            "budget": budgets.get(stage), "bottlenecks": bottlenecks,
+            "bottlenecks_by_share": by_share, "bottlenecks_by_budget": by_budget})
+    out.sort(key=lambda s: s["total_time"] or 0, reverse=True)
+    return out
+
+
+def _models_query(inside: str):
+    return (f"""
+        SELECT coalesce(model, '(none)') AS m, count(*), coalesce(fsum(cost), 0), count(cost),
+               sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),
+               quantile_cont(total_time, 0.95), count(*) FILTER (status = 'error'),
+               model IS NULL AS unnamed,
+               count(cost) FILTER (price_match = 'default'),
+               coalesce(fsum(cost) FILTER (price_match = 'default'), 0),
+               count(cost) FILTER (price_match IS NULL),
+               coalesce(fsum(cost) FILTER (price_match IS NULL), 0)
+        FROM all_rows WHERE {inside} GROUP BY m, unnamed ORDER BY {FIRST_SEEN}, m""", None)
+
+
+def _models(rows) -> list[dict]:
+    out = [{"model": str(model), "requests": requests, "cost": _f(cost),
+            "mean_cost": _f(cost / priced) if priced else None,
+            "input_tokens": int(tok_in), "output_tokens": int(tok_out),
+            "cached_input_tokens": int(tok_cached), "p95_latency": _f(p95),
+            "error_rate": errors / requests}
+           for model, requests, cost, priced, tok_in, tok_out, tok_cached, p95, errors, *_ in rows]
+    out.sort(key=lambda m: (m["cost"] or 0, m["requests"]), reverse=True)
+    return out
+
+
+def _pricing(rows, table, priced: int) -> dict:
+    """Spend priced at the default apart from spend priced by the table, from the models'
+    rows: a record's own word (price_match) first, else whether the table knows its model."""
+    import math
+
+    requests, spend, total, models = 0, [], [], set()
+    for row in rows:
+        model, cost, unnamed = row[0], row[2], row[9]
+        said, said_cost, unsaid, unsaid_cost = row[10:14]
+        unknown = not unnamed and table.match(model).match == "default"
+        count = said + (unsaid if unknown else 0)
+        requests += count
+        spend += [said_cost] + ([unsaid_cost] if unknown else [])
+        total.append(cost)
+        if count and not unnamed:
+            models.add(str(model))
+    default = math.fsum(spend)
+    return {"default_priced": {"requests": requests, "cost": _f(default) if requests else 0.0,
+                               "models": sorted(models)},
+            "table_priced": _f(math.fsum(total) - default) if priced - requests else 0.0}
+
+
+def _errors_query(inside: str):
+    return (f"""
+        SELECT coalesce(error_type, '(none)') AS e, count(*) FROM all_rows
+        WHERE {inside} AND status IS DISTINCT FROM 'success'
+        GROUP BY e ORDER BY count(*) DESC, {FIRST_SEEN}, e""", None)
+
+
+def _errors(rows, n: int) -> list[dict]:
+    failed = sum(count for _, count in rows)
+    return [{"error_type": str(kind), "count": count, "share_of_failures": count / failed,
+             "share_of_requests": count / n} for kind, count in rows]
+
+
+def _operations_query(inside: str):
+    return (f"""
+        SELECT operation, count(*), quantile_cont(total_time, 0.95),
+               count(*) FILTER (status = 'error')
+        FROM all_rows WHERE {inside} AND operation IS NOT NULL
+        GROUP BY operation ORDER BY count(*) DESC, {FIRST_SEEN}, operation""", None)
+
+
+def _operations(rows) -> list[dict]:
+    return [{"value": str(value), "requests": requests, "p95_latency": _f(p95),
+             "error_rate": errors / requests} for value, requests, p95, errors in rows]
+
+
+_NUMBER_SQL = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+
+
+def _attributes_query(inside: str):
+    """Every attribute in one pass: per key, the distribution of its numbers (all of them in the
+    group whose text is NULL), and per distinct other value (a string, a list...) its requests,
+    latency p95, successes and first appearance - for strings only the top TOP_VALUES."""
+    return (f"""
+        WITH entries AS (
+            SELECT entry.key AS key, entry.value AS v, json_type(entry.value) AS kind,
+                   total_time, status, end_time, seq
+            FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time,
+                         seq
+                  FROM all_rows WHERE {inside})),
+        typed AS (
+            SELECT *, CASE WHEN kind IN {_NUMBER_SQL} THEN TRY_CAST(v AS DOUBLE) END AS x,
+                   CASE WHEN kind NOT IN {_NUMBER_SQL} AND kind <> 'NULL' THEN v::VARCHAR END AS text
+            FROM entries),
+        groups AS (
+            SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, count(*) AS n,
+                   count(x) AS xn, fsum(x) AS xsum, quantile_cont(x, [0.5, 0.95]) AS xq,
+                   max(x) AS xmax,
+                   quantile_cont(CASE WHEN text IS NOT NULL THEN total_time END, 0.95) AS p95,
+                   count(*) FILTER (status = 'success') AS ok, min(end_time) AS first_end,
+                   min(seq) AS first_seq
+            FROM typed GROUP BY key, text),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY key ORDER BY text IS NULL, n DESC, first_end,
+                                                           first_seq, text) AS rank,
+                   count(text) OVER (PARTITION BY key) AS distinct_texts,
+                   sum(CASE WHEN text IS NOT NULL THEN n END) OVER (PARTITION BY key) AS present,
+                   bool_and(text IS NULL OR kind = 'VARCHAR') OVER (PARTITION BY key) AS strings
+            FROM groups)
+        SELECT key, text, kind, xn, xsum, xq, xmax, n, p95, ok / n, distinct_texts, present
+        FROM ranked WHERE text IS NULL OR rank <= {TOP_VALUES} OR NOT strings
+        ORDER BY key, rank""", None)
+
+
+def _attributes(steps: "_Steps", inside: str, rows, stats: ReadStats, n: int) -> dict:
+    """Each attribute as analysis._attribute() describes it: numbers get a distribution,
+    strings (and other scalars) the top values with latency and success rate, lists the count
+    per item. Which it is depends on every value's JSON type, as there."""
+    by_key: dict[str, list] = {}
+    for row in rows:
+        by_key.setdefault(row[0], []).append(row[1:])
+    keys = _bounded(by_key, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+    out: dict = {}
+    mixed_lists, others = [], []
+    for key in keys:
+        numbers = next((g for g in by_key[key] if g[0] is None), None)
+        texts = [g for g in by_key[key] if g[0] is not None]
+        kinds = {g[1] for g in texts} | ({"DOUBLE"} if numbers and numbers[2] else set())
+        if kinds <= {"DOUBLE"}:  # all missing, too: pandas reads that column as numbers
+            _, _, present, total, quantiles, largest = numbers[:6] if numbers else [None] * 6
+            present = present or 0
+            q50, q95 = quantiles if quantiles is not None else (None, None)
+            out[key] = {"kind": "number", "requests": present,
+                        "mean": _f(total / present) if present else None, "p50": _f(q50),
+                        "p95": _f(q95), "max": _f(largest) if present else None,
+                        "sum": _f(total) if present else None}
+        elif kinds == {"VARCHAR"}:
+            distinct, present = texts[0][9], texts[0][10]
+            shown = texts[:TOP_VALUES]
+            out[key] = {"kind": "category", "requests": present, "distinct": distinct,
+                        "values": [{"value": _label(g[0]), "requests": g[6], "share": g[6] / n,
+                                    "p95_latency": _f(g[7]), "success_rate": _f(g[8])}
+                                   for g in shown],
+                        "other": present - sum(g[6] for g in shown)}
+        elif kinds == {"ARRAY"}:
+            out[key] = _list_items([(g[0], g[6]) for g in texts])
+        elif "ARRAY" in kinds:
+            mixed_lists.append(key)
+        else:
+            others.append(key)
+    for key in mixed_lists:  # a list attribute when its first 1,000 values are lists
+        [(all_lists,)] = steps.run(
+            f"SELECT bool_and(json_type(v) = 'ARRAY') FROM (SELECT v FROM "
+            f"({_attribute_entries(inside, [key])}) "
+            "ORDER BY end_time, seq LIMIT 1000)")
+        if all_lists:
+            rows = steps.run(f"SELECT v::VARCHAR AS text, count(*) FROM "
+                             f"({_attribute_entries(inside, [key])}) GROUP BY text "
+                             f"ORDER BY count(*) DESC, {FIRST_SEEN}, text")
+            out[key] = _list_items(rows)
+        else:
+            others.append(key)
+    out.update(_mixed_categories(steps, inside, others, n))
+    return {key: out[key] for key in keys}
+
+
+def _list_items(distinct) -> dict:
+    """Items of a list attribute (entities) from its distinct lists (JSON text, requests), in
+    the order pandas' value_counts hands them over (most frequent, then first seen), so that
+    ties come out as they do there."""
+    counts: Counter = Counter()
+    for text, times in distinct:
+        value = _decode(text)
+        for item in (value if isinstance(value, list) else [value]):
+            counts[str(_hashable(item))] += times
+    top = counts.most_common(TOP_VALUES)
+    return {"kind": "list", "requests": sum(times for _, times in distinct),
+            "distinct": len(counts), "values": [{"value": k, "requests": v} for k, v in top],
+            "other": sum(counts.values()) - sum(v for _, v in top)}
+
+
+def _attribute_entries(inside: str, keys: list[str]) -> str:
+    """One row per (request, attribute of `keys`) with a value that is not JSON null."""
+    return f"""
+        SELECT entry.key AS key, entry.value AS v, total_time, status, end_time, seq
+        FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time, seq
+              FROM all_rows WHERE {inside})
+        WHERE entry.key IN {_sql_in(keys)} AND entry.value IS NOT NULL
+          AND json_type(entry.value) <> 'NULL'"""
+
+
+def _mixed_categories(steps: "_Steps", inside: str, keys: list[str], n: int) -> dict:
+    """Attributes of mixed scalar types, each value named as Python prints it (True, 3,
+    ('a', 'b')) through a table of labels for the distinct texts: two texts may share a label."""
+    if not keys:
+        return {}
+    texts = steps.run(f"SELECT DISTINCT key, v::VARCHAR FROM ({_attribute_entries(inside, keys)})")
+    con = steps.con
+    con.execute("CREATE OR REPLACE TABLE attribute_labels (key VARCHAR, text VARCHAR, label VARCHAR)")
+    con.executemany("INSERT INTO attribute_labels VALUES (?, ?, ?)",
+                    [(key, text, _label(text)) for key, text in texts])
+    rows = steps.run(f"""
+        SELECT e.key, l.label AS value, count(*), quantile_cont(total_time, 0.95),
+               count(*) FILTER (status = 'success') / count(*)
+        FROM ({_attribute_entries(inside, keys)}) e
+        JOIN attribute_labels l ON l.key = e.key AND l.text = e.v::VARCHAR
+        GROUP BY e.key, value ORDER BY e.key, count(*) DESC, {FIRST_SEEN}, value""")
+    grouped: dict[str, list] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row[1:])
+    out = {}
+    for key, groups in grouped.items():
+        out[key] = {"kind": "category", "requests": sum(g[1] for g in groups),
+                    "distinct": len(groups),
+                    "values": [{"value": str(value), "requests": size, "share": size / n,
+                                "p95_latency": _f(p95), "success_rate": _f(ok)}
+                               for value, size, p95, ok in groups[:TOP_VALUES]],
+                    "other": sum(g[1] for g in groups[TOP_VALUES:])}
+    return out
+
+
+def _label(text: str) -> str:
+    value = _decode(text)
+    return value if isinstance(value, str) else str(_hashable(value))
+
+
+def _slowest_query(inside: str, top: int):
+    return (f"""
+        SELECT total_time, end_time, seq FROM all_rows WHERE {inside}
+        ORDER BY total_time DESC, end_time, seq LIMIT ?""", [max(0, int(top))])
+
+
+def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[dict]:
+    if not rows:
+        return []
+    # The rest of these few rows only: found by their total time (a column the scan filters
+    # on, so that nothing else is read for the other rows), told apart by their read order.
+    totals = ", ".join(repr(float(total)) for total, _, _ in rows)
+    found = {row[0]: row[1:] for row in steps.run(
+        f"SELECT seq, request_id, status, error_type, model, operation, stage_map "
+        f"FROM all_rows WHERE {inside} AND total_time IN ({totals})")}
+    known = set(stage_keys)
+    out = []
+    for total, end, seq in rows:
+        request_id, status, error_type, model, operation, stage_map = found[seq]
+        slowest_stage, slowest_duration = None, None
+        durations = {k: (v or {}).get("duration") for k, v in (stage_map or {}).items()}
+        for name in sorted(durations):
+            d = durations[name]
+            if name in known and d is not None and d == d and (
+                    slowest_duration is None or d > slowest_duration):
+                slowest_stage, slowest_duration = name, float(d)
+        out.append({"request_id": None if request_id is None else str(request_id),
+                    "timestamp": _iso(end), "total_time": _f(total),
+                    "status": status, "error_type": error_type, "model": model,
+                    "operation": operation, "slowest_stage": slowest_stage,
+                    "slowest_stage_duration": slowest_duration})
+    return out
