@@ -387,9 +387,9 @@ class _Instrumented:
             else:
                 kinds = None
             if relevance is not None:
-                self.relevance.observe(relevance)
+                (self._relevance or self.relevance).observe(relevance)
             if precision is not None:
-                self.precision.observe(precision)
+                (self._precision or self.precision).observe(precision)
         except Exception as failure:
             _recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                               self.operation, failure)
@@ -706,6 +706,11 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     return decorate
 
 
+# Results that are never SDK streams, as a set: the usual dict result is found by one hash
+# lookup instead of a scan of _PLAIN and two failed attribute lookups in _is_stream().
+_NEVER_STREAMS = frozenset((*_PLAIN, dict))
+
+
 def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
     @functools.wraps(fn)
     def monitored(*args, **kwargs):
@@ -724,7 +729,7 @@ def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+        if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
         return result
     return monitored
@@ -748,7 +753,7 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+        if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
         return result
     return monitored

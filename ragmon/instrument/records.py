@@ -86,16 +86,29 @@ def encode(record: dict) -> bytes:
     """
     global _fast_dumps
     if _fast_dumps is None:
-        try:
-            import orjson
-            option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
-            _fast_dumps = lambda obj: orjson.dumps(obj, default=str, option=option)  # noqa: E731
-        except ImportError:
-            _fast_dumps = _json_dumps
+        _fast_dumps = _orjson_dumps()
     try:
         return _fast_dumps(record)
     except (TypeError, ValueError):  # e.g. integers beyond 64 bits: the json module copes
         return _json_dumps(record)
+
+
+def _orjson_dumps():
+    try:
+        import orjson
+    except ImportError:
+        return _json_dumps
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    any_keys = newline | orjson.OPT_NON_STR_KEYS
+
+    def fast_dumps(obj) -> bytes:
+        # OPT_NON_STR_KEYS doubles orjson's time on every record, and only attributes or
+        # metadata with non-string keys need it: those records take the second attempt.
+        try:
+            return dumps(obj, default=str, option=newline)
+        except TypeError:
+            return dumps(obj, default=str, option=any_keys)
+    return fast_dumps
 
 
 _encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False)
@@ -202,13 +215,15 @@ class RecordSink(Protocol):
 
 
 class _DayFile:
-    """One open day file: its descriptor, the identity of the file it was opened on, and whether
-    its last line was cut off (the next record must then start on a line of its own)."""
+    """One open day file: its descriptor, the identity of the file it was opened on, whether its
+    last line was cut off (the next record must then start on a line of its own) and when its
+    path was last compared with it (time.monotonic())."""
 
-    __slots__ = ("fd", "ident", "torn", "path")
+    __slots__ = ("fd", "ident", "torn", "path", "path_checked_at")
 
-    def __init__(self, fd: int, ident: tuple[int, int], torn: bool, path: str):
+    def __init__(self, fd: int, ident: tuple[int, int], torn: bool, path: str, checked_at: float):
         self.fd, self.ident, self.torn, self.path = fd, ident, torn, path
+        self.path_checked_at = checked_at
 
 
 _live_sinks: "weakref.WeakSet[DailyFileSink]" = weakref.WeakSet()
@@ -233,8 +248,12 @@ class DailyFileSink:
 
     - Writes and closes happen under one lock, so no thread ever writes through a descriptor
       another thread closed (which the kernel may have handed to a file of the application).
-    - Before each write the file at the path is compared with the open one (device and inode):
-      a deleted or replaced file, or a deleted directory, is recreated, not written into the void.
+    - Before each write the open file's link count is read (fstat of the descriptor): a file
+      that was deleted or replaced, alone or with its directory, is recreated, not written into
+      the void. A file renamed away (log rotation) keeps its records whole under its new name;
+      the path is compared with the open file (device and inode) at most every
+      ``path_check_interval`` seconds (default 1), and the next write after that goes to a new
+      file at the path. A path lookup per record would cost more than the rest of the write.
     - A short write is finished; if the disk refuses the rest, the cut-off line is fenced with a
       newline before the next record, so the reader skips one torn line and loses nothing else.
       A file that already ends in a cut-off line when opened is fenced the same way.
@@ -246,8 +265,13 @@ class DailyFileSink:
 
     _OPEN_DAYS = 2
 
-    def __init__(self, log_dir: str | os.PathLike):
+    def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0):
+        if (type(path_check_interval) not in (int, float) or not path_check_interval >= 0
+                or path_check_interval == math.inf):
+            raise ValueError(f"path_check_interval={path_check_interval!r} must be a finite "
+                             "number of seconds >= 0, e.g. 1.0 (0 compares before every write)")
         self.log_dir = Path(log_dir).expanduser()
+        self.path_check_interval = float(path_check_interval)
         self._files: dict[int, _DayFile] = {}
         self._lock = threading.Lock()
         self.written = 0
@@ -268,21 +292,19 @@ class DailyFileSink:
 
     def _write(self, day: int, at: float, data: bytes) -> None:
         file = self._files.get(day)
-        if file is not None:
-            try:
-                st = os.stat(file.path)
-                current = (st.st_dev, st.st_ino) == file.ident
-            except OSError:
-                current = False
-            if not current:
-                self._forget(day)  # deleted or replaced under us: write to the file at the path
-                file = None
+        if file is not None and not self._is_current(file):
+            self._forget(day)  # deleted, replaced or rotated: write to the file at the path
+            file = None
         if file is None:
             file = self._open(day, str(self.log_dir / log_file_name(at)))
         path = file.path
         if file.torn:
             data = b"\n" + data
-        view, done = memoryview(data), 0
+        done = os.write(file.fd, data)  # the usual case: the whole line at once
+        if done == len(data):
+            file.torn = False
+            return
+        view = memoryview(data)
         while done < len(data):
             try:
                 written = os.write(file.fd, view[done:])
@@ -295,6 +317,25 @@ class DailyFileSink:
             done += written
         file.torn = False
 
+    def _is_current(self, file: _DayFile) -> bool:
+        """Whether records written to the open file stay where readers find them."""
+        try:
+            # No name left (the file, or its directory, was deleted, or another file took its
+            # place): a record written there is lost. Checked on every write; fstat costs no
+            # path lookup.
+            if os.fstat(file.fd).st_nlink == 0:
+                return False
+            # Renamed away: records still land whole in the old file, so the path is looked up
+            # at most once per interval.
+            now = time.monotonic()
+            if now - file.path_checked_at < self.path_check_interval:
+                return True
+            file.path_checked_at = now
+            st = os.stat(file.path)
+            return (st.st_dev, st.st_ino) == file.ident
+        except OSError:
+            return False
+
     def _open(self, day: int, path: str) -> _DayFile:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
@@ -304,7 +345,7 @@ class DailyFileSink:
         except OSError:
             os.close(fd)
             raise
-        file = _DayFile(fd, (st.st_dev, st.st_ino), torn, path)
+        file = _DayFile(fd, (st.st_dev, st.st_ino), torn, path, time.monotonic())
         # Keep the day just opened (its record is about to be written) and the most recent of
         # the others; a late record for an old day may evict yesterday, reopened on demand.
         others = sorted(d for d in self._files if d != day)
