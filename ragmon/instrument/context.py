@@ -91,9 +91,12 @@ class QueryContext:
     def add_stage(self, name: str, duration: float, metadata: dict | None) -> None:
         if self.sink is None:
             return
-        if self.stages is None:
-            self.stages = {}
-        add_stage(self.stages, name, duration, metadata)
+        stages = self.stages
+        if stages is None:  # the usual first stage, without records.add_stage's merging
+            self.stages = {name: {"duration": duration,
+                                  "metadata": dict(metadata) if metadata else {}}}
+        else:
+            add_stage(stages, name, duration, metadata)
 
 
 CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("ragmon_current_query", default=None)

@@ -25,7 +25,7 @@ from .context import CURRENT_QUERY, OPEN_STREAMS, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
 from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
                       check_name, check_score, safe_label, text_of)
-from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
+from .records import CANCELLED_EXCEPTIONS, build_record, sink_for
 from .usage import _PLAIN, StreamUsage, Unreadable, Usage, _is_stream, is_content, read_usage, watch_stream
 
 log = logging.getLogger("ragmon")
@@ -543,20 +543,20 @@ class _Instrumented:
         extra = ctx.extra
         try:
             end = time.time()
-            ctx.sink.write(make_record(
-                request_id=ctx.request_id, service=self.service, env=self.env,
-                operation=ctx.operation, model=model, status=status, error_type=error_type,
-                start_time=end - duration, total_time=duration, stages=ctx.stages or {},
-                input_tokens=inp, output_tokens=out, cached_input_tokens=cached, cost=cost,
-                relevance_score=relevance, context_precision=precision,
-                time_to_first_token=first_token,
-                cache_hits=extra.cache_hits if extra else 0,
-                cache_misses=extra.cache_misses if extra else 0,
-                attributes=extra.attributes if extra else None,
-                cache_write_tokens=kinds[3] if kinds else 0,
-                cache_write_1h_tokens=kinds[4] if kinds else 0,
-                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing,
-                out_of_bounds=out_of_bounds), at=end)
+            if extra is None:
+                hits = misses = 0
+                attributes = None
+            else:
+                hits, misses, attributes = extra.cache_hits, extra.cache_misses, extra.attributes
+            if kinds is None:
+                write_5m = write_1h = reasoning = 0
+            else:
+                write_5m, write_1h, reasoning = kinds[3], kinds[4], kinds[5]
+            ctx.sink.write(build_record(  # make_record's arguments, in its order
+                ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
+                end - duration, duration, ctx.stages or {}, inp, out, cached, cost, relevance,
+                precision, first_token, hits, misses, attributes, write_5m, write_1h, reasoning,
+                pricing, out_of_bounds), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
