@@ -75,7 +75,7 @@ def iso_utc(epoch: float) -> str:
     return f"{prefix}.{micros:06d}+00:00"
 
 
-_fast_dumps = None
+_orjson = None  # the orjson module once imported; False when it is not installed
 
 
 def encode(record: dict) -> bytes:
@@ -84,31 +84,31 @@ def encode(record: dict) -> bytes:
     orjson, when installed (it is in requirements.txt), encodes about ten times faster than the
     json module, which matters on a per-query path; it is imported on first use, not at import.
     """
-    global _fast_dumps
-    if _fast_dumps is None:
-        _fast_dumps = _orjson_dumps()
-    try:
-        return _fast_dumps(record)
-    except (TypeError, ValueError):  # e.g. integers beyond 64 bits: the json module copes
-        return _json_dumps(record)
+    orjson = _orjson
+    if orjson is None:
+        orjson = _import_orjson()
+    if orjson:
+        try:
+            return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except (TypeError, ValueError):
+            # A key that is not a string (attributes or metadata): OPT_NON_STR_KEYS writes it
+            # as JSON would, but doubles orjson's time, so only these records pay for it.
+            try:
+                return orjson.dumps(record, default=str,
+                                    option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+            except (TypeError, ValueError):  # e.g. integers beyond 64 bits: json copes
+                pass
+    return _json_dumps(record)
 
 
-def _orjson_dumps():
+def _import_orjson():
+    global _orjson
     try:
         import orjson
+        _orjson = orjson
     except ImportError:
-        return _json_dumps
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    any_keys = newline | orjson.OPT_NON_STR_KEYS
-
-    def fast_dumps(obj) -> bytes:
-        # OPT_NON_STR_KEYS doubles orjson's time on every record, and only attributes or
-        # metadata with non-string keys need it: those records take the second attempt.
-        try:
-            return dumps(obj, default=str, option=newline)
-        except TypeError:
-            return dumps(obj, default=str, option=any_keys)
-    return fast_dumps
+        _orjson = False
+    return _orjson
 
 
 _encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False)
