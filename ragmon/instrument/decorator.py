@@ -207,7 +207,7 @@ class _Instrumented:
             self.cancelled = m.queries.labels(op, "cancelled")
             # Bound methods of the hottest calls, looked up once instead of on every query.
             self._observe_latency = self.latency.observe
-            self._exemplars = ExemplarSampler(QUERY_LATENCY_BUCKETS)
+            self._exemplar_due = ExemplarSampler(QUERY_LATENCY_BUCKETS).due
             self._count_success = self.succeeded.inc
             # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
             self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
@@ -268,7 +268,7 @@ class _Instrumented:
         end = _perf()
         duration = end - ctx.start
         try:
-            if self._exemplars.due(duration, end):  # the request id, for the spike's drill-down
+            if self._exemplar_due(duration, end):  # the request id, for the spike's drill-down
                 self._observe_latency(duration, latency_exemplar(ctx.request_id))
             else:
                 self._observe_latency(duration)

@@ -57,7 +57,9 @@ LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
 _SEPARATORS = (",", ":")
 
 
-_second_cache: tuple[int, str] = (-1, "")
+_second_cache: tuple[int, str] = (-1, "")  # (second, its "YYYY-MM-DDTHH:MM:SS." prefix)
+# "000" .. "999": the microseconds as two table lookups, about twice as fast as f"{n:06d}".
+_THREE_DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
 
 def iso_utc(epoch: float) -> str:
@@ -70,9 +72,9 @@ def iso_utc(epoch: float) -> str:
         second, micros = second + 1, micros - 1_000_000
     cached_second, prefix = _second_cache
     if second != cached_second:
-        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
         _second_cache = (second, prefix)
-    return f"{prefix}.{micros:06d}+00:00"
+    return prefix + _THREE_DIGITS[micros // 1000] + _THREE_DIGITS[micros % 1000] + "+00:00"
 
 
 _orjson = None  # the orjson module once imported; False when it is not installed
