@@ -184,10 +184,8 @@ def build_record(request_id, service, env, operation, model, status, error_type,
         attributes = scrub(attributes)
     if stages:
         for entry in stages.values():
-            if entry.get("metadata"):  # copied only when there is metadata to scrub
-                stages = {name: ({"duration": entry["duration"], "metadata": scrub(entry["metadata"])}
-                                 if entry.get("metadata") else entry)
-                          for name, entry in stages.items()}
+            if entry.get("metadata"):  # only then is a copy needed, with the metadata scrubbed
+                stages = {name: _scrubbed_stage(entry) for name, entry in stages.items()}
                 break
     record = {
         "timestamp": iso_utc(start_time + total_time),
@@ -213,6 +211,12 @@ def build_record(request_id, service, env, operation, model, status, error_type,
     if out_of_bounds:
         record["out_of_bounds"] = out_of_bounds
     return record
+
+
+def _scrubbed_stage(entry: dict) -> dict:
+    if not entry.get("metadata"):
+        return entry
+    return {"duration": entry["duration"], "metadata": scrub(entry["metadata"])}
 
 
 def add_stage(stages: dict, name: str, duration: float, metadata: dict | None) -> None:

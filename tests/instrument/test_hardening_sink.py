@@ -134,7 +134,7 @@ def test_a_deleted_log_directory_is_recreated_and_nothing_is_lost(tmp_path):
     assert (sink.written, sink.lost) == (210, 0)
 
 
-def test_a_rotated_log_file_is_reopened_at_once_when_the_path_is_checked_before_every_write(tmp_path):
+def test_a_rotated_log_file_is_reopened_at_once_when_the_path_is_checked_every_write(tmp_path):
     sink = DailyFileSink(tmp_path, path_check_interval=0)
     sink.write(record(0), at=T0)
     path = tmp_path / log_file_name(T0)
