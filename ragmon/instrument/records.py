@@ -273,12 +273,17 @@ class DailyFileSink:
 
     - Writes and closes happen under one lock, so no thread ever writes through a descriptor
       another thread closed (which the kernel may have handed to a file of the application).
-    - Before each write the open file's link count is read (fstat of the descriptor): a file
-      that was deleted or replaced, alone or with its directory, is recreated, not written into
-      the void. A file renamed away (log rotation) keeps its records whole under its new name;
-      the path is compared with the open file (device and inode) at most every
-      ``path_check_interval`` seconds (default 1), and the next write after that goes to a new
-      file at the path. A path lookup per record would cost more than the rest of the write.
+    - Before each write the sink makes sure the open file still has a name: a file that was
+      deleted or replaced, alone or with its directory, is recreated, not written into the
+      void. The directory is read first (one fstat of its descriptor): while it exists and no
+      entry of it was added, removed or renamed since the open files were last seen linked (its
+      modification and change times as they were, and at least two seconds old, since
+      timestamps are as coarse as a clock tick, or two seconds on FAT), the files are as they
+      were. Otherwise each open file's link count is read (fstat), which costs twice as much
+      right after a write.
+    - A file renamed away (log rotation) keeps its records whole under its new name; the path is
+      compared with the open file (device and inode) at most every ``path_check_interval``
+      seconds (default 1), and the next write after that goes to a new file at the path.
     - A short write is finished; if the disk refuses the rest, the cut-off line is fenced with a
       newline before the next record, so the reader skips one torn line and loses nothing else.
       A file that already ends in a cut-off line when opened is fenced the same way.
@@ -289,6 +294,7 @@ class DailyFileSink:
     """
 
     _OPEN_DAYS = 2
+    _QUIET_NS = 2_000_000_000  # how old LOG_DIR's times must be before they stand for its files
 
     def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0):
         if (type(path_check_interval) not in (int, float) or not path_check_interval >= 0
@@ -298,6 +304,9 @@ class DailyFileSink:
         self.log_dir = Path(log_dir).expanduser()
         self.path_check_interval = float(path_check_interval)
         self._files: dict[int, _DayFile] = {}
+        self._dir_fd: int | None = None  # LOG_DIR, opened with the first file
+        # LOG_DIR's (mtime, ctime) when every open file was last seen linked; None: not trusted.
+        self._dir_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self.written = 0
         self.lost = 0
@@ -316,9 +325,11 @@ class DailyFileSink:
             self.written += 1
 
     def _write(self, day: int, at: float, data: bytes) -> None:
+        if self._files and not self._directory_unchanged():
+            self._forget_unlinked()
         file = self._files.get(day)
-        if file is not None and not self._is_current(file):
-            self._forget(day)  # deleted, replaced or rotated: write to the file at the path
+        if file is not None and not self._path_is_current(file):
+            self._forget(day)  # rotated or replaced: write to the file at the path
             file = None
         if file is None:
             file = self._open(day, str(self.log_dir / log_file_name(at)))
@@ -342,27 +353,53 @@ class DailyFileSink:
             done += written
         file.torn = False
 
-    def _is_current(self, file: _DayFile) -> bool:
-        """Whether records written to the open file stay where readers find them."""
+    def _directory_unchanged(self) -> bool:
+        """Whether LOG_DIR still exists with no entry added, removed or renamed since every open
+        file was last seen linked: then none of them can have lost its name."""
+        if self._dir_stamp is None:
+            return False
         try:
-            # No name left (the file, or its directory, was deleted, or another file took its
-            # place): a record written there is lost. Checked on every write; fstat costs no
-            # path lookup.
-            if os.fstat(file.fd).st_nlink == 0:
-                return False
-            # Renamed away: records still land whole in the old file, so the path is looked up
-            # at most once per interval.
-            now = time.monotonic()
-            if now - file.path_checked_at < self.path_check_interval:
-                return True
-            file.path_checked_at = now
-            st = os.stat(file.path)
-            return (st.st_dev, st.st_ino) == file.ident
+            st = os.fstat(self._dir_fd)
         except OSError:
             return False
+        return st.st_nlink > 0 and (st.st_mtime_ns, st.st_ctime_ns) == self._dir_stamp
+
+    def _forget_unlinked(self) -> None:
+        """Closes the open files that have no name left (a record written there is lost), then
+        remembers LOG_DIR's times if they are old enough to tell the next change apart."""
+        try:
+            st = os.fstat(self._dir_fd) if self._dir_fd is not None else None
+        except OSError:
+            st = None
+        for day, file in list(self._files.items()):
+            try:
+                linked = os.fstat(file.fd).st_nlink > 0
+            except OSError:
+                linked = False
+            if not linked:
+                self._forget(day)
+        # A change within the same timestamp granule (a clock tick; two seconds on FAT) would
+        # leave the times as they were, so they are trusted only once older than that.
+        old_enough = (st is not None and st.st_nlink > 0
+                      and max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - self._QUIET_NS)
+        self._dir_stamp = (st.st_mtime_ns, st.st_ctime_ns) if old_enough else None
+
+    def _path_is_current(self, file: _DayFile) -> bool:
+        """Whether the path still names the open file; looked up at most once per interval,
+        since records written to a file renamed away still land whole in it."""
+        now = time.monotonic()
+        if now - file.path_checked_at < self.path_check_interval:
+            return True
+        file.path_checked_at = now
+        try:
+            st = os.stat(file.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == file.ident
 
     def _open(self, day: int, path: str) -> _DayFile:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._open_directory()
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o640)
         try:
             st = os.fstat(fd)
@@ -379,6 +416,25 @@ class DailyFileSink:
         self._files[day] = file
         return file
 
+    def _open_directory(self) -> None:
+        """(Re)opens LOG_DIR, which may have been recreated; where directories cannot be opened
+        (Windows) every write reads the files' link counts instead."""
+        self._close_directory()
+        try:
+            self._dir_fd = os.open(self.log_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                                   | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            self._dir_fd = None
+
+    def _close_directory(self) -> None:
+        self._dir_stamp = None
+        if self._dir_fd is not None:
+            try:
+                os.close(self._dir_fd)
+            except OSError:
+                pass
+            self._dir_fd = None
+
     def _forget(self, day: int) -> None:
         file = self._files.pop(day)
         try:
@@ -391,6 +447,7 @@ class DailyFileSink:
         with self._lock:
             for day in list(self._files):
                 self._forget(day)
+            self._close_directory()
 
 
 class StreamSink:

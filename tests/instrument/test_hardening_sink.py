@@ -186,6 +186,28 @@ def test_a_deleted_log_file_is_noticed_at_the_next_write_whatever_the_check_inte
     assert (sink.written, sink.lost) == (3, 0)
 
 
+def test_a_deletion_is_noticed_at_the_next_write_after_the_directory_was_quiet_a_while(tmp_path):
+    """A directory whose times are two seconds old stands for its files until it changes: deleting
+    the file, or the whole directory, must still be noticed at the very next write."""
+    log_dir = tmp_path / "logs"
+    path = log_dir / log_file_name(T0)
+    sink = DailyFileSink(log_dir, path_check_interval=3600)
+    sink.write(record(0), at=T0)
+    time.sleep(2.1)
+    sink.write(record(1), at=T0)
+    assert sink._dir_stamp is not None  # the quiet directory is trusted: the case under test
+    path.unlink()
+    sink.write(record(2), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["r2"]
+    time.sleep(2.1)
+    sink.write(record(3), at=T0)
+    assert sink._dir_stamp is not None
+    shutil.rmtree(log_dir)
+    sink.write(record(4), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["r4"]
+    assert (sink.written, sink.lost) == (5, 0)
+
+
 @pytest.mark.parametrize("interval", [-1, float("nan"), float("inf"), "1", None])
 def test_a_bad_path_check_interval_is_refused_with_the_value(tmp_path, interval):
     with pytest.raises(ValueError, match="path_check_interval"):
