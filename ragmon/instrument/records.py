@@ -91,10 +91,11 @@ def encode(record: dict) -> bytes:
         orjson = _import_orjson()
     if orjson:
         try:
-            return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         except (TypeError, ValueError):
-            # A key that is not a string (attributes or metadata): OPT_NON_STR_KEYS writes it
-            # as JSON would, but doubles orjson's time, so only these records pay for it.
+            # A key that is not a string or a value orjson does not know (attributes or
+            # metadata): OPT_NON_STR_KEYS writes such keys as JSON would and default=str the
+            # values, but they double orjson's time, so only these records pay for them.
             try:
                 return orjson.dumps(record, default=str,
                                     option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
