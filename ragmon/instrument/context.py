@@ -82,8 +82,8 @@ class QueryContext:
     @property
     def request_id(self) -> str:
         rid = self._request_id
-        if rid is None:
-            rid = self._request_id = new_request_id()
+        if rid is None:  # new_request_id(), inlined: a record reads it on every query
+            rid = self._request_id = f"{_ID_PREFIX}-{next(_ids):x}"
         elif type(rid) is not str:  # the enclosing query: share its id
             rid = self._request_id = rid.request_id
         return rid
