@@ -82,8 +82,8 @@ class QueryContext:
     @property
     def request_id(self) -> str:
         rid = self._request_id
-        if rid is None:
-            rid = self._request_id = new_request_id()
+        if rid is None:  # new_request_id(), inlined: a record reads it on every query
+            rid = self._request_id = f"{_ID_PREFIX}-{next(_ids):x}"
         elif type(rid) is not str:  # the enclosing query: share its id
             rid = self._request_id = rid.request_id
         return rid
@@ -91,9 +91,12 @@ class QueryContext:
     def add_stage(self, name: str, duration: float, metadata: dict | None) -> None:
         if self.sink is None:
             return
-        if self.stages is None:
-            self.stages = {}
-        add_stage(self.stages, name, duration, metadata)
+        stages = self.stages
+        if stages is None:  # the usual first stage, without records.add_stage's merging
+            self.stages = {name: {"duration": duration,
+                                  "metadata": dict(metadata) if metadata else {}}}
+        else:
+            add_stage(stages, name, duration, metadata)
 
 
 CURRENT_QUERY: ContextVar[QueryContext | None] = ContextVar("ragmon_current_query", default=None)

@@ -25,7 +25,7 @@ from .context import CURRENT_QUERY, OPEN_STREAMS, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
 from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
                       check_name, check_score, safe_label, text_of)
-from .records import CANCELLED_EXCEPTIONS, make_record, sink_for
+from .records import CANCELLED_EXCEPTIONS, build_record, sink_for
 from .usage import _PLAIN, StreamUsage, Unreadable, Usage, _is_stream, is_content, read_usage, watch_stream
 
 log = logging.getLogger("ragmon")
@@ -207,7 +207,7 @@ class _Instrumented:
             self.cancelled = m.queries.labels(op, "cancelled")
             # Bound methods of the hottest calls, looked up once instead of on every query.
             self._observe_latency = self.latency.observe
-            self._exemplars = ExemplarSampler(QUERY_LATENCY_BUCKETS)
+            self._exemplar_due = ExemplarSampler(QUERY_LATENCY_BUCKETS).due
             self._count_success = self.succeeded.inc
             # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
             self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
@@ -268,7 +268,7 @@ class _Instrumented:
         end = _perf()
         duration = end - ctx.start
         try:
-            if self._exemplars.due(duration, end):  # the request id, for the spike's drill-down
+            if self._exemplar_due(duration, end):  # the request id, for the spike's drill-down
                 self._observe_latency(duration, latency_exemplar(ctx.request_id))
             else:
                 self._observe_latency(duration)
@@ -387,9 +387,9 @@ class _Instrumented:
             else:
                 kinds = None
             if relevance is not None:
-                self.relevance.observe(relevance)
+                (self._relevance or self.relevance).observe(relevance)
             if precision is not None:
-                self.precision.observe(precision)
+                (self._precision or self.precision).observe(precision)
         except Exception as failure:
             _recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                               self.operation, failure)
@@ -543,20 +543,20 @@ class _Instrumented:
         extra = ctx.extra
         try:
             end = time.time()
-            ctx.sink.write(make_record(
-                request_id=ctx.request_id, service=self.service, env=self.env,
-                operation=ctx.operation, model=model, status=status, error_type=error_type,
-                start_time=end - duration, total_time=duration, stages=ctx.stages or {},
-                input_tokens=inp, output_tokens=out, cached_input_tokens=cached, cost=cost,
-                relevance_score=relevance, context_precision=precision,
-                time_to_first_token=first_token,
-                cache_hits=extra.cache_hits if extra else 0,
-                cache_misses=extra.cache_misses if extra else 0,
-                attributes=extra.attributes if extra else None,
-                cache_write_tokens=kinds[3] if kinds else 0,
-                cache_write_1h_tokens=kinds[4] if kinds else 0,
-                reasoning_tokens=kinds[5] if kinds else 0, pricing=pricing,
-                out_of_bounds=out_of_bounds), at=end)
+            if extra is None:
+                hits = misses = 0
+                attributes = None
+            else:
+                hits, misses, attributes = extra.cache_hits, extra.cache_misses, extra.attributes
+            if kinds is None:
+                write_5m = write_1h = reasoning = 0
+            else:
+                write_5m, write_1h, reasoning = kinds[3], kinds[4], kinds[5]
+            ctx.sink.write(build_record(  # make_record's arguments, in its order
+                ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
+                end - duration, duration, ctx.stages or {}, inp, out, cached, cost, relevance,
+                precision, first_token, hits, misses, attributes, write_5m, write_1h, reasoning,
+                pricing, out_of_bounds), at=end)
         except Exception as failure:
             _recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                               failure)
@@ -706,6 +706,11 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     return decorate
 
 
+# Results that are never SDK streams, as a set: the usual dict result is found by one hash
+# lookup instead of a scan of _PLAIN and two failed attribute lookups in _is_stream().
+_NEVER_STREAMS = frozenset((*_PLAIN, dict))
+
+
 def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
     @functools.wraps(fn)
     def monitored(*args, **kwargs):
@@ -724,7 +729,7 @@ def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+        if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
         return result
     return monitored
@@ -748,7 +753,7 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
             raise
         in_flight.dec()
         CURRENT_QUERY.reset(token)
-        if type(result) in _PLAIN or not _is_stream(result) or not inst.defer(ctx, result):
+        if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
         return result
     return monitored

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -133,14 +134,84 @@ def test_a_deleted_log_directory_is_recreated_and_nothing_is_lost(tmp_path):
     assert (sink.written, sink.lost) == (210, 0)
 
 
-def test_a_replaced_log_file_is_reopened(tmp_path):
-    sink = DailyFileSink(tmp_path)
+def test_a_rotated_log_file_is_reopened_at_once_when_the_path_is_checked_every_write(tmp_path):
+    sink = DailyFileSink(tmp_path, path_check_interval=0)
     sink.write(record(0), at=T0)
     path = tmp_path / log_file_name(T0)
     path.rename(tmp_path / "rotated.jsonl")  # logrotate's move-and-create
     sink.write(record(1), at=T0)
     assert [r["request_id"] for r in read_lines(path)[0]] == ["r1"]
     assert [r["request_id"] for r in read_lines(tmp_path / "rotated.jsonl")[0]] == ["r0"]
+
+
+def test_records_written_before_the_path_check_land_whole_in_the_rotated_file(tmp_path):
+    sink = DailyFileSink(tmp_path, path_check_interval=3600)
+    sink.write(record(0), at=T0)
+    path = tmp_path / log_file_name(T0)
+    path.rename(tmp_path / "rotated.jsonl")
+    for n in range(1, 5):
+        sink.write(record(n), at=T0)
+    good, torn = read_lines(tmp_path / "rotated.jsonl")
+    assert torn == 0 and [r["request_id"] for r in good] == [f"r{n}" for n in range(5)]
+    assert not path.exists() and (sink.written, sink.lost) == (5, 0)
+
+
+def test_a_rotated_log_file_is_reopened_once_the_check_interval_has_passed(tmp_path):
+    sink = DailyFileSink(tmp_path, path_check_interval=0.05)
+    sink.write(record(0), at=T0)
+    path = tmp_path / log_file_name(T0)
+    path.rename(tmp_path / "rotated.jsonl")
+    sink.write(record(1), at=T0)  # to either file, depending on the time since the last check
+    time.sleep(0.06)
+    sink.write(record(2), at=T0)
+    rotated = [r["request_id"] for r in read_lines(tmp_path / "rotated.jsonl")[0]]
+    current = [r["request_id"] for r in read_lines(path)[0]]
+    assert current[-1:] == ["r2"] and sorted(rotated + current) == ["r0", "r1", "r2"]
+
+
+def test_a_deleted_log_file_is_noticed_at_the_next_write_whatever_the_check_interval(tmp_path):
+    """Deletion empties the open file's link count, read on every write: no record written
+    after it goes into the void, however long the path check waits."""
+    sink = DailyFileSink(tmp_path, path_check_interval=3600)
+    path = tmp_path / log_file_name(T0)
+    sink.write(record(0), at=T0)
+    path.unlink()
+    sink.write(record(1), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["r1"]
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b'{"request_id":"x"}\n')
+    os.replace(replacement, path)  # another file takes the path: the open one has no name left
+    sink.write(record(2), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["x", "r2"]
+    assert (sink.written, sink.lost) == (3, 0)
+
+
+def test_a_deletion_is_noticed_at_the_next_write_after_the_directory_was_quiet_a_while(tmp_path):
+    """A directory whose times are two seconds old stands for its files until it changes: deleting
+    the file, or the whole directory, must still be noticed at the very next write."""
+    log_dir = tmp_path / "logs"
+    path = log_dir / log_file_name(T0)
+    sink = DailyFileSink(log_dir, path_check_interval=3600)
+    sink.write(record(0), at=T0)
+    time.sleep(2.1)
+    sink.write(record(1), at=T0)
+    assert sink._dir_stamp is not None  # the quiet directory is trusted: the case under test
+    path.unlink()
+    sink.write(record(2), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["r2"]
+    time.sleep(2.1)
+    sink.write(record(3), at=T0)
+    assert sink._dir_stamp is not None
+    shutil.rmtree(log_dir)
+    sink.write(record(4), at=T0)
+    assert [r["request_id"] for r in read_lines(path)[0]] == ["r4"]
+    assert (sink.written, sink.lost) == (5, 0)
+
+
+@pytest.mark.parametrize("interval", [-1, float("nan"), float("inf"), "1", None])
+def test_a_bad_path_check_interval_is_refused_with_the_value(tmp_path, interval):
+    with pytest.raises(ValueError, match="path_check_interval"):
+        DailyFileSink(tmp_path, path_check_interval=interval)
 
 
 def test_a_read_only_directory_counts_every_record_as_lost_and_the_host_is_unaffected(tmpfs):
