@@ -720,17 +720,18 @@ def _wrap_function(inst: _Instrumented, fn: Callable) -> Callable:
         token = CURRENT_QUERY.set(ctx)
         in_flight = inst.in_flight
         in_flight.inc()
+        # Counted first, out of flight after: a scrape in between never misses the query.
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            in_flight.dec()
             CURRENT_QUERY.reset(token)
             inst.finish(ctx, None, exc)
+            in_flight.dec()
             raise
-        in_flight.dec()
         CURRENT_QUERY.reset(token)
         if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
+        in_flight.dec()
         return result
     return monitored
 
@@ -744,17 +745,18 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
         token = CURRENT_QUERY.set(ctx)
         in_flight = inst.in_flight
         in_flight.inc()
+        # Counted first, out of flight after: a scrape in between never misses the query.
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            in_flight.dec()
             CURRENT_QUERY.reset(token)
             inst.finish(ctx, None, exc)
+            in_flight.dec()
             raise
-        in_flight.dec()
         CURRENT_QUERY.reset(token)
         if type(result) in _NEVER_STREAMS or not _is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
+        in_flight.dec()
         return result
     return monitored
 
@@ -779,8 +781,8 @@ class _Stream:
             if self.done:
                 return False
             self.done = True
-        self.inst.in_flight.dec()
         self.inst.finish(self.ctx, result, exc)
+        self.inst.in_flight.dec()
         return True
 
 

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import threading
 import traceback
 
@@ -106,6 +107,33 @@ def test_a_failing_record_sink_is_counted_not_raised(metrics):
 
     assert work() == 1
     assert value(metrics, "rag_instrumentation_errors_total", reason="record_write") == 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_finished_query_is_counted_before_it_leaves_in_flight(metrics, fails):
+    """A scrape at any moment sees the query in flight or counted, never neither."""
+    seen = []
+
+    class WatchingSink:  # the record is written at the end of the counting
+        def write(self, record, at=None):
+            seen.append((value(metrics, "rag_queries_in_flight", operation="op"),
+                         value(metrics, "rag_queries_total", operation="op", status=record["status"])))
+
+    @monitored_query(operation="op", metrics=metrics, request_log=WatchingSink())
+    def work():
+        if fails:
+            raise KeyError("x")
+        return 1
+
+    @monitored_query(operation="op", metrics=metrics, request_log=WatchingSink())
+    async def work_async():
+        return work.__wrapped__()
+
+    for call in (work, lambda: asyncio.run(work_async())):
+        with pytest.raises(KeyError) if fails else contextlib.nullcontext():
+            call()
+    assert seen == [(1.0, 1.0), (1.0, 2.0)]
+    assert value(metrics, "rag_queries_in_flight", operation="op") == 0
 
 
 def test_async_functions_are_monitored(metrics, sink):
