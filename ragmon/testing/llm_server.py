@@ -30,7 +30,8 @@ them (to provoke client timeouts). ``billed()`` tallies the tokens billed per mo
 Per request, ``billed_by_request()`` maps each request id to the tokens of its answer, so a test
 can hold one query's record against exactly what its call was charged. The id is the caller's
 ``X-Client-Request-Id`` header or, without one, the id the server answered with (``x-request-id``
-/ ``request-id``, the SDKs' ``_request_id``). An answer enters it once it has been written whole:
+/ ``request-id``, the SDKs' ``_request_id``). An answer enters it once it has been written whole
+but for its last byte (so it is there before the client can have read the end):
 a stream the client abandons midway is absent, though ``billed()`` keeps the output generated
 until then, as a provider bills it. Two whole answers under one id add up.
 
@@ -366,8 +367,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream(kind, body, plan, knobs, headers, request_id)
         tokens = _answer_tokens(plan)
         state._bill(model, output=tokens["output"], reasoning=tokens["reasoning"])
-        self._json(200, _BUILDERS[kind](plan), headers)
-        state._bill_request(request_id, model, tokens)
+        self._json(200, _BUILDERS[kind](plan), headers,
+                   before_last_byte=lambda: state._bill_request(request_id, model, tokens))
 
     # --- answers -------------------------------------------------------------------------------
     def _rate_headers(self, knobs: dict, anthropic: bool) -> dict[str, str]:
@@ -389,7 +390,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "x-ratelimit-reset-tokens": "250ms",
                 "x-request-id": f"req_{next(_ids)}"}
 
-    def _json(self, status: int, payload: dict, headers: dict) -> None:
+    def _json(self, status: int, payload: dict, headers: dict, before_last_byte=None) -> None:
+        """`before_last_byte`: called once all but the last byte are written, so that what it
+        records is there before the client can have read the whole answer."""
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -397,7 +400,13 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if before_last_byte is None:
+            self.wfile.write(data)
+            return
+        self.wfile.write(data[:-1])
+        self.wfile.flush()
+        before_last_byte()
+        self.wfile.write(data[-1:])
 
     def _error(self, failure: tuple[int, float], anthropic: bool, headers: dict) -> None:
         status, retry_after = failure
@@ -420,23 +429,27 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        events = _STREAMERS[kind](plan, body)
+        events = list(_STREAMERS[kind](plan, body))
         state = self.server_state
         # Billed before it is sent, so a client that has read a chunk finds it in billed():
         # reasoning first (it precedes the visible output), then each chunk's output.
         state._bill(plan["model"], output=plan["reasoning"], reasoning=plan["reasoning"])
         try:
-            for delay, event, data, billed_output in events:
+            for number, (delay, event, data, billed_output) in enumerate(events, 1):
                 if delay:
                     time.sleep(knobs[delay])
                 if billed_output:
                     state._bill(plan["model"], output=billed_output)
                 line = (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+                if number == len(events):  # in the ledger before the client can read the end
+                    self.wfile.write(line.encode()[:-1])
+                    self.wfile.flush()
+                    state._bill_request(request_id, plan["model"], _answer_tokens(plan))
+                    line = "\n"
                 self.wfile.write(line.encode())
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             return  # the client went away: billed() keeps what was generated, no whole answer
-        state._bill_request(request_id, plan["model"], _answer_tokens(plan))
 
 
 def _chat_usage(plan: dict) -> dict:
