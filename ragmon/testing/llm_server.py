@@ -310,7 +310,9 @@ def _answered_model(model: str, knobs: dict) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     server_state: LLMTestServer
-    protocol_version = "HTTP/1.0"  # the connection closes after each answer: SSE ends with it
+    # Keep-alive, as a provider's API: a busy client reuses its connections instead of opening
+    # one per call (thousands of calls would queue on accept). A stream closes its connection.
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, *args) -> None:  # quiet: tests read results, not access logs
         pass
@@ -426,6 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
+        self.send_header("connection", "close")  # the end of the stream is the end of the body
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import datetime
 import subprocess
 import sys
 import time
@@ -76,10 +77,14 @@ def _main_operation(alert: dict) -> bool:
     return _ours(alert) and alert["labels"].get("operation") == "rag_search"
 
 
-def notifications(hook: WebhookReceiver, since: int = 0) -> list[dict]:
-    """Notifications from the extra webhook receiver that carry our alert."""
+def notifications(hook: WebhookReceiver, since: int = 0, started: float = 0.0) -> list[dict]:
+    """Notifications from the extra webhook receiver that carry our alert, of an incident that
+    started at `started` (Unix time): a late re-send of an earlier incident's alerts is not one."""
+    def of_this_incident(alert: dict) -> bool:
+        begun = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
+        return _ours(alert) and begun >= started - 1.0
     return [n for n in hook.notifications[since:]
-            if n.get("receiver") == "extra-webhooks" and any(_ours(a) for a in n.get("alerts", []))]
+            if n.get("receiver") == "extra-webhooks" and any(of_this_incident(a) for a in n.get("alerts", []))]
 
 
 def duplicates(found: list[dict]) -> list[dict]:
@@ -121,7 +126,7 @@ def incident(ha: dict, during=None) -> tuple[list[dict], dict]:
     stops the fault, waits for the resolution and the duplicate window. Returns our alert's
     notifications of this incident and what `during` returned."""
     hook, faulty = ha["hook"], ha["faulty"]
-    start = hook.mark()
+    start, started = hook.mark(), time.time()
     faulty.stop()
     faulty.start(fault="errors")
     context = during() if during else {}
@@ -137,7 +142,7 @@ def incident(ha: dict, during=None) -> tuple[list[dict], dict]:
                              since=recovered)
     assert resolved is not None, f"{ALERT} never resolved at the webhook"
     hook.wait_for(lambda a: False, DUPLICATE_WINDOW, since=recovered)
-    return notifications(hook, start), context
+    return notifications(hook, start, started), context
 
 
 @pytest.fixture(scope="module")
