@@ -93,6 +93,31 @@ def _pricing(df, settings, cost, priced) -> dict:
     return out
 
 
+def report_header(settings, hours: float | None, now: float | None, read: dict | None,
+                  requests: int) -> dict:
+    """The report's header: when, which period, what was read, the thresholds, and whether the
+    period was empty (with the message that says so)."""
+    generated = datetime.now(timezone.utc) if now is None else datetime.fromtimestamp(now, timezone.utc)
+    report: dict = {
+        "generated_at": generated.isoformat(),
+        "period": {"hours": hours,
+                   "since": (_iso(generated.timestamp() - hours * 3600) if hours is not None
+                             else None),
+                   "until": generated.isoformat(), "first": None, "last": None},
+        "read": read,
+        "thresholds": {"slow_seconds": settings.SLOW_QUERY_SECONDS,
+                       "very_slow_seconds": settings.VERY_SLOW_QUERY_SECONDS,
+                       "bottleneck_share": settings.BOTTLENECK_SHARE,
+                       "stage_budgets": dict(settings.STAGE_BUDGETS)},
+        "empty": requests == 0,
+    }
+    if requests == 0:
+        where = (read or {}).get("log_dir", "the log directory")
+        period = f"the last {hours:g} h" if hours is not None else "the log"
+        report["message"] = f"no requests in {period} in {where}"
+    return report
+
+
 def build_report(df, settings=None, *, hours: float | None = None, read_stats=None,
                  top: int = 10, now: float | None = None) -> dict:
     """The performance report of the records in `df` as a JSON-able dict.
@@ -111,27 +136,10 @@ def build_report(df, settings=None, *, hours: float | None = None, read_stats=No
         read_stats = df.attrs.get("read_stats")
     if read_stats is not None and not isinstance(read_stats, dict):
         read_stats = read_stats.as_dict()
-    generated = datetime.now(timezone.utc) if now is None else datetime.fromtimestamp(now, timezone.utc)
-    report: dict = {
-        "generated_at": generated.isoformat(),
-        "period": {"hours": hours,
-                   "since": (_iso(generated.timestamp() - hours * 3600) if hours is not None
-                             else None),
-                   "until": generated.isoformat(), "first": None, "last": None},
-        "read": read_stats,
-        "thresholds": {"slow_seconds": settings.SLOW_QUERY_SECONDS,
-                       "very_slow_seconds": settings.VERY_SLOW_QUERY_SECONDS,
-                       "bottleneck_share": settings.BOTTLENECK_SHARE,
-                       "stage_budgets": dict(settings.STAGE_BUDGETS)},
-    }
     n = len(df)
+    report = report_header(settings, hours, now, read_stats, n)
     if n == 0:
-        where = (read_stats or {}).get("log_dir", "the log directory")
-        period = f"the last {hours:g} h" if hours is not None else "the log"
-        report["empty"] = True
-        report["message"] = f"no requests in {period} in {where}"
         return report
-    report["empty"] = False
     timestamps = df["timestamp"]
     report["period"]["first"] = _iso(timestamps.iloc[0])
     report["period"]["last"] = _iso(timestamps.iloc[-1])

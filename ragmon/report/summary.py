@@ -16,10 +16,9 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .analysis import TOP_VALUES, _f
+from .analysis import TOP_VALUES, _f, report_header
 from .analysis import _iso as _analysis_iso
 from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
                      _hashable, _quote, find_sources, load_rows, since_hours)
@@ -104,30 +103,8 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
 
 
 def _header(settings, hours, now, stats: ReadStats, n: int) -> dict:
-    generated = (datetime.now(timezone.utc) if now is None
-                 else datetime.fromtimestamp(now, timezone.utc))
     stats.records = n
-    read = stats.as_dict()
-    report: dict = {
-        "generated_at": generated.isoformat(),
-        "period": {"hours": hours,
-                   "since": (_analysis_iso(generated.timestamp() - hours * 3600) if hours is not None
-                             else None),
-                   "until": generated.isoformat(), "first": None, "last": None},
-        "read": read,
-        "thresholds": {"slow_seconds": settings.SLOW_QUERY_SECONDS,
-                       "very_slow_seconds": settings.VERY_SLOW_QUERY_SECONDS,
-                       "bottleneck_share": settings.BOTTLENECK_SHARE,
-                       "stage_budgets": dict(settings.STAGE_BUDGETS)},
-    }
-    if n == 0:
-        where = read.get("log_dir", "the log directory")
-        period = f"the last {hours:g} h" if hours is not None else "the log"
-        report["empty"] = True
-        report["message"] = f"no requests in {period} in {where}"
-    else:
-        report["empty"] = False
-    return report
+    return report_header(settings, hours, now, stats.as_dict(), n)
 
 
 def _price_table(settings):
