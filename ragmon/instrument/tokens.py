@@ -29,6 +29,9 @@ class TokenKind(NamedTuple):
     part_of: str | None  # the kind whose reported count includes this one
     always_recorded: bool  # written in every record, even when 0
     sdk_fields: Mapping[str, str]  # SDK shape -> where that shape reports it (dotted path)
+    # The RAGMetrics counter that counts it: "tokens" (rag_tokens_total{model, token_type}) for
+    # billed kinds; a part that is only shown has its own {model} counter so no sum counts it twice.
+    counter: str = "tokens"
 
     @property
     def column(self) -> str:
@@ -66,7 +69,8 @@ KINDS: tuple[TokenKind, ...] = (
         "openai_chat": "completion_tokens_details.reasoning_tokens",
         "openai_responses": "output_tokens_details.reasoning_tokens",
         "anthropic": "output_tokens_details.thinking_tokens",
-        "gemini": "thoughts_token_count", "langchain": "output_token_details.reasoning"}),
+        "gemini": "thoughts_token_count", "langchain": "output_token_details.reasoning"},
+        "reasoning_tokens"),
 )
 
 
@@ -102,31 +106,39 @@ class PartsExceedWhole(ValueError):
     def __init__(self, whole: str, total: int, parts: dict[str, int]):
         self.whole, self.total, self.parts = whole, total, parts
         listed = " + ".join(f"{name}={count}" for name, count in parts.items())
-        super().__init__(
-            f"{listed} exceeds {whole}_tokens={total}; {whole}_tokens is the whole "
-            f"(it includes cache reads and writes, as OpenAI's prompt_tokens does): pass "
-            f"{whole}_tokens={sum(parts.values())} or more")
+        meaning = {"input": "the whole prompt, cache reads and writes included, as OpenAI's "
+                            "prompt_tokens is",
+                   "output": "the whole completion; reasoning tokens are a part of the output "
+                             "tokens"}.get(whole, "the whole they are a part of")
+        super().__init__(f"{listed} exceeds {whole}_tokens={total}; {whole}_tokens is {meaning}: "
+                         f"pass {whole}_tokens={sum(parts.values())} or more")
 
 
 class Usage:
     """Tokens of one LLM response (or of several, added up), by kind name; the billed kinds
     never overlap (``tokens["input"]`` is the uncached prompt)."""
 
-    __slots__ = ("tokens", "model", "provider", "response_id", "partial")
+    __slots__ = ("tokens", "model", "provider", "response_id", "partial", "by_hand")
 
     def __init__(self, tokens: Mapping[str, int] | None = None, *, model: str | None = None,
                  provider: str | None = None, response_id: str | None = None,
-                 partial: bool = False, **counts: int):
+                 partial: bool = False, by_hand: bool = False, **counts: int):
         found = dict.fromkeys(kind_names(), 0)
         if tokens:
             found.update(tokens)
         if counts:
+            unknown = set(counts) - set(found)
+            if unknown:
+                raise TypeError(f"Usage() got unknown token kind(s) {sorted(unknown)}; the kinds "
+                                f"are {', '.join(found)} (the way-in names such as input_tokens "
+                                "go through Usage.reported())")
             found.update(counts)
         self.tokens = found
         self.model = model
         self.provider = provider
         self.response_id = response_id
         self.partial = partial
+        self.by_hand = by_hand  # reported by the application (record_tokens, a returned dict)
 
     @classmethod
     def reported(cls, counts: Mapping[str, int], **identity) -> "Usage":
@@ -153,6 +165,12 @@ class Usage:
             if kind.part_of is not None and kind.price_field is not None:
                 out[by_name(kind.part_of).field] += self.tokens.get(kind.name, 0)
         return out
+
+    def whole(self, name: str) -> int:
+        """The reported whole of kind `name` (``whole("input")``: the prompt, cache included)."""
+        tokens = self.tokens
+        return tokens.get(name, 0) + sum(tokens.get(kind.name, 0) for kind in KINDS
+                                         if kind.part_of == name and kind.price_field is not None)
 
     def __getitem__(self, name: str) -> int:
         return self.tokens.get(name, 0)
@@ -189,10 +207,12 @@ def by_name(name: str) -> TokenKind:
 
 
 def record_tokens_field(usage_tokens: Mapping[str, int]) -> dict[str, int]:
-    """The request record's ``tokens``: every kind that is always recorded, and any other kind
-    with a count (older records have only the first three; readers take a missing kind as 0)."""
+    """The request record's ``tokens``: the kinds always recorded, and every kind when any of
+    the others has a count (most records carry only the first three; readers take a missing
+    kind as 0)."""
+    every = any(usage_tokens.get(kind.name) for kind in KINDS if not kind.always_recorded)
     return {kind.record_key: usage_tokens.get(kind.name, 0) for kind in KINDS
-            if kind.always_recorded or usage_tokens.get(kind.name)}
+            if every or kind.always_recorded}
 
 
 def total(usages: Iterable[Usage]) -> dict[str, int]:
