@@ -217,7 +217,7 @@ class StreamUsage:
             self._identify(message)
             usage = _get(message, "usage")
             if usage is not None:
-                self._take(anthropic.usage_from_messages(usage), final=False)
+                self._take(anthropic.usage_from_messages(usage, final=False), final=False)
             self.provider = self.provider or "anthropic"
         elif kind == "content_block_delta":
             self._content()

@@ -9,8 +9,12 @@ from ..tokens import Usage
 from .fields import count, get, reported
 
 
-def usage_from_messages(usage: Any) -> Usage:
+def usage_from_messages(usage: Any, final: bool = True) -> Usage:
+    """`final=False` for ``message_start``, whose output counts are placeholders (the output
+    so far, before any thinking is counted): only its input side is read."""
     counts = reported(usage, "anthropic")
+    if not final:
+        counts["output_tokens"] = counts["reasoning_tokens"] = 0
     written = count(get(usage, "cache_creation_input_tokens"))
     if counts["cache_write_tokens"] + counts["cache_write_1h_tokens"] != written:
         counts["cache_write_tokens"] = max(written - counts["cache_write_1h_tokens"], 0)
