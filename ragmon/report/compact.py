@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..instrument.tokens import KINDS as TOKEN_KINDS
 from .sources import (HISTORY_DIR, PARQUET_NAME, jsonl_files, partition_name, resolve_dirs)
 
 GRACE_SECONDS = 3600
@@ -126,15 +127,12 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
         os.fsync(keep.fileno())
     written = 0
     if con is not None:
+        tokens_struct = ", ".join(f"'{kind.record_key}': {kind.column}" for kind in TOKEN_KINDS)
         written = con.execute(f"""
             COPY (SELECT timestamp_text AS timestamp, start_time, total_time, request_id, status,
                          error_type, operation, model, service, env, cost, relevance_score,
                          context_precision, time_to_first_token,
-                         {{'input': input_tokens, 'output': output_tokens,
-                           'cached_input': cached_input_tokens,
-                           'cache_write_5m': cache_write_5m_tokens,
-                           'cache_write_1h': cache_write_1h_tokens,
-                           'reasoning': reasoning_tokens}} AS tokens,
+                         {{{tokens_struct}}} AS tokens,
                          {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
                          stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,

@@ -34,6 +34,7 @@ from typing import Iterator
 
 # LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
 from ..checks import check_positive_int
+from ..instrument.tokens import KINDS as TOKEN_KINDS
 from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
 # A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
@@ -41,10 +42,11 @@ from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F
 MAX_LINE_BYTES = 16 << 20
 STRING_COLUMNS = ("status", "error_type", "operation", "model", "service", "env")
 FLOAT_COLUMNS = ("cost", "relevance_score", "context_precision", "time_to_first_token")
-COUNT_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_5m_tokens",
-                 "cache_write_1h_tokens", "reasoning_tokens", "cache_hits", "cache_misses")
-# Token kinds beyond input, output and cached input: in a record only when non-zero.
-EXTRA_TOKEN_KINDS = ("cache_write_5m", "cache_write_1h", "reasoning")
+# Every token kind (ragmon.instrument.tokens, the one table): its key under the record's
+# "tokens" and its column. The kinds not always recorded are in a record only when non-zero.
+TOKEN_KEYS = tuple(kind.record_key for kind in TOKEN_KINDS)
+EXTRA_TOKEN_KINDS = tuple(kind.record_key for kind in TOKEN_KINDS if not kind.always_recorded)
+COUNT_COLUMNS = tuple(kind.column for kind in TOKEN_KINDS) + ("cache_hits", "cache_misses")
 # How a record was priced and what it cost before a reprice (see ragmon.report.costs).
 PRICING_COLUMNS = ("cost_original", "price_match")
 STAGE_PREFIX = "stage_"
@@ -173,8 +175,7 @@ STRICT_COLUMNS = {
     "timestamp": "VARCHAR", "start_time": "VARCHAR", "total_time": "VARCHAR",
     "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
     **{name: "VARCHAR" for name in FLOAT_COLUMNS},
-    "tokens": ("STRUCT(input VARCHAR, output VARCHAR, cached_input VARCHAR, cache_write_5m VARCHAR, "
-               "cache_write_1h VARCHAR, reasoning VARCHAR)"),
+    "tokens": "STRUCT(" + ", ".join(f"{key} VARCHAR" for key in TOKEN_KEYS) + ")",
     "cache": "STRUCT(hits VARCHAR, misses VARCHAR)",
     "stages": "MAP(VARCHAR, STRUCT(duration DOUBLE))", "attributes": "MAP(VARCHAR, JSON)",
     "cost_original": "VARCHAR", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
