@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from ..checks import MAX_COST_DOLLARS, MAX_TOKENS
 from . import tokens
@@ -38,17 +38,17 @@ def day_date(day: int) -> datetime.date:
     return datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
 
 
-def rates_of(price) -> tuple[tuple[str, float], ...]:
-    """(kind name, dollars per 1K) for every billed kind, from a ModelPrice."""
-    return tuple((kind.name, getattr(price, kind.price_field)) for kind in tokens.KINDS
-                 if kind.price_field is not None)
+def rates_of(price) -> dict[str, float]:
+    """{kind name: dollars per 1K} for every billed kind, from a ModelPrice's price fields."""
+    return {kind.name: getattr(price, kind.price_field) for kind in tokens.KINDS
+            if kind.price_field is not None}
 
 
-def dollars(counts: dict, rates: tuple) -> float:
+def dollars(counts: dict, rates: dict) -> float:
     total = 0.0
-    for name, rate in rates:
-        count = counts.get(name)
-        if count:
+    for name, count in counts.items():
+        rate = rates.get(name)
+        if rate is not None:
             total += count * rate
     return total / 1000.0
 
@@ -113,15 +113,15 @@ def series_for(metrics: RAGMetrics, operation: str, model: str | None, day: int)
 
 
 class Line:
-    """One answering model's share of a settlement."""
+    """One answering model's share of a settlement: its series (price and children), tokens
+    by kind, dollars (None past the cost bound) and whether its usage is partial."""
 
-    __slots__ = ("series", "tokens", "cost", "partial")
+    cost: float | None = 0.0
+    partial = False
 
-    def __init__(self, series: ModelSeries):
+    def __init__(self, series: ModelSeries, tokens: dict[str, int]):
         self.series = series
-        self.tokens: dict[str, int] = {}
-        self.cost: float | None = 0.0
-        self.partial = False
+        self.tokens = tokens
 
 
 class Settlement:
@@ -129,18 +129,17 @@ class Settlement:
     (None when nothing was priced), the ``model`` that answered last, one ``Line`` per model,
     the ``duplicates`` dropped, ``out_of_bounds`` raw values left out of the metrics."""
 
-    __slots__ = ("tokens", "cost", "model", "lines", "duplicates", "out_of_bounds", "provider",
-                 "partial")
+    # No __slots__: the class attributes are the defaults, set per query only when they change.
+    tokens: dict[str, int] | None = None
+    cost: float | None = None
+    duplicates = 0
+    out_of_bounds: dict | None = None
+    provider: str | None = None
+    partial = False
 
     def __init__(self, model: str | None):
-        self.tokens: dict[str, int] | None = None
-        self.cost: float | None = None
         self.model = model
         self.lines: dict[str | None, Line] = {}
-        self.duplicates = 0
-        self.out_of_bounds: dict | None = None
-        self.provider: str | None = None
-        self.partial = False
 
     @property
     def received(self) -> bool:
@@ -190,37 +189,43 @@ def unique(usages: list[Usage]) -> tuple[list[Usage], int]:
     return kept, dropped
 
 
-def settle(usages: Iterable[Usage], model: str | None, day: int,
+def settle(usages: list[Usage], model: str | None, day: int,
            series: Callable[[str | None, int], ModelSeries]) -> Settlement:
     """Tokens by kind and dollars of a query's `usages`; a usage without a model is the query's
     `model`'s. `series(model, day)` gives the priced ModelSeries of a model."""
-    usages, duplicates = unique(list(usages))
     result = Settlement(model)
-    result.duplicates = duplicates
+    if len(usages) > 1:
+        usages, result.duplicates = unique(usages)
     lines = result.lines
-    total: dict[str, int] = {}
     for usage in usages:
         counts = usage.tokens
-        if max(counts.values(), default=0) > MAX_TOKENS:  # one return of 10**30 would add $1e23
+        if counts and max(counts.values()) > MAX_TOKENS:  # one return of 10**30 would add $1e23
             over = {tokens.by_name(name).field: value for name, value in counts.items()
                     if value > MAX_TOKENS}
             result.out_of_bounds = {**(result.out_of_bounds or {}), **over}
-            counts = {name: (0 if value > MAX_TOKENS else value) for name, value in counts.items()}
+            counts = {name: value for name, value in counts.items() if value <= MAX_TOKENS}
         name = usage.model or model
         line = lines.get(name)
         if line is None:
-            line = lines[name] = Line(series(name, day))
-        mine = line.tokens
-        for kind, count in counts.items():
-            if count:
-                mine[kind] = mine.get(kind, 0) + count
-                total[kind] = total.get(kind, 0) + count
+            line = lines[name] = Line(series(name, day), dict(counts))
+        else:
+            mine = line.tokens
+            for kind, count in counts.items():
+                if count:
+                    mine[kind] = mine.get(kind, 0) + count
         if usage.partial:
             line.partial = result.partial = True
         if usage.provider:
             result.provider = usage.provider
         result.model = name
-    result.tokens = total
+    if len(lines) == 1:
+        result.tokens = next(iter(lines.values())).tokens
+    else:
+        total: dict[str, int] = {}
+        for line in lines.values():
+            for kind, count in line.tokens.items():
+                total[kind] = total.get(kind, 0) + count
+        result.tokens = total
     cost = None
     for line in lines.values():
         one = dollars(line.tokens, line.series.rates)
@@ -240,15 +245,17 @@ def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
     first token's time (under the answering model), unknown models, duplicates and bounds."""
     for name, line in settlement.lines.items():
         series = line.series
-        if line.cost is None:  # past the cost bound: no tokens or dollars of it counted
+        cost = line.cost
+        if cost is None:  # past the cost bound: no tokens or dollars of it counted
             continue
+        children = series.kinds
         for kind, value in line.tokens.items():
-            series.kind_child(kind).inc(value)
+            (children.get(kind) or series.kind_child(kind)).inc(value)
         if line.partial:
             series.child("partial").inc()
-        series.child("cost").observe(line.cost)
-        if line.cost:
-            series.child("spend").inc(line.cost)
+        (series.cost or series.child("cost")).observe(cost)
+        if cost:
+            (series.spend or series.child("spend")).inc(cost)
         if not series.known:
             metrics.note_unknown_model(name)
     if first_token is not None:

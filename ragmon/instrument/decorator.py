@@ -225,19 +225,19 @@ class Instrumented:
                                          and r_model.isprintable()))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
-        counts = None
-        for field in tokens.fields():
-            value = get(field)
-            if value is not None:
-                if type(value) is not int or value < 0:
-                    value = self._checked((value,), ((field, check_count),))[0]
-                    if value is None:
-                        continue
-                if counts is None:
-                    counts = {}
-                counts[field] = value
-        if counts is None:
+        present = result.keys() & tokens.plan().field_set
+        if not present:
             return relevance, precision, None, None
+        counts = {}
+        for field in present:
+            value = get(field)
+            if type(value) is not int or value < 0:
+                if value is None:
+                    continue
+                value = self._checked((value,), ((field, check_count),))[0]
+                if value is None:
+                    continue
+            counts[field] = value
         try:
             usage = Usage.reported(counts, model=r_model, by_hand=True)
         except PartsExceedWhole as problem:

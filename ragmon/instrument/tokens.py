@@ -74,6 +74,31 @@ KINDS: tuple[TokenKind, ...] = (
 )
 
 
+class Plan(NamedTuple):
+    """What the per-query path needs of the table, derived once per table (``plan()``)."""
+    kinds: tuple
+    fields: tuple[str, ...]  # way-in keywords, in table order
+    field_set: frozenset  # the same, for `dict.keys() & field_set`
+    name_of: dict[str, str]  # way-in keyword -> kind name
+    parts: tuple[tuple[str, str, bool], ...]  # (part, whole, billed apart) of each part kind
+
+
+_plan: Plan | None = None
+
+
+def plan() -> Plan:
+    """The table's Plan, remade when the table changed (a test that adds a row)."""
+    global _plan
+    found = _plan
+    if found is None or found.kinds is not KINDS:
+        found = _plan = Plan(KINDS, tuple(kind.field for kind in KINDS),
+                             frozenset(kind.field for kind in KINDS),
+                             {kind.field: kind.name for kind in KINDS},
+                             tuple((kind.name, kind.part_of, kind.price_field is not None)
+                                   for kind in KINDS if kind.part_of is not None))
+    return found
+
+
 def kinds() -> tuple[TokenKind, ...]:
     """The kinds in force (read at call time, so one patched row reaches every reader)."""
     return KINDS
@@ -118,7 +143,14 @@ class Usage:
     """Tokens of one LLM response (or of several, added up), by kind name; the billed kinds
     never overlap (``tokens["input"]`` is the uncached prompt)."""
 
-    __slots__ = ("tokens", "model", "provider", "response_id", "partial", "by_hand")
+    # No __slots__: the class attributes are the defaults, so the per-query path (reported())
+    # sets only what it knows.
+    FIELDS = ("tokens", "model", "provider", "response_id", "partial", "by_hand")
+    model: str | None = None
+    provider: str | None = None
+    response_id: str | None = None
+    partial = False
+    by_hand = False
 
     def __init__(self, tokens: Mapping[str, int] | None = None, *, model: str | None = None,
                  provider: str | None = None, response_id: str | None = None,
@@ -141,22 +173,42 @@ class Usage:
         self.by_hand = by_hand  # reported by the application (record_tokens, a returned dict)
 
     @classmethod
-    def reported(cls, counts: Mapping[str, int], **identity) -> "Usage":
+    def reported(cls, counts: Mapping[str, int], model: str | None = None,
+                 provider: str | None = None, by_hand: bool = False) -> "Usage":
         """A Usage from counts under the way-in names (``input_tokens`` the whole prompt,
-        ``output_tokens`` the whole completion, parts inside them). Raises PartsExceedWhole."""
-        table = KINDS
-        tokens = {kind.name: counts.get(kind.field) or 0 for kind in table}
-        wholes: dict[str, dict[str, int]] = {}
-        for kind in table:
-            if kind.part_of is not None and tokens[kind.name]:
-                wholes.setdefault(kind.part_of, {})[kind.field] = tokens[kind.name]
-        for whole, parts in wholes.items():
-            if sum(parts.values()) > tokens[whole]:
-                raise PartsExceedWhole(whole, tokens[whole], parts)
-        for kind in table:
-            if kind.part_of is not None and kind.price_field is not None:
-                tokens[kind.part_of] -= tokens[kind.name]
-        return cls(tokens, **identity)
+        ``output_tokens`` the whole completion, parts inside them); kinds without a count are
+        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole.
+        This runs for every query that returns its counts: it is written for speed."""
+        p = _plan
+        if p is None or p.kinds is not KINDS:
+            p = plan()
+        name_of = p.name_of
+        tokens = {name_of[field]: value for field, value in counts.items() if value}
+        if len(tokens) > 2 or not tokens.keys() <= _WHOLES:
+            wholes: dict[str, int] = {}
+            for part, whole, _ in p.parts:
+                value = tokens.get(part)
+                if value:
+                    wholes[whole] = wholes.get(whole, 0) + value
+            for whole, total in wholes.items():
+                if total > tokens.get(whole, 0):
+                    raise PartsExceedWhole(whole, tokens.get(whole, 0), {
+                        by_name(part).field: tokens[part] for part, of, _ in p.parts
+                        if of == whole and tokens.get(part)})
+            for part, whole, billed in p.parts:
+                if billed and tokens.get(part):
+                    tokens[whole] -= tokens[part]
+                    if not tokens[whole]:
+                        del tokens[whole]
+        usage = cls.__new__(cls)
+        usage.tokens = tokens
+        if model is not None:
+            usage.model = model
+        if provider is not None:
+            usage.provider = provider
+        if by_hand:
+            usage.by_hand = True
+        return usage
 
     def as_reported(self) -> dict[str, int]:
         """The way-in spelling of these tokens: the inverse of ``reported``."""
@@ -190,13 +242,18 @@ class Usage:
 
     def __eq__(self, other):
         return isinstance(other, Usage) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+            getattr(self, k) == getattr(other, k) for k in self.FIELDS[1:]) and all(
+            self.tokens.get(name, 0) == other.tokens.get(name, 0)
+            for name in {*self.tokens, *other.tokens})
 
     def __repr__(self):
         counts = ", ".join(f"{k}={v}" for k, v in self.tokens.items() if v)
-        extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__[1:]
+        extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.FIELDS[1:]
                           if getattr(self, k) not in (None, False))
         return f"Usage({', '.join(part for part in (counts, extra) if part)})"
+
+
+_WHOLES = frozenset(("input", "output"))
 
 
 def by_name(name: str) -> TokenKind:

@@ -227,16 +227,16 @@ class StreamUsage:
                 # Counts here are cumulative; input fields, when present, restate message_start.
                 known = self.usage.tokens
                 delta = anthropic.usage_from_messages(usage).tokens
-                known["output"] = delta["output"]
-                known["reasoning"] = delta["reasoning"] or known["reasoning"]
+                known["output"] = delta.get("output", 0)
+                known["reasoning"] = delta.get("reasoning") or known.get("reasoning", 0)
                 if _get(usage, "input_tokens") is not None:
-                    known["input"] = delta["input"]
+                    known["input"] = delta.get("input", 0)
                 if _get(usage, "cache_read_input_tokens") is not None:
-                    known["cached_input"] = delta["cached_input"]
+                    known["cached_input"] = delta.get("cached_input", 0)
                 if _get(usage, "cache_creation_input_tokens") is not None and (
-                        delta["cache_write_5m"] or delta["cache_write_1h"]):
-                    known["cache_write_5m"] = delta["cache_write_5m"]
-                    known["cache_write_1h"] = delta["cache_write_1h"]
+                        delta.get("cache_write_5m") or delta.get("cache_write_1h")):
+                    known["cache_write_5m"] = delta.get("cache_write_5m", 0)
+                    known["cache_write_1h"] = delta.get("cache_write_1h", 0)
                 self.final = True
 
     def _responses_event(self, kind: str, event: Any) -> None:
@@ -279,7 +279,7 @@ class StreamUsage:
         result = Usage(known.tokens, model=known.model, provider=known.provider or self.provider,
                        response_id=known.response_id, partial=not self.final)
         if not self.final:
-            result.tokens["output"] = max(result.tokens["output"], self.content_chunks)
+            result.tokens["output"] = max(result.tokens.get("output", 0), self.content_chunks)
         return result
 
     def end(self, error: BaseException | None = None) -> None:
