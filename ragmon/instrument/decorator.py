@@ -153,10 +153,10 @@ class Instrumented:
                         self.operation, error_type)
                 counter.inc()
 
-            relevance = precision = first_token = hand = raw = returned = None
+            relevance = precision = first_token = hand = raw = returned = r_model = None
             usages: list = []
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
-                relevance, precision, hand, raw = self._read_dict(result)
+                relevance, precision, hand, raw, r_model = self._read_dict(result)
                 if hand is None and "usage" in result:
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None and type(result) not in PLAIN:
@@ -182,7 +182,7 @@ class Instrumented:
                     usages.append(returned)
             if hand is not None:
                 usages.append(hand)
-            model = ctx.model
+            model = ctx.model if r_model is None else r_model
             if usages:
                 settlement = settle(usages, model, today(), self.series)
                 count(settlement, self.metrics, self.operation, first_token)
@@ -212,8 +212,9 @@ class Instrumented:
                                precision, first_token)
 
     def _read_dict(self, result: Mapping) -> tuple:
-        """(relevance, precision, the usage it reports or None, raw refused values or None) of a
-        returned dict. Token fields follow record_tokens' names and input convention."""
+        """(relevance, precision, the usage it reports or None, raw refused values or None, its
+        model or None) of a returned dict. Token fields follow record_tokens' names and input
+        convention."""
         get = result.get
         relevance, precision, r_model = (get("relevance_score"), get("context_precision"),
                                          get("model"))
@@ -227,7 +228,7 @@ class Instrumented:
                                                           _SCORE_FIELDS)
         present = result.keys() & tokens.plan().field_set
         if not present:
-            return relevance, precision, None, None
+            return relevance, precision, None, None, r_model
         counts = {}
         for field in present:
             value = get(field)
@@ -241,8 +242,9 @@ class Instrumented:
         try:
             usage = Usage.reported(counts, model=r_model, by_hand=True)
         except PartsExceedWhole as problem:
-            return relevance, precision, None, refused(self.metrics, self.operation, problem)
-        return relevance, precision, usage, None
+            return (relevance, precision, None, refused(self.metrics, self.operation, problem),
+                    r_model)
+        return relevance, precision, usage, None, r_model
 
     def _checked(self, values: tuple, checks: tuple) -> list:
         """Each bad value logged, counted and replaced by None."""

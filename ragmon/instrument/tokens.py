@@ -183,7 +183,10 @@ class Usage:
         if p is None or p.kinds is not KINDS:
             p = plan()
         name_of = p.name_of
-        tokens = {name_of[field]: value for field, value in counts.items() if value}
+        tokens = {}
+        for field, value in counts.items():
+            if value:
+                tokens[name_of[field]] = value
         if len(tokens) > 2 or not tokens.keys() <= _WHOLES:
             wholes: dict[str, int] = {}
             for part, whole, _ in p.parts:
