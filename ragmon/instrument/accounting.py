@@ -59,7 +59,7 @@ class ModelSeries:
     cached tokens no cached series."""
 
     __slots__ = ("metrics", "operation", "label", "model", "kinds", "cost", "spend", "ttft",
-                 "partial", "match", "rates", "known", "pricing", "day")
+                 "partial", "match", "rates", "known", "pricing", "day", "tiered")
 
     def __init__(self, metrics: RAGMetrics, operation: str, model: str | None):
         self.metrics, self.operation, self.model = metrics, operation, model
@@ -72,6 +72,9 @@ class ModelSeries:
         """Prices in force on `day` (days since the epoch, UTC)."""
         self.match = self.metrics.price_table.match(self.model, day_date(day))
         self.rates = rates_of(self.match.price)
+        # Long-context tiers (a price with `tiers` and `for_prompt`): each usage is priced by
+        # its own whole prompt, so a query's calls on either side of a threshold are right.
+        self.tiered = bool(getattr(self.match.price, "tiers", ()))
         self.known = self.match.known or self.model is None
         self.pricing = self.match.describe()
         self.day = day
@@ -118,6 +121,7 @@ class Line:
 
     cost: float | None = 0.0
     partial = False
+    tiered_cost: float | None = None  # dollars so far, when the price has long-context tiers
 
     def __init__(self, series: ModelSeries, tokens: dict[str, int]):
         self.series = series
@@ -213,6 +217,9 @@ def settle(usages: list[Usage], model: str | None, day: int,
             for kind, count in counts.items():
                 if count:
                     mine[kind] = mine.get(kind, 0) + count
+        if line.series.tiered:
+            price = line.series.match.price.for_prompt(usage.whole("input"))
+            line.tiered_cost = (line.tiered_cost or 0.0) + dollars(counts, rates_of(price))
         if usage.partial:
             line.partial = result.partial = True
         if usage.provider:
@@ -235,6 +242,8 @@ def settle(usages: list[Usage], model: str | None, day: int,
             if rate is not None:
                 one += value * rate
         one /= 1000.0
+        if line.tiered_cost is not None:
+            one = line.tiered_cost
         if one > MAX_COST_DOLLARS:
             result.out_of_bounds = {**(result.out_of_bounds or {}), "cost": one}
             line.cost = None

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 import ragmon
 from ragmon import monitored_query
 from ragmon.instrument.catalog import RAGMetrics
-from ragmon.instrument.pricing import ModelPrice, PriceTable
+from ragmon.instrument.pricing import ModelPrice, PriceMatch, PriceTable
 from ragmon.testing import LLMTestServer
 from tests.conftest import ListSink
 
@@ -258,7 +258,7 @@ SEVENTH_KIND = textwrap.dedent('''
     from prometheus_client import CollectorRegistry
     import ragmon
     from ragmon.instrument.catalog import RAGMetrics
-    from ragmon.instrument.pricing import ModelPrice, PriceTable
+    from ragmon.instrument.pricing import ModelPrice, PriceMatch, PriceTable
     from ragmon.instrument.records import DailyFileSink
     from ragmon.report.compact import compact_logs
     from ragmon.report.reader import read_table
@@ -310,3 +310,32 @@ def test_a_seventh_token_kind_is_one_row_in_tokens_py(tmp_path):
     assert seen["record"]["audio_input"] == 50 and seen["record"]["input"] == 100
     assert seen["report"] == [50]
     assert seen["history"] == [50] and seen["history_files"] >= 1
+
+
+def test_a_price_with_long_context_tiers_prices_each_call_by_its_own_prompt(records):
+    class TieredPrice(ModelPrice):
+        """A price with a long-context tier, as the price database gives them."""
+
+        @property
+        def tiers(self):
+            return ((1000, ModelPrice(0.002, 0.010, 0.0002)),)
+
+        def for_prompt(self, prompt_tokens):
+            return self.tiers[0][1] if prompt_tokens > 1000 else self
+
+    base = TieredPrice(0.001, 0.005, 0.0001)
+    table = PriceTable(ModelPrice(1.0, 1.0, 1.0), {})
+    table.match = lambda model, day=None, **known: PriceMatch(base, "exact", model)
+    metrics = RAGMetrics(registry=CollectorRegistry(), price_table=table)
+
+    @monitored_query("answer", model="long-model", metrics=metrics, request_log=records)
+    def answer():
+        ragmon.record_tokens(500, 10)  # under the threshold
+        ragmon.record_tokens(2000, 10, 400)  # over it: every token at the tier's price
+        return "ok"
+
+    answer()
+    expected = ((500 * 0.001 + 10 * 0.005)
+                + (1600 * 0.002 + 400 * 0.0002 + 10 * 0.010)) / 1000
+    assert records.records[0]["cost"] == pytest.approx(expected)
+    assert spend(metrics, "long-model") == pytest.approx(expected)
