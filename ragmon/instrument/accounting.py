@@ -156,6 +156,8 @@ class Settlement:
         line = self.lines.get(self.model)
         if line is None:
             return None
+        if len(self.lines) == 1 and not self.partial and self.provider is None:
+            return line.series.pricing  # shared by the model's records: serialized, never changed
         found = dict(line.series.pricing)
         if len(self.lines) > 1:
             found["by_model"] = {name: each.series.pricing for name, each in self.lines.items()}
@@ -197,6 +199,26 @@ def settle(usages: list[Usage], model: str | None, day: int,
            series: Callable[[str | None, int], ModelSeries]) -> Settlement:
     """Tokens by kind and dollars of a query's `usages`; a usage without a model is the query's
     `model`'s. `series(model, day)` gives the priced ModelSeries of a model."""
+    if len(usages) == 1:  # the usual query: one usage, within bounds, one price
+        usage = usages[0]
+        counts = usage.tokens
+        s = series(usage.model or model, day)
+        if not s.tiered and not usage.partial and (not counts or max(counts.values()) <= MAX_TOKENS):
+            rates = s.rates
+            one = 0.0
+            for kind, value in counts.items():
+                rate = rates.get(kind)
+                if rate is not None:
+                    one += value * rate
+            one /= 1000.0
+            if one <= MAX_COST_DOLLARS:
+                result = Settlement(s.model)
+                line = result.lines[s.model] = Line(s, counts)
+                line.cost = result.cost = one
+                result.tokens = counts
+                if usage.provider is not None:
+                    result.provider = usage.provider
+                return result
     result = Settlement(model)
     if len(usages) > 1:
         usages, result.duplicates = unique(usages)
@@ -265,7 +287,8 @@ def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
             continue
         children = series.kinds
         for kind, value in line.tokens.items():
-            (children.get(kind) or series.kind_child(kind)).inc(value)
+            if value:
+                (children.get(kind) or series.kind_child(kind)).inc(value)
         if line.partial:
             series.child("partial").inc()
         (series.cost or series.child("cost")).observe(cost)

@@ -81,6 +81,8 @@ class Plan(NamedTuple):
     field_set: frozenset  # the same, for `dict.keys() & field_set`
     name_of: dict[str, str]  # way-in keyword -> kind name
     parts: tuple[tuple[str, str, bool], ...]  # (part, whole, billed apart) of each part kind
+    always: tuple[tuple[str, str], ...]  # (kind name, record key) of the kinds always recorded
+    always_names: frozenset
 
 
 _plan: Plan | None = None
@@ -95,7 +97,10 @@ def plan() -> Plan:
                              frozenset(kind.field for kind in KINDS),
                              {kind.field: kind.name for kind in KINDS},
                              tuple((kind.name, kind.part_of, kind.price_field is not None)
-                                   for kind in KINDS if kind.part_of is not None))
+                                   for kind in KINDS if kind.part_of is not None),
+                             tuple((kind.name, kind.record_key) for kind in KINDS
+                                   if kind.always_recorded),
+                             frozenset(kind.name for kind in KINDS if kind.always_recorded))
     return found
 
 
@@ -270,6 +275,9 @@ def record_tokens_field(usage_tokens: Mapping[str, int]) -> dict[str, int]:
     """The request record's ``tokens``: the kinds always recorded, and every kind when any of
     the others has a count (most records carry only the first three; readers take a missing
     kind as 0)."""
+    p = plan()
+    if usage_tokens.keys() <= p.always_names:  # the usual record: no other kind has a count
+        return {key: usage_tokens.get(name, 0) for name, key in p.always}
     every = any(usage_tokens.get(kind.name) for kind in KINDS if not kind.always_recorded)
     return {kind.record_key: usage_tokens.get(kind.name, 0) for kind in KINDS
             if every or kind.always_recorded}
