@@ -30,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import (HISTORY_DIR, PARQUET_NAME, jsonl_files, partition_name, resolve_dirs)
+from .reader import load_rows
+from .sources import (HISTORY_DIR, PARQUET_NAME, SOURCE_NAME, LogFile, Sources, file_date,
+                      jsonl_files, leftover_jsonl, partition_name, resolve_dirs)
 
 GRACE_SECONDS = 3600
 SCRATCH_PREFIX = ".compacting-"
-SOURCE_NAME = "source.json"
 REJECTED_NAME = "rejected.jsonl"
 
 
@@ -54,21 +55,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def leftover_jsonl(jsonl: Path) -> bool:
-    """True when `jsonl` was already moved into the history by a compaction interrupted before
-    it deleted the file (the partition's source.json records this very file and size)."""
-    from .sources import file_date
-    day = file_date(jsonl)
-    if day is None:
-        return False
-    marker = jsonl.parent / HISTORY_DIR / partition_name(day) / SOURCE_NAME
-    try:
-        source = json.loads(marker.read_text())
-        return source.get("file") == jsonl.name and source.get("size") == jsonl.stat().st_size
-    except (OSError, ValueError):
-        return False
 
 
 def compact_logs(log_dir, *, now: float | None = None, progress: bool = False) -> list[CompactResult]:
@@ -109,9 +95,6 @@ def _compact_dir(directory: Path, now: float, progress: bool) -> CompactResult:
 
 
 def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
-    from .reader import load_rows
-    from .sources import LogFile, Sources, file_date
-
     size = jsonl.stat().st_size
     scratch = history / f"{SCRATCH_PREFIX}{target.name}-{os.getpid()}"
     scratch.mkdir()
@@ -120,7 +103,7 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
     # kept as they were in rejected.jsonl.
     sources = Sources([jsonl.parent], [LogFile(jsonl, file_date(jsonl), "jsonl", jsonl.parent)])
     with open(scratch / REJECTED_NAME, "wb") as keep:
-        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep,
+        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep, skip_future=False,
                                        spill_dir=scratch / ".spill")
         keep.flush()
         os.fsync(keep.fileno())

@@ -519,7 +519,7 @@ class _Progress:
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
               stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None,
-              memory_limit: str = "1GB", count_history: bool = True):
+              memory_limit: str = "1GB", count_history: bool = True, skip_future: bool = True):
     """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
     period, ReadStats); the connection is None when there is no file to read.
 
@@ -532,11 +532,13 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     TEMP), so that cursors of the connection on other threads see them.
     The JSONL files are read once into the table ``log_rows`` (their rejected rows need a
     second look); the Parquet history is scanned in place by the view, column by column.
-    `keep_rejected`: a binary file that receives every skipped line as it was."""
+    `keep_rejected`: a binary file that receives every skipped line as it was. `skip_future`:
+    a period open to the present leaves out records dated in the future (compaction keeps
+    them: it moves records, it does not judge them)."""
     stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
     stats.files = [str(f.path) for f in sources.files]
     stats.ignored_files = list(sources.ignored)
-    future = future_bound(since) if until is None else None
+    future = future_bound(since) if until is None and skip_future else None
     inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
         f" AND end_time < {until!r}" if until is not None else "") + (
         f" AND end_time < {future!r}" if future is not None else "")
