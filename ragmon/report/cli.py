@@ -34,9 +34,7 @@ import time
 from pathlib import Path
 
 from ..checks import check_positive
-from .analysis import build_report as _build_report
-from .analysis import MAX_BUCKETS
-from .analysis import build_stats as _build_stats
+from .timeline import MAX_BUCKETS
 from .reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
 from .sources import as_dir_list
 from .formatting import format_csv, format_stats_text, format_text
@@ -103,19 +101,29 @@ def load_records(log_dir=None, hours: float | None = None, *, settings=None,
 
 def build_report(df, settings=None, *, hours: float | None = None, top: int = 10,
                  read_stats=None, now: float | None = None) -> dict:
-    """The report dict for `df` (see ragmon.report.analysis.build_report); the period defaults to the
-    one load_records() was called with."""
+    """The performance report of the records in `df` (a load_records() DataFrame) as a
+    JSON-able dict: the same SQL, figure for figure, as ``m2_3_report.py report`` over the log.
+
+    ``settings``: thresholds (SLOW_QUERY_SECONDS, VERY_SLOW_QUERY_SECONDS, BOTTLENECK_SHARE,
+    STAGE_BUDGETS); default the environment's. ``hours``: the period, for the header (default
+    the one load_records() was called with). ``read_stats``: what was read and skipped (default
+    ``df.attrs["read_stats"]``). ``top``: how many slowest requests to list."""
+    from .summary import report_from_frame
     if hours is None:
         hours = df.attrs.get("hours")
-    return _build_report(df, _settings(settings), hours=hours, top=top, read_stats=read_stats,
-                         now=now)
+    return report_from_frame(df, _settings(settings), hours=hours, top=top, now=now,
+                             read_stats=read_stats)
 
 
 def build_stats(df, settings=None, *, hours: float | None = None, bucket: str | None = None,
                 now: float | None = None) -> dict:
+    """The report plus the distributions of latency and of each stage, and a table per time
+    `bucket` (a pandas frequency, default from the span): requests, error rate, latency
+    percentiles, cost."""
+    from .summary import stats_from_frame
     if hours is None:
         hours = df.attrs.get("hours")
-    return _build_stats(df, _settings(settings), hours=hours, bucket=bucket, now=now)
+    return stats_from_frame(df, _settings(settings), hours=hours, bucket=bucket, now=now)
 
 
 def plot_trends(df, output="trends.png", settings=None, bucket: str | None = None) -> Path:
@@ -473,6 +481,36 @@ def _run(args, out, err) -> int:
                       f"export to {result['output']}\n")
         return 0
 
+    if command in ("stats", "plot") and args.bucket:
+        _check_bucket(args.bucket, args.hours)
+
+    if command == "stats":
+        from .summary import stats_from_log
+        stats = stats_from_log(log_dir, settings, hours=args.hours, bucket=args.bucket,
+                               progress=tty)
+        _warn_skipped(stats["read"], err)
+        if args.format == "json":
+            json.dump(stats, out, indent=2)
+            out.write("\n")
+        else:
+            out.write(format_stats_text(stats))
+        return 0
+
+    if command == "plot":
+        from .plots import log_trends, trends_figure
+        trends, read = log_trends(log_dir, args.hours, args.bucket)
+        _warn_skipped(read, err)
+        if not trends:
+            print(f"m2_3_report plot: no requests in the last {args.hours:g} h in {shown}; "
+                  "nothing to plot (no file written)", file=err)
+            return 1
+        output = Path(args.output)
+        fig = trends_figure(trends=trends, slow_seconds=settings.SLOW_QUERY_SECONDS)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=110)
+        out.write(f"wrote {output} ({trends['requests']:,} requests, last {args.hours:g} h)\n")
+        return 0
+
     if command == "report":
         # Aggregated in the engine: only the figures reach Python, whatever the log's size.
         from .summary import report_from_log
@@ -487,29 +525,6 @@ def _run(args, out, err) -> int:
             out.write(format_text(report))
         return 0
 
-    df = load_records(log_dir, args.hours, settings=settings, progress=tty)
-    _warn_skipped(df, err)
-
-    if command in ("stats", "plot") and args.bucket:
-        _check_bucket(args.bucket, args.hours)
-
-    if command == "stats":
-        stats = build_stats(df, settings, hours=args.hours, bucket=args.bucket)
-        if args.format == "json":
-            json.dump(stats, out, indent=2)
-            out.write("\n")
-        else:
-            out.write(format_stats_text(stats))
-        return 0
-
-    if command == "plot":
-        if len(df) == 0:
-            print(f"m2_3_report plot: no requests in the last {args.hours:g} h in {shown}; "
-                  "nothing to plot (no file written)", file=err)
-            return 1
-        path = plot_trends(df, args.output, settings, bucket=args.bucket)
-        out.write(f"wrote {path} ({len(df):,} requests, last {args.hours:g} h)\n")
-        return 0
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 

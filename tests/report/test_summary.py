@@ -1,6 +1,5 @@
-"""The report aggregated in DuckDB (ragmon.report.summary, what `report` prints) against the
-pandas computation over load_records() (ragmon.report.analysis.build_report, the notebook's),
-on a log of JSONL and compacted Parquet with everything a real log holds: torn lines, records of
+"""The report aggregated in DuckDB over the log files (ragmon.report.summary, what `report`
+prints) against the same queries over the load_records() DataFrame (the notebook's), on a log of JSONL and compacted Parquet with everything a real log holds: torn lines, records of
 older formats, non-object stages, missing fields, default-priced and repriced records."""
 from __future__ import annotations
 
@@ -116,7 +115,7 @@ def log(tmp_path):
 
 
 @pytest.mark.parametrize("hours", [None, 30, 24 * 2.5])
-def test_the_sql_report_is_the_pandas_report(log, hours):
+def test_the_report_of_the_log_is_the_report_of_its_dataframe(log, hours):
     log_dir, _ = log
     settings = priced(log_dir, STAGE_BUDGETS="retrieval=1.0", SLOW_QUERY_SECONDS="3")
     old = build_report(load_records(log_dir, hours, settings=settings, now=NOW), settings,
