@@ -5,7 +5,8 @@
 Parquet is what the engines a growing team already has read directly (DuckDB, pandas/pyarrow,
 Spark, Trino, BigQuery external tables), about ten times smaller than the JSONL, and typed.
 Free-form parts keep their shape: ``stages`` (with metadata) as JSON text, ``stage_durations``
-as a map of {duration}, ``attributes`` as a map of JSON values.
+as a map of {duration}, ``attributes`` as a map of JSON values, and top-level keys the format
+does not know (a writer's own fields) in ``extra`` as a JSON object.
 
 Atomic, so a crash at any moment loses and duplicates nothing:
 
@@ -30,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .reader import load_rows
+from .reader import TOKEN_KEYS, load_rows
 from .sources import (HISTORY_DIR, PARQUET_NAME, SOURCE_NAME, LogFile, Sources, file_date,
                       jsonl_files, leftover_jsonl, partition_name, resolve_dirs)
 
@@ -108,20 +109,18 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
         keep.flush()
         os.fsync(keep.fileno())
     written = 0
+    tokens = ", ".join(f"'{key}': {key}_tokens" for key in TOKEN_KEYS)
     if con is not None:
         written = con.execute(f"""
             COPY (SELECT timestamp_text AS timestamp, start_time, total_time, request_id, status,
                          error_type, operation, model, service, env, cost, relevance_score,
                          context_precision, time_to_first_token,
-                         {{'input': input_tokens, 'output': output_tokens,
-                           'cached_input': cached_input_tokens,
-                           'cache_write_5m': cache_write_5m_tokens,
-                           'cache_write_1h': cache_write_1h_tokens,
-                           'reasoning': reasoning_tokens}} AS tokens,
+                         {{{tokens}}} AS tokens,
                          {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
                          stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
-                         cost_original, price_match, pricing, repriced_at
+                         cost_original, price_match, pricing, repriced_at,
+                         extra_json::JSON AS extra
                   FROM all_rows WHERE {inside} ORDER BY end_time)
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from .reader import ATTR_PREFIX, FLOAT_COLUMNS, HISTORY_END, STAGE_PREFIX, STRING_COLUMNS, _quote
+from .reader import ATTR_PREFIX, COUNT_COLUMNS, FLOAT_COLUMNS, HISTORY_END, STAGE_PREFIX, STRING_COLUMNS, _quote
 
 _NUMBERS = ("total_time", *FLOAT_COLUMNS, "cost_original")
-_COUNTS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_hits", "cache_misses")
+_COUNTS = COUNT_COLUMNS
 
 
 def _ident(name: str) -> str:

@@ -85,7 +85,8 @@ def mixed_log(log_dir):
               "stages": {"retrieval": {"duration": 0.5}}}]
     with open(old_day, "ab") as f:
         f.write(b"".join(json.dumps(r).encode() + b"\n" for r in older))
-        f.write(b'{"start_time": 1, "total_time": 1, "stages": [1, 2]}\n')  # non-object stages
+        # Non-object stages: a record without stages (the value is counted as a bad value).
+        f.write(b'{"start_time": 1, "total_time": 1, "stages": [1, 2]}\n')
         f.write(b"not json\n")
     newest = log_dir / log_file_name(NOW)
     with open(newest, "ab") as f:
@@ -94,7 +95,8 @@ def mixed_log(log_dir):
         f.write(encode(rec(99))[:40])  # torn last line
     with_end = [(r, r["start_time"] + r["total_time"]) for r in records]
     with_end += [(older[0], NOW - 2 * DAY - 300), (older[1], NOW - 2 * DAY - 300),
-                 ({"start_time": NOW - 30.5, "total_time": 0.5}, NOW - 30.0)]
+                 ({"start_time": NOW - 30.5, "total_time": 0.5}, NOW - 30.0),
+                 ({"start_time": 1, "total_time": 1, "stages": [1, 2]}, 2.0)]
     return with_end
 
 
