@@ -1,6 +1,6 @@
 """Reports on the request log (LOG_DIR/YYYYMMDD_performance.jsonl).
 
-    python m2_3_report.py report  [--hours 1] [--format text|json|csv] [--top 10]
+    python m2_3_report.py report  [--hours 1] [--format text|json|csv|html] [--top 10] [--output FILE]
     python m2_3_report.py stats   [--hours 24] [--bucket 1h] [--format text|json]
     python m2_3_report.py export  --output FILE.json|FILE.jsonl|FILE.csv [--hours 48]
     python m2_3_report.py config  [--format text|json]
@@ -187,6 +187,19 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     return {"output": str(output), "records": count, "read": read}
 
 
+def _write_atomically(output: Path, text: str) -> None:
+    """`text` to `output` through a fresh temporary file renamed over it: a reader never sees
+    half a page."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp_name, output)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
 def _csv_ready(df):
     """Lists (entities) as JSON arrays, so a CSV cell reads back unambiguously."""
     out = df.copy()
@@ -268,8 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", parents=[common], help="summary of the last hours")
     p.add_argument("--hours", type=_hours_arg, default=1.0, help="period (default 1)")
-    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.add_argument("--format", choices=("text", "json", "csv", "html"), default="text",
+                   help="html: one self-contained page (charts inline, no network) to open "
+                   "in a browser or send on")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest requests to list")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE (default: stdout)")
 
     p = sub.add_parser("stats", parents=[common], help="detailed statistics with a time table")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
@@ -513,16 +529,20 @@ def _run(args, out, err) -> int:
 
     if command == "report":
         # Aggregated in the engine: only the figures reach Python, whatever the log's size.
-        from .summary import report_from_log
-        report = report_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
-        _warn_skipped(report["read"], err)
-        if args.format == "json":
-            json.dump(report, out, indent=2)
-            out.write("\n")
-        elif args.format == "csv":
-            out.write(format_csv(report))
+        from .summary import html_from_log, report_from_log
+        if args.format == "html":
+            text = html_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
         else:
-            out.write(format_text(report))
+            report = report_from_log(log_dir, settings, hours=args.hours, top=args.top,
+                                     progress=tty)
+            _warn_skipped(report["read"], err)
+            text = (json.dumps(report, indent=2) + "\n" if args.format == "json"
+                    else format_csv(report) if args.format == "csv" else format_text(report))
+        if args.output:
+            _write_atomically(Path(args.output), text)
+            out.write(f"wrote {args.output}\n")
+        else:
+            out.write(text)
         return 0
 
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this

@@ -608,3 +608,33 @@ def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[
                     "operation": operation, "slowest_stage": slowest_stage,
                     "slowest_stage_duration": slowest_duration})
     return out
+
+
+def costliest(con, inside: str, top: int) -> list[dict]:
+    """The `top` requests that cost the most (ties: the earlier first), with their ids."""
+    rows = _run(con)(f"""
+        SELECT request_id, end_time, cost, model, total_time, status FROM all_rows
+        WHERE {inside} AND cost IS NOT NULL ORDER BY cost DESC, end_time, seq LIMIT ?""",
+                     [max(0, int(top))])
+    return [{"request_id": None if rid is None else str(rid), "timestamp": _iso(end),
+             "cost": _f(cost), "model": model, "total_time": _f(total), "status": status}
+            for rid, end, cost, model, total, status in rows]
+
+
+def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
+                  now: float | None = None, bucket: str | None = None,
+                  progress: bool = False) -> str:
+    """The report of the log's last `hours` hours as one self-contained HTML page
+    (ragmon.report.html): the same figures, plus latency and spend over time and the most
+    expensive requests."""
+    from .html import format_html
+    from .timeline import trends
+
+    with log_rows(log_dir, hours, now=now, progress=progress) as (con, inside, stats):
+        report = figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
+                         progress=progress)
+        if report["empty"]:
+            return format_html(report)
+        stages = sorted(s["stage"] for s in report["stages"])
+        return format_html(report, trends(_run(con), inside, bucket, stages),
+                           costliest(con, inside, top))
