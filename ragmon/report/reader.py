@@ -186,7 +186,8 @@ def _jsonl_columns(typed: bool, full: bool) -> dict:
         "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
         **{name: "JSON" for name in FLOAT_COLUMNS},
         "tokens": container(TOKEN_KEYS), "cache": container(("hits", "misses")),
-        "stages": "JSON", "attributes": "MAP(VARCHAR, JSON)" if typed and not full else "JSON",
+        "stages": _STAGE_MAP if typed else "JSON",
+        "attributes": "MAP(VARCHAR, JSON)" if typed and not full else "JSON",
         "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON",
         "repriced_at": "VARCHAR"}
 
@@ -235,12 +236,22 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
     bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in counts.values()])
     extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
              "pricing, repriced_at, extra_json" if full else "")
+    if typed:
+        # The typed scan builds the map while parsing (reading stages as JSON text and casting
+        # it costs the scan twice over), but reads a non-object value as NULL, like an absent
+        # one: such rows are rejected here, and the second pass reads their lines untyped,
+        # where a non-object is told from no stages and counted. The library always writes
+        # stages, so only foreign or older records take that path.
+        stages = "true AS stages_object, stages AS stage_map"
+        bad_stages = ""
+    else:
+        stages = (f"coalesce(json_type(stages) = 'OBJECT', false) AS stages_object, "
+                  f"CASE WHEN json_type(stages) = 'OBJECT' THEN TRY_CAST(stages AS {_STAGE_MAP}) "
+                  "END AS stage_map")
+        bad_stages = "(stages IS NOT NULL AND json_type(stages) NOT IN ('OBJECT', 'NULL'))::INT + "
     return f"""
     WITH raw AS (
-        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt,
-               coalesce(json_type(stages) = 'OBJECT', false) AS stages_object,
-               CASE WHEN json_type(stages) = 'OBJECT' THEN TRY_CAST(stages AS {_STAGE_MAP})
-               END AS stage_map
+        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt, {stages}
         FROM {source}
     ), timed AS (
         SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
@@ -256,8 +267,7 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
            {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
            {", ".join(f"{_count(p)} AS {n}" for n, p in counts.items())},
            stage_map, {attributes} AS attributes,
-           {bad_attributes}(stages IS NOT NULL AND json_type(stages) NOT IN ('OBJECT', 'NULL'))::INT
-               + {bad} AS bad_values,
+           {bad_attributes}{bad_stages}{bad} AS bad_values,
            {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
     FROM timed"""
 
