@@ -136,7 +136,8 @@ class _Variant:
 
 
 class DatabaseModel:
-    __slots__ = ("provider", "id", "rule", "names", "conditions", "variants", "token_priced")
+    __slots__ = ("provider", "id", "rule", "names", "conditions", "variants", "token_priced",
+                 "by_time_of_day")
 
     def __init__(self, provider: str, raw: Mapping):
         self.provider = provider
@@ -150,6 +151,7 @@ class DatabaseModel:
                                        {k: v[k] for k in TOKEN_KEYS if k in v})
                               for v in raw.get("variants", ()))
         self.token_priced = not raw.get("not_tokens", False)
+        self.by_time_of_day = any(c.hours is not None for c in self.conditions)
 
     @property
     def entry(self) -> str:

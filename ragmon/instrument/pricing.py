@@ -93,11 +93,13 @@ class ModelPrice:
         """Dollars for tokens keyed by price field (``{"input": uncached, "cached_input": ...,
         "cache_write": ..., "cache_write_1h": ..., "output": ...}``); a key that is not a price
         field raises KeyError naming it."""
+        prices = self.__dict__
         total = 0.0
         for kind, count in tokens.items():
-            if kind not in _PRICE_FIELDS:
+            if kind in _PRICE_FIELDS:
+                total += count * prices[kind]
+            else:
                 raise KeyError(f"{kind!r} is not a price field; expected one of {PRICE_KINDS}")
-            total += count * getattr(self, kind)
         return total / 1000.0
 
     def for_prompt(self, prompt_tokens: int | None) -> "ModelPrice":
@@ -178,16 +180,19 @@ def normalize_model_name(model: str) -> str:
     return _SNAPSHOT_SUFFIX.sub("", name)
 
 
+_NOON = _dt.time(12, 0)
+
+
 def _day_and_time(day) -> tuple[_dt.date, _dt.time]:
     """A request's UTC day and time of day: from a datetime (naive means UTC), or a date taken
     at noon UTC, or now."""
     if day is None:
         day = _dt.datetime.now(_dt.timezone.utc)
     if isinstance(day, _dt.datetime):
-        if day.tzinfo is not None:
+        if day.tzinfo is not None and day.tzinfo is not _dt.timezone.utc:
             day = day.astimezone(_dt.timezone.utc)
-        return day.date(), day.time().replace(tzinfo=None)
-    return day, _dt.time(12, 0)
+        return day.date(), day.time()
+    return day, _NOON
 
 
 def _service_context(service_tier: str | None) -> dict[str, str] | None:
@@ -229,6 +234,7 @@ class PriceTable:
         self.database_source = database_source or (database.source if database is not None else None)
         self._resolved: dict[tuple, tuple] = {}
         self._database_prices: dict[tuple, ModelPrice] = {}
+        self._matches: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
     @property
@@ -313,17 +319,38 @@ class PriceTable:
         by time of day; default now) and how it matched. `provider`: the provider the SDK or
         the response headers name; `service_tier`: the one the response says applied ("flex",
         "priority", "batch"...); `prompt_tokens`: the whole prompt, cache reads and writes
-        included, for long-context tiers."""
-        layer, key, how = self.resolve(model, provider)
-        if layer is None:
-            return PriceMatch(self.default, "default", None, DEFAULT, None, service_tier)
-        if layer == "user":
-            price = self.entries[key].price_on(day if not isinstance(day, _dt.datetime)
-                                               else _day_and_time(day)[0])
-            source = USER_FILE
-            tier_names = []
+        included, for long-context tiers. Cached: a repeated question is one dict lookup."""
+        if day.__class__ is _dt.date:
+            date, time = day, _NOON
         else:
             date, time = _day_and_time(day)
+        key = (model, provider, service_tier, date)
+        found = self._matches.get(key)
+        if found is None:
+            found = self._match_uncached(model, date, time, provider, service_tier)
+            if found[3] is None:  # the same all day: kept (prices by time of day are not)
+                with self._lock:
+                    if len(self._matches) >= 10_000:  # names come from outside: bound it
+                        self._matches.clear()
+                    self._matches[key] = found
+        elif found[3] is not None:
+            found = self._match_uncached(model, date, time, provider, service_tier)
+        base, thresholds, tiered, _ = found
+        if prompt_tokens and thresholds:
+            passed = bisect.bisect_left(thresholds, prompt_tokens)  # thresholds below it
+            if passed:
+                return tiered[passed - 1]
+        return base
+
+    def _match_uncached(self, model, date, time, provider, service_tier) -> tuple:
+        """(match at the base price, tier thresholds, match per tier, time-of-day dependence)."""
+        layer, key, how = self.resolve(model, provider)
+        if layer is None:
+            return PriceMatch(self.default, "default", None, DEFAULT, None, service_tier), (), (), None
+        if layer == "user":
+            price, source, tier_names, entry, hours = (
+                self.entries[key].price_on(date), USER_FILE, [], key, None)
+        else:
             context = None if key.resold else _service_context(service_tier)
             chosen, variants, raw = key.model.prices_at(date, time, context)
             cache_key = (key.model.entry, chosen, variants)
@@ -332,13 +359,15 @@ class PriceTable:
                 price = _database_price(key.model, chosen, variants, raw)
                 with self._lock:
                     self._database_prices[cache_key] = price
-            source = self.database_source
+            source, entry = self.database_source, key.model.entry
             tier_names = [service_tier.strip().lower()] if variants else []
-        tiered = price.for_prompt(prompt_tokens)
-        if tiered is not price:
-            tier_names.append("input>" + tiered.id.rsplit(">", 1)[1])
-        entry = key if layer == "user" else key.model.entry
-        return PriceMatch(tiered, how, entry, source, "+".join(tier_names) or None, service_tier)
+            hours = key.model.conditions if key.model.by_time_of_day else None
+        tier = "+".join(tier_names) or None
+        base = PriceMatch(price, how, entry, source, tier, service_tier)
+        tiered = tuple(PriceMatch(tier_price, how, entry, source,
+                                  "+".join([*tier_names, f"input>{threshold}"]), service_tier)
+                       for threshold, tier_price in price.tiers)
+        return base, tuple(threshold for threshold, _ in price.tiers), tiered, hours
 
     def lookup(self, model: str | None) -> tuple[ModelPrice, bool]:
         """(price, known). An unknown model gets the default price; no model is not unknown."""
