@@ -283,3 +283,32 @@ def test_a_snapshot_can_be_regenerated_to_a_file_and_used_as_the_price_file(tmp_
 def test_a_model_priced_by_hours_or_pages_is_not_priced_by_tokens(public_table):
     assert public_table.match("whisper-1", NOON, provider="openai").match == "default"
     assert public_table.match("mistral-ocr-latest", NOON).match == "default"
+
+
+def test_matching_is_provider_aware(public_table):
+    direct = public_table.match("claude-sonnet-4-5-20250929", NOON, provider="anthropic")
+    bedrock = public_table.match("claude-sonnet-4-5-20250929", NOON, provider="bedrock")
+    assert direct.entry == "anthropic/claude-sonnet-4-5"
+    assert bedrock.entry.startswith("aws/") and bedrock.price.input == pytest.approx(direct.price.input * 1.1)
+    # DeepSeek through the OpenAI SDK (the headers say "openai"): the name says whose model it is.
+    assert public_table.match("deepseek-chat", NOON, provider="openai").entry == "deepseek/deepseek-chat"
+    # Azure resells OpenAI's models at OpenAI's prices, without OpenAI's service tiers.
+    azure = public_table.match("gpt-5.4", NOON, provider="azure", service_tier="priority")
+    assert azure.tier is None and azure.source != "default"
+
+
+def test_a_long_context_tier_starts_above_its_threshold_and_prices_every_kind(public_table):
+    at = public_table.match("gpt-5.4", NOON, prompt_tokens=272_000)
+    above = public_table.match("gpt-5.4", NOON, prompt_tokens=272_001)
+    assert at.tier is None and above.tier == "input>272000"
+    assert above.price.input == 2 * at.price.input and above.price.output > at.price.output
+    assert above.price.id == "openai/gpt-5.4>272000"
+
+
+def test_cost_by_kind_bills_each_price_field_and_names_a_wrong_one(public_table):
+    price = public_table.match("claude-opus-4-6", NOON).price
+    assert price.cost_by_kind({"input": 1000, "cached_input": 1000, "cache_write": 1000,
+                               "cache_write_1h": 1000, "output": 1000}) == pytest.approx(
+        (5 + 0.5 + 6.25 + 10 + 25) / 1000)
+    with pytest.raises(KeyError, match="cache_write_5m"):
+        price.cost_by_kind({"cache_write_5m": 1})
