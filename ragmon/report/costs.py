@@ -27,17 +27,23 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from ..instrument.pricing import PriceMatch, PriceTable
+from ..instrument.tokens import kinds
 
 DEFAULT_TOLERANCE = 0.02
 # A day is repriced once no writer appends to it any more (as for compaction).
 GRACE_SECONDS = 3600
 
 
-# The billed token kinds of a record (keys of its "tokens") and the price field of each.
-BILLED_KINDS = {"input": "input", "output": "output", "cached_input": "cached_input",
-                "cache_write_5m": "cache_write", "cache_write_1h": "cache_write_1h"}
-# The kinds that together are the whole prompt, which long-context tiers are chosen by.
-PROMPT_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h")
+def billed_kinds() -> dict[str, str]:
+    """The billed token kinds of a record (keys of its "tokens") and the price field of each,
+    from the one table of token kinds."""
+    return {kind.record_key: kind.price_field for kind in kinds() if kind.price_field is not None}
+
+
+def prompt_kinds() -> tuple[str, ...]:
+    """The billed kinds that together are the whole prompt, which long-context tiers go by."""
+    return tuple(kind.record_key for kind in kinds() if kind.price_field is not None
+                 and "input" in (kind.name, kind.part_of))
 
 
 def price_table(prices_file: str | Path | None, settings) -> PriceTable:
@@ -98,7 +104,8 @@ class RepriceResult:
 def _repriced(record: dict, table: PriceTable, prices_name: str, stamp: str, day: date):
     """(new record, old cost, new cost), or None for a record that had no cost and no tokens."""
     tokens = record.get("tokens") if isinstance(record.get("tokens"), dict) else {}
-    counts = {k: tokens.get(k, 0) for k in BILLED_KINDS}
+    billed = billed_kinds()
+    counts = {k: tokens.get(k, 0) for k in billed}
     counts = {k: c if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
               else 0 for k, c in counts.items()}
     old = record.get("cost")
@@ -107,8 +114,8 @@ def _repriced(record: dict, table: PriceTable, prices_name: str, stamp: str, day
         return None
     pricing = record.get("pricing")
     found = price_for(table, record.get("model"), _ended_at(record, day), pricing=pricing,
-                      prompt_tokens=int(sum(counts[k] for k in PROMPT_KINDS)))
-    new = found.price.cost_by_kind({BILLED_KINDS[k]: c for k, c in counts.items()})
+                      prompt_tokens=int(sum(counts[k] for k in prompt_kinds())))
+    new = found.price.cost_by_kind({billed[k]: c for k, c in counts.items()})
     out = dict(record)
     out.setdefault("cost_original", old)
     out["cost"] = new
@@ -248,8 +255,9 @@ def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: 
         return 0
     tokens = data["tokens"].combine_chunks()
     present = {tokens.type.field(i).name for i in range(tokens.type.num_fields)}
+    billed = billed_kinds()
     counts = {k: pc.fill_null(tokens.field(k), 0).to_numpy(zero_copy_only=False).astype(float)
-              if k in present else np.zeros(n) for k in BILLED_KINDS}
+              if k in present else np.zeros(n) for k in billed}
     old = pc.cast(data["cost"], "float64").to_numpy(zero_copy_only=False)
     models = data["model"].to_pylist()
     ends = np.full(n, np.nan)
@@ -257,8 +265,7 @@ def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: 
         ends = (pc.cast(data["start_time"], "float64").to_numpy(zero_copy_only=False)
                 + pc.cast(data["total_time"], "float64").to_numpy(zero_copy_only=False))
     pricings = (data["pricing"].to_pylist() if "pricing" in data.column_names else [None] * n)
-    prompts = sum(counts[k] for k in PROMPT_KINDS)
-    fields = [BILLED_KINDS[k] for k in BILLED_KINDS]
+    prompts = sum(counts[k] for k in prompt_kinds())
     new = np.empty(n)
     match, described = [], []
     for i, model in enumerate(models):
@@ -267,7 +274,7 @@ def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: 
         if math.isfinite(ends[i]) and datetime.fromtimestamp(ends[i], timezone.utc).date() == day:
             ended = datetime.fromtimestamp(ends[i], timezone.utc)
         found = price_for(table, model, ended, pricing=pricing, prompt_tokens=int(prompts[i]))
-        new[i] = found.price.cost_by_kind({f: float(counts[k][i]) for f, k in zip(fields, BILLED_KINDS)})
+        new[i] = found.price.cost_by_kind({billed[k]: float(counts[k][i]) for k in billed})
         match.append(found.match)
         described.append(json.dumps({**(pricing or {}), **found.describe()}))
     touched = ~np.isnan(old) | (sum(counts.values()) > 0)
