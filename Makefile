@@ -33,6 +33,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_sdk.py
+	$(PY) bench/bench_prices.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_cardinality.py
 	$(PY) bench/bench_workers.py
