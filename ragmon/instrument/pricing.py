@@ -199,7 +199,7 @@ def _service_context(service_tier: str | None) -> dict[str, str] | None:
     """genai-prices' request context: batch is a way of processing, the rest are service tiers."""
     if not service_tier:
         return None
-    tier = service_tier.strip().lower()
+    tier = str(service_tier).strip().lower()
     return {"processing": "batch"} if tier == "batch" else {"service_tier": tier}
 
 
@@ -360,7 +360,7 @@ class PriceTable:
                 with self._lock:
                     self._database_prices[cache_key] = price
             source, entry = self.database_source, key.model.entry
-            tier_names = [service_tier.strip().lower()] if variants else []
+            tier_names = [str(service_tier).strip().lower()] if variants else []
             hours = key.model.conditions if key.model.by_time_of_day else None
         tier = "+".join(tier_names) or None
         base = PriceMatch(price, how, entry, source, tier, service_tier)
