@@ -34,6 +34,7 @@ _SECRET_FIELD = re.compile(
 # ...except these, which are counts or descriptions, never secrets.
 _NOT_SECRET_FIELD = re.compile(r"(?i)^(?:tokens?_(?:type|count)|max_tokens?|token_type|cache_key_hash)$")
 
+DIGIT = "a digit"  # a shape that needs one (see _SHAPE_PATTERNS)
 _KEY_WORDS = (r"(?:password|passwd|pwd|passphrase|secret|token|api[_\-]?key|apikey|access[_\-]?key"
               r"|private[_\-]?key|client[_\-]?secret|routing[_\-]?key|service[_\-]?key"
               r"|integration[_\-]?key|authorization|cookie|credentials?)")
@@ -44,7 +45,9 @@ _KEY_WORDS = (r"(?:password|passwd|pwd|passphrase|secret|token|api[_\-]?key|apik
 # 16-branch alternation tries every branch at every position. A shape that starts with a run of
 # characters checks the character before the run *after* its first character (the lookbehind
 # ``(?<!X.)``), so no position inside a long run is tried again: every scan is linear.
-# (kind, pattern, searched in ASCII-lowercased text, a substring the text must contain)
+# (kind, pattern, searched in ASCII-lowercased text, what the text must contain: a substring,
+# any of several, or DIGIT; None: nothing in particular). Each scan is also skipped for a text
+# shorter than its shape's shortest match (_SHORTEST), which keeps short strings cheap.
 _SHAPE_PATTERNS = (
     ("key", r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}", False, "sk-"),           # OpenAI / Anthropic
     ("aws_id", r"A(?<!\wA)(?:KIA|SIA|GPA|IDA|ROA|IPA|NPA|NVA|PKA)[0-9A-Z]{16}\b", False, "A"),
@@ -59,22 +62,29 @@ _SHAPE_PATTERNS = (
     ("url", r"[a-zA-Z](?<![a-zA-Z0-9+.\-].)[a-zA-Z0-9+.\-]*://[^/\s:@]*:(?P<secret>[^/\s@]+)(?=@)",
      False, "://"),
     ("pair", _KEY_WORDS + r"[\"']?\s*[:=]\s*[\"']?(?!(?:bearer|basic|token|digest)\s)"
-             r"(?P<secret>[^\s,;\"'&}]{3,})", True, None),   # "Authorization: Bearer x": scheme
+             r"(?P<secret>[^\s,;\"'&}]{3,})", True, (":", "=")),   # "Authorization: Bearer x"
     ("email", r"[A-Za-z0-9._%+\-](?<![A-Za-z0-9._%+\-].)[A-Za-z0-9._%+\-]*@[A-Za-z0-9\-]+"
               r"(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}(?![A-Za-z0-9\-])", False, "@"),
     ("pagerduty", r"[0-9a-fA-F](?<![A-Za-z0-9_\-].)(?![0-9a-fA-F]{11}[1-8][0-9a-fA-F]{3}[89abAB])"
                   r"[0-9a-fA-F]{31}(?![A-Za-z0-9_\-])", False, None),   # 32 hex, not a UUID
     ("aws_secret", r"[A-Za-z0-9/+](?<![A-Za-z0-9/+=].)[A-Za-z0-9/+]{39}(?![A-Za-z0-9/+=])",
-     False, None),
+     False, DIGIT),
     ("phone", r"\+(?<![A-Za-z0-9_+].)\d(?:[ \-]?\(?\d\)?){6,14}(?![A-Za-z0-9_+])", False, "+"),
     ("phone", r"[\d(](?<![A-Za-z0-9_.+\-/].)(?:(?<=1)[ .\-](?:\(\d{3}\) ?|\d{3}[.\-])"
               r"|(?<=\()\d{3}\) ?|(?<=\d)\d{2}[.\-])\d{3}[.\-]\d{4}(?![A-Za-z0-9_\-]|[./]\d)",
-     False, None),                                   # (415) 555-2671, 415-555-2671, 1-800-...
+     False, DIGIT),                                   # (415) 555-2671, 415-555-2671, 1-800-...
     ("ssn", r"\d(?<![A-Za-z0-9_\-].)\d{2}-\d{2}-\d{4}(?![A-Za-z0-9_\-])", False, "-"),
-    ("card", r"\d(?<![\d\-].)(?:[ \-]?\d){12,18}(?![\d\-])", False, None),
+    ("card", r"\d(?<![\d\-].)(?:[ \-]?\d){12,18}(?![\d\-])", False, DIGIT),
 )
-_SHAPES = tuple((kind, re.compile(pattern), lowered, needs)
-                for kind, pattern, lowered, needs in _SHAPE_PATTERNS)
+_SHORTEST = {"key": 19, "aws_id": 20, "slack": 15, "slack_hook": 40, "github": 24, "google": 34,
+             "jwt": 20, "scheme": 14, "url": 7, "pair": 6, "email": 6, "pagerduty": 32,
+             "aws_secret": 40, "phone": 8, "ssn": 11, "card": 13}
+# Shortest first, so a short text stops at the first shape it is too short for; `order` keeps
+# the tie-break of the alternation.
+_SHAPES = tuple(sorted(((_SHORTEST[kind], order, kind, re.compile(pattern), lowered, needs)
+                        for order, (kind, pattern, lowered, needs) in enumerate(_SHAPE_PATTERNS)),
+                       key=lambda shape: shape[0]))
+_HAS_DIGIT = re.compile(r"\d").search
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
@@ -105,9 +115,21 @@ def _matches(text: str, end: int):
     """(start, end, replacement) of every secret in text[:end], left to right, not overlapping;
     at one position the first shape in _SHAPE_PATTERNS wins, as in one alternation."""
     lowered = None
+    has_digit = None
+    size = len(text)
     scans = []
-    for order, (kind, pattern, use_lowered, needs) in enumerate(_SHAPES):
-        if needs is not None and needs not in text:
+    for shortest, order, kind, pattern, use_lowered, needs in _SHAPES:
+        if size < shortest:
+            break
+        if needs is DIGIT:
+            if has_digit is None:
+                has_digit = _HAS_DIGIT(text) is not None
+            if not has_digit:
+                continue
+        elif type(needs) is tuple:
+            if not any(part in text for part in needs):
+                continue
+        elif needs is not None and needs not in text:
             continue
         if use_lowered:
             if lowered is None:
@@ -134,6 +156,8 @@ def _matches(text: str, end: int):
 def redact(text: str) -> str:
     """`text` with every secret-shaped substring replaced by [REDACTED]. Linear in len(text);
     redact_text() also bounds the length first."""
+    if len(text) < _SHAPES[0][0]:
+        return text
     parts, done = [], 0
     for start, end, replacement in _matches(text, len(text)):
         parts.append(text[done:start])
