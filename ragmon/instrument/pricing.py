@@ -326,15 +326,17 @@ class PriceTable:
             date, time = _day_and_time(day)
         key = (model, provider, service_tier, date)
         found = self._matches.get(key)
-        if found is None:
-            found = self._match_uncached(model, date, time, provider, service_tier)
-            if found[3] is None:  # the same all day: kept (prices by time of day are not)
-                with self._lock:
-                    if len(self._matches) >= 10_000:  # names come from outside: bound it
-                        self._matches.clear()
-                    self._matches[key] = found
-        elif found[3] is not None:
-            found = self._match_uncached(model, date, time, provider, service_tier)
+        if found is None:  # the day's answer, at noon where prices vary by time of day
+            found = self._match_uncached(model, date, _NOON, provider, service_tier)
+            self._remember(key, found)
+        if found[3] is not None and time is not _NOON:
+            # Prices by time of day (DeepSeek's off-peak hours): one answer per set of windows
+            # in force, so the rest of the day is a lookup too.
+            windowed = key + (tuple(c.active(date, time) for c in found[3]),)
+            found = self._matches.get(windowed)
+            if found is None:
+                found = self._match_uncached(model, date, time, provider, service_tier)
+                self._remember(windowed, found)
         base, thresholds, tiered, _ = found
         if prompt_tokens and thresholds:
             passed = bisect.bisect_left(thresholds, prompt_tokens)  # thresholds below it
@@ -342,8 +344,15 @@ class PriceTable:
                 return tiered[passed - 1]
         return base
 
+    def _remember(self, key: tuple, found: tuple) -> None:
+        with self._lock:
+            if len(self._matches) >= 10_000:  # names come from outside: bound it
+                self._matches.clear()
+            self._matches[key] = found
+
     def _match_uncached(self, model, date, time, provider, service_tier) -> tuple:
-        """(match at the base price, tier thresholds, match per tier, time-of-day dependence)."""
+        """(match at the base price, tier thresholds, match per tier, and the database model's
+        conditions when its prices vary by time of day, else None)."""
         layer, key, how = self.resolve(model, provider)
         if layer is None:
             return PriceMatch(self.default, "default", None, DEFAULT, None, service_tier), (), (), None

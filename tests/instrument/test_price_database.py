@@ -312,3 +312,13 @@ def test_cost_by_kind_bills_each_price_field_and_names_a_wrong_one(public_table)
         (5 + 0.5 + 6.25 + 10 + 25) / 1000)
     with pytest.raises(KeyError, match="cache_write_5m"):
         price.cost_by_kind({"cache_write_5m": 1})
+
+
+def test_time_of_day_prices_are_cached_per_window_never_across_them(public_table):
+    evening = dt.datetime(2026, 12, 8, 20, tzinfo=dt.timezone.utc)
+    day = dt.date(2026, 12, 8)
+    first = public_table.match("deepseek-chat", evening)  # asked first at an off-peak hour
+    assert public_table.match("deepseek-chat", day).price != first.price  # a date means noon
+    assert public_table.match("deepseek-chat", evening.replace(hour=22)).price == first.price
+    assert public_table.match("deepseek-chat", evening.replace(hour=10)).price == \
+        public_table.match("deepseek-chat", day).price
