@@ -322,3 +322,10 @@ def test_time_of_day_prices_are_cached_per_window_never_across_them(public_table
     assert public_table.match("deepseek-chat", evening.replace(hour=22)).price == first.price
     assert public_table.match("deepseek-chat", evening.replace(hour=10)).price == \
         public_table.match("deepseek-chat", day).price
+
+
+def test_the_docs_say_which_genai_prices_the_shipped_snapshot_is_and_how_old():
+    shipped = json.loads(price_database.SHIPPED_DATABASE_FILE.read_text())
+    docs = (ROOT / "docs" / "sdk.md").read_text()
+    assert (f"The shipped snapshot is genai-prices {shipped['version']}, generated on\n"
+            f"{shipped['generated']}") in docs, "update docs/sdk.md after regenerating the snapshot"
