@@ -485,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     if installed_genai_prices() is None:
         parser.error("genai-prices is not installed: pip install 'ragmon[prices]'")
     snapshot = snapshot_from_genai_prices()
-    write_snapshot(args.out, snapshot)
+    try:
+        write_snapshot(args.out, snapshot)
+    except OSError as exc:
+        parser.error(f"cannot write {args.out} ({exc.strerror}); pass --out FILE somewhere "
+                     "writable and point MODEL_PRICES_FILE at it")
     count = sum(len(p["models"]) for p in snapshot["providers"])
     print(f"wrote {args.out}: genai-prices {snapshot['version']}, {len(snapshot['providers'])} "
           f"providers, {count} models, generated {snapshot['generated']}")
