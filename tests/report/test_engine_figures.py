@@ -52,3 +52,10 @@ def test_the_golden_figures_are_not_trivial():
     stats = GOLDEN[case_name("sample", "stats", 24.0, "15min")]
     assert stats["bucket"] == "15min" and len(stats["series"]) > 20
     assert any(row["requests"] == 0 for row in stats["series"])  # empty buckets are listed
+
+
+def test_a_frame_without_the_record_columns_is_refused_naming_them():
+    import pandas as pd
+
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['timestamp', 'total_time'\]"):
+        build_report(pd.DataFrame({"latency": [1.0]}))

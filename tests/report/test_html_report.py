@@ -169,3 +169,13 @@ def test_the_html_report_opens_in_chromium_offline_with_its_charts(tmp_path, chr
     assert pixels.shape[0] > 900 and pixels.shape[1] >= 1000
     drawn = (pixels[..., :3] < 0.9).any(axis=-1).mean()
     assert drawn > 0.02, f"the screenshot is nearly blank ({drawn:.1%} drawn)"
+
+
+def test_an_empty_period_is_a_page_that_says_so(tmp_path):
+    write_records(tmp_path, [rec(1, ago=5 * 3600)])
+    page = tmp_path / "empty.html"
+    proc = run("report", "--hours", 1, "--format", "html", "--output", page, "--log-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert f"no requests in the last 1 h in {tmp_path}" in text and "<svg" not in text
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
