@@ -46,6 +46,8 @@ def _checked_model(name: str, value: object) -> str:
     return safe_name(check_name(name, value, "gpt-4o-mini"))
 
 
+_EXPECTED = {"relevance_score": "a number from 0 to 1", "context_precision": "a number from 0 to 1",
+             "model": "a non-empty string"}  # token fields: "a whole number >= 0"
 _SCORE_FIELDS = (("relevance_score", check_score), ("context_precision", check_score),
                  ("model", _checked_model))
 
@@ -157,7 +159,9 @@ class Instrumented:
             usages: list = []
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
                 relevance, precision, hand, raw, r_model = self._read_dict(result)
-                if hand is None and "usage" in result:
+                if hand is None and (
+                        "usage" in result if type(result) is dict
+                        else self._careful_get(result)("usage") is not None):
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None and type(result) not in PLAIN:
                 returned = read_usage(result)  # an SDK response, by shape
@@ -215,7 +219,7 @@ class Instrumented:
         """(relevance, precision, the usage it reports or None, raw refused values or None, its
         model or None) of a returned dict. Token fields follow record_tokens' names and input
         convention."""
-        get = result.get
+        get = result.get if type(result) is dict else self._careful_get(result)
         relevance, precision, r_model = (get("relevance_score"), get("context_precision"),
                                          get("model"))
         if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
@@ -226,7 +230,10 @@ class Instrumented:
                                          and r_model.isprintable()))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
-        present = result.keys() & tokens.plan().field_set
+        try:
+            present = result.keys() & tokens.plan().field_set
+        except Exception:  # a Mapping of the application's own whose keys() raises
+            present = [field for field in tokens.fields() if get(field) is not None]
         if not present:
             return relevance, precision, None, None, r_model
         counts = {}
@@ -252,11 +259,27 @@ class Instrumented:
         for (name, check), value in zip(checks, values):
             try:
                 checked.append(None if value is None else check(name, value))
-            except ValueError as bad:  # the message names the value safely (repr escapes it)
+            except ValueError:  # the value may be a secret or user text: never quote it
                 checked.append(None)
                 recording_failed(self.metrics, "bad_return_value",
-                                 "%r returned a bad value: %s", self.operation, bad)
+                                 "%r returned %s of type %s, which is not %s; left out of the "
+                                 "metrics and the record", self.operation, name,
+                                 type(value).__name__, _EXPECTED.get(name, "a whole number >= 0"))
         return checked
+
+    def _careful_get(self, result: Mapping) -> Callable:
+        """``result.get`` for a Mapping of the application's own: a field whose reading raises
+        is counted and left out, and the record is written with the others."""
+        def get(name: str):
+            try:
+                return result.get(name)
+            except Exception as failure:
+                recording_failed(self.metrics, "bad_return_value", "%r returned a %s whose "
+                                 ".get(%r) raised %s; the field is left out of the record",
+                                 self.operation, type(result).__name__, name,
+                                 type(failure).__name__)
+                return None
+        return get
 
     def _without_usage(self, model: str) -> None:
         """A successful query that names a model received no usage: its tokens and cost are

@@ -459,9 +459,10 @@ class PerformanceMonitor:
         if self.sink is None:
             return False
         f = state.fields
-        operation = f.get("operation") or self.operation
+        operation = self._safe_name(f.get("operation") or self.operation)
         cost = f.get("cost")
         model = f.get("model")
+        model = None if model is None else self._safe_name(model)
         counts = {name: f[name] for name in tokens.fields() if f.get(name)}
         settlement = out_of_bounds = None
         try:
@@ -490,7 +491,8 @@ class PerformanceMonitor:
         try:
             record = build_record(
                 state.request_id, self.settings.SERVICE_NAME, self.settings.ENV, operation,
-                model, status, state.error_type, state.start_wall, total_time, state.stages,
+                model, status, state.error_type, state.start_wall, total_time,
+                self._safe_stages(state.stages),
                 settlement.record_tokens() if settlement is not None
                 else tokens.record_tokens_field({}),
                 cost, f.get("relevance_score"), f.get("context_precision"),
@@ -503,6 +505,19 @@ class PerformanceMonitor:
             log.exception("could not write the record of request %r", state.request_id)
             self.metrics.count_instrumentation_error("record_write")
             return False
+
+    def _safe_name(self, name: object) -> str:
+        """A name as @monitored_query records it: one a record or label cannot hold (a lone
+        surrogate, a control character, over 128 characters) is replaced and counted."""
+        safe = safe_label(name)
+        if safe != name:
+            self.metrics.count_instrumentation_error("unsafe_name")
+        return safe
+
+    def _safe_stages(self, stages: dict) -> dict:
+        if all(safe_label(name) == name for name in stages):
+            return stages
+        return {self._safe_name(name): entry for name, entry in stages.items()}
 
 
 class StageHandle:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ..checks import MAX_LABEL_LENGTH, safe_label
 from .catalog import RAGMetrics
+from .notices import WarningLimiter
 from .records import sink_for
 
 log = logging.getLogger("ragmon")
@@ -88,20 +89,19 @@ def current_request_log():
     return STATE.request_log
 
 
-_last_warned: dict[str, float] = {}
+_process_warnings = WarningLimiter(log)  # for failures outside any catalog
 
 
 def recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *args) -> None:
-    """Counts a swallowed monitoring failure; logs it at most once a minute per reason."""
+    """Counts a swallowed monitoring failure; logs it within its reason's allowance (a few, then
+    one a minute; see notices.py), redacted."""
     try:
         if metrics is not None:
             metrics.count_instrumentation_error(reason)
-        now = time.monotonic()
-        if now - _last_warned.get(reason, -1e9) >= 60:
-            _last_warned[reason] = now
-            log.warning("monitoring: " + message + " (counted in rag_instrumentation_errors_total"
-                        "{reason=%r}; the application was not affected)", *args, reason,
-                        exc_info=log.isEnabledFor(logging.DEBUG))
+        warnings = getattr(metrics, "warnings", None) or _process_warnings
+        warnings.warn(reason, "monitoring: " + message + " (counted in rag_instrumentation_errors_"
+                      "total{reason=%r}; the application was not affected)", *args, reason,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
     except Exception:  # the last line of defence must not raise either
         pass
 
