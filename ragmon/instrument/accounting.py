@@ -13,6 +13,7 @@ MAX_TOKENS and costs past MAX_COST_DOLLARS are left out of the metrics, counted 
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -34,14 +35,27 @@ def today() -> int:
     return int(time.time() // 86400)
 
 
+@functools.lru_cache(maxsize=8)
 def day_date(day: int) -> datetime.date:
+    """The date of a day number; one object per day, however many models are priced on it."""
     return datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
 
 
+_rates: dict = {}
+
+
 def rates_of(price) -> dict[str, float]:
-    """{kind name: dollars per 1K} for every billed kind, from a ModelPrice's price fields."""
-    return {kind.name: getattr(price, kind.price_field) for kind in tokens.KINDS
-            if kind.price_field is not None}
+    """{kind name: dollars per 1K} for every billed kind, from a ModelPrice's price fields;
+    shared by the models priced alike (every default-priced model, for one)."""
+    key = (id(price), id(tokens.KINDS))
+    found = _rates.get(key)
+    if found is None or found[0] is not price or found[2] is not tokens.KINDS:
+        if len(_rates) >= 1000:
+            _rates.clear()
+        found = _rates[key] = (price, {kind.name: getattr(price, kind.price_field)
+                                       for kind in tokens.KINDS if kind.price_field is not None},
+                               tokens.KINDS)
+    return found[1]
 
 
 def dollars(counts: dict, rates: dict) -> float:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from ..checks import MAX_LABEL_LENGTH, check_count, check_name, check_score, safe_label
 from . import tokens
-from .accounting import (STREAM_WITHOUT_USAGE_HINT, Settlement, count, refused, series_for,
+from .accounting import (STREAM_WITHOUT_USAGE_HINT, ModelSeries, Settlement, count, refused,
                          settle, today)
 from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
@@ -105,8 +105,10 @@ class Instrumented:
     def series(self, model: str | None, day: int):
         """The priced metric children of `model` for this operation (accounting.ModelSeries)."""
         found = self.by_model.get(model)
-        if found is None or found.day != day:
-            found = self.by_model[model] = series_for(self.metrics, self.operation, model, day)
+        if found is None:
+            found = self.by_model[model] = ModelSeries(self.metrics, self.operation, model)
+        if found.day != day:
+            found.reprice(day)
         return found
 
     @property
@@ -230,10 +232,10 @@ class Instrumented:
                                          and r_model.isprintable()))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
-        try:
-            present = result.keys() & tokens.plan().field_set
-        except Exception:  # a Mapping of the application's own whose keys() raises
-            present = [field for field in tokens.fields() if get(field) is not None]
+        # A dict's keys say which fields it has; a Mapping of the application's own is asked
+        # for each field (its keys() may not tell, or raise).
+        present = (result.keys() & tokens.plan().field_set if type(result) is dict
+                   else tokens.fields())
         if not present:
             return relevance, precision, None, None, r_model
         counts = {}

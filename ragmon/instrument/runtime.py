@@ -6,7 +6,6 @@ Nothing here imports the decorator or the SDK adapters: they all import this.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from ..checks import MAX_LABEL_LENGTH, safe_label

@@ -313,17 +313,7 @@ def test_a_seventh_token_kind_is_one_row_in_tokens_py(tmp_path):
 
 
 def test_a_price_with_long_context_tiers_prices_each_call_by_its_own_prompt(records):
-    class TieredPrice(ModelPrice):
-        """A price with a long-context tier, as the price database gives them."""
-
-        @property
-        def tiers(self):
-            return ((1000, ModelPrice(0.002, 0.010, 0.0002)),)
-
-        def for_prompt(self, prompt_tokens):
-            return self.tiers[0][1] if prompt_tokens > 1000 else self
-
-    base = TieredPrice(0.001, 0.005, 0.0001)
+    base = ModelPrice(0.001, 0.005, 0.0001, tiers=((1000, ModelPrice(0.002, 0.010, 0.0002)),))
     table = PriceTable(ModelPrice(1.0, 1.0, 1.0), {})
     table.match = lambda model, day=None, **known: PriceMatch(base, "exact", model)
     metrics = RAGMetrics(registry=CollectorRegistry(), price_table=table)
