@@ -72,14 +72,17 @@ class ModelSeries:
     operation: a model that never streamed has no time-to-first-token series, one without
     cached tokens no cached series."""
 
-    __slots__ = ("metrics", "operation", "label", "model", "kinds", "cost", "spend", "ttft",
-                 "partial", "match", "rates", "known", "pricing", "day", "tiered")
+    __slots__ = ("metrics", "operation", "label", "model", "incs", "cost", "spend", "ttft",
+                 "partial", "match", "rates", "known", "pricing", "day", "tiered",
+                 "observe_cost", "inc_spend")
 
     def __init__(self, metrics: RAGMetrics, operation: str, model: str | None):
         self.metrics, self.operation, self.model = metrics, operation, model
         self.label = model if model is not None else "unknown"
-        self.kinds: dict[str, Any] = {}
+        # Bound methods of the children, looked up once: count() calls them for every query.
+        self.incs: dict[str, Any] = {}  # kind name -> its token counter child's inc
         self.cost = self.spend = self.ttft = self.partial = None
+        self.observe_cost = self.inc_spend = None
         self.day = None
 
     def reprice(self, day: int) -> None:
@@ -93,15 +96,16 @@ class ModelSeries:
         self.pricing = self.match.describe()
         self.day = day
 
-    def kind_child(self, name: str):
-        child = self.kinds.get(name)
-        if child is None:
+    def kind_inc(self, name: str):
+        """The ``inc`` of kind `name`'s token counter child."""
+        inc = self.incs.get(name)
+        if inc is None:
             kind = tokens.by_name(name)
             counter = getattr(self.metrics, kind.counter)
-            child = self.kinds[name] = (counter.labels(self.label, kind.metric_label)
-                                        if kind.metric_label is not None
-                                        else counter.labels(self.label))
-        return child
+            child = (counter.labels(self.label, kind.metric_label)
+                     if kind.metric_label is not None else counter.labels(self.label))
+            inc = self.incs[name] = child.inc
+        return inc
 
     def child(self, name: str):
         found = getattr(self, name)
@@ -109,8 +113,10 @@ class ModelSeries:
             m = self.metrics
             if name == "cost":
                 found = m.query_cost.labels(self.label)
+                self.observe_cost = found.observe
             elif name == "spend":
                 found = m.spend.labels(self.label)
+                self.inc_spend = found.inc
             elif name == "partial":
                 found = m.partial_usage.labels(self.label)
             else:
@@ -127,6 +133,9 @@ def series_for(metrics: RAGMetrics, operation: str, model: str | None, day: int)
     if series.day != day:
         series.reprice(day)
     return series
+
+
+_new = object.__new__
 
 
 class Line:
@@ -215,24 +224,31 @@ def settle(usages: list[Usage], model: str | None, day: int,
     `model`'s. `series(model, day)` gives the priced ModelSeries of a model."""
     if len(usages) == 1:  # the usual query: one usage, within bounds, one price
         usage = usages[0]
-        counts = usage.tokens
         s = series(usage.model or model, day)
-        if not s.tiered and not usage.partial and (not counts or max(counts.values()) <= MAX_TOKENS):
+        if not s.tiered and not usage.partial:
+            counts = usage.tokens
             rates = s.rates
             one = 0.0
             for kind, value in counts.items():
+                if value > MAX_TOKENS:
+                    break
                 rate = rates.get(kind)
                 if rate is not None:
                     one += value * rate
-            one /= 1000.0
-            if one <= MAX_COST_DOLLARS:
-                result = Settlement(s.model)
-                line = result.lines[s.model] = Line(s, counts)
-                line.cost = result.cost = one
-                result.tokens = counts
-                if usage.provider is not None:
-                    result.provider = usage.provider
-                return result
+            else:
+                one /= 1000.0
+                if one <= MAX_COST_DOLLARS:
+                    # Settlement(...) and Line(...) without their __init__ frames: this runs for
+                    # every query.
+                    line = _new(Line)
+                    line.series, line.tokens, line.cost = s, counts, one
+                    result = _new(Settlement)
+                    result.model, result.lines = s.model, {s.model: line}
+                    result.cost = one
+                    result.tokens = counts
+                    if usage.provider is not None:
+                        result.provider = usage.provider
+                    return result
     result = Settlement(model)
     if len(usages) > 1:
         usages, result.duplicates = unique(usages)
@@ -299,15 +315,15 @@ def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
         cost = line.cost
         if cost is None:  # past the cost bound: no tokens or dollars of it counted
             continue
-        children = series.kinds
+        incs = series.incs
         for kind, value in line.tokens.items():
             if value:
-                (children.get(kind) or series.kind_child(kind)).inc(value)
+                (incs.get(kind) or series.kind_inc(kind))(value)
         if line.partial:
             series.child("partial").inc()
-        (series.cost or series.child("cost")).observe(cost)
+        (series.observe_cost or series.child("cost").observe)(cost)
         if cost:
-            (series.spend or series.child("spend")).inc(cost)
+            (series.inc_spend or series.child("spend").inc)(cost)
         if not series.known:
             metrics.note_unknown_model(name)
     if first_token is not None:
