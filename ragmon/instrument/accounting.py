@@ -58,6 +58,20 @@ def rates_of(price) -> dict[str, float]:
     return found[1]
 
 
+_described: dict = {}
+
+
+def described(match) -> dict:
+    """A PriceMatch's record ``pricing``, made once per match and shared by the models it priced
+    (every default-priced model, for one): serialized, never changed."""
+    found = _described.get(id(match))
+    if found is None or found[0] is not match:
+        if len(_described) >= 1000:
+            _described.clear()
+        found = _described[id(match)] = (match, match.describe())
+    return found[1]
+
+
 def dollars(counts: dict, rates: dict) -> float:
     total = 0.0
     for name, count in counts.items():
@@ -93,7 +107,7 @@ class ModelSeries:
         # its own whole prompt, so a query's calls on either side of a threshold are right.
         self.tiered = bool(getattr(self.match.price, "tiers", ()))
         self.known = self.match.known or self.model is None
-        self.pricing = self.match.describe()
+        self.pricing = described(self.match)
         self.day = day
 
     def kind_inc(self, name: str):

@@ -38,6 +38,7 @@ import fnmatch
 import json
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -50,12 +51,54 @@ USER_FILE = "user file"
 DEFAULT = "default"
 
 # "openai/gpt-4o", "azure/my-deployment", "bedrock/anthropic.claude-..." (LiteLLM-style routes).
+# How many model names (with provider, service tier and day) the table keeps its answers for.
+# Names come from outside (a returned dict's "model"): an unbounded cache would grow with every
+# distinct one. A running service asks about a few dozen; a name not kept is answered again.
+MATCH_CACHE_SIZE = 1024
+
 _PROVIDER_PREFIX = re.compile(r"^(?:[a-z0-9_-]+/)+")
 # A dated snapshot: gpt-4o-mini-2024-07-18, claude-3-5-haiku-20241022, o3-2025-04-16.
 _SNAPSHOT_SUFFIX = re.compile(r"-(?:20\d\d-\d\d-\d\d|20\d{6})$")
 # Bedrock / Vertex spellings: anthropic.claude-3-5-haiku-20241022-v1:0, claude-3-5-haiku@20241022.
 _VENDOR_DOT = re.compile(r"^(?:[a-z]{2}\.)?(?:anthropic|openai|meta|mistral|cohere)\.")
 _VERSION_TAIL = re.compile(r"(?:-v\d+(?::\d+)?|@\d{8}|:\d+)$")
+
+
+class RecentAnswers:
+    """The answers to the `max_size` questions asked most recently; asking one more evicts the
+    least recently asked, counted in ``evictions``. Safe to share between threads."""
+
+    __slots__ = ("max_size", "evictions", "_items", "_lock")
+
+    def __init__(self, max_size: int):
+        if type(max_size) is not int or max_size < 1:
+            raise ValueError(f"max_size={max_size!r} must be a whole number >= 1, e.g. 1024")
+        self.max_size = max_size
+        self.evictions = 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            items = self._items
+            items[key] = value
+            items.move_to_end(key)
+            while len(items) > self.max_size:
+                items.popitem(last=False)
+                self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
 
 
 @dataclass(frozen=True)
@@ -232,9 +275,12 @@ class PriceTable:
                 raise ValueError(f"price pattern {pattern!r} points at {target!r}, which has no entry")
         self.database = database  # a price_database.PriceDatabase, or None
         self.database_source = database_source or (database.source if database is not None else None)
-        self._resolved: dict[tuple, tuple] = {}
+        # Keyed by names from outside: bounded, least recently used evicted and counted.
+        self._resolved = RecentAnswers(MATCH_CACHE_SIZE)
+        self._matches = RecentAnswers(MATCH_CACHE_SIZE)
+        # Keyed by the database's own entries: bounded by the database.
         self._database_prices: dict[tuple, ModelPrice] = {}
-        self._matches: dict[tuple, tuple] = {}
+        self._default_match = (PriceMatch(default, "default", None, DEFAULT), (), (), None)
         self._lock = threading.Lock()
 
     @property
@@ -283,9 +329,7 @@ class PriceTable:
         found = self._resolved.get(key)
         if found is None:
             found = self._resolve(model, provider)
-            with self._lock:
-                if len(self._resolved) < 10_000:  # names come from outside: bound the cache
-                    self._resolved[key] = found
+            self._resolved.put(key, found)
         return found
 
     def _resolve(self, model: str, provider: str | None) -> tuple:
@@ -345,16 +389,22 @@ class PriceTable:
         return base
 
     def _remember(self, key: tuple, found: tuple) -> None:
-        with self._lock:
-            if len(self._matches) >= 10_000:  # names come from outside: bound it
-                self._matches.clear()
-            self._matches[key] = found
+        self._matches.put(key, found)
+
+    @property
+    def cache_evictions(self) -> int:
+        """Answers evicted from the table's bounded caches of model names so far: more than a
+        few means more distinct model names than MATCH_CACHE_SIZE are in use (each evicted one is
+        answered again when asked)."""
+        return self._resolved.evictions + self._matches.evictions
 
     def _match_uncached(self, model, date, time, provider, service_tier) -> tuple:
         """(match at the base price, tier thresholds, match per tier, and the database model's
         conditions when its prices vary by time of day, else None)."""
         layer, key, how = self.resolve(model, provider)
         if layer is None:
+            if service_tier is None:  # one answer shared by every default-priced name
+                return self._default_match
             return PriceMatch(self.default, "default", None, DEFAULT, None, service_tier), (), (), None
         if layer == "user":
             price, source, tier_names, entry, hours = (

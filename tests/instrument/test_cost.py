@@ -77,3 +77,19 @@ def test_bad_price_files_are_explained(tmp_path, content, expected):
 def test_a_missing_price_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         PriceTable.from_settings(make_settings(MODEL_PRICES_FILE=tmp_path / "nope.json"))
+
+
+def test_the_price_tables_answers_by_model_name_are_bounded_least_recent_evicted_and_counted():
+    from ragmon.instrument.pricing import MATCH_CACHE_SIZE
+
+    table = PriceTable(ModelPrice(0.001, 0.002, 0.0005),
+                       {"house-model": ModelPrice(0.0001, 0.0002, 0.00005)},
+                       patterns={"house-model-*": "house-model"})
+    names = [f"house-model-{i}" for i in range(MATCH_CACHE_SIZE + 5)]
+    first = table.match(names[0])
+    kept = {name: table.match(name) for name in names[1:]}
+    assert table.cache_evictions == 2 * 5  # the name's resolution and its match, 5 names each
+    assert table.match(names[-1]) is kept[names[-1]]  # recently asked: answered from the cache
+    again = table.match(names[0])  # evicted: answered again, the same price
+    assert again is not first and again == first and again.price.id == "house-model"
+    assert table.match("house-model-unseen").match == "pattern"
