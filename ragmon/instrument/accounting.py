@@ -88,10 +88,15 @@ class ModelSeries:
 
     __slots__ = ("metrics", "operation", "label", "model", "incs", "cost", "spend", "ttft",
                  "partial", "match", "rates", "known", "pricing", "day", "tiered",
-                 "observe_cost", "inc_spend")
+                 "observe_cost", "inc_spend", "provider", "service_tier", "terms")
 
-    def __init__(self, metrics: RAGMetrics, operation: str, model: str | None):
+    def __init__(self, metrics: RAGMetrics, operation: str, model: str | None,
+                 provider: str | None = None, service_tier: str | None = None):
         self.metrics, self.operation, self.model = metrics, operation, model
+        # The terms the price is matched on, as the usage named them: the provider the SDK or
+        # the response names, the service tier the response says applied.
+        self.provider, self.service_tier = provider, service_tier
+        self.terms: dict | None = None  # (provider, service tier) -> this model's series on them
         self.label = model if model is not None else "unknown"
         # Bound methods of the children, looked up once: count() calls them for every query.
         self.incs: dict[str, Any] = {}  # kind name -> its token counter child's inc
@@ -101,7 +106,9 @@ class ModelSeries:
 
     def reprice(self, day: int) -> None:
         """Prices in force on `day` (days since the epoch, UTC)."""
-        self.match = self.metrics.price_table.match(self.model, day_date(day))
+        self.match = self.metrics.price_table.match(self.model, day_date(day),
+                                                     provider=self.provider,
+                                                     service_tier=self.service_tier)
         self.rates = rates_of(self.match.price)
         # Long-context tiers (a price with `tiers` and `for_prompt`): each usage is priced by
         # its own whole prompt, so a query's calls on either side of a threshold are right.
@@ -109,6 +116,34 @@ class ModelSeries:
         self.known = self.match.known or self.model is None
         self.pricing = described(self.match)
         self.day = day
+
+    def on_terms(self, provider: str | None, service_tier: str | None) -> "ModelSeries":
+        """This model's series priced for the provider and service tier a usage names; the same
+        metric children."""
+        if provider == self.provider and service_tier == self.service_tier:
+            return self
+        terms = self.terms
+        if terms is None:
+            terms = self.terms = {}
+        key = (provider, service_tier)
+        found = terms.get(key)
+        if found is None:
+            if len(terms) >= 16:  # tiers come from responses: bound them
+                terms.clear()
+            found = terms[key] = ModelSeries(self.metrics, self.operation, self.model, provider,
+                                             service_tier)
+            found.incs = self.incs
+        if found.day != self.day:
+            found.reprice(self.day)
+        return found
+
+    def for_prompt(self, prompt_tokens: int):
+        """The PriceMatch of a usage whose whole prompt has `prompt_tokens` tokens (its
+        long-context tier, when one applies)."""
+        return self.metrics.price_table.match(self.model, day_date(self.day),
+                                              provider=self.provider,
+                                              service_tier=self.service_tier,
+                                              prompt_tokens=prompt_tokens)
 
     def kind_inc(self, name: str):
         """The ``inc`` of kind `name`'s token counter child."""
@@ -158,7 +193,15 @@ class Line:
 
     cost: float | None = 0.0
     partial = False
-    tiered_cost: float | None = None  # dollars so far, when the price has long-context tiers
+    # Dollars so far, when its usages are priced one by one (long-context tiers, or usages of
+    # one model on other terms), and the tier-priced match that applied last.
+    tiered_cost: float | None = None
+    applied = None
+
+    @property
+    def pricing(self) -> dict:
+        """The record's pricing of this model: its series', or the tier that applied."""
+        return self.series.pricing if self.applied is None else described(self.applied)
 
     def __init__(self, series: ModelSeries, tokens: dict[str, int]):
         self.series = series
@@ -194,10 +237,10 @@ class Settlement:
         if line is None:
             return None
         if len(self.lines) == 1 and not self.partial and self.provider is None:
-            return line.series.pricing  # shared by the model's records: serialized, never changed
-        found = dict(line.series.pricing)
+            return line.pricing  # shared by the model's records: serialized, never changed
+        found = dict(line.pricing)
         if len(self.lines) > 1:
-            found["by_model"] = {name: each.series.pricing for name, each in self.lines.items()}
+            found["by_model"] = {name: each.pricing for name, each in self.lines.items()}
         if self.partial or self.provider is not None or len(self.lines) > 1 or found.get("partial"):
             found["partial"] = self.partial
         if self.provider:
@@ -239,6 +282,8 @@ def settle(usages: list[Usage], model: str | None, day: int,
     if len(usages) == 1:  # the usual query: one usage, within bounds, one price
         usage = usages[0]
         s = series(usage.model or model, day)
+        if usage.provider is not None or usage.service_tier is not None:
+            s = s.on_terms(usage.provider, usage.service_tier)
         if not s.tiered and not usage.partial:
             counts = usage.tokens
             rates = s.rates
@@ -275,17 +320,30 @@ def settle(usages: list[Usage], model: str | None, day: int,
             result.out_of_bounds = {**(result.out_of_bounds or {}), **over}
             counts = {name: value for name, value in counts.items() if value <= MAX_TOKENS}
         name = usage.model or model
+        s = series(name, day)
+        if usage.provider is not None or usage.service_tier is not None:
+            s = s.on_terms(usage.provider, usage.service_tier)
         line = lines.get(name)
         if line is None:
-            line = lines[name] = Line(series(name, day), dict(counts))
+            line = lines[name] = Line(s, dict(counts))
         else:
+            if s is not line.series and line.tiered_cost is None:
+                # Priced on other terms than the model's usages so far: each is priced on its own.
+                line.tiered_cost = dollars(line.tokens, line.series.rates)
             mine = line.tokens
             for kind, count in counts.items():
                 if count:
                     mine[kind] = mine.get(kind, 0) + count
-        if line.series.tiered:
-            price = line.series.match.price.for_prompt(usage.whole("input"))
+        if s.tiered:
+            prompt = usage.whole("input")
+            price = s.match.price.for_prompt(prompt)
+            if price is not s.match.price:  # a long-context tier applied: the record says which
+                found = s.for_prompt(prompt)
+                if found.tier != s.match.tier:
+                    line.applied = found
             line.tiered_cost = (line.tiered_cost or 0.0) + dollars(counts, rates_of(price))
+        elif line.tiered_cost is not None:
+            line.tiered_cost += dollars(counts, s.rates)
         if usage.partial:
             line.partial = result.partial = True
         if usage.provider:

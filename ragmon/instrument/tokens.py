@@ -150,16 +150,18 @@ class Usage:
 
     # No __slots__: the class attributes are the defaults, so the per-query path (reported())
     # sets only what it knows.
-    FIELDS = ("tokens", "model", "provider", "response_id", "partial", "by_hand")
+    FIELDS = ("tokens", "model", "provider", "response_id", "partial", "by_hand", "service_tier")
     model: str | None = None
     provider: str | None = None
+    service_tier: str | None = None  # the one the response says applied ("flex", "priority"...)
     response_id: str | None = None
     partial = False
     by_hand = False
 
     def __init__(self, tokens: Mapping[str, int] | None = None, *, model: str | None = None,
                  provider: str | None = None, response_id: str | None = None,
-                 partial: bool = False, by_hand: bool = False, **counts: int):
+                 partial: bool = False, by_hand: bool = False, service_tier: str | None = None,
+                 **counts: int):
         found = dict.fromkeys(kind_names(), 0)
         if tokens:
             found.update(tokens)
@@ -176,6 +178,8 @@ class Usage:
         self.response_id = response_id
         self.partial = partial
         self.by_hand = by_hand  # reported by the application (record_tokens, a returned dict)
+        if service_tier is not None:
+            self.service_tier = service_tier
 
     @classmethod
     def reported(cls, counts: Mapping[str, int], model: str | None = None,

@@ -101,6 +101,10 @@ def _read(obj: Any) -> Usage | Unreadable | None:
     rid = _get(obj, "id")
     found.response_id = rid if isinstance(rid, str) else None
     found.provider = _provider_of(obj, usage)
+    if found.provider == "openai":
+        tier = openai.service_tier_of(obj)
+        if tier is not None:
+            found.service_tier = tier
     return found
 
 
@@ -197,6 +201,9 @@ class StreamUsage:
         model = _get(obj, "model")
         if isinstance(model, str) and model:
             self.usage.model = model
+        tier = openai.service_tier_of(obj)
+        if tier is not None:
+            self.usage.service_tier = tier
 
     def _chat_chunk(self, chunk: Any) -> None:
         self._identify(chunk)
@@ -277,7 +284,8 @@ class StreamUsage:
         is the content chunks counted (about one token each) and the usage is marked partial."""
         known = self.usage
         result = Usage(known.tokens, model=known.model, provider=known.provider or self.provider,
-                       response_id=known.response_id, partial=not self.final)
+                       response_id=known.response_id, partial=not self.final,
+                       service_tier=known.service_tier)
         if not self.final:
             result.tokens["output"] = max(result.tokens.get("output", 0), self.content_chunks)
         return result

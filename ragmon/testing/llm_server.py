@@ -383,6 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
             "write_1h": knobs["cache_write_1h_tokens"] if anthropic else 0,
             "reasoning": knobs["reasoning_tokens"],
             "request_id": request_id,
+            # OpenAI says which service tier processed the request: the one asked for, else
+            # "default" (what OpenAI answers for its standard tier).
+            "service_tier": str(body.get("service_tier") or "default"),
         }
         state._bill(model, input=plan["input"], cached_input=plan["cached"],
                     cache_write_5m=plan["write_5m"], cache_write_1h=plan["write_1h"])
@@ -517,6 +520,7 @@ def _anthropic_usage(plan: dict, output: int) -> dict:
 def _chat_completion(plan: dict) -> dict:
     return {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion", "created": int(time.time()),
             "model": plan["model"], "system_fingerprint": "fp_test",
+            "service_tier": plan["service_tier"],
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": " ".join(plan["words"]),
                                      "refusal": None}}],
@@ -532,7 +536,7 @@ def _response(plan: dict, status: str = "completed", with_usage: bool = True) ->
             if text else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
             "incomplete_details": None, "instructions": None, "metadata": {},
-            "temperature": 1.0, "top_p": 1.0,
+            "temperature": 1.0, "top_p": 1.0, "service_tier": plan["service_tier"],
             "usage": _responses_usage(plan) if with_usage else None}
 
 
@@ -546,7 +550,8 @@ def _message(plan: dict) -> dict:
 def _chat_stream(plan: dict, body: dict):
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     base = {"id": f"chatcmpl-{next(_ids)}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": plan["model"], "system_fingerprint": "fp_test"}
+            "created": int(time.time()), "model": plan["model"], "system_fingerprint": "fp_test",
+            "service_tier": plan["service_tier"]}
     extra = {"usage": None} if include_usage else {}
 
     def chunk(delta, finish=None):

@@ -329,3 +329,28 @@ def test_a_price_with_long_context_tiers_prices_each_call_by_its_own_prompt(reco
                 + (1600 * 0.002 + 400 * 0.0002 + 10 * 0.010)) / 1000
     assert records.records[0]["cost"] == pytest.approx(expected)
     assert spend(metrics, "long-model") == pytest.approx(expected)
+
+
+def test_the_record_says_which_long_context_tier_priced_a_call(records):
+    from ragmon.settings import SHIPPED_PRICES_FILE
+    from tests.conftest import make_settings
+
+    metrics = RAGMetrics(registry=CollectorRegistry(),
+                         settings=make_settings(MODEL_PRICES_FILE=SHIPPED_PRICES_FILE))
+    table = metrics.price_table
+
+    @monitored_query("answer", model="gemini-2.5-pro", metrics=metrics, request_log=records)
+    def answer(prompt_tokens):
+        ragmon.record_tokens(prompt_tokens, 100)
+        return "ok"
+
+    answer(1_000)
+    answer(300_000)
+    short, long = records.records
+    base = table.match("gemini-2.5-pro")
+    tiered = table.match("gemini-2.5-pro", prompt_tokens=300_000)
+    assert tiered.tier and tiered.tier.startswith("input>") and tiered.price != base.price
+    assert short["pricing"]["tier"] is None and short["pricing"]["price_id"] == base.price.id
+    assert long["pricing"]["tier"] == tiered.tier
+    assert long["pricing"]["price_id"] == tiered.price.id
+    assert long["cost"] == pytest.approx(tiered.price.cost(300_000, 100))

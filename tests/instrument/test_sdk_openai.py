@@ -339,3 +339,39 @@ def test_a_query_relaying_two_streams_counts_both(server, priced, records):
     model, billed = only_model(server)
     assert billed["requests"] == 2
     assert_billed_numbers(priced, server, records.records[0])
+
+
+@pytest.mark.parametrize("tier", ["flex", "priority", None])
+def test_the_service_tier_the_response_names_prices_the_call_as_genai_prices_does(
+        tier, server, priced, records):
+    from decimal import Decimal
+
+    from genai_prices import Usage as GenaiUsage, calc_price
+
+    server.configure(model_suffix=None)  # answered as asked: a model the database lists
+    client = sync_client(server, priced)
+    asked = {} if tier is None else {"service_tier": tier}
+
+    @monitored_query("answer", metrics=priced, request_log=records)
+    def answer():
+        return client.chat.completions.create(model="gpt-5-mini", messages=MESSAGES,
+                                              **asked).choices[0].message.content
+
+    answer()
+    model, billed = only_model(server)
+    record = records.records[-1]
+    prompt = (billed["input"] + billed["cached_input"] + billed["cache_write_5m"]
+              + billed["cache_write_1h"])
+    usage = GenaiUsage(input_tokens=prompt, cache_read_tokens=billed["cached_input"],
+                       cache_write_tokens=billed["cache_write_5m"], output_tokens=billed["output"])
+    context = {"service_tier": tier} if tier else None
+    theirs = calc_price(usage, model, provider_id="openai", price_context=context).total_price
+    assert theirs > 0
+    assert abs(Decimal(repr(record["cost"])) - theirs) <= theirs * Decimal("1e-9"), (record, theirs)
+    assert record["pricing"]["tier"] == tier
+    assert record["pricing"]["service_tier"] == (tier or "default")
+    spend = priced.registry.get_sample_value("rag_spend_dollars_total", {"model": model})
+    assert spend == pytest.approx(record["cost"], rel=1e-12)
+    if tier == "flex":  # half the standard price: a tier priced as standard would fail here
+        standard = calc_price(usage, model, provider_id="openai").total_price
+        assert theirs < standard

@@ -22,3 +22,14 @@ def usage_from_chat(usage: Any) -> Usage:
 def usage_from_responses(usage: Any) -> Usage:
     """Responses API ``usage``."""
     return Usage.reported(reported(usage, "openai_responses"))
+
+
+def service_tier_of(response: Any) -> str | None:
+    """The service tier a response (or stream chunk) says it was processed in ("default",
+    "flex", "priority"...), as its text; None when it says none or something unreadable."""
+    tier = get(response, "service_tier")
+    if tier is None:
+        return None
+    tier = getattr(tier, "value", tier)  # an enum member, as some SDK versions give it
+    tier = str(tier).strip().lower()
+    return tier if 0 < len(tier) <= 32 and tier.isprintable() else None
