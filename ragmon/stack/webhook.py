@@ -7,7 +7,8 @@ notebook use to see alerts arrive (and resolve) without Slack or PagerDuty.
         hook.wait_for(lambda a: a["labels"]["alertname"] == "RagHighErrorRate", timeout=120)
 
 Each POST body is one Alertmanager notification (version 4 webhook payload); `alerts` is the
-flat list of alerts in arrival order, each with the notification's path added as "_path".
+flat list of alerts in arrival order, each with the notification's path added as "_path"
+(and the notification its Authorization header as "_authorization").
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class WebhookReceiver:
                     self.send_response(400)
                     self.end_headers()
                     return
-                receiver._add(self.path, payload)
+                receiver._add(self.path, payload, self.headers.get("Authorization"))
                 self.send_response(200)
                 self.end_headers()
 
@@ -102,9 +103,10 @@ class WebhookReceiver:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _add(self, path: str, payload: dict) -> None:
+    def _add(self, path: str, payload: dict, authorization: str | None = None) -> None:
         with self._changed:
-            payload = dict(payload, _path=path)
+            # "_authorization": the Authorization header it came with (a webhook token's check)
+            payload = dict(payload, _path=path, _authorization=authorization)
             self.notifications.append(payload)
             excess = len(self.notifications) - MAX_NOTIFICATIONS
             if excess > 0:
