@@ -8,7 +8,8 @@ notebook use to see alerts arrive (and resolve) without Slack or PagerDuty.
 
 Each POST body is one Alertmanager notification (version 4 webhook payload); `alerts` is the
 flat list of alerts in arrival order, each with the notification's path added as "_path"
-(and the notification its Authorization header as "_authorization").
+(and each notification its Authorization header as "_authorization" and its arrival time as
+"_received").
 """
 from __future__ import annotations
 
@@ -105,8 +106,10 @@ class WebhookReceiver:
 
     def _add(self, path: str, payload: dict, authorization: str | None = None) -> None:
         with self._changed:
-            # "_authorization": the Authorization header it came with (a webhook token's check)
-            payload = dict(payload, _path=path, _authorization=authorization)
+            # "_authorization": the Authorization header it came with (a webhook token's check);
+            # "_received": when it arrived (time.time()), for timelines of fault -> notification
+            payload = dict(payload, _path=path, _authorization=authorization,
+                           _received=time.time())
             self.notifications.append(payload)
             excess = len(self.notifications) - MAX_NOTIFICATIONS
             if excess > 0:
