@@ -12,6 +12,7 @@ Several --runs run one after another in this process, so their tables compare.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--qps", type=float, default=5.0)
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the stack and the demos stop by PID on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     faults = tuple(args.fault or EXPECTED)
     failed = 0
     for run in range(1, args.runs + 1):
