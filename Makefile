@@ -42,7 +42,7 @@ bench-ha: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) bench/bench_ha.py
 
-## bench-alerts: the live alert matrix, healthy then each fault (about 15 minutes; prints a table)
+## bench-alerts: the live alert matrix, healthy then each fault (about 10 minutes; prints a table)
 bench-alerts: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) bench/bench_alerts.py

@@ -1,7 +1,7 @@
 """The live alert matrix (tests/alert_matrix.py): the fast local stack over the demo, 4 minutes
 healthy, then each of the five faults in turn. Healthy traffic fires nothing but the watchdog;
 each fault's own alert reaches the webhook within 60 s and resolves within 120 s of recovery;
-no fault fires an alert it does not imply (EXPECTED). About 15 minutes: it runs once, and the
+no fault fires an alert it does not imply (EXPECTED). About 10 minutes: it runs once, and the
 tests below read its phases."""
 from __future__ import annotations
 
