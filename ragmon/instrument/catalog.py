@@ -23,7 +23,9 @@ from typing import Callable, Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
+from .notices import WarningLimiter
 from .pricing import ModelPrice, PriceTable
+from .tokens import billed_labels
 
 log = logging.getLogger("ragmon")
 
@@ -45,7 +47,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 # "cached_input" is prompt tokens read from the provider's cache; cache writes are split by the
 # cache lifetime Anthropic bills differently. Reasoning tokens are a part of "output" and have
 # their own counter (rag_reasoning_tokens_total) so that no sum counts them twice.
-TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
+TOKEN_TYPES = billed_labels()  # from tokens.KINDS, the one table of token kinds
 RATE_LIMIT_KINDS = ("requests", "tokens")
 # The HTTP methods the middleware names; any other becomes "other", so a client cannot mint labels.
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -198,6 +200,7 @@ class RAGMetrics:
         self._follows_process_settings = settings is None
         self._own_price_table = price_table is not None
         self._warned_models: set[str] = set()
+        self.warnings = WarningLimiter(log)  # the library's warnings about this catalog's data
         self._warned_overflow: set[tuple[str, str]] = set()
         self.guard = LabelGuard(self._label_limit, self._record_overflow, self._series_limit)
         # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
@@ -279,6 +282,14 @@ class RAGMetrics:
             f"{P}label_overflow_total",
             "Label values mapped to __other__ because a label passed its cardinality limit.",
             ["metric", "label"])
+        self.duplicate_usage = counter(
+            f"{P}duplicate_usage_total", "LLM usages reported twice within one query (by an "
+            "instrumented client and again by hand, or the same response twice); counted once.",
+            ["operation"])
+        self.queries_without_usage = counter(
+            f"{P}queries_without_usage_total", "Successful queries that name a model but received "
+            "no token usage (an uninstrumented client whose text was returned): their tokens "
+            "and cost are missing.", ["operation", "model"])
         self.unknown_model = counter(
             f"{P}unknown_model_total", "Cost calculations for models missing from the price table "
             "(priced at the default).")
@@ -306,7 +317,7 @@ class RAGMetrics:
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
                      "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
                      "reasoning_tokens", "partial_usage", "rate_limit_reset", "llm_errors",
-                     "unreadable_responses",
+                     "unreadable_responses", "duplicate_usage", "queries_without_usage",
                      "http_requests", "http_latency", "http_stream"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
@@ -397,17 +408,19 @@ class RAGMetrics:
             ("cache_write_1h_tokens", cache_write_1h_tokens))]
         found = self.price_table.match(model)
         if not found.known and model is not None:
-            self._note_unknown_model(model)
+            self.note_unknown_model(model)
         return found.price.cost(*counts)
 
-    def _note_unknown_model(self, model: str) -> None:
+    def note_unknown_model(self, model: str) -> None:
         self.unknown_model.inc()
         model = _label_value(model)
-        if model not in self._warned_models and len(self._warned_models) < 1000:
-            self._warned_models.add(model)
-            log.warning("model %r is not in the price table; priced at the default (input $%s, "
-                        "output $%s per 1K tokens). Add it to MODEL_PRICES_FILE.", model,
-                        self.price_table.default.input, self.price_table.default.output)
+        if model not in self._warned_models:
+            if len(self._warned_models) < 1000:
+                self._warned_models.add(model)
+            self.warnings.warn("unknown_model", "model %r is not in the price table; priced at the "
+                               "default (input $%s, output $%s per 1K tokens), counted in "
+                               "rag_unknown_model_total. Add it to MODEL_PRICES_FILE.", model,
+                               self.price_table.default.input, self.price_table.default.output)
 
     def count_instrumentation_error(self, reason: str) -> None:
         self.instrumentation_errors.labels(reason).inc()
