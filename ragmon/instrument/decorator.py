@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, OPEN_STREAMS, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
+from .gc_safe import call_outside_collection, in_collection, start_finisher
 from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
                       check_name, check_score, safe_label, text_of)
 from .records import CANCELLED_EXCEPTIONS, build_record, sink_for
@@ -628,7 +629,8 @@ def follow_stream(stream, started: float | None = None) -> StreamUsage | None:
         if not watch_stream(stream, tracker):
             return None
         stream._ragmon_usage = tracker
-        weakref.finalize(stream, tracker.end)
+        start_finisher()
+        weakref.finalize(stream, call_outside_collection, tracker.end)
     return tracker
 
 
@@ -764,7 +766,13 @@ def _wrap_coroutine(inst: _Instrumented, fn: Callable) -> Callable:
 class _Stream:
     """The end of one monitored stream, recorded exactly once: by the stream itself, or by
     close_abandoned_streams() when the server gives up on it (client gone) while the generator
-    sits suspended, which otherwise would end it only at garbage collection."""
+    sits suspended, which otherwise would end it only at garbage collection.
+
+    Until it ends, a synchronous stream (and so the application's generator) is held in
+    `_UNFINISHED`: a garbage collection may then finalize the monitored wrapper, never the
+    application's generator directly, and the wrapper hands the closing to gc_safe's finisher
+    thread (see there why). An event loop finalizes async generators itself, outside the
+    collection."""
 
     __slots__ = ("inst", "ctx", "inner", "done", "_lock")
 
@@ -781,9 +789,23 @@ class _Stream:
             if self.done:
                 return False
             self.done = True
+        _UNFINISHED.discard(self)
         self.inst.finish(self.ctx, result, exc)
         self.inst.in_flight.dec()
         return True
+
+
+_UNFINISHED: set[_Stream] = set()
+
+
+def _finish_collected(stream: _Stream) -> None:
+    """Ends a stream whose wrapper a garbage collection finalized (run by the finisher thread):
+    closes the application's generator, unless its other closer is running it right now
+    (close_abandoned_streams), then records the query cancelled."""
+    try:
+        _close_quietly(stream.inner)
+    finally:
+        stream.end(None, GeneratorExit())
 
 
 async def close_abandoned_streams(streams: list) -> int:
@@ -814,7 +836,8 @@ def _close_quietly(inner) -> None:
     try:
         inner.close()
     except Exception as failure:
-        log.warning("closing an abandoned stream raised %r", failure)
+        if not inner.gi_running:  # else another thread is closing it right now
+            log.warning("closing an abandoned stream raised %r", failure)
 
 
 def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
@@ -828,6 +851,8 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
         stream = _Stream(inst, ctx, inner)
+        start_finisher()
+        _UNFINISHED.add(stream)
         step, arg, first_chunk = inner.send, None, True
         try:
             while True:
@@ -853,7 +878,14 @@ def _wrap_generator(inst: _Instrumented, fn: Callable) -> Callable:
                     step, arg = inner.throw, thrown
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):
-                inner.close()
+                if in_collection():  # maybe inside a lock the application's cleanup needs
+                    call_outside_collection(_finish_collected, stream)
+                    raise
+                try:
+                    inner.close()
+                finally:
+                    stream.end(None, exc)
+                raise
             stream.end(None, exc)
             raise
         stream.end(result, None)
