@@ -40,7 +40,7 @@ class ExampleServer:
         else:
             self.argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES),
                          "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                         str(workers), "--no-access-log", app]
+                         str(workers), "--timeout-keep-alive", "75", "--no-access-log", app]
             self.multiproc_dir.mkdir(parents=True)  # uvicorn has no start hook: a fresh dir
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
                     "OPENAI_BASE_URL": openai_base_url, "OPENAI_API_KEY": "sk-test-local",
