@@ -25,6 +25,7 @@ demo: $(VENV)/.runtime-installed
 ## test: every test, including the real Prometheus/Alertmanager/Pushgateway ones and the notebook
 test: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
+	bash scripts/install-node-tools.sh
 	$(PY) -m pytest -q $(ARGS)
 
 ## bench: the overhead, SDK, report, cardinality and multi-worker benchmarks (print tables)

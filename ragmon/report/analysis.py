@@ -366,6 +366,25 @@ def _slowest(df, top: int) -> list[dict]:
 
 # --- time series (stats and plot) --------------------------------------------------------------
 
+# Rows of a time table at most: a 1min bucket over records years apart would build millions.
+MAX_BUCKETS = 10_000
+
+
+def check_bucket_count(df, bucket: str) -> None:
+    """Raises ValueError when `bucket` cuts the span of `df`'s records into more than
+    MAX_BUCKETS rows, naming the span and the smallest bucket that fits."""
+    import pandas as pd
+
+    if len(df) < 2:
+        return
+    seconds = pd.Timedelta(pd.tseries.frequencies.to_offset(bucket)).total_seconds()
+    span = (df["timestamp"].max() - df["timestamp"].min()).total_seconds()
+    if seconds <= 0 or span / seconds > MAX_BUCKETS:
+        raise ValueError(f"bucket {bucket!r} cuts the records' span of {span / 3600:,.1f} h into "
+                         f"more than {MAX_BUCKETS:,} rows; choose a bucket of at least "
+                         f"{span / MAX_BUCKETS:,.0f} s (e.g. 1h or 1D) or a shorter --hours")
+
+
 def choose_bucket(df, bucket: str | None = None) -> str:
     """A pandas frequency for time buckets: given, or about 24-100 buckets over the data."""
     if bucket:
@@ -385,6 +404,7 @@ def time_series(df, bucket: str) -> "object":
     each stage's share of the time (sum of the stage / sum of total_time)."""
     import pandas as pd
 
+    check_bucket_count(df, bucket)
     indexed = df.set_index("timestamp")
     resampler = indexed["total_time"].resample(bucket)
     out = pd.DataFrame({

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..checks import check_positive
 from .analysis import build_report as _build_report
+from .analysis import MAX_BUCKETS
 from .analysis import build_stats as _build_stats
 from .reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
 from .sources import as_dir_list
@@ -194,7 +195,6 @@ def _now_iso(now: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).isoformat()
 
 
-MAX_BUCKETS = 10_000
 
 
 def _check_bucket(bucket: str, hours: float) -> None:

@@ -53,6 +53,10 @@ ATTR_PREFIX = "attr_"
 # ignored. Like metric labels they must be bounded: a key per user would make a column per user.
 MAX_STAGE_NAMES = 100
 MAX_ATTRIBUTE_KEYS = 100
+# A record ending this long after the clock is a writer's wrong clock or a bad time field: a
+# period open to the present skips it (counted in ReadStats.future), or one record 50 years
+# ahead would stretch every time axis over 50 years. Replicas' clocks disagree by seconds.
+FUTURE_SLACK_SECONDS = 86400.0
 # Read order (column seq): history rows are (file number << 40) + row, JSONL rows come after.
 HISTORY_END = 1 << 62
 
@@ -86,6 +90,7 @@ class ReadStats:
     ignored_files: list[str] = field(default_factory=list)  # symlinks out of the log, not regular
     bad_values: int = 0  # numeric fields that held something else, read as missing
     history_rows: int = 0  # rows of the Parquet history partitions read
+    future: int = 0  # records ending more than FUTURE_SLACK_SECONDS after the clock, skipped
     parser: str = "duckdb"
 
     @property
@@ -105,8 +110,15 @@ class ReadStats:
                 "records": self.records, "outside_period": self.outside_period,
                 "skipped_lines": self.skipped_total, "skipped_by_reason": dict(self.skipped),
                 "skipped_examples": self.example_texts(), "bad_values": self.bad_values,
+                "future_records": self.future,
                 "ignored_names": sorted(self.ignored_names),
                 "ignored_files": list(self.ignored_files), "parser": self.parser}
+
+
+def future_bound(since: float | None = None) -> float:
+    """The end time from which a record of a period open to the present is skipped as dated in
+    the future (see FUTURE_SLACK_SECONDS)."""
+    return max(time.time(), since if since is not None else -math.inf) + FUTURE_SLACK_SECONDS
 
 
 def since_hours(hours: float | None, now: float | None = None) -> float | None:
@@ -524,8 +536,11 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
     stats.files = [str(f.path) for f in sources.files]
     stats.ignored_files = list(sources.ignored)
+    future = future_bound(since) if until is None else None
     inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
-        f" AND end_time < {until!r}" if until is not None else "")
+        f" AND end_time < {until!r}" if until is not None else "") + (
+        f" AND end_time < {future!r}" if future is not None else "")
+    in_future = f"valid AND end_time >= {future!r}" if future is not None else "false"
     if not sources.files:
         return None, inside, stats
     con = connect(workers, spill_dir, memory_limit)
@@ -539,23 +554,25 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
         if count_history:
-            rows, outside = con.execute(
-                f"SELECT count(*), count(*) FILTER (NOT ({inside})) FROM history_rows").fetchone()
-            stats.outside_period += outside
+            rows, outside, ahead = con.execute(
+                f"SELECT count(*), count(*) FILTER (NOT ({inside})), count(*) FILTER ({in_future}) "
+                "FROM history_rows").fetchone()
+            stats.outside_period += outside - ahead
+            stats.future += ahead
         else:  # from the files' footers, no scan
             [(rows,)] = con.execute(
                 f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({files})").fetchall()
         stats.lines += rows
         stats.history_rows += rows
     if sources.jsonl:
-        _load_jsonl(con, sources, inside, full, progress, stats, keep_rejected)
+        _load_jsonl(con, sources, inside, in_future, full, progress, stats, keep_rejected)
         parts.append(f"SELECT *, {HISTORY_END} + rowid AS seq FROM log_rows")
     con.execute("CREATE VIEW all_rows AS " + " UNION ALL BY NAME ".join(parts))
     return con, inside, stats
 
 
-def _load_jsonl(con, sources: Sources, inside: str, full: bool, progress, stats: ReadStats,
-                keep_rejected) -> None:
+def _load_jsonl(con, sources: Sources, inside: str, in_future: str, full: bool, progress,
+                stats: ReadStats, keep_rejected) -> None:
     cut = Counter()  # over-long lines cut out of each file
     with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
         readable = {str(f.path): f.path for f in sources.jsonl}
@@ -572,7 +589,8 @@ def _load_jsonl(con, sources: Sources, inside: str, full: bool, progress, stats:
                 readable[original] = _without_long_lines(Path(original), Path(scratch), stats, cut,
                                                          keep_rejected)
         names = {str(v): k for k, v in readable.items()}
-        _count_rows(con, inside, names, stats, cut, Path(scratch), full, keep_rejected)
+        _count_rows(con, inside, in_future, names, stats, cut, Path(scratch), full,
+                    keep_rejected)
 
 
 def read_table(log_dir, since: float | None = None, until: float | None = None, *,
@@ -640,7 +658,7 @@ def _file_over_limit(exc: Exception, readable: dict) -> str | None:
     return None
 
 
-def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter,
+def _count_rows(con, inside: str, in_future: str, names: dict, stats: ReadStats, cut: Counter,
                 scratch: Path, full: bool, keep_rejected=None) -> None:
     """Per-file lines, outside the period and bad values; the rejected rows of a file are
     named or recovered by second_pass(), and recovered records are read into log_rows."""
@@ -677,10 +695,11 @@ def _count_rows(con, inside: str, names: dict, stats: ReadStats, cut: Counter,
                            f"{tuple(map(str, recovered_files)) + ('',)}").fetchone()[0]
         if lost:
             stats.skipped[UNEXPLAINED] += lost
-    for outside, bad in con.execute(
-            f"SELECT count(*) FILTER (valid AND NOT ({inside})), "
+    for outside, ahead, bad in con.execute(
+            f"SELECT count(*) FILTER (valid AND NOT ({inside})), count(*) FILTER ({in_future}), "
             f"coalesce(sum(bad_values) FILTER ({inside}), 0) FROM log_rows").fetchall():
-        stats.outside_period += int(outside)
+        stats.outside_period += int(outside) - int(ahead)
+        stats.future += int(ahead)
         stats.bad_values += int(bad)
 
 
@@ -866,6 +885,11 @@ def read_problems(read: dict) -> list[str]:
         problems.append(f"skipped {read['skipped_lines']} unreadable line(s): {reasons}")
     if read.get("bad_values"):
         problems.append(f"{read['bad_values']} field value(s) had the wrong type and were read as missing")
+    if read.get("future_records"):
+        problems.append(f"skipped {read['future_records']} record(s) ending more than "
+                        f"{FUTURE_SLACK_SECONDS / 3600:g} h after this machine's clock (a writer's "
+                        "clock or a bad start_time/total_time; fix the clock, or remove the "
+                        "records with export and a filter)")
     if read.get("ignored_names"):
         problems.append(f"more than {MAX_STAGE_NAMES} stage names or {MAX_ATTRIBUTE_KEYS} attribute "
                         f"keys: ignored {', '.join(sorted(read['ignored_names'])[:5])}")

@@ -479,12 +479,15 @@ def _slowest_query(inside: str, top: int):
 def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[dict]:
     if not rows:
         return []
-    # The rest of these few rows only: found by their total time (a column the scan filters
-    # on, so that nothing else is read for the other rows), told apart by their read order.
-    totals = ", ".join(repr(float(total)) for total, _, _ in rows)
+    # The rest of these few rows only, found by their place in the read order (an integer,
+    # matched exactly). The bound on the total time lets the scan skip the other rows without
+    # reading anything else of them; it is a bound-parameter DOUBLE, the very value read (a
+    # float written into the SQL text would be read back as a DECIMAL, not always equal).
+    shortest = min(float(total) for total, _, _ in rows)
     found = {row[0]: row[1:] for row in steps.run(
         f"SELECT seq, request_id, status, error_type, model, operation, stage_map "
-        f"FROM all_rows WHERE {inside} AND total_time IN ({totals})")}
+        f"FROM all_rows WHERE {inside} AND total_time >= ? "
+        f"AND seq IN ({', '.join(str(int(seq)) for _, _, seq in rows)})", [shortest])}
     known = set(stage_keys)
     out = []
     for total, end, seq in rows:

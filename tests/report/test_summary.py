@@ -13,6 +13,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from m2_3_report import build_report, load_records
 from ragmon.instrument.records import encode, log_file_name
@@ -256,3 +259,50 @@ def test_history_partitions_written_before_the_newer_token_kinds_are_read(tmp_pa
     part = report_from_log(tmp_path, settings, hours=hours, now=NOW)
     assert part["totals"]["requests"] == 2 and part["read"]["outside_period"] == 1
     assert part["read"] == load_records(tmp_path, hours, settings=settings, now=NOW).attrs["read_stats"]
+
+
+# --- the slowest requests -----------------------------------------------------------------------
+
+def test_the_slowest_request_is_found_whatever_digits_its_time_has(tmp_path):
+    """A total time whose repr has more digits than a DOUBLE literal keeps (DuckDB reads such
+    a literal as a DECIMAL that no longer equals the stored value)."""
+    records = [rec(n, total=0.00005 + n * 1e-6, ago=60 + n) for n in range(4)]
+    records.append(rec(9, total=0.00011096699972767965, ago=30))
+    write_records(tmp_path, records)
+    report = report_from_log(tmp_path, make_settings(), hours=1, now=NOW)
+    assert [s["request_id"] for s in report["slowest"]] == ["req-9", "req-3", "req-2", "req-1",
+                                                            "req-0"]
+    assert report["slowest"][0]["total_time"] == 0.00011096699972767965
+    assert report["slowest"][0]["slowest_stage"] == "generation"
+
+
+def test_the_slowest_requests_of_a_log_with_a_torn_line(tmp_path):
+    records = [rec(n, total=t, ago=60 + n) for n, t in enumerate(
+        (0.0123456789012345678, 0.00011096699972767965, 3.3333333333333335e-05, 0.5))]
+    write_records(tmp_path, records, raw_lines=[encode(rec(99))[:40]])
+    proc = run("report", "--hours", 1, "--format", "json", "--log-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert [s["request_id"] for s in printed["slowest"]] == ["req-3", "req-0", "req-1", "req-2"]
+    assert printed["read"]["skipped_by_reason"] == {"torn_last_line": 1}
+
+
+latencies = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@hypothesis_settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(totals=st.lists(st.one_of(latencies, st.floats(min_value=1e-9, max_value=1e-3),
+                                 st.floats(min_value=1e-3, max_value=10.0)),
+                       min_size=1, max_size=12),
+       top=st.integers(min_value=1, max_value=5))
+def test_the_slowest_requests_are_the_longest_at_every_magnitude(tmp_path_factory, totals, top):
+    log_dir = tmp_path_factory.mktemp("log")
+    records = [rec(n, total=t, ago=60 + n) for n, t in enumerate(totals)]
+    write_records(log_dir, records)
+    report = report_from_log(log_dir, make_settings(), hours=24 * 400, top=top, now=NOW)
+    # The longest first; equal times by end time, then read order (as pandas' nlargest keeps).
+    expected = sorted(records, key=lambda r: (-r["total_time"], r["start_time"] + r["total_time"],
+                                              int(r["request_id"][4:])))[:top]
+    assert [s["request_id"] for s in report["slowest"]] == [r["request_id"] for r in expected]
+    assert [s["total_time"] for s in report["slowest"]] == [r["total_time"] for r in expected]
