@@ -80,7 +80,7 @@ async def hang_up_mid_stream(port: int, path: str, question: str) -> bool:
         received = b""
         while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < 8:
             try:
-                data = await asyncio.wait_for(reader.read(4096), 60)
+                data = await asyncio.wait_for(reader.read(4096), 30)
             except asyncio.TimeoutError:  # the server stopped answering
                 return False
             if not data:
