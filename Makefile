@@ -28,10 +28,11 @@ test: $(VENV)/.dev-installed
 	bash scripts/install-node-tools.sh
 	$(PY) -m pytest -q $(ARGS)
 
-## bench: the overhead, SDK, report, cardinality and multi-worker benchmarks (print tables)
+## bench: the overhead, redaction, SDK, report, cardinality and multi-worker benchmarks (print tables)
 bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_import.py
 	$(PY) bench/bench_overhead.py
+	$(PY) bench/bench_redaction.py
 	$(PY) bench/bench_sdk.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_cardinality.py

@@ -256,10 +256,25 @@ assert set(_PARSERS) == {f.name for f in fields(Settings)}, "every setting needs
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
+    """The values of a `.env` file. One that cannot be read, or is not UTF-8, is a ConfigError
+    naming it (and the line and byte offset of the first bad byte), like a bad value in it."""
     if not path.is_file():
         return {}
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}; fix its permissions "
+                          "or remove it") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                          f"(line {line}) cannot be decoded; save the file as UTF-8") from None
+    import io
     from dotenv import dotenv_values  # only paid for when a .env exists
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+    return {key: value for key, value in dotenv_values(stream=io.StringIO(text)).items()
+            if value is not None}
 
 
 def _warn_misspelled(dotenv: Mapping[str, str], path) -> None:

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
+from .notices import WarningLimiter
 from .pricing import ModelPrice, PriceTable
 
 log = logging.getLogger("ragmon")
@@ -198,6 +199,7 @@ class RAGMetrics:
         self._follows_process_settings = settings is None
         self._own_price_table = price_table is not None
         self._warned_models: set[str] = set()
+        self.warnings = WarningLimiter(log)  # the library's warnings about this catalog's data
         self._warned_overflow: set[tuple[str, str]] = set()
         self.guard = LabelGuard(self._label_limit, self._record_overflow, self._series_limit)
         # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
@@ -403,11 +405,13 @@ class RAGMetrics:
     def _note_unknown_model(self, model: str) -> None:
         self.unknown_model.inc()
         model = _label_value(model)
-        if model not in self._warned_models and len(self._warned_models) < 1000:
-            self._warned_models.add(model)
-            log.warning("model %r is not in the price table; priced at the default (input $%s, "
-                        "output $%s per 1K tokens). Add it to MODEL_PRICES_FILE.", model,
-                        self.price_table.default.input, self.price_table.default.output)
+        if model not in self._warned_models:
+            if len(self._warned_models) < 1000:
+                self._warned_models.add(model)
+            self.warnings.warn("unknown_model", "model %r is not in the price table; priced at the "
+                               "default (input $%s, output $%s per 1K tokens), counted in "
+                               "rag_unknown_model_total. Add it to MODEL_PRICES_FILE.", model,
+                               self.price_table.default.input, self.price_table.default.output)
 
     def count_instrumentation_error(self, reason: str) -> None:
         self.instrumentation_errors.labels(reason).inc()

@@ -24,6 +24,7 @@ from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGM
 from .context import CURRENT_QUERY, OPEN_STREAMS, QueryContext
 from .exemplars import ExemplarSampler, latency_exemplar
 from .gc_safe import call_outside_collection, in_collection, start_finisher
+from .notices import WarningLimiter
 from ..checks import (MAX_COST_DOLLARS, MAX_LABEL_LENGTH, MAX_TOKENS, check_amount, check_count,
                       check_name, check_score, safe_label, text_of)
 from .records import CANCELLED_EXCEPTIONS, build_record, sink_for
@@ -95,20 +96,19 @@ def current_request_log():
     return _request_log
 
 
-_last_warned: dict[str, float] = {}
+_process_warnings = WarningLimiter(log)  # for failures outside any catalog
 
 
 def _recording_failed(metrics: RAGMetrics | None, reason: str, message: str, *args) -> None:
-    """Counts a swallowed monitoring failure; logs it at most once a minute per reason."""
+    """Counts a swallowed monitoring failure; logs it within its reason's allowance (a few, then
+    one a minute; see notices.py), redacted."""
     try:
         if metrics is not None:
             metrics.count_instrumentation_error(reason)
-        now = time.monotonic()
-        if now - _last_warned.get(reason, -1e9) >= 60:
-            _last_warned[reason] = now
-            log.warning("monitoring: " + message + " (counted in rag_instrumentation_errors_total"
-                        "{reason=%r}; the application was not affected)", *args, reason,
-                        exc_info=log.isEnabledFor(logging.DEBUG))
+        warnings = getattr(metrics, "warnings", None) or _process_warnings
+        warnings.warn(reason, "monitoring: " + message + " (counted in rag_instrumentation_errors_"
+                      "total{reason=%r}; the application was not affected)", *args, reason,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
     except Exception:  # the last line of defence must not raise either
         pass
 
@@ -295,7 +295,7 @@ class _Instrumented:
             relevance = precision = first_token = r_model = returned = None
             model = ctx.model
             if type(result) is dict or (result is not None and isinstance(result, Mapping)):
-                get = result.get
+                get = result.get if type(result) is dict else self._careful_get(result)
                 r_inp, r_out, r_cached = get("input_tokens"), get("output_tokens"), get("cached_input_tokens")
                 relevance, precision, r_model = get("relevance_score"), get("context_precision"), get("model")
                 # The usual shape: ints >= 0, scores in 0..1 (`type(...) is` also rejects bool).
@@ -313,7 +313,8 @@ class _Instrumented:
                 inp, out, cached = r_inp or 0, r_out or 0, r_cached or 0
                 if r_model is not None:
                     model = r_model
-                if r_inp is None and r_out is None and "usage" in result:
+                if r_inp is None and r_out is None and (
+                        "usage" in result if type(result) is dict else get("usage") is not None):
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None and type(result) not in _PLAIN:
                 returned = read_usage(result)  # an SDK response, by shape
@@ -524,16 +525,32 @@ class _Instrumented:
                               failure)
             return False
 
+    def _careful_get(self, result: Mapping) -> Callable:
+        """``result.get`` for a Mapping of the application's own: a field whose reading raises
+        is counted and left out, and the record is written with the others."""
+        def get(name: str):
+            try:
+                return result.get(name)
+            except Exception as failure:
+                _recording_failed(self.metrics, "bad_return_value", "%r returned a %s whose "
+                                  ".get(%r) raised %s; the field is left out of the record",
+                                  self.operation, type(result).__name__, name,
+                                  type(failure).__name__)
+                return None
+        return get
+
     def _checked_result(self, fields: tuple) -> tuple:
         """The returned dict's fields with each bad one logged, counted and replaced by None."""
         checked = []
         for (name, check), value in zip(_RESULT_FIELDS, fields):
             try:
                 checked.append(None if value is None else check(name, value))
-            except ValueError as bad:  # the message names the value safely (repr escapes it)
+            except ValueError:  # the value may be a secret or user text: never quote it
                 checked.append(None)
                 _recording_failed(self.metrics, "bad_return_value",
-                                  "%r returned a bad value: %s", self.operation, bad)
+                                  "%r returned %s of type %s, which is not %s; left out of the "
+                                  "metrics and the record", self.operation, name,
+                                  type(value).__name__, _EXPECTED[name])
         return tuple(checked)
 
     def _write_record(self, ctx: QueryContext, duration: float, status: str,
@@ -615,6 +632,10 @@ def _checked_model(name: str, value: object) -> str:
 
 
 _REAL = (int, float)
+_EXPECTED = {"input_tokens": "a whole number >= 0", "output_tokens": "a whole number >= 0",
+             "cached_input_tokens": "a whole number >= 0", "relevance_score": "a number from 0 to 1",
+             "context_precision": "a number from 0 to 1",
+             "model": "a non-empty string"}
 _RESULT_FIELDS = (("input_tokens", check_count), ("output_tokens", check_count),
                   ("cached_input_tokens", check_count), ("relevance_score", check_score),
                   ("context_precision", check_score), ("model", _checked_model))

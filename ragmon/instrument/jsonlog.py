@@ -202,8 +202,31 @@ class StructuredLogger:
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:  # an exception whose __str__ raises breaks format_exception too
             trace = f"{type(exc).__name__}: {text_of(exc)}"
-        self.event(logging.ERROR, "error", error_type=type(exc).__name__, message=text_of(exc),
-                   traceback=trace, context=dict(context or {}))
+        message = text_of(exc)
+        context = dict(context or {})
+        if not self.raw_text:
+            # The query and user id in the context are hashed as log_request() hashes them, and
+            # wherever the message or traceback quotes them, the quote is replaced by the hash.
+            for raw, shown in self._hash_private(context):
+                message, trace = message.replace(raw, shown), trace.replace(raw, shown)
+        self.event(logging.ERROR, "error", error_type=type(exc).__name__, message=message,
+                   traceback=trace, context=context)
+
+    def _hash_private(self, context: dict) -> list[tuple[str, str]]:
+        """Replaces ``query`` and ``user_id`` in `context` by their hashes (and the query's
+        length); returns (raw text, what stands for it) for each, longest first."""
+        quoted = []
+        for name, kind in (("query", "query"), ("user_id", "user")):
+            if context.get(name) is None:
+                continue
+            raw = text_of(context.pop(name))
+            digest = self.hash(raw)
+            context[f"{kind}_hash"] = digest
+            if kind == "query":
+                context["query_length"] = len(raw)
+            if len(raw) >= 4:  # a shorter one would replace ordinary words
+                quoted.append((raw, f"[{kind} {digest}]"))
+        return sorted(quoted, key=lambda pair: -len(pair[0]))
 
     # --- general --------------------------------------------------------------------------------
     def info(self, event: str, **fields: Any) -> None:

@@ -477,11 +477,13 @@ class PerformanceMonitor:
             self.metrics.count_instrumentation_error("recording")
             cost = None
         try:
+            model = f.get("model")
             record = make_record(
                 request_id=state.request_id, service=self.settings.SERVICE_NAME,
-                env=self.settings.ENV, operation=f.get("operation") or self.operation,
-                model=f.get("model"), status=status, error_type=state.error_type,
-                start_time=state.start_wall, total_time=total_time, stages=state.stages,
+                env=self.settings.ENV, operation=self._safe_name(f.get("operation") or self.operation),
+                model=None if model is None else self._safe_name(model), status=status,
+                error_type=state.error_type, start_time=state.start_wall, total_time=total_time,
+                stages=self._safe_stages(state.stages),
                 input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
                 cached_input_tokens=tokens["cached_input_tokens"], cost=cost,
                 relevance_score=f.get("relevance_score"),
@@ -495,6 +497,19 @@ class PerformanceMonitor:
             log.exception("could not write the record of request %r", state.request_id)
             self.metrics.count_instrumentation_error("record_write")
             return False
+
+    def _safe_name(self, name: object) -> str:
+        """A name as @monitored_query records it: one a record or label cannot hold (a lone
+        surrogate, a control character, over 128 characters) is replaced and counted."""
+        safe = safe_label(name)
+        if safe != name:
+            self.metrics.count_instrumentation_error("unsafe_name")
+        return safe
+
+    def _safe_stages(self, stages: dict) -> dict:
+        if all(safe_label(name) == name for name in stages):
+            return stages
+        return {self._safe_name(name): entry for name, entry in stages.items()}
 
     def _price(self, fields: Mapping[str, Any]) -> float:
         tokens = {k: fields.get(k, 0) for k in ("input_tokens", "output_tokens", "cached_input_tokens")}

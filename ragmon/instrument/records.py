@@ -114,7 +114,9 @@ def _import_orjson():
     return _orjson
 
 
-_encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False)
+# ensure_ascii=False: a lone surrogate then fails the UTF-8 encoding below and is replaced, where
+# an ASCII escape of it ("\udc80") would make the line unreadable to the report.
+_encoder = json.JSONEncoder(separators=_SEPARATORS, default=str, allow_nan=False, ensure_ascii=False)
 
 
 def _json_dumps(record: dict) -> bytes:

@@ -8,10 +8,18 @@ notebook use to see alerts arrive (and resolve) without Slack or PagerDuty.
 
 Each POST body is one Alertmanager notification (version 4 webhook payload); `alerts` is the
 flat list of alerts in arrival order, each with the notification's path added as "_path".
+
+What it keeps: the latest notifications, parsed, as long as they take at most
+``max_kept_bytes`` (default MAX_KEPT_BYTES, 32 MB) together, measured as the sum of
+``sys.getsizeof`` over every object of each notification, and at most MAX_NOTIFICATIONS of them;
+older ones are let go (``dropped`` counts them). A body is at most MAX_BODY_BYTES and at most
+MAX_READING bodies are read and parsed at a time, so a flood of posts holds at most
+``max_kept_bytes`` plus what those few bodies take while they are parsed.
 """
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +28,26 @@ from typing import Callable
 
 # Alertmanager's notifications are a few KB; anything far larger is not one.
 MAX_BODY_BYTES = 1_000_000
-# The receiver keeps the latest notifications only, so a long run or a flood cannot fill memory.
+# The most notifications kept, and the most memory they may take together (see the docstring).
 MAX_NOTIFICATIONS = 10_000
+MAX_KEPT_BYTES = 32_000_000
+# Bodies read and parsed at once; further posts wait for their turn.
+MAX_READING = 4
+
+
+def size_of(payload: object) -> int:
+    """Bytes a parsed JSON value takes: sys.getsizeof of each object in it (walked without
+    recursion, so a deeply nested body cannot overflow the stack)."""
+    total, pending = 0, [payload]
+    while pending:
+        value = pending.pop()
+        total += sys.getsizeof(value)
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return total
 
 
 def _well_formed(payload: object) -> bool:
@@ -34,11 +60,19 @@ def _well_formed(payload: object) -> bool:
 
 
 class WebhookReceiver:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_alert: Callable | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_alert: Callable | None = None,
+                 max_kept_bytes: int = MAX_KEPT_BYTES):
+        if isinstance(max_kept_bytes, bool) or not isinstance(max_kept_bytes, int) or max_kept_bytes < 1:
+            raise ValueError(f"max_kept_bytes={max_kept_bytes!r} must be a whole number of bytes "
+                             ">= 1, e.g. 32_000_000")
         self._on_alert = on_alert
+        self.max_kept_bytes = max_kept_bytes
         self.notifications: list[dict] = []
-        self._dropped = 0  # notifications let go of to stay within MAX_NOTIFICATIONS
+        self._sizes: list[int] = []  # size_of() each kept notification, in the same order
+        self.kept_bytes = 0
+        self._dropped = 0  # notifications let go of to stay within the limits
         self._changed = threading.Condition()
+        self._reading = threading.BoundedSemaphore(MAX_READING)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,16 +87,18 @@ class WebhookReceiver:
                     self.end_headers()
                     self.close_connection = True
                     return
-                body = self.rfile.read(length)
-                try:
-                    payload = json.loads(body or b"{}")
-                except ValueError:
-                    payload = None
-                if not _well_formed(payload):
-                    self.send_response(400)
-                    self.end_headers()
-                    return
-                receiver._add(self.path, payload)
+                with receiver._reading:
+                    body = self.rfile.read(length)
+                    try:
+                        payload = json.loads(body or b"{}")
+                    except (ValueError, RecursionError):  # not JSON, or nested beyond parsing
+                        payload = None
+                    del body
+                    if not _well_formed(payload):
+                        self.send_response(400)
+                        self.end_headers()
+                        return
+                    receiver._add(self.path, payload, size_of(payload))
                 self.send_response(200)
                 self.end_headers()
 
@@ -102,13 +138,26 @@ class WebhookReceiver:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _add(self, path: str, payload: dict) -> None:
+    @property
+    def dropped(self) -> int:
+        """Notifications let go of to stay within max_kept_bytes and MAX_NOTIFICATIONS."""
+        return self._dropped
+
+    def _add(self, path: str, payload: dict, size: int) -> None:
         with self._changed:
             payload = dict(payload, _path=path)
             self.notifications.append(payload)
-            excess = len(self.notifications) - MAX_NOTIFICATIONS
-            if excess > 0:
+            self._sizes.append(size)
+            self.kept_bytes += size
+            excess = 0
+            while excess < len(self.notifications) and (
+                    len(self.notifications) - excess > MAX_NOTIFICATIONS
+                    or self.kept_bytes > self.max_kept_bytes):
+                self.kept_bytes -= self._sizes[excess]
+                excess += 1
+            if excess:
                 del self.notifications[:excess]
+                del self._sizes[:excess]
                 self._dropped += excess
             self._changed.notify_all()
         if self._on_alert is not None:

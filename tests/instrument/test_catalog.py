@@ -95,3 +95,28 @@ def test_promtool_check_metrics_prints_nothing_for_a_populated_catalog(metrics):
                             capture_output=True)
     assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)
     assert result.returncode == 0
+
+
+def test_fifty_thousand_unknown_models_write_a_bounded_number_of_warnings(metrics, caplog):
+    now = [0.0]
+    metrics.warnings.clock = lambda: now[0]  # a frozen clock: the count cannot depend on speed
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
+        for n in range(50_000):
+            metrics.calculate_cost(input_tokens=1, model=f"my-model-{n}")
+        burst = [r.getMessage() for r in caplog.records if "not in the price table" in r.getMessage()]
+        assert len(burst) == metrics.warnings.burst
+        assert metrics.registry.get_sample_value("rag_unknown_model_total") == 50_000
+        now[0] += 60.0
+        caplog.clear()
+        metrics.calculate_cost(input_tokens=1, model="one-more-model")
+    (later,) = [r.getMessage() for r in caplog.records]
+    left_out = 50_000 - metrics.warnings.burst
+    assert "one-more-model" in later and f"{left_out} more warning(s)" in later
+    assert len(caplog.records) == 1  # no other warning per value, either
+
+
+def test_a_model_is_warned_about_once_and_warnings_are_redacted(metrics, caplog):
+    with caplog.at_level(logging.WARNING, logger="ragmon"):
+        for _ in range(3):
+            metrics.calculate_cost(input_tokens=1, model="ft:sk-proj-abcdefghijklmnop1234")
+    assert len(caplog.records) == 1 and "sk-proj-abcdefghijklmnop1234" not in caplog.text

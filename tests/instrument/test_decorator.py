@@ -353,3 +353,43 @@ def test_unusable_configuration_leaves_the_function_unmonitored_but_working(regi
     assert work(21) == 42
     assert work(1) == 2  # no second setup attempt within the minute
     assert registry.get_sample_value("rag_instrumentation_errors_total", {"reason": "setup"}) == 1
+
+
+def test_a_bad_returned_value_is_named_by_field_and_type_never_quoted(metrics, sink, caplog):
+    secret = "sk-proj-abcdefghijklmnop1234"
+
+    @monitored_query(operation="rag_search", model="gpt-4", metrics=metrics, request_log=sink)
+    def answer():
+        return {"input_tokens": secret, "output_tokens": 5, "relevance_score": "very relevant 555-12-3456"}
+
+    with caplog.at_level("WARNING", logger="ragmon"):
+        answer()
+    logged = caplog.text
+    assert "input_tokens of type str" in logged and "relevance_score of type str" in logged
+    assert secret not in logged and "sk-proj" not in logged and "555-12-3456" not in logged
+    assert value(metrics, "rag_instrumentation_errors_total", reason="bad_return_value") == 2
+    assert sink.records[0]["tokens"]["output"] == 5
+
+
+class GetRaises(dict):
+    """A Mapping of the application's own whose reading fails for some keys."""
+
+    def get(self, key, default=None):
+        if key in ("input_tokens", "relevance_score", "usage"):
+            raise RuntimeError(f"cannot read {key}")
+        return super().get(key, default)
+
+
+def test_a_returned_mapping_whose_get_raises_still_gets_its_record_without_those_fields(metrics, sink):
+    @monitored_query(operation="rag_search", model="gpt-4", metrics=metrics, request_log=sink)
+    def answer():
+        return GetRaises(output_tokens=150, model="gpt-4o-mini", context_precision=0.5)
+
+    result = answer()
+    assert type(result) is GetRaises
+    (record,) = sink.records
+    assert record["status"] == "success" and record["model"] == "gpt-4o-mini"
+    assert record["tokens"]["output"] == 150 and record["tokens"]["input"] == 0
+    assert record["context_precision"] == 0.5 and record["relevance_score"] is None
+    assert value(metrics, "rag_instrumentation_errors_total", reason="bad_return_value") >= 2
+    assert value(metrics, "rag_instrumentation_errors_total", reason="recording") is None

@@ -469,3 +469,22 @@ def test_with_no_arguments_records_go_to_the_process_wide_request_log(metrics):
     finally:
         instrument._request_log = previous
     assert [r["request_id"] for r in shared.records] == ["shared-1"]
+
+
+def test_lone_surrogates_in_names_are_replaced_and_counted_so_the_report_reads_every_record(tmp_path, metrics, settings):
+    from ragmon.report.reader import line_problem
+    monitor = PerformanceMonitor(log_dir=tmp_path, metrics=metrics, settings=settings, operation="op\udc80")
+    for n in range(20):
+        rid = monitor.start_request()
+        monitor.log_stage(rid, "retrieval\ud800", 0.01)
+        monitor.end_request(rid, model="gpt\udc80", input_tokens=10, **({"operation": "other\udfff"} if n % 2 else {}))
+    monitor.close()
+    lines = [line for path in tmp_path.glob(LOG_FILE_GLOB) for line in path.read_bytes().splitlines(keepends=True)]
+    assert len(lines) == 20
+    for line in lines:
+        assert b"\\ud" not in line.lower()  # no escaped surrogate either
+        problem, record = line_problem(line)
+        assert problem is None
+        assert record["model"] == "gpt\ufffd" and record["operation"] in ("op\ufffd", "other\ufffd")
+        assert list(record["stages"]) == ["retrieval\ufffd"]
+    assert metrics.registry.get_sample_value("rag_instrumentation_errors_total", {"reason": "unsafe_name"}) == 60

@@ -166,3 +166,24 @@ def test_configure_reaches_metrics_that_follow_the_process_settings():
             ragmon.configure(make_settings(), LOG_DIR="/tmp")
     finally:
         ragmon.configure(before)
+
+
+@pytest.mark.parametrize("entry_point,args", [("m2_3_stack.py", ["status"]),
+                                              ("m2_3_monitoring.py", ["--duration", "1"]),
+                                              ("m2_3_report.py", ["stats"])])
+def test_a_dotenv_that_is_not_utf8_stops_each_entry_point_with_a_clear_error(tmp_path, entry_point, args):
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / ".env").write_bytes(b"LOG_LEVEL=INFO\nSERVICE_NAME=caf\xe9\n")
+    done = subprocess.run([sys.executable, str(root / entry_point), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in ("LOG_LEVEL", "SERVICE_NAME")})
+    assert done.returncode == 2, done
+    assert "Traceback" not in done.stderr
+    assert str(tmp_path / ".env") in done.stderr and "offset 31 (line 2)" in done.stderr, done.stderr
+
+
+def test_a_dotenv_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path):
+    path = tmp_path / ".env"
+    path.write_bytes(b"SERVICE_NAME=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"\.env is not UTF-8: byte 0xff at offset 13 \(line 1\)"):
+        load_settings({}, dotenv_path=path)

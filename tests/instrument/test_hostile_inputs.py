@@ -17,7 +17,7 @@ from ragmon.instrument.decorator import (monitored_query, record_tokens, set_att
 from ragmon.instrument.jsonlog import StructuredLogger
 from ragmon.instrument.records import DailyFileSink, encode, make_record
 from tests.conftest import ListSink, make_settings, require_binaries
-from tests.instrument.test_hardening_redaction import SECRETS
+from tests.instrument.secret_samples import SECRETS
 
 PROPERTY_SETTINGS = settings(max_examples=100, deadline=None,
                              suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -1,4 +1,4 @@
-"""The smaller hardening findings: hostile __str__, full disk under the logger, the webhook
+"""Failure modes around the edges: hostile __str__, a full disk under the logger, the webhook
 receiver's limits, misspelled .env keys, the export's temporary file, component log modes."""
 import http.client
 import json
@@ -15,7 +15,6 @@ from ragmon.report.cli import export_records
 from ragmon.settings import load_settings
 from ragmon.stack.webhook import MAX_BODY_BYTES, WebhookReceiver
 from tests.conftest import ListSink, make_settings
-from tests.instrument.test_hardening_sink import tmpfs  # noqa: F401 (fixture)
 
 
 class StrRaises:
