@@ -27,7 +27,7 @@ from ragmon.testing import LLMTestServer
 from tests.integration.example_server import parse_samples, total, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-STREAMS = 300
+STREAMS = 500
 CONCURRENCY = 32
 REPLY = " ".join(["token"] * 200)
 OPERATIONS = {"/stream-sync": "stream_sync", "/stream-async": "stream_async"}
