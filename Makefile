@@ -34,6 +34,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_overhead.py
 	$(PY) bench/bench_redaction.py
 	$(PY) bench/bench_sdk.py
+	$(PY) bench/bench_prices.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_cardinality.py
 	$(PY) bench/bench_workers.py

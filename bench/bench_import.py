@@ -4,7 +4,7 @@
 
 Each run is a new interpreter that times its own import (time.perf_counter around `import X`), so
 interpreter start-up is left out. Target: `import ragmon` under 150 ms with no pandas, numpy,
-matplotlib or yaml loaded.
+matplotlib, yaml, genai_prices or pydantic loaded.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import sys, time
 start = time.perf_counter()
 import {module}
 elapsed = time.perf_counter() - start
-heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{"pandas", "numpy", "matplotlib", "yaml"}})
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{"pandas", "numpy", "matplotlib", "yaml",
+                                                    "genai_prices", "pydantic"}})
 print(elapsed, ",".join(heavy) or "-")
 """
 

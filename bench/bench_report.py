@@ -281,18 +281,31 @@ def main(argv=None) -> None:
         if args.history:
             start = time.perf_counter()
             today = time.time() // 86400 * 86400
-            write_parquet_history(log_dir, args.history, 10, today - 86400)
+            kept = args.keep and list((log_dir / "history").glob("day=*/records.parquet"))
+            if not kept:  # --keep DIR with a history already there: reused as it is
+                write_parquet_history(log_dir, args.history, 10, today - 86400)
             gen = time.perf_counter() - start
             size = sum(p.stat().st_size for p in (log_dir / "history").rglob("*.parquet"))
-            hist = measure(report_command(log_dir, 24 * 12))
+            hist_runs, bare_runs = [], []
+            for _ in range(args.repeat):  # interleaved, medians: the machine may be shared
+                bare_runs.append(measure(bare_scan_command(log_dir)))
+                hist_runs.append(measure(report_command(log_dir, 24 * 12)))
+            hist, bare = median_run(hist_runs), median_run(bare_runs)
             print()
             print(table([("Parquet history", f"{args.history:,} records, 10 day partitions, "
-                                             f"{size / 2**20:,.0f} MiB (generated in {gen:.1f} s)"),
+                                             f"{size / 2**20:,.0f} MiB "
+                                             + ("(reused)" if kept else f"(generated in {gen:.1f} s)")),
                          ("plus JSONL", f"{args.records:,} records"),
+                         ("runs of each (interleaved; medians below)", str(args.repeat)),
+                         run_row("bare DuckDB scan of the JSONL day", bare),
                          run_row("report --hours 288 (history + JSONL)", hist,
-                                 " (target < 10 s, < 2048 MiB)")]))
+                                 f"; {hist['seconds'] / bare['seconds']:.2f}x the bare scan "
+                                 "(target < 10 s, < 2048 MiB, <= 1.5x)"),
+                         ("load average (1, 5, 15 min) at the end",
+                          ", ".join(f"{x:.2f}" for x in os.getloadavg()))]))
             print("\n".join(hist["output"].splitlines()[3:8]))
-            shutil.rmtree(log_dir / "history", ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(log_dir / "history", ignore_errors=True)
 
         if args.compact:
             day_dir = base / "compact"

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_PRICES_FILE = PACKAGE_DIR / "model_prices.json"
+# The price database shipped in the package: a snapshot of genai-prices (see
+# ragmon.instrument.price_database for its version and how to regenerate it).
+SHIPPED_PRICES_FILE = PACKAGE_DIR / "price_database.json"
+PRICE_DATABASES = ("auto", "genai-prices", "shipped", "none")
 ENVIRONMENTS = ("development", "staging", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_DESTINATIONS = ("stderr", "file", "none")
@@ -40,14 +43,19 @@ class Settings:
     ENV: str = "development"
 
     # --- cost -------------------------------------------------------------------------------
-    # Prices in dollars per 1K tokens for models missing from MODEL_PRICES_FILE. Set them to
-    # your main model's list price so unknown models are not silently free.
+    # Prices in dollars per 1K tokens for models neither MODEL_PRICES_FILE nor the price
+    # database knows. Set them to your main model's list price so unknown models are not free.
     COST_PER_1K_INPUT_TOKENS: float = 0.003
     COST_PER_1K_OUTPUT_TOKENS: float = 0.015
     COST_PER_1K_CACHED_INPUT_TOKENS: float = 0.0003
+    # Your own prices, which win over the database: negotiated prices, private or local models.
     # JSON file {"model": {"input": .., "output": .., "cached_input": ..}} (per 1K tokens).
-    # Empty disables the file; by default the price file shipped inside the package is used.
-    MODEL_PRICES_FILE: str = str(SHIPPED_PRICES_FILE)
+    # Empty: none.
+    MODEL_PRICES_FILE: str = ""
+    # Where list prices come from: genai-prices when installed (pip install 'ragmon[prices]'),
+    # else the snapshot of it shipped in the package (auto); only one of them; or none (only
+    # MODEL_PRICES_FILE and the defaults).
+    PRICE_DATABASE: str = "auto"
 
     # --- logs and request records -----------------------------------------------------------
     LOG_DIR: str = "./logs"
@@ -225,6 +233,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "COST_PER_1K_OUTPUT_TOKENS": _non_negative_float,
     "COST_PER_1K_CACHED_INPUT_TOKENS": _non_negative_float,
     "MODEL_PRICES_FILE": _any_text,
+    "PRICE_DATABASE": _choice(PRICE_DATABASES),
     "LOG_DIR": _text,
     "LOG_LEVEL": _choice(LOG_LEVELS, str.upper),
     "LOG_DESTINATION": _choice(LOG_DESTINATIONS),
@@ -360,9 +369,15 @@ def set_settings(settings: Settings | None) -> None:
 
 
 def check_startup(settings: Settings) -> Settings:
-    """Validates, once, what the settings point at: the price file is read and checked. Servers
+    """Validates, once, what the settings point at: the price database is loaded and the price
+    file is read and checked. Servers
     and command-line tools call it before they start, so a broken file stops them with a clear
     error naming it instead of being discovered (and re-read) on every query. Raises ConfigError."""
+    from .instrument.price_database import load_database
+    try:
+        load_database(settings.PRICE_DATABASE)  # read once per process, shared with the metrics
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"PRICE_DATABASE={settings.PRICE_DATABASE!r} cannot be used: {exc}") from None
     if settings.MODEL_PRICES_FILE:
         from .instrument.pricing import PriceTable
         try:
@@ -370,7 +385,8 @@ def check_startup(settings: Settings) -> Settings:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"MODEL_PRICES_FILE={settings.MODEL_PRICES_FILE!r} cannot be used: "
                               f"{exc}. Fix the file, point MODEL_PRICES_FILE at another one, or "
-                              "set it empty to use only the COST_PER_1K_* default prices") from None
+                              "set it empty to use only the price database and the COST_PER_1K_* "
+                              "defaults") from None
     return settings
 
 

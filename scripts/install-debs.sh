@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the stack tests run for real, when any binary is missing.
+# Installs the Debian packages the tests run for real (the stack's servers, and the headless
+# Chromium that opens the HTML report), when any binary is missing.
 # As root it installs them; otherwise it prints the exact command and fails.
 set -euo pipefail
 packages=(prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter
-          victoria-metrics)
+          victoria-metrics chromium)
 binaries=(/usr/bin/prometheus /usr/bin/promtool /usr/bin/prometheus-alertmanager /usr/bin/amtool
           /usr/bin/prometheus-pushgateway /usr/bin/prometheus-node-exporter
-          /usr/bin/victoria-metrics /usr/bin/vmalert /usr/bin/vmagent)
+          /usr/bin/victoria-metrics /usr/bin/vmalert /usr/bin/vmagent /usr/bin/chromium)
 missing=()
 for binary in "${binaries[@]}"; do [ -x "$binary" ] || missing+=("$binary"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -124,7 +124,8 @@ def require_binaries(*names: str) -> list[str]:
 
 
 def make_settings(**overrides):
-    values = {"MODEL_PRICES_FILE": "", "REQUEST_LOG_DESTINATION": "none", "LOG_DESTINATION": "none"}
+    values = {"MODEL_PRICES_FILE": "", "PRICE_DATABASE": "none", "REQUEST_LOG_DESTINATION": "none",
+              "LOG_DESTINATION": "none"}
     values.update({key: str(value) for key, value in overrides.items()})
     return load_settings(values, dotenv_path=os.devnull)
 

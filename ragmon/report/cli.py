@@ -1,6 +1,6 @@
 """Reports on the request log (LOG_DIR/YYYYMMDD_performance.jsonl).
 
-    python m2_3_report.py report  [--hours 1] [--format text|json|csv] [--top 10]
+    python m2_3_report.py report  [--hours 1] [--format text|json|csv|html] [--top 10] [--output FILE]
     python m2_3_report.py stats   [--hours 24] [--bucket 1h] [--format text|json]
     python m2_3_report.py export  --output FILE.json|FILE.jsonl|FILE.csv [--hours 48]
     python m2_3_report.py config  [--format text|json]
@@ -34,9 +34,7 @@ import time
 from pathlib import Path
 
 from ..checks import check_positive
-from .analysis import build_report as _build_report
-from .analysis import MAX_BUCKETS
-from .analysis import build_stats as _build_stats
+from .timeline import MAX_BUCKETS
 from .reader import LogDirNotFound, iter_records, read_columns, read_problems, since_hours
 from .sources import as_dir_list
 from .formatting import format_csv, format_stats_text, format_text
@@ -103,19 +101,29 @@ def load_records(log_dir=None, hours: float | None = None, *, settings=None,
 
 def build_report(df, settings=None, *, hours: float | None = None, top: int = 10,
                  read_stats=None, now: float | None = None) -> dict:
-    """The report dict for `df` (see ragmon.report.analysis.build_report); the period defaults to the
-    one load_records() was called with."""
+    """The performance report of the records in `df` (a load_records() DataFrame) as a
+    JSON-able dict: the same SQL, figure for figure, as ``m2_3_report.py report`` over the log.
+
+    ``settings``: thresholds (SLOW_QUERY_SECONDS, VERY_SLOW_QUERY_SECONDS, BOTTLENECK_SHARE,
+    STAGE_BUDGETS); default the environment's. ``hours``: the period, for the header (default
+    the one load_records() was called with). ``read_stats``: what was read and skipped (default
+    ``df.attrs["read_stats"]``). ``top``: how many slowest requests to list."""
+    from .summary import report_from_frame
     if hours is None:
         hours = df.attrs.get("hours")
-    return _build_report(df, _settings(settings), hours=hours, top=top, read_stats=read_stats,
-                         now=now)
+    return report_from_frame(df, _settings(settings), hours=hours, top=top, now=now,
+                             read_stats=read_stats)
 
 
 def build_stats(df, settings=None, *, hours: float | None = None, bucket: str | None = None,
                 now: float | None = None) -> dict:
+    """The report plus the distributions of latency and of each stage, and a table per time
+    `bucket` (a pandas frequency, default from the span): requests, error rate, latency
+    percentiles, cost."""
+    from .summary import stats_from_frame
     if hours is None:
         hours = df.attrs.get("hours")
-    return _build_stats(df, _settings(settings), hours=hours, bucket=bucket, now=now)
+    return stats_from_frame(df, _settings(settings), hours=hours, bucket=bucket, now=now)
 
 
 def plot_trends(df, output="trends.png", settings=None, bucket: str | None = None) -> Path:
@@ -177,6 +185,22 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     finally:
         tmp.unlink(missing_ok=True)
     return {"output": str(output), "records": count, "read": read}
+
+
+def _write_atomically(output: Path, text: str) -> None:
+    """`text` to `output` through a fresh temporary file renamed over it: a reader never sees
+    half a page."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # a page to share: the mode open() would give, not mkstemp's 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp_name, output)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _csv_ready(df):
@@ -260,8 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", parents=[common], help="summary of the last hours")
     p.add_argument("--hours", type=_hours_arg, default=1.0, help="period (default 1)")
-    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.add_argument("--format", choices=("text", "json", "csv", "html"), default="text",
+                   help="html: one self-contained page (charts inline, no network) to open "
+                   "in a browser or send on")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest requests to list")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE (default: stdout)")
 
     p = sub.add_parser("stats", parents=[common], help="detailed statistics with a time table")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
@@ -473,28 +500,14 @@ def _run(args, out, err) -> int:
                       f"export to {result['output']}\n")
         return 0
 
-    if command == "report":
-        # Aggregated in the engine: only the figures reach Python, whatever the log's size.
-        from .summary import report_from_log
-        report = report_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
-        _warn_skipped(report["read"], err)
-        if args.format == "json":
-            json.dump(report, out, indent=2)
-            out.write("\n")
-        elif args.format == "csv":
-            out.write(format_csv(report))
-        else:
-            out.write(format_text(report))
-        return 0
-
-    df = load_records(log_dir, args.hours, settings=settings, progress=tty)
-    _warn_skipped(df, err)
-
     if command in ("stats", "plot") and args.bucket:
         _check_bucket(args.bucket, args.hours)
 
     if command == "stats":
-        stats = build_stats(df, settings, hours=args.hours, bucket=args.bucket)
+        from .summary import stats_from_log
+        stats = stats_from_log(log_dir, settings, hours=args.hours, bucket=args.bucket,
+                               progress=tty)
+        _warn_skipped(stats["read"], err)
         if args.format == "json":
             json.dump(stats, out, indent=2)
             out.write("\n")
@@ -503,13 +516,38 @@ def _run(args, out, err) -> int:
         return 0
 
     if command == "plot":
-        if len(df) == 0:
+        from .plots import log_trends, trends_figure
+        trends, read = log_trends(log_dir, args.hours, args.bucket)
+        _warn_skipped(read, err)
+        if not trends:
             print(f"m2_3_report plot: no requests in the last {args.hours:g} h in {shown}; "
                   "nothing to plot (no file written)", file=err)
             return 1
-        path = plot_trends(df, args.output, settings, bucket=args.bucket)
-        out.write(f"wrote {path} ({len(df):,} requests, last {args.hours:g} h)\n")
+        output = Path(args.output)
+        fig = trends_figure(trends=trends, slow_seconds=settings.SLOW_QUERY_SECONDS)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=110)
+        out.write(f"wrote {output} ({trends['requests']:,} requests, last {args.hours:g} h)\n")
         return 0
+
+    if command == "report":
+        # Aggregated in the engine: only the figures reach Python, whatever the log's size.
+        from .summary import html_from_log, report_from_log
+        if args.format == "html":
+            text = html_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
+        else:
+            report = report_from_log(log_dir, settings, hours=args.hours, top=args.top,
+                                     progress=tty)
+            _warn_skipped(report["read"], err)
+            text = (json.dumps(report, indent=2) + "\n" if args.format == "json"
+                    else format_csv(report) if args.format == "csv" else format_text(report))
+        if args.output:
+            _write_atomically(Path(args.output), text)
+            out.write(f"wrote {args.output}\n")
+        else:
+            out.write(text)
+        return 0
+
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 

@@ -5,7 +5,8 @@
 Parquet is what the engines a growing team already has read directly (DuckDB, pandas/pyarrow,
 Spark, Trino, BigQuery external tables), about ten times smaller than the JSONL, and typed.
 Free-form parts keep their shape: ``stages`` (with metadata) as JSON text, ``stage_durations``
-as a map of {duration}, ``attributes`` as a map of JSON values.
+as a map of {duration}, ``attributes`` as a map of JSON values, and top-level keys the format
+does not know (a writer's own fields) in ``extra`` as a JSON object.
 
 Atomic, so a crash at any moment loses and duplicates nothing:
 
@@ -30,11 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import (HISTORY_DIR, PARQUET_NAME, jsonl_files, partition_name, resolve_dirs)
+from .reader import TOKEN_KEYS, load_rows
+from .sources import (HISTORY_DIR, PARQUET_NAME, SOURCE_NAME, LogFile, Sources, file_date,
+                      jsonl_files, leftover_jsonl, partition_name, resolve_dirs)
 
 GRACE_SECONDS = 3600
 SCRATCH_PREFIX = ".compacting-"
-SOURCE_NAME = "source.json"
 REJECTED_NAME = "rejected.jsonl"
 
 
@@ -54,21 +56,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def leftover_jsonl(jsonl: Path) -> bool:
-    """True when `jsonl` was already moved into the history by a compaction interrupted before
-    it deleted the file (the partition's source.json records this very file and size)."""
-    from .sources import file_date
-    day = file_date(jsonl)
-    if day is None:
-        return False
-    marker = jsonl.parent / HISTORY_DIR / partition_name(day) / SOURCE_NAME
-    try:
-        source = json.loads(marker.read_text())
-        return source.get("file") == jsonl.name and source.get("size") == jsonl.stat().st_size
-    except (OSError, ValueError):
-        return False
 
 
 def compact_logs(log_dir, *, now: float | None = None, progress: bool = False) -> list[CompactResult]:
@@ -109,9 +96,6 @@ def _compact_dir(directory: Path, now: float, progress: bool) -> CompactResult:
 
 
 def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
-    from .reader import load_rows
-    from .sources import LogFile, Sources, file_date
-
     size = jsonl.stat().st_size
     scratch = history / f"{SCRATCH_PREFIX}{target.name}-{os.getpid()}"
     scratch.mkdir()
@@ -120,25 +104,23 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
     # kept as they were in rejected.jsonl.
     sources = Sources([jsonl.parent], [LogFile(jsonl, file_date(jsonl), "jsonl", jsonl.parent)])
     with open(scratch / REJECTED_NAME, "wb") as keep:
-        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep,
+        con, inside, stats = load_rows(sources, full=True, keep_rejected=keep, skip_future=False,
                                        spill_dir=scratch / ".spill")
         keep.flush()
         os.fsync(keep.fileno())
     written = 0
+    tokens = ", ".join(f"'{key}': {key}_tokens" for key in TOKEN_KEYS)
     if con is not None:
         written = con.execute(f"""
             COPY (SELECT timestamp_text AS timestamp, start_time, total_time, request_id, status,
                          error_type, operation, model, service, env, cost, relevance_score,
                          context_precision, time_to_first_token,
-                         {{'input': input_tokens, 'output': output_tokens,
-                           'cached_input': cached_input_tokens,
-                           'cache_write_5m': cache_write_5m_tokens,
-                           'cache_write_1h': cache_write_1h_tokens,
-                           'reasoning': reasoning_tokens}} AS tokens,
+                         {{{tokens}}} AS tokens,
                          {{'hits': cache_hits, 'misses': cache_misses}} AS cache,
                          stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
-                         cost_original, price_match, pricing, repriced_at
+                         cost_original, price_match, pricing, repriced_at,
+                         extra_json::JSON AS extra
                   FROM all_rows WHERE {inside} ORDER BY end_time)
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()

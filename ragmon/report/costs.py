@@ -1,8 +1,10 @@
 """Costs over time: which spend was priced by the table and which by the default, repricing past
 records with a corrected price file, and reconciling computed spend with a provider's export.
 
-* ``price_for()`` is the one place a record's unit prices are looked up. It uses the current
-  price table (ragmon.instrument.pricing); prices that change over time plug in here.
+* ``price_for()`` is the one place a record's unit prices are looked up: the price table
+  (ragmon.instrument.pricing: the user's file over the price database) at the record's own
+  time, for the provider and service tier its ``pricing`` names and its whole prompt (for
+  long-context tiers), so a past record gets the price that was in force when it ran.
 * A record is **default-priced** when it says so (``price_match`` or ``pricing.match`` is
   "default") or, when it does not say, when its model is missing from the price table.
 * ``reprice`` rewrites whole past days (JSONL files no writer appends to any more, and Parquet
@@ -15,6 +17,7 @@ records with a corrected price file, and reconciling computed spend with a provi
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import tempfile
@@ -23,15 +26,24 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from ..instrument.pricing import ModelPrice, PriceTable
+from ..instrument.pricing import PriceMatch, PriceTable
+from ..instrument.tokens import kinds
 
 DEFAULT_TOLERANCE = 0.02
 # A day is repriced once no writer appends to it any more (as for compaction).
 GRACE_SECONDS = 3600
 
 
-# The billed token kinds of a record, in the order ModelPrice.cost takes them.
-BILLED_KINDS = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
+def billed_kinds() -> dict[str, str]:
+    """The billed token kinds of a record (keys of its "tokens") and the price field of each,
+    from the one table of token kinds."""
+    return {kind.record_key: kind.price_field for kind in kinds() if kind.price_field is not None}
+
+
+def prompt_kinds() -> tuple[str, ...]:
+    """The billed kinds that together are the whole prompt, which long-context tiers go by."""
+    return tuple(kind.record_key for kind in kinds() if kind.price_field is not None
+                 and "input" in (kind.name, kind.part_of))
 
 
 def price_table(prices_file: str | Path | None, settings) -> PriceTable:
@@ -40,11 +52,26 @@ def price_table(prices_file: str | Path | None, settings) -> PriceTable:
     return PriceTable.from_settings(settings, prices_file)
 
 
-def price_for(table: PriceTable, model: str | None, day: date | None) -> tuple[ModelPrice, str]:
-    """(unit prices in force on `day`, how the model matched: exact, alias, pattern or default)
-    for a request of `model` that ended on `day`."""
-    found = table.match(model, day)
-    return found.price, found.match
+def price_for(table: PriceTable, model: str | None, when: date | datetime | None, *,
+              pricing=None, prompt_tokens: int | None = None) -> PriceMatch:
+    """The price in force at `when` (the record's end, or its UTC day) for a request of
+    `model`, with the provider and service tier its ``pricing`` field names."""
+    pricing = pricing if isinstance(pricing, dict) else {}
+    provider, tier = pricing.get("provider"), pricing.get("service_tier")
+    return table.match(model, when, provider=provider if isinstance(provider, str) else None,
+                       service_tier=tier if isinstance(tier, str) else None,
+                       prompt_tokens=prompt_tokens)
+
+
+def _ended_at(record: dict, day: date) -> date | datetime:
+    """When a record's request ended (UTC), or its day when the record does not say."""
+    start, total = record.get("start_time"), record.get("total_time")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+           for v in (start, total)):
+        ended = datetime.fromtimestamp(start + total, timezone.utc)
+        if ended.date() == day:
+            return ended
+    return day
 
 
 def default_priced_mask(df, table: PriceTable):
@@ -77,22 +104,36 @@ class RepriceResult:
 def _repriced(record: dict, table: PriceTable, prices_name: str, stamp: str, day: date):
     """(new record, old cost, new cost), or None for a record that had no cost and no tokens."""
     tokens = record.get("tokens") if isinstance(record.get("tokens"), dict) else {}
-    counts = [tokens.get(k, 0) for k in BILLED_KINDS]
-    counts = [c if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
-              else 0 for c in counts]
+    billed = billed_kinds()
+    counts = {k: tokens.get(k, 0) for k in billed}
+    counts = {k: c if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+              else 0 for k, c in counts.items()}
     old = record.get("cost")
     old = old if isinstance(old, (int, float)) and not isinstance(old, bool) else None
-    if old is None and not any(counts):
+    if old is None and not any(counts.values()):
         return None
-    price, match = price_for(table, record.get("model"), day)
-    new = table.cost(price, *counts)
+    pricing = record.get("pricing")
+    found = price_for(table, record.get("model"), _ended_at(record, day), pricing=pricing,
+                      prompt_tokens=int(sum(counts[k] for k in prompt_kinds())))
+    new = found.price.cost_by_kind({billed[k]: c for k, c in counts.items()})
     out = dict(record)
     out.setdefault("cost_original", old)
     out["cost"] = new
-    out["price_match"] = match
+    out["price_match"] = found.match
+    out["pricing"] = {**(pricing if isinstance(pricing, dict) else {}), **found.describe()}
     out["repriced_at"] = stamp
     out["repriced_with"] = prices_name
     return out, old, new
+
+
+def _decoded(pricing) -> dict | None:
+    """A Parquet row's pricing (JSON text) as a dict, or None."""
+    if isinstance(pricing, str):
+        try:
+            pricing = json.loads(pricing)
+        except ValueError:
+            return None
+    return pricing if isinstance(pricing, dict) else None
 
 
 def _add(summary: dict, day: date, model, old, new) -> None:
@@ -214,20 +255,29 @@ def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: 
         return 0
     tokens = data["tokens"].combine_chunks()
     present = {tokens.type.field(i).name for i in range(tokens.type.num_fields)}
-    counts = [pc.fill_null(tokens.field(k), 0).to_numpy(zero_copy_only=False).astype(float)
-              if k in present else np.zeros(n) for k in BILLED_KINDS]
+    billed = billed_kinds()
+    counts = {k: pc.fill_null(tokens.field(k), 0).to_numpy(zero_copy_only=False).astype(float)
+              if k in present else np.zeros(n) for k in billed}
     old = pc.cast(data["cost"], "float64").to_numpy(zero_copy_only=False)
     models = data["model"].to_pylist()
+    ends = np.full(n, np.nan)
+    if {"start_time", "total_time"} <= set(data.column_names):
+        ends = (pc.cast(data["start_time"], "float64").to_numpy(zero_copy_only=False)
+                + pc.cast(data["total_time"], "float64").to_numpy(zero_copy_only=False))
+    pricings = (data["pricing"].to_pylist() if "pricing" in data.column_names else [None] * n)
+    prompts = sum(counts[k] for k in prompt_kinds())
     new = np.empty(n)
-    match = []
-    cache: dict = {}
+    match, described = [], []
     for i, model in enumerate(models):
-        if model not in cache:
-            cache[model] = price_for(table, model, day)
-        price, how = cache[model]
-        new[i] = price.cost(*(float(column[i]) for column in counts))
-        match.append(how)
-    touched = ~np.isnan(old) | (sum(counts) > 0)
+        pricing = _decoded(pricings[i])
+        ended = day
+        if math.isfinite(ends[i]) and datetime.fromtimestamp(ends[i], timezone.utc).date() == day:
+            ended = datetime.fromtimestamp(ends[i], timezone.utc)
+        found = price_for(table, model, ended, pricing=pricing, prompt_tokens=int(prompts[i]))
+        new[i] = found.price.cost_by_kind({billed[k]: float(counts[k][i]) for k in billed})
+        match.append(found.match)
+        described.append(json.dumps({**(pricing or {}), **found.describe()}))
+    touched = ~np.isnan(old) | (sum(counts.values()) > 0)
     for i in np.flatnonzero(touched):
         _add(summary, day, models[i], None if np.isnan(old[i]) else old[i], new[i])
     if dry_run or not touched.any():
@@ -240,6 +290,8 @@ def _reprice_parquet(path: Path, table: PriceTable, name: str, stamp: str, day: 
         "cost_original": pa.array(np.where(touched, keep_original, original),
                                   mask=np.isnan(np.where(touched, keep_original, original))),
         "price_match": pa.array([m if t else None for m, t in zip(match, touched)], pa.string()),
+        "pricing": pa.array([d if t else p for d, p, t in zip(described, pricings, touched)],
+                            pa.string()),
         "repriced_at": pa.array([stamp if t else None for t in touched], pa.string()),
         "repriced_with": pa.array([name if t else None for t in touched], pa.string()),
     }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from typing import Iterator
 
 # LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
 from ..checks import check_positive_int
+from ..instrument.tokens import KINDS as TOKEN_KINDS
 from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
 # A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
@@ -41,10 +43,11 @@ from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F
 MAX_LINE_BYTES = 16 << 20
 STRING_COLUMNS = ("status", "error_type", "operation", "model", "service", "env")
 FLOAT_COLUMNS = ("cost", "relevance_score", "context_precision", "time_to_first_token")
-COUNT_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_5m_tokens",
-                 "cache_write_1h_tokens", "reasoning_tokens", "cache_hits", "cache_misses")
-# Token kinds beyond input, output and cached input: in a record only when non-zero.
-EXTRA_TOKEN_KINDS = ("cache_write_5m", "cache_write_1h", "reasoning")
+# Every token kind (ragmon.instrument.tokens, the one table): its key under the record's
+# "tokens" and its column. The kinds not always recorded are in a record only when non-zero.
+TOKEN_KEYS = tuple(kind.record_key for kind in TOKEN_KINDS)
+EXTRA_TOKEN_KINDS = tuple(kind.record_key for kind in TOKEN_KINDS if not kind.always_recorded)
+COUNT_COLUMNS = tuple(kind.column for kind in TOKEN_KINDS) + ("cache_hits", "cache_misses")
 # How a record was priced and what it cost before a reprice (see ragmon.report.costs).
 PRICING_COLUMNS = ("cost_original", "price_match")
 STAGE_PREFIX = "stage_"
@@ -130,19 +133,11 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
 
 # --- the query ------------------------------------------------------------------------------------
 
-# Every field is read as JSON where the format allows more than one type, so that a value of the
-# wrong type is read as missing (and counted) instead of losing its whole record.
-JSONL_COLUMNS = {
-    "timestamp": "VARCHAR", "start_time": "JSON", "total_time": "JSON", "request_id": "VARCHAR",
-    **{name: "VARCHAR" for name in STRING_COLUMNS},
-    **{name: "JSON" for name in FLOAT_COLUMNS},
-    "tokens": "JSON", "cache": "JSON", "stages": "JSON", "attributes": "JSON",
-    "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
-}
 _STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
 
 
 def _num(x: str) -> str:
+    """A JSON number as a finite DOUBLE, else NULL (a string holding digits is no number)."""
     return (f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
             f"AND isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
 
@@ -179,136 +174,117 @@ def _price_match() -> str:
             "THEN json_extract_string(pricing, '$') ELSE json_extract_string(pricing, '$.match') END)")
 
 
-# Numbers are read as their text: DuckDB reads a value of the wrong type into a DOUBLE column
-# as NULL, which would hide it; from the text the query tells a number from anything else.
-STRICT_COLUMNS = {
-    "timestamp": "VARCHAR", "start_time": "VARCHAR", "total_time": "VARCHAR",
-    "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
-    **{name: "VARCHAR" for name in FLOAT_COLUMNS},
-    "tokens": ("STRUCT(input VARCHAR, output VARCHAR, cached_input VARCHAR, cache_write_5m VARCHAR, "
-               "cache_write_1h VARCHAR, reasoning VARCHAR)"),
-    "cache": "STRUCT(hits VARCHAR, misses VARCHAR)",
-    "stages": "MAP(VARCHAR, STRUCT(duration DOUBLE))", "attributes": "MAP(VARCHAR, JSON)",
-    "cost_original": "VARCHAR", "price_match": "VARCHAR", "pricing": "JSON", "repriced_at": "VARCHAR",
-}
+def _jsonl_columns(typed: bool, full: bool) -> dict:
+    """The type each top-level field is read as. Numbers are read as JSON, whose text tells a
+    number from a string of digits; `typed` reads the objects of fixed shape (tokens, cache) as
+    structs and the attributes as a map, which is what makes the scan fast; a line that does
+    not fit those types comes back as a rejected row, and the second pass reads it untyped."""
+    container = lambda members: (  # noqa: E731
+        "STRUCT(" + ", ".join(f"{m} JSON" for m in members) + ")" if typed else "JSON")
+    return {
+        "timestamp": "VARCHAR", "start_time": "JSON", "total_time": "JSON",
+        "request_id": "VARCHAR", **{name: "VARCHAR" for name in STRING_COLUMNS},
+        **{name: "JSON" for name in FLOAT_COLUMNS},
+        "tokens": container(TOKEN_KEYS), "cache": container(("hits", "misses")),
+        "stages": _STAGE_MAP if typed else "JSON",
+        "attributes": "MAP(VARCHAR, JSON)" if typed and not full else "JSON",
+        "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON",
+        "repriced_at": "VARCHAR"}
 
 
-def _finite(x: str) -> str:
-    """A number's text as a finite DOUBLE, else NULL."""
-    return (f"(CASE WHEN isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+def _whole_lines(files_sql: str, types: dict) -> str:
+    """Each line as read_json reads it with the columns `types`, from the line's whole JSON
+    object, plus ``extra_json``: the top-level keys the format does not know, kept as they
+    were (so that compaction and exports lose nothing a writer added)."""
+    known = "[" + ", ".join(_quote(k) for k in types) + "]"
+    fields = ", ".join(
+        (f"json_extract_string(j, '$.{k}')" if v == "VARCHAR" else f"json_extract(j, '$.{k}')")
+        + f" AS {k}" for k, v in types.items())
+    unknown = f"list_filter(json_keys(j), k -> NOT list_contains({known}, k))"
+    pointer = "'/' || replace(replace(k, '~', '~0'), '/', '~1')"
+    return f"""(
+        SELECT filename, {fields},
+               CASE WHEN json_type(j) = 'OBJECT' AND len({unknown}) > 0 THEN
+                   to_json(map_from_entries(list_transform({unknown},
+                       k -> {{'key': k, 'value': json_extract(j, {pointer})}}))) END AS extra_json
+        FROM read_ndjson_objects({files_sql}, filename=true, ignore_errors=true,
+                                 maximum_object_size={MAX_LINE_BYTES}) t(j))"""
 
 
-def _bad_text(x: str, whole: bool = False) -> str:
-    value = _finite(x)
-    wrong = f"{value} IS NULL" + (f" OR {value} <> floor({value})" if whole else "")
-    return f"({x} IS NOT NULL AND ({wrong}))::INT"
+def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
+    """The JSONL files as normalized rows (one builder for both readings, see _jsonl_columns).
+    ``full`` reads each line whole (for compaction and exports: stage metadata, pricing and
+    unknown top-level keys survive), always untyped.
 
-
-def _whole(x: str) -> str:
-    value = _finite(x)
-    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
-
-
-def _jsonl_select(files_sql: str, full: bool, strict: bool = True) -> str:
-    """The JSONL files as normalized rows. The strict form types every field, which is what
-    makes the scan fast; a line it cannot type comes back as a rejected row, and the second
-    pass hands such lines to the lenient form (every field JSON, checked in SQL)."""
-    return _strict_select(files_sql, full) if strict else _lenient_select(files_sql, full)
-
-
-def _strict_select(files_sql: str, full: bool) -> str:
-    types = dict(STRICT_COLUMNS)
-    if full:  # the metadata must survive, so stages stay JSON and are typed in the query
-        types["stages"], types["attributes"] = "JSON", "JSON"
+    ``stages`` must be an object of {duration: finite number} entries, or absent/null; any
+    other JSON value (a list, a string) is read as no stages and counted in bad_values, as is
+    a number field holding anything but a number, and non-object attributes."""
+    typed = typed and not full
+    types = _jsonl_columns(typed, full)
     columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in types.items()) + "}"
-    stage_map = (f"TRY_CAST(stages AS {STRICT_COLUMNS['stages']})" if full else "stages")
-    attributes = "TRY_CAST(attributes AS MAP(VARCHAR, JSON))" if full else "attributes"
+    source = (_whole_lines(files_sql, types) if full else
+              f"""read_json({files_sql}, format='newline_delimited', columns={columns},
+                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})""")
+    member = ((lambda obj, key: f"{obj}.{key}") if typed
+              else (lambda obj, key: f"json_extract({obj}, '$.{key}')"))
+    counts = {**{f"{key}_tokens": member("tokens", key) for key in TOKEN_KEYS},
+              "cache_hits": member("cache", "hits"), "cache_misses": member("cache", "misses")}
+    attributes = ("attributes" if types["attributes"] != "JSON"
+                  else "TRY_CAST(attributes AS MAP(VARCHAR, JSON))")
+    bad_attributes = ("(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))"
+                      "::INT + " if types["attributes"] == "JSON" else "")
+    bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in counts.values()])
     extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
-             "pricing, repriced_at" if full else "")
-    stages_absent = "stages IS NULL OR json_type(stages) = 'NULL'" if full else "stages IS NULL"
-    counts = {"input_tokens": "tokens.input", "output_tokens": "tokens.output",
-              "cached_input_tokens": "tokens.cached_input",
-              **{f"{kind}_tokens": f"tokens.{kind}" for kind in EXTRA_TOKEN_KINDS},
-              "cache_hits": "cache.hits", "cache_misses": "cache.misses"}
-    bad = " + ".join([_bad_text(n) for n in FLOAT_COLUMNS]
-                     + [_bad_text(p, whole=True) for p in counts.values()])
+             "pricing, repriced_at, extra_json" if full else "")
+    if typed:
+        # The typed scan builds the map while parsing (reading stages as JSON text and casting
+        # it costs the scan twice over), but reads a non-object value as NULL, like an absent
+        # one: such rows are rejected here, and the second pass reads their lines untyped,
+        # where a non-object is told from no stages and counted. The library always writes
+        # stages, so only foreign or older records take that path.
+        stages = "true AS stages_object, stages AS stage_map"
+        bad_stages = ""
+    else:
+        stages = (f"coalesce(json_type(stages) = 'OBJECT', false) AS stages_object, "
+                  f"CASE WHEN json_type(stages) = 'OBJECT' THEN TRY_CAST(stages AS {_STAGE_MAP}) "
+                  "END AS stage_map")
+        bad_stages = "(stages IS NOT NULL AND json_type(stages) NOT IN ('OBJECT', 'NULL'))::INT + "
     return f"""
     WITH raw AS (
-        SELECT *, {_finite('start_time')} AS st, {_finite('total_time')} AS tt,
-               {stage_map} AS stage_map
-        FROM read_json({files_sql}, format='newline_delimited', columns={columns},
-                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})
+        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt, {stages}
+        FROM {source}
     ), timed AS (
         SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
                        ELSE {_iso_epoch('timestamp')} END AS end_time
         FROM raw
     )
     SELECT filename AS file,
-           end_time IS NOT NULL AND ({stages_absent} OR (stage_map IS NOT NULL AND
-               coalesce(list_bool_and(list_transform(map_values(stage_map),
-                   v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
-           end_time, end_time - tt AS start_time, tt AS total_time, request_id,
-           {", ".join(STRING_COLUMNS)},
-           {", ".join(f"{_finite(n)} AS {n}" for n in FLOAT_COLUMNS)},
-           {", ".join(f"{_whole(p)} AS {n}" for n, p in counts.items())},
-           stage_map, {attributes} AS attributes,
-           {"(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT + "
-            if full else ""}{bad} AS bad_values,
-           {_finite('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
-    FROM timed"""
-
-
-def _lenient_select(files_sql: str, full: bool) -> str:
-    columns = "{" + ", ".join(f"'{k}': '{v}'" for k, v in JSONL_COLUMNS.items()) + "}"
-    count_paths = {"input_tokens": "json_extract(tokens, '$.input')",
-                   "output_tokens": "json_extract(tokens, '$.output')",
-                   "cached_input_tokens": "json_extract(tokens, '$.cached_input')",
-                   **{f"{kind}_tokens": f"json_extract(tokens, '$.{kind}')"
-                      for kind in EXTRA_TOKEN_KINDS},
-                   "cache_hits": "json_extract(cache, '$.hits')",
-                   "cache_misses": "json_extract(cache, '$.misses')"}
-    bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in count_paths.values()])
-    extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
-             "pricing, repriced_at" if full else "")
-    return f"""
-    WITH raw AS (
-        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt,
-               TRY_CAST(stages AS {_STAGE_MAP}) AS stage_map
-        FROM read_json({files_sql}, format='newline_delimited', columns={columns},
-                       ignore_errors=true, filename=true, maximum_object_size={MAX_LINE_BYTES})
-    ), timed AS (
-        SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
-                       ELSE {_iso_epoch('timestamp')} END AS end_time
-        FROM raw
-    )
-    SELECT filename AS file,
-           end_time IS NOT NULL AND (
-               stages IS NULL OR json_type(stages) = 'NULL' OR (stage_map IS NOT NULL AND
+           end_time IS NOT NULL AND (NOT stages_object OR (stage_map IS NOT NULL AND
                coalesce(list_bool_and(list_transform(map_values(stage_map),
                    v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
            end_time, end_time - tt AS start_time, tt AS total_time, request_id,
            {", ".join(STRING_COLUMNS)},
            {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
-           {", ".join(f"{_count(p)} AS {n}" for n, p in count_paths.items())},
-           stage_map, TRY_CAST(attributes AS MAP(VARCHAR, JSON)) AS attributes,
-           (attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))::INT
-               + {bad} AS bad_values,
+           {", ".join(f"{_count(p)} AS {n}" for n, p in counts.items())},
+           stage_map, {attributes} AS attributes,
+           {bad_attributes}{bad_stages}{bad} AS bad_values,
            {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
     FROM timed"""
 
 
-def _parquet_select(files_sql: str, full: bool, token_kinds=EXTRA_TOKEN_KINDS) -> str:
-    """The history partitions as normalized rows. `token_kinds`: the extra token kinds the
-    partitions' ``tokens`` struct has (partitions written before a kind existed lack it)."""
+def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extra: bool = True) -> str:
+    """The history partitions as normalized rows. `token_kinds`: the token kinds the
+    partitions' ``tokens`` struct has (partitions written before a kind existed lack it);
+    `has_extra`: whether they have the ``extra`` column (unknown top-level keys)."""
     tokens = ", ".join(f"tokens.{kind} AS {kind}_tokens" if kind in token_kinds
-                       else f"0::BIGINT AS {kind}_tokens" for kind in EXTRA_TOKEN_KINDS)
+                       else f"0::BIGINT AS {kind}_tokens" for kind in TOKEN_KEYS)
+    extra_json = "extra::VARCHAR" if has_extra else "NULL::VARCHAR"
     extra = (", stages AS stages_json, to_json(attributes) AS attributes_json, "
-             "timestamp AS timestamp_text, pricing, repriced_at" if full else "")
+             f"timestamp AS timestamp_text, pricing, repriced_at, {extra_json} AS extra_json"
+             if full else "")
     return f"""
     SELECT filename AS file, true AS valid, start_time + total_time AS end_time, start_time,
            total_time, request_id, {", ".join(STRING_COLUMNS)}, {", ".join(FLOAT_COLUMNS)},
-           tokens.input AS input_tokens, tokens.output AS output_tokens,
-           tokens.cached_input AS cached_input_tokens,
            {tokens},
            cache.hits AS cache_hits,
            cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
@@ -412,9 +388,7 @@ def line_problem(line: bytes) -> tuple[str | None, dict | None]:
     if end_time(record) is None:
         return BAD_FIELDS, None
     stages = record.get("stages")
-    if stages is not None:
-        if type(stages) is not dict:
-            return BAD_FIELDS, None
+    if type(stages) is dict:  # any other value is read as no stages (and counted)
         for entry in stages.values():
             duration = entry.get("duration") if type(entry) is dict else None
             if type(duration) not in (int, float) or not math.isfinite(duration):
@@ -519,7 +493,7 @@ class _Progress:
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
               stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None,
-              memory_limit: str = "1GB", count_history: bool = True):
+              memory_limit: str = "1GB", count_history: bool = True, skip_future: bool = True):
     """(DuckDB connection with the view ``all_rows``, SQL condition for the valid rows of the
     period, ReadStats); the connection is None when there is no file to read.
 
@@ -532,11 +506,13 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     TEMP), so that cursors of the connection on other threads see them.
     The JSONL files are read once into the table ``log_rows`` (their rejected rows need a
     second look); the Parquet history is scanned in place by the view, column by column.
-    `keep_rejected`: a binary file that receives every skipped line as it was."""
+    `keep_rejected`: a binary file that receives every skipped line as it was. `skip_future`:
+    a period open to the present leaves out records dated in the future (compaction keeps
+    them: it moves records, it does not judge them)."""
     stats = stats if stats is not None else ReadStats(", ".join(str(d) for d in sources.dirs))
     stats.files = [str(f.path) for f in sources.files]
     stats.ignored_files = list(sources.ignored)
-    future = future_bound(since) if until is None else None
+    future = future_bound(since) if until is None and skip_future else None
     inside = "valid" + (f" AND end_time >= {since!r}" if since is not None else "") + (
         f" AND end_time < {until!r}" if until is not None else "") + (
         f" AND end_time < {future!r}" if future is not None else "")
@@ -547,10 +523,13 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     parts = []
     if sources.parquet:
         files = _sql_list([f.path for f in sources.parquet])
-        token_type = {name: kind for name, kind, *_ in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()
-                      }.get("tokens", "")
-        parquet = _parquet_select(files, full, [k for k in EXTRA_TOKEN_KINDS if f"{k} " in token_type])
+        described = {name: kind for name, kind, *_ in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
+        token_type = described.get("tokens", "")
+        # STRUCT("input" BIGINT, output BIGINT, ...): a keyword is quoted
+        present = set(re.findall(r'[(,]\s*"?(\w+)"? ', token_type))
+        parquet = _parquet_select(files, full, [k for k in TOKEN_KEYS if k in present],
+                                  "extra" in described)
         con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
         if count_history:
@@ -614,7 +593,8 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     columns = ["end_time", "request_id", "start_time", "total_time", *STRING_COLUMNS,
                *FLOAT_COLUMNS, *COUNT_COLUMNS, *PRICING_COLUMNS]
     if full:
-        columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at"]
+        columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at",
+                    "extra_json"]
     select = ", ".join(columns + [f"stage_map[{_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
                                   for k in stages]
                        + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
@@ -689,7 +669,7 @@ def _count_rows(con, inside: str, in_future: str, names: dict, stats: ReadStats,
                                            keep_rejected, cut_out=True)
     if recovered_files:
         con.execute(f"INSERT INTO log_rows BY NAME "
-                    f"{_jsonl_select(_sql_list(recovered_files), full, strict=False)}")
+                    f"{_jsonl_select(_sql_list(recovered_files), full, typed=False)}")
         # What the line rules call a record but the query does not: counted, never silent.
         lost = con.execute("SELECT count(*) FROM log_rows WHERE NOT valid AND file IN "
                            f"{tuple(map(str, recovered_files)) + ('',)}").fetchone()[0]
@@ -713,6 +693,7 @@ def _empty_table(full: bool):
               ("cost_original", pa.float64()), ("price_match", pa.string())]
     if full:
         fields += [("stages_json", pa.string()), ("attributes_json", pa.string()),
+                   ("extra_json", pa.string()),
                    ("timestamp_text", pa.string()), ("pricing", pa.string()),
                    ("repriced_at", pa.string())]
     return pa.schema(fields).empty_table()
@@ -837,10 +818,8 @@ def record_from_row(row: dict) -> dict:
         "request_id": row["request_id"], "service": row["service"], "env": row["env"],
         "operation": row["operation"], "model": row["model"], "status": row["status"],
         "error_type": row["error_type"], "stages": stages if stages is not None else {},
-        "tokens": {"input": row["input_tokens"], "output": row["output_tokens"],
-                   "cached_input": row["cached_input_tokens"],
-                   **{kind: row[f"{kind}_tokens"] for kind in EXTRA_TOKEN_KINDS
-                      if row.get(f"{kind}_tokens")}},
+        "tokens": {kind.record_key: row[kind.column] for kind in TOKEN_KINDS
+                   if kind.always_recorded or row.get(kind.column)},
         "cost": row["cost"], "relevance_score": row["relevance_score"],
         "context_precision": row["context_precision"],
         "time_to_first_token": row["time_to_first_token"],
@@ -858,6 +837,10 @@ def record_from_row(row: dict) -> dict:
         record["price_match"] = row["price_match"]
     if row.get("pricing") is not None:
         record["pricing"] = _decode(row["pricing"])
+    extra = _decode(row.get("extra_json"))
+    if isinstance(extra, dict):  # keys a writer added that the format does not know
+        for key, value in extra.items():
+            record.setdefault(key, value)
     return record
 
 

@@ -17,6 +17,7 @@ anything outside the log.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import stat
@@ -30,6 +31,8 @@ from ..instrument.records import LOG_FILE_GLOB, LOG_FILE_SUFFIX
 HISTORY_DIR = "history"
 PARTITION_PREFIX = "day="
 PARQUET_NAME = "records.parquet"
+# Beside a partition: the JSONL file it was made of and that file's size (see compact).
+SOURCE_NAME = "source.json"
 _FILE_RE = re.compile(r"^(\d{8})" + re.escape(LOG_FILE_SUFFIX) + "$")
 _PARTITION_RE = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 _GLOB_CHARS = re.compile(r"[*?[]")
@@ -205,11 +208,23 @@ def parquet_files(log_dir: Path, ignored: list[str] | None = None) -> list[LogFi
     return sorted(found, key=lambda f: f.day)
 
 
+def leftover_jsonl(jsonl: Path) -> bool:
+    """True when `jsonl` was already moved into the history by a compaction interrupted before
+    it deleted the file (the partition's source.json records this very file and size)."""
+    day = file_date(jsonl)
+    if day is None:
+        return False
+    marker = jsonl.parent / HISTORY_DIR / partition_name(day) / SOURCE_NAME
+    try:
+        source = json.loads(marker.read_text())
+        return source.get("file") == jsonl.name and source.get("size") == jsonl.stat().st_size
+    except (OSError, ValueError):
+        return False
+
+
 def find_sources(log_dir, since: float | None = None, until: float | None = None) -> Sources:
     """The JSONL and Parquet files of every directory in `log_dir` that can hold records ending
     in [since, until). Raises LogDirNotFound for a missing directory."""
-    from .compact import leftover_jsonl
-
     sources = Sources(resolve_dirs(log_dir))
     for directory in sources.dirs:
         for entry in jsonl_files(directory, sources.ignored) + parquet_files(directory, sources.ignored):

@@ -11,6 +11,7 @@ memory is bounded (``memory_limit``, spilling to a temporary directory past it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -77,11 +78,13 @@ class _Steps:
         return result
 
 
-def report_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
-                    now: float | None = None, workers: int | None = None,
-                    progress: bool = False, memory_limit: str = MEMORY_LIMIT) -> dict:
-    """The performance report (the dict of ragmon.report.analysis.build_report) of the requests
-    that ended in the last `hours` hours in `log_dir`, aggregated in DuckDB."""
+@contextlib.contextmanager
+def log_rows(log_dir, hours: float | None = None, *, now: float | None = None,
+             workers: int | None = None, progress: bool = False,
+             memory_limit: str = MEMORY_LIMIT):
+    """(connection with the view ``all_rows`` or None when there is no file, SQL condition of
+    the period's valid rows, ReadStats) of the requests that ended in the last `hours` hours in
+    `log_dir` (the JSONL files and the Parquet history)."""
     since = since_hours(hours, now)
     sources = find_sources(log_dir, since, None)
     stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
@@ -91,15 +94,115 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
                                        progress="reading" if progress else None, stats=stats,
                                        spill_dir=Path(spill), memory_limit=memory_limit,
                                        count_history=False)
-        if con is None:
-            return _header(settings, hours, now, stats, 0)
         try:
-            # Every query below orders what it returns: the scans need not keep the read order.
-            con.execute("SET preserve_insertion_order = false")
-            with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
-                return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 1))
+            if con is not None:
+                # Every query orders what it returns: the scans need not keep the read order.
+                con.execute("SET preserve_insertion_order = false")
+            yield con, inside, stats
         finally:
-            con.close()
+            if con is not None:
+                con.close()
+
+
+@contextlib.contextmanager
+def frame_rows(df):
+    """(connection with the view ``all_rows`` over `df`, SQL condition, ReadStats): a
+    load_records() DataFrame read by the same queries as the log."""
+    from .frames import register_frame
+    from .reader import connect
+
+    con = connect()
+    try:
+        register_frame(con, df)
+        yield con, "valid", ReadStats(str(df.attrs.get("log_dir", "(DataFrame)")))
+    finally:
+        con.close()
+
+
+def report_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
+                    now: float | None = None, workers: int | None = None,
+                    progress: bool = False, memory_limit: str = MEMORY_LIMIT) -> dict:
+    """The performance report of the requests that ended in the last `hours` hours in
+    `log_dir`, aggregated in DuckDB."""
+    with log_rows(log_dir, hours, now=now, workers=workers, progress=progress,
+                  memory_limit=memory_limit) as (con, inside, stats):
+        return figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
+                       progress=progress)
+
+
+def report_from_frame(df, settings, *, hours: float | None = None, top: int = 10,
+                      now: float | None = None, read_stats=None) -> dict:
+    """The same report of the records in a load_records() DataFrame (the same queries, over
+    the frame). ``read_stats``: what was read and skipped, default ``df.attrs["read_stats"]``."""
+    if read_stats is None:
+        read_stats = df.attrs.get("read_stats")
+    if read_stats is not None and not isinstance(read_stats, dict):
+        read_stats = read_stats.as_dict()
+    with frame_rows(df) as (con, inside, stats):
+        report = figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats)
+    report["read"] = read_stats
+    if report["empty"]:  # the message names the log directory the read stats name
+        report.update(report_header(settings, hours, now, read_stats, 0))
+    return report
+
+
+def figures(con, inside: str, settings, *, hours=None, top: int = 10, now=None,
+            stats: ReadStats, progress: bool = False) -> dict:
+    """The report of the rows of ``all_rows`` matching `inside` (con None: no rows)."""
+    if con is None:
+        return _header(settings, hours, now, stats, 0)
+    with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
+        return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 1))
+
+
+def _run(con):
+    def run(sql: str, params=None):
+        cursor = con.cursor()
+        try:
+            return cursor.execute(sql, params or []).fetchall()
+        finally:
+            cursor.close()
+    return run
+
+
+def stats_of(con, inside: str, settings, report: dict, bucket: str | None = None) -> dict:
+    """The stats: the report (its top 5 slowest) plus the distributions of latency and of each
+    stage, and the time table (bucket_start, requests, error_rate, p50, p95, p99, cost,
+    cost_per_hour) per `bucket` (default: from the span)."""
+    from . import timeline
+
+    if report["empty"]:
+        return report
+    run = _run(con)
+    first, last = timeline.span(run, inside)
+    stage_keys = [s["stage"] for s in report["stages"]]
+    bucket = timeline.choose_bucket(first, last, bucket)
+    rows = timeline.series(run, inside, bucket, [], first, last)
+    report["distributions"] = timeline.distributions(run, inside, sorted(stage_keys))
+    report["bucket"] = bucket
+    report["series"] = [{"bucket_start": timeline.iso(r["bucket_start"]),
+                         "requests": r["requests"], "error_rate": _f(r["error_rate"]),
+                         "p50": _f(r["p50"]), "p95": _f(r["p95"]), "p99": _f(r["p99"]),
+                         "cost": _f(r["cost"]), "cost_per_hour": _f(r["cost_per_hour"])}
+                        for r in rows]
+    return report
+
+
+def stats_from_log(log_dir, settings, *, hours: float | None = None, bucket: str | None = None,
+                   now: float | None = None, progress: bool = False) -> dict:
+    with log_rows(log_dir, hours, now=now, progress=progress) as (con, inside, stats):
+        report = figures(con, inside, settings, hours=hours, top=5, now=now, stats=stats,
+                         progress=progress)
+        return stats_of(con, inside, settings, report, bucket)
+
+
+def stats_from_frame(df, settings, *, hours: float | None = None, bucket: str | None = None,
+                     now: float | None = None, read_stats=None) -> dict:
+    report = report_from_frame(df, settings, hours=hours, top=5, now=now, read_stats=read_stats)
+    if report["empty"]:
+        return report
+    with frame_rows(df) as (con, inside, _):
+        return stats_of(con, inside, settings, report, bucket)
 
 
 def _header(settings, hours, now, stats: ReadStats, n: int) -> dict:
@@ -505,3 +608,33 @@ def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[
                     "operation": operation, "slowest_stage": slowest_stage,
                     "slowest_stage_duration": slowest_duration})
     return out
+
+
+def costliest(con, inside: str, top: int) -> list[dict]:
+    """The `top` requests that cost the most (ties: the earlier first), with their ids."""
+    rows = _run(con)(f"""
+        SELECT request_id, end_time, cost, model, total_time, status FROM all_rows
+        WHERE {inside} AND cost IS NOT NULL ORDER BY cost DESC, end_time, seq LIMIT ?""",
+                     [max(0, int(top))])
+    return [{"request_id": None if rid is None else str(rid), "timestamp": _iso(end),
+             "cost": _f(cost), "model": model, "total_time": _f(total), "status": status}
+            for rid, end, cost, model, total, status in rows]
+
+
+def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
+                  now: float | None = None, bucket: str | None = None,
+                  progress: bool = False) -> str:
+    """The report of the log's last `hours` hours as one self-contained HTML page
+    (ragmon.report.html): the same figures, plus latency and spend over time and the most
+    expensive requests."""
+    from .html import format_html
+    from .timeline import trends
+
+    with log_rows(log_dir, hours, now=now, progress=progress) as (con, inside, stats):
+        report = figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
+                         progress=progress)
+        if report["empty"]:
+            return format_html(report)
+        stages = sorted(s["stage"] for s in report["stages"])
+        return format_html(report, trends(_run(con), inside, bucket, stages),
+                           costliest(con, inside, top))

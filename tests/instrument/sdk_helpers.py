@@ -26,7 +26,7 @@ def server():
 
 @pytest.fixture
 def priced():
-    """A fresh catalog priced with the shipped model_prices.json."""
+    """A fresh catalog priced with the shipped price database (a snapshot of genai-prices)."""
     return RAGMetrics(registry=CollectorRegistry(),
                       settings=make_settings(MODEL_PRICES_FILE=SHIPPED_PRICES_FILE))
 

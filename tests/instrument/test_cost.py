@@ -42,9 +42,10 @@ def test_an_entry_without_cache_read_prices_bills_them_like_its_input_and_a_vers
     assert (version.input, version.cached_input) == (0.004, 0.0005)
 
 
-def test_the_shipped_price_file_loads():
-    models = load_price_file(SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
-    assert models["gpt-4o-mini"].output == 0.0006
+def test_the_shipped_price_database_loads_as_a_price_file_too():
+    table = PriceTable.from_file(SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
+    found = table.match("gpt-4o-mini")
+    assert (found.price.output, found.entry, found.source) == (0.0006, "openai/gpt-4o-mini", "user file")
 
 
 @pytest.mark.parametrize("kwargs, expected", [

@@ -81,7 +81,7 @@ def test_an_instrumented_client_gives_the_billed_numbers_whatever_is_returned(wa
     assert result
     model = assert_billed_numbers(priced, server, record)
     assert model == "claude-haiku-4-5-20241022"  # the dated snapshot, as the API answers
-    assert record["pricing"]["entry"] == "claude-haiku-4-5"
+    assert record["pricing"]["entry"] == "anthropic/claude-haiku-4-5"
     assert record["pricing"]["provider"] == "anthropic"
 
 

@@ -105,7 +105,7 @@ def test_an_instrumented_client_gives_the_billed_numbers_whatever_is_returned(wa
     result, record = run(way, sync_client(server, priced), priced, records)
     assert result
     model = assert_billed_numbers(priced, server, record)
-    assert model == "gpt-4o-mini-2024-07-18" and record["pricing"]["entry"] == "gpt-4o-mini"
+    assert model == "gpt-4o-mini-2024-07-18" and record["pricing"]["entry"] == "openai/gpt-4o-mini"
     assert record["status"] == "success"
     assert record["pricing"]["provider"] == "openai"
     stages = record["stages"]
@@ -130,7 +130,7 @@ def test_the_dated_snapshot_is_priced_as_its_model_not_the_default(server, price
     run(returns_completion, sync_client(server, priced), priced, records)
     assert priced.registry.get_sample_value("rag_unknown_model_total") == 0
     pricing = records.records[0]["pricing"]
-    assert pricing["match"] == "alias" and pricing["price_id"] == "gpt-4o-mini"
+    assert pricing["match"] == "exact" and pricing["price_id"] == "openai/gpt-4o-mini"
     assert pricing["per_1k"]["output"] == 0.0006
 
 

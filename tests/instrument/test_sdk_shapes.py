@@ -32,7 +32,7 @@ def test_langchain_ai_message_returned_from_a_query(priced, records):
                                 "cache_write_5m": 200, "cache_write_1h": 0, "reasoning": 30}
     expected = (300 * 0.003 + 1000 * 0.0003 + 200 * 0.00375 + 120 * 0.015) / 1000
     assert record["cost"] == pytest.approx(expected)
-    assert record["pricing"]["entry"] == "claude-sonnet-4"
+    assert record["pricing"]["entry"] == "anthropic/claude-sonnet-4-5"
 
 
 def test_langchain_chunks_yielded_add_up(priced, records):
@@ -71,7 +71,7 @@ def test_litellm_model_response_with_anthropic_cache_fields():
                                "output_tokens": 100, "reasoning_tokens": 0}
     assert found.model == "anthropic/claude-3-5-haiku-20241022"
     table = PriceTable.from_file(ragmon.settings.SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
-    assert table.match(found.model).entry == "claude-3-5-haiku"
+    assert table.match(found.model).entry == "anthropic/claude-3-5-haiku-latest"
 
 
 @pytest.mark.parametrize("value", ["text", 42, None, {"answer": "x"}, ["a"], NS(answer="x")])
@@ -155,7 +155,7 @@ def test_records_name_the_price_version_in_force(priced, records):
     monitored_query("answer", metrics=priced, request_log=records)(
         lambda: {"model": "o3-2025-04-16", "input_tokens": 1000, "output_tokens": 100})()
     pricing = records.records[0]["pricing"]
-    assert pricing["price_id"] == "o3@2025-06-10" and pricing["match"] == "alias"
+    assert pricing["price_id"] == "openai/o3@2025-06-10" and pricing["match"] == "exact"
     assert records.records[0]["cost"] == pytest.approx(0.002 + 0.0008)
 
 

@@ -104,12 +104,14 @@ def test_a_service_with_its_own_config_py_and_env_is_fully_monitored(installed, 
     assert len(lines) == 5 and all(json.loads(line)["operation"] == "answer" for line in lines)
 
 
-def test_the_installed_package_carries_its_price_table(installed, tmp_path):
-    code = ("import ragmon; t = ragmon.metrics.price_table; "
-            "print(t.lookup('gpt-4o-mini')[1], len(t.models) > 3)")
+def test_the_installed_package_carries_its_price_database(installed, tmp_path):
+    code = ("import ragmon; found = ragmon.metrics.price_table.match('claude-sonnet-4-5'); "
+            "print(found.known, found.source.replace(' ', '_'), found.entry)")
     result = run([str(installed), "-c", code], cwd=tmp_path, env=clean_env(LOG_DIR=str(tmp_path)))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True"]
+    known, source, entry = result.stdout.split()
+    assert (known, entry) == ("True", "anthropic/claude-sonnet-4-5")
+    assert source == "shipped", "the wheel without the [prices] extra prices from its snapshot"
 
 
 @pytest.mark.parametrize("script", ["ragmon-demo", "ragmon-report", "ragmon-stack"])

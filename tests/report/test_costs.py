@@ -202,3 +202,54 @@ def test_reprice_keeps_blank_unreadable_and_over_long_lines_as_they_were(tmp_pat
     assert len(after) == 6 and after[1] == b"\n" and after[2] == long_line
     assert after[4] == b"not json\n"
     assert [json.loads(after[i])["cost"] for i in (0, 3, 5)] == [pytest.approx(0.003)] * 3
+
+
+@pytest.mark.parametrize("stored", ["jsonl", "parquet"])
+def test_reprice_uses_the_database_price_in_force_at_each_records_time(tmp_path, stored):
+    """Past records are repriced from the database's history: o3 before and after its price cut,
+    DeepSeek at its off-peak hour, a flex request with a long prompt; checked against
+    genai-prices' own calc_price."""
+    from genai_prices import Usage, calc_price
+
+    from ragmon.report.compact import compact_logs
+    from ragmon.report.reader import iter_records
+    from tests.conftest import make_settings
+
+    def at(year, month, day, hour):
+        return datetime(year, month, day, hour, tzinfo=timezone.utc)
+
+    cases = {  # request id: (model, end, tokens (input uncached, output, cached), pricing)
+        "req-1": ("o3-2025-04-16", at(2025, 6, 9, 12), (1000, 500, 200), None),
+        "req-2": ("o3-2025-04-16", at(2025, 6, 11, 12), (1000, 500, 200), None),
+        "req-3": ("deepseek-chat", at(2026, 11, 20, 20), (1000, 500, 200), None),
+        "req-4": ("deepseek-chat", at(2026, 11, 20, 10), (1000, 500, 200), None),
+        "req-5": ("gpt-5.5", at(2026, 11, 20, 10), (290_000, 500, 10_000),
+                  {"match": "exact", "provider": "openai", "service_tier": "flex"}),
+    }
+    records = []
+    for n, (rid, (model, end, tokens, pricing)) in enumerate(cases.items()):
+        record = rec(n, ago=NOW - end.timestamp(), model=model, cost=0.0, tokens=tokens)
+        record["request_id"] = rid
+        if pricing:
+            record["pricing"] = pricing
+        records.append(record)
+    log_dir = tmp_path / "logs"
+    write_records(log_dir, records)
+    if stored == "parquet":
+        compact_logs(log_dir, now=NOW)
+        assert not [p for p in log_dir.glob("*.jsonl") if p.stat().st_size], "all in Parquet"
+    user_file = tmp_path / "mine.json"
+    user_file.write_text(json.dumps({"llama-local": {"input": 0, "output": 0}}))
+    settings = make_settings(PRICE_DATABASE="shipped")
+    reprice_logs(log_dir, user_file, settings, dry_run=False, now=NOW)
+    after = {r["request_id"]: r for r in iter_records(log_dir)}
+    for rid, (model, end, (uncached, output, cached), pricing) in cases.items():
+        context = {"service_tier": pricing["service_tier"]} if pricing else None
+        billed = calc_price(Usage(input_tokens=uncached + cached, cache_read_tokens=cached,
+                                  output_tokens=output), model,
+                            genai_request_timestamp=end, price_context=context)
+        assert after[rid]["cost"] == pytest.approx(float(billed.total_price), rel=1e-9), rid
+        assert after[rid]["pricing"]["source"] == "shipped"
+    assert after["req-1"]["cost"] > 4 * after["req-2"]["cost"]  # before the price cut
+    assert after["req-3"]["cost"] < after["req-4"]["cost"]  # off-peak
+    assert after["req-5"]["pricing"]["tier"] == "flex+input>272000"

@@ -1,6 +1,5 @@
-"""The report aggregated in DuckDB (ragmon.report.summary, what `report` prints) against the
-pandas computation over load_records() (ragmon.report.analysis.build_report, the notebook's),
-on a log of JSONL and compacted Parquet with everything a real log holds: torn lines, records of
+"""The report aggregated in DuckDB over the log files (ragmon.report.summary, what `report`
+prints) against the same queries over the load_records() DataFrame (the notebook's), on a log of JSONL and compacted Parquet with everything a real log holds: torn lines, records of
 older formats, non-object stages, missing fields, default-priced and repriced records."""
 from __future__ import annotations
 
@@ -86,7 +85,8 @@ def mixed_log(log_dir):
               "stages": {"retrieval": {"duration": 0.5}}}]
     with open(old_day, "ab") as f:
         f.write(b"".join(json.dumps(r).encode() + b"\n" for r in older))
-        f.write(b'{"start_time": 1, "total_time": 1, "stages": [1, 2]}\n')  # non-object stages
+        # Non-object stages: a record without stages (the value is counted as a bad value).
+        f.write(b'{"start_time": 1, "total_time": 1, "stages": [1, 2]}\n')
         f.write(b"not json\n")
     newest = log_dir / log_file_name(NOW)
     with open(newest, "ab") as f:
@@ -95,7 +95,8 @@ def mixed_log(log_dir):
         f.write(encode(rec(99))[:40])  # torn last line
     with_end = [(r, r["start_time"] + r["total_time"]) for r in records]
     with_end += [(older[0], NOW - 2 * DAY - 300), (older[1], NOW - 2 * DAY - 300),
-                 ({"start_time": NOW - 30.5, "total_time": 0.5}, NOW - 30.0)]
+                 ({"start_time": NOW - 30.5, "total_time": 0.5}, NOW - 30.0),
+                 ({"start_time": 1, "total_time": 1, "stages": [1, 2]}, 2.0)]
     return with_end
 
 
@@ -116,7 +117,7 @@ def log(tmp_path):
 
 
 @pytest.mark.parametrize("hours", [None, 30, 24 * 2.5])
-def test_the_sql_report_is_the_pandas_report(log, hours):
+def test_the_report_of_the_log_is_the_report_of_its_dataframe(log, hours):
     log_dir, _ = log
     settings = priced(log_dir, STAGE_BUDGETS="retrieval=1.0", SLOW_QUERY_SECONDS="3")
     old = build_report(load_records(log_dir, hours, settings=settings, now=NOW), settings,

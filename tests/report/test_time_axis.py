@@ -8,8 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from m2_3_report import load_records
-from ragmon.report.analysis import build_stats
+from m2_3_report import build_stats, load_records
 from ragmon.report.summary import report_from_log
 from tests.conftest import make_settings
 from tests.report.test_report import NOW, rec, write_records
