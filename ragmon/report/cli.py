@@ -469,7 +469,7 @@ def _run(args, out, err) -> int:
 
     if command == "compact":
         from .compact import compact_logs
-        for result in compact_logs(log_dir, progress=tty):
+        for result in compact_logs(log_dir, progress=tty, settings=settings):
             out.write(f"compacted {len(result.compacted)} day(s), {result.records:,} records, "
                       f"into {result.log_dir}/history")
             if result.rejected_lines:

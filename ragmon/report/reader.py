@@ -293,6 +293,13 @@ def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extr
     FROM read_parquet({files_sql}, filename=true, union_by_name=true, file_row_number=true)"""
 
 
+def token_kinds(struct_type: str) -> list[str]:
+    """The token kinds a Parquet ``tokens`` STRUCT type has (older partitions lack newer
+    kinds): STRUCT("input" BIGINT, output BIGINT, ...), a keyword quoted."""
+    present = set(re.findall(r'[(,]\s*"?(\w+)"? ', struct_type))
+    return [k for k in TOKEN_KEYS if k in present]
+
+
 def _sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
@@ -525,10 +532,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         files = _sql_list([f.path for f in sources.parquet])
         described = {name: kind for name, kind, *_ in con.execute(
             f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
-        token_type = described.get("tokens", "")
-        # STRUCT("input" BIGINT, output BIGINT, ...): a keyword is quoted
-        present = set(re.findall(r'[(,]\s*"?(\w+)"? ', token_type))
-        parquet = _parquet_select(files, full, [k for k in TOKEN_KEYS if k in present],
+        parquet = _parquet_select(files, full, token_kinds(described.get("tokens", "")),
                                   "extra" in described)
         con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
