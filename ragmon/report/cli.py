@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in a browser or send on")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest requests to list")
     p.add_argument("--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    p.add_argument("--exact", action="store_true",
+                   help="read every record, also of the history's whole days (by default "
+                   "those are read from their rollups: quantiles within 1%%, see docs/reports.md)")
 
     p = sub.add_parser("stats", parents=[common], help="detailed statistics with a time table")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
@@ -537,7 +540,7 @@ def _run(args, out, err) -> int:
             text = html_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
         else:
             report = report_from_log(log_dir, settings, hours=args.hours, top=args.top,
-                                     progress=tty)
+                                     progress=tty, exact=args.exact)
             _warn_skipped(report["read"], err)
             text = (json.dumps(report, indent=2) + "\n" if args.format == "json"
                     else format_csv(report) if args.format == "csv" else format_text(report))
