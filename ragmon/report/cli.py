@@ -155,9 +155,10 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     tmp = Path(tmp_name)
     try:
         if suffix == ".csv":
-            df, stats = read_columns(log_dir, since, None)
-            _csv_ready(df).to_csv(tmp, index=False)
-            count, read = len(df), stats.as_dict()
+            from .reader import export_csv
+            count, stats = export_csv(log_dir, tmp, since,
+                                      progress="export" if progress else None)
+            read = stats.as_dict()
         else:
             from .reader import ReadStats
             from ..instrument.records import encode
@@ -201,17 +202,6 @@ def _write_atomically(output: Path, text: str) -> None:
         os.replace(tmp_name, output)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-
-
-def _csv_ready(df):
-    """Lists (entities) as JSON arrays, so a CSV cell reads back unambiguously."""
-    out = df.copy()
-    for column in out.columns:
-        if out[column].dtype == object and column != "request_id":
-            out[column] = out[column].map(
-                lambda v: json.dumps(list(v)) if isinstance(v, (tuple, list)) else v,
-                na_action="ignore")
-    return out
 
 
 def _now_iso(now: float | None = None) -> str:

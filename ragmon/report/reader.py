@@ -612,6 +612,46 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     return table, stats
 
 
+def export_csv(log_dir, target: Path, since: float | None = None, *,
+               workers: int | None = None, progress: str | None = None) -> tuple[int, ReadStats]:
+    """Writes the valid records ending in [since, now] to `target` as CSV, in the engine
+    (DuckDB COPY: no DataFrame, no Python object per record), oldest first: the load_records()
+    columns, the timestamp as UTC time, one stage_<name> and attr_<key> column each. An
+    attribute cell holds a string as it is and any other value as JSON (a list reads back
+    with json.loads). Returns (records written, ReadStats)."""
+    sources = find_sources(log_dir, since, None)
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
+    with tempfile.TemporaryDirectory(prefix="ragmon-export-") as spill:
+        con, inside, stats = load_rows(sources, since, None, workers=workers, progress=progress,
+                                       stats=stats, spill_dir=Path(spill))
+        columns = ["request_id", "strftime(make_timestamp((end_time * 1e6)::BIGINT), "
+                   "'%Y-%m-%d %H:%M:%S.%f') || '+00:00' AS timestamp", "start_time",
+                   "total_time", *FLOAT_COLUMNS, *STRING_COLUMNS, *COUNT_COLUMNS,
+                   *PRICING_COLUMNS]
+        if con is None:
+            Path(target).write_text(",".join(c.split(" AS ")[-1] for c in columns) + "\n")
+            return 0, stats
+        try:
+            stages = _keys(con, "stage_map", inside, MAX_STAGE_NAMES, "stage", stats)
+            attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+            value = "attributes[{0}]"
+            columns += [f"stage_map[{_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
+                        for k in stages]
+            columns += [f"CASE json_type({value.format(_quote(k))}) "
+                        f"WHEN 'VARCHAR' THEN json_extract_string({value.format(_quote(k))}, '$') "
+                        f"WHEN 'NULL' THEN NULL ELSE {value.format(_quote(k))}::VARCHAR END "
+                        f"AS {_ident(ATTR_PREFIX + k)}" for k in attributes]
+            out = str(target).replace("'", "''")
+            [(written,)] = con.execute(
+                f"COPY (SELECT {', '.join(columns)} FROM all_rows WHERE {inside} "
+                f"ORDER BY end_time, seq) TO '{out}' (FORMAT csv, HEADER)").fetchall()
+        finally:
+            con.close()
+    stats.records = int(written)
+    return int(written), stats
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
