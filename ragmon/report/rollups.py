@@ -31,7 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .reader import TOKEN_KEYS, _quote, token_kinds
+from .reader import TOKEN_KEYS, sql_quote
 
 ROLLUP_DIR = "rollup"
 ROLLUP_META = "rollup.json"
@@ -66,7 +66,7 @@ def bucket_value_sql(sign: str, bucket: str) -> str:
 def _sketch_rows(metric: str, group: str, value: str, source: str) -> str:
     sign, bucket = bucket_sql("x")
     return f"""
-        SELECT {_quote(metric)} AS metric, grp, {sign} AS sign, {bucket} AS bucket,
+        SELECT {sql_quote(metric)} AS metric, grp, {sign} AS sign, {bucket} AS bucket,
                count(*) AS count
         FROM (SELECT {group} AS grp, {value} AS x FROM {source}) WHERE x IS NOT NULL
         GROUP BY ALL"""
@@ -77,7 +77,7 @@ def rollup_queries(source: str, settings, top: int = ROLLUP_TOP) -> dict[str, st
     ``all_rows``), as one SELECT each."""
     limits = thresholds(settings)
     budgets = limits["stage_budgets"]
-    budget = ("CASE stage " + " ".join(f"WHEN {_quote(k)} THEN {v!r}" for k, v in budgets.items())
+    budget = ("CASE stage " + " ".join(f"WHEN {sql_quote(k)} THEN {v!r}" for k, v in budgets.items())
               + " END" if budgets else "NULL::DOUBLE")
     share = limits["bottleneck_share"]
     tokens = ", ".join(f"sum({k}_tokens)::BIGINT AS {k}_tokens" for k in TOKEN_KEYS)
@@ -155,21 +155,24 @@ def write_rollup(partition: Path, settings, records_name: str = "records.parquet
     """Writes ``partition/rollup`` from ``partition/records_name``: into a scratch directory,
     renamed over the old one, so a reader sees the old rollup, none, or the new one. A reader
     checks the fingerprint anyway (see usable())."""
-    from .reader import _parquet_select, _sql_list, connect
+    from .reader import load_rows
+    from .sources import LogFile, Sources, partition_date
 
     records = partition / records_name
     scratch = partition / f".{ROLLUP_DIR}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    con = connect(threads=None)
+    # The partition may still be compaction's scratch directory: the day is not needed here.
+    day = LogFile(records, partition_date(partition), "parquet", partition)
+    # Every row, records dated in the future too (a report whose period they fall outside
+    # reads that day raw, see usable()).
+    con, inside, _ = load_rows(Sources([partition], [day]), count_history=False,
+                               skip_future=False)
     try:
-        files = _sql_list([records])
-        described = {row[0]: row[1] for row in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({files})").fetchall()}
-        present = token_kinds(described.get("tokens", ""))
-        con.execute(f"CREATE VIEW day_rows AS {_parquet_select(files, False, present, 'extra' in described)}")
-        stats = con.execute("SELECT count(*), min(end_time), max(end_time) FROM day_rows").fetchone()
-        for name, sql in rollup_queries("day_rows", settings).items():
+        stats = con.execute(f"SELECT count(*), min(end_time), max(end_time) FROM all_rows "
+                            f"WHERE {inside}").fetchone()
+        for name, sql in rollup_queries(f"(SELECT * FROM all_rows WHERE {inside})",
+                                        settings).items():
             target = str(scratch / f"{name}.parquet").replace("'", "''")
             con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)")
     finally:

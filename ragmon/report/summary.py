@@ -22,7 +22,7 @@ from pathlib import Path
 from .analysis import TOP_VALUES, _f, report_header
 from .analysis import _iso as _analysis_iso
 from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
-                     _hashable, _quote, find_sources, load_rows, since_hours)
+                     _hashable, sql_quote, find_sources, load_rows, since_hours)
 from .reader import HISTORY_END
 
 # DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
@@ -50,7 +50,7 @@ def _iso(epoch) -> str | None:
 
 
 def _sql_in(values) -> str:
-    return "(" + ", ".join(_quote(str(v)) for v in values) + ")" if values else "(NULL)"
+    return "(" + ", ".join(sql_quote(str(v)) for v in values) + ")" if values else "(NULL)"
 
 
 class _Steps:
@@ -332,7 +332,7 @@ def _assemble(results: dict, settings, hours, now, stats: ReadStats, *, attribut
 
 def _stages_query(inside: str, settings):
     budgets = dict(settings.STAGE_BUDGETS)
-    budget = ("CASE stage " + " ".join(f"WHEN {_quote(k)} THEN {float(v)!r}"
+    budget = ("CASE stage " + " ".join(f"WHEN {sql_quote(k)} THEN {float(v)!r}"
                                        for k, v in budgets.items()) + " END"
               if budgets else "NULL::DOUBLE")
     return (f"""
@@ -690,10 +690,8 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
     rollup applies."""
     import json
 
-    from .reader import HISTORY_END, connect
-    from .rollups import (RELATIVE_ERROR, ROLLUP_DIR, ROLLUP_META, TABLES, quantile_sql,
-                          rollup_queries)
-    from .reader import _sql_list
+    from .reader import HISTORY_END, connect, sql_list
+    from .rollups import RELATIVE_ERROR, ROLLUP_DIR, ROLLUP_META, TABLES, rollup_queries
 
     since = since_hours(hours, now)
     sources, rolled, raw = _rollup_sources(log_dir, settings, since, top)
@@ -724,7 +722,7 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
                 con.execute(f"CREATE TABLE raw_{name} AS {sql}")
             for name in TABLES:
                 parts = [f"SELECT * FROM read_parquet("
-                         f"{_sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f in rolled])}, "
+                         f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f in rolled])}, "
                          "union_by_name=true)"]
                 if raw_sql:
                     parts.append(f"SELECT * FROM raw_{name}")
@@ -759,7 +757,7 @@ def _rollup_results(con, top: int, history_in_period: int) -> dict:
 
     token = {k: f"coalesce(sum({k}_tokens), 0)" for k in ("input", "output", "cached_input")}
     [main] = run(f"""
-        SELECT sum(n), min(first_end), max(last_end),
+        SELECT coalesce(sum(n), 0), min(first_end), max(last_end),
                coalesce(sum(n) FILTER (status = 'success'), 0),
                coalesce(sum(n) FILTER (status = 'error'), 0),
                coalesce(sum(n) FILTER (status = 'cancelled'), 0),
