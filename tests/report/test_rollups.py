@@ -16,6 +16,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from ragmon.report.compact import compact_logs
 from ragmon.report.costs import reprice_logs
+from ragmon.report.formatting import format_text
 from ragmon.report.rollups import RELATIVE_ERROR, ROLLUP_DIR, bucket_sql, quantile_sql
 from ragmon.report.summary import report_from_log
 from tests.conftest import make_settings
@@ -145,6 +146,8 @@ def test_the_report_over_rollups_equals_the_exact_report_within_the_stated_error
     exact = report_from_log(log_dir, settings, hours=None, now=NOW, top=25, exact=True)
     assert fast["rollups"]["days"] == 3 and fast["rollups"]["raw_files"] == 1
     assert "rollups" not in exact
+    assert "3 whole day(s) of history read from their rollups: percentiles within 1%" \
+        in format_text(fast) and "from their rollups" not in format_text(exact)
     assert fast["totals"]["requests"] == 3 * 400 + 50
     assert_same_figures(fast, exact)
 
