@@ -67,14 +67,17 @@ def _sketch_rows(metric: str, group: str, value: str, source: str) -> str:
     sign, bucket = bucket_sql("x")
     return f"""
         SELECT {sql_quote(metric)} AS metric, grp, {sign} AS sign, {bucket} AS bucket,
-               count(*) AS count
+               count(*)::BIGINT AS count
         FROM (SELECT {group} AS grp, {value} AS x FROM {source}) WHERE x IS NOT NULL
         GROUP BY ALL"""
 
 
-def rollup_queries(source: str, settings, top: int = ROLLUP_TOP) -> dict[str, str]:
-    """The rollup tables of the rows `source` (a FROM item with the columns of reader's
-    ``all_rows``), as one SELECT each."""
+def rollup_queries(source: str, settings, top: int = ROLLUP_TOP,
+                   work: str = "rollup_work_") -> tuple[list[str], dict[str, str]]:
+    """(statements creating the working tables `work`*, the rollup tables as one SELECT each)
+    of the rows `source` (a FROM item with the columns of reader's ``all_rows``). The working
+    tables hold each stage and attribute entry once, and latency by model and operation, so
+    that the rows are unnested and bucketed once, not per table."""
     limits = thresholds(settings)
     budgets = limits["stage_budgets"]
     budget = ("CASE stage " + " ".join(f"WHEN {sql_quote(k)} THEN {v!r}" for k, v in budgets.items())
@@ -97,9 +100,10 @@ def rollup_queries(source: str, settings, top: int = ROLLUP_TOP) -> dict[str, st
                    AS cost_repriced_sum,
                {quality}
         FROM {source} GROUP BY ALL"""
-    entries = f"""(SELECT entry.key AS stage, entry.value.duration AS d, total_time AS t
-                   FROM (SELECT unnest(map_entries(stage_map)) AS entry, total_time
-                         FROM {source}))"""
+    prepare = [f"""CREATE OR REPLACE TABLE {work}stages AS
+        SELECT entry.key AS stage, entry.value.duration AS d, total_time AS t
+        FROM (SELECT unnest(map_entries(stage_map)) AS entry, total_time FROM {source})"""]
+    entries = f"{work}stages"
     stages = f"""
         SELECT stage, count(d) AS n, fsum(d) AS d_sum, max(d) AS d_max,
                fsum(share) FILTER (d IS NOT NULL) AS share_sum,
@@ -110,25 +114,33 @@ def rollup_queries(source: str, settings, top: int = ROLLUP_TOP) -> dict[str, st
         FROM (SELECT stage, d, t, CASE WHEN t > 0 THEN d / t ELSE 0.0 END AS share,
                      {budget} AS budget FROM {entries})
         GROUP BY stage"""
-    attribute_entries = f"""(
-        SELECT key, v, kind, total_time, status, end_time,
+    prepare.append(f"""CREATE OR REPLACE TABLE {work}attributes AS
+        SELECT key, kind, total_time, status, end_time,
                CASE WHEN kind IN {_NUMBER_KINDS} THEN TRY_CAST(v AS DOUBLE) END AS x,
                CASE WHEN kind NOT IN {_NUMBER_KINDS} AND kind <> 'NULL' THEN v::VARCHAR END AS text
         FROM (SELECT entry.key AS key, entry.value AS v, json_type(entry.value) AS kind,
                      total_time, status, end_time
               FROM (SELECT unnest(map_entries(attributes)) AS entry, total_time, status, end_time
-                    FROM {source})))"""
+                    FROM {source}))""")
+    attribute_entries = f"{work}attributes"
+    sign, bucket = bucket_sql("total_time")
+    prepare.append(f"""CREATE OR REPLACE TABLE {work}latency AS
+        SELECT coalesce(model, '(none)') AS model, operation, {sign} AS sign, {bucket} AS bucket,
+               count(*) AS count
+        FROM {source} WHERE total_time IS NOT NULL GROUP BY ALL""")
     attributes = f"""
         SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, count(*) AS n,
                count(x) AS xn, fsum(x) AS xsum, max(x) AS xmax,
                count(*) FILTER (status = 'success') AS ok, min(end_time) AS first_end
         FROM {attribute_entries} GROUP BY key, text"""
     sketch = " UNION ALL ".join(
-        [_sketch_rows("total_time", "''", "total_time", source),
-         _sketch_rows("model", "coalesce(model, '(none)')", "total_time", source),
-         _sketch_rows("operation", "operation", "total_time",
-                      f"(SELECT * FROM {source} WHERE operation IS NOT NULL)"),
-         _sketch_rows("stage", "stage", "d", entries)]
+        [f"""SELECT {sql_quote(metric)} AS metric, {group} AS grp, sign, bucket,
+                    sum(count)::BIGINT AS count
+             FROM {work}latency {where} GROUP BY ALL"""
+         for metric, group, where in (("total_time", "''", ""), ("model", "model", ""),
+                                      ("operation", "operation",
+                                       "WHERE operation IS NOT NULL"))]
+        + [_sketch_rows("stage", "stage", "d", entries)]
         + [_sketch_rows(c, "''", c, source) for c in QUALITY_COLUMNS]
         + [_sketch_rows("attribute", "key", "x", attribute_entries),
            _sketch_rows("attribute_value", "key || chr(0) || text", "total_time",
@@ -142,8 +154,8 @@ def rollup_queries(source: str, settings, top: int = ROLLUP_TOP) -> dict[str, st
         SELECT 'cost' AS ranking, {columns}, seq FROM (
             SELECT * FROM {source} WHERE cost IS NOT NULL ORDER BY cost DESC, end_time, seq
             LIMIT {int(top)})"""
-    return {"groups": groups, "sketch": sketch, "stages": stages, "attributes": attributes,
-            "top": top_rows}
+    return prepare, {"groups": groups, "sketch": sketch, "stages": stages,
+                     "attributes": attributes, "top": top_rows}
 
 
 def _fingerprint(records: Path) -> dict:
@@ -171,8 +183,10 @@ def write_rollup(partition: Path, settings, records_name: str = "records.parquet
     try:
         stats = con.execute(f"SELECT count(*), min(end_time), max(end_time) FROM all_rows "
                             f"WHERE {inside}").fetchone()
-        for name, sql in rollup_queries(f"(SELECT * FROM all_rows WHERE {inside})",
-                                        settings).items():
+        prepare, queries = rollup_queries(f"(SELECT * FROM all_rows WHERE {inside})", settings)
+        for statement in prepare:
+            con.execute(statement)
+        for name, sql in queries.items():
             target = str(scratch / f"{name}.parquet").replace("'", "''")
             con.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet)")
     finally:

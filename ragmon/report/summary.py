@@ -718,8 +718,12 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
                     f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
             metas = [json.loads((f.path.parent / ROLLUP_DIR / ROLLUP_META).read_text())
                      for f in rolled]
-            for name, sql in (rollup_queries(raw_sql, settings).items() if raw_sql else []):
-                con.execute(f"CREATE TABLE raw_{name} AS {sql}")
+            if raw_sql:
+                prepare, queries = rollup_queries(raw_sql, settings)
+                for statement in prepare:
+                    con.execute(statement)
+                for name, sql in queries.items():
+                    con.execute(f"CREATE TABLE raw_{name} AS {sql}")
             for name in TABLES:
                 parts = [f"SELECT * FROM read_parquet("
                          f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f in rolled])}, "
