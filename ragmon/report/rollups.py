@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from .reader import TOKEN_KEYS, sql_quote
+from .sources import PARQUET_NAME
 
 ROLLUP_DIR = "rollup"
 ROLLUP_META = "rollup.json"
@@ -52,7 +53,7 @@ def thresholds(settings) -> dict:
             "stage_budgets": {k: float(v) for k, v in sorted(dict(settings.STAGE_BUDGETS).items())}}
 
 
-def bucket_sql(x: str) -> str:
+def bucket_sql(x: str) -> tuple[str, str]:
     """(sign, bucket) of the value `x` as two SQL expressions."""
     return (f"sign({x})::TINYINT",
             f"CASE WHEN {x} = 0 THEN 0 ELSE ceil(ln(abs({x})) / ln({GAMMA!r}))::INTEGER END")
@@ -163,7 +164,7 @@ def _fingerprint(records: Path) -> dict:
     return {"records_size": info.st_size, "records_mtime_ns": info.st_mtime_ns}
 
 
-def write_rollup(partition: Path, settings, records_name: str = "records.parquet") -> None:
+def write_rollup(partition: Path, settings, records_name: str = PARQUET_NAME) -> None:
     """Writes ``partition/rollup`` from ``partition/records_name``: into a scratch directory,
     renamed over the old one, so a reader sees the old rollup, none, or the new one. A reader
     checks the fingerprint anyway (see usable())."""
@@ -229,7 +230,7 @@ def usable(partition: Path, settings, since: float | None, until: float | None,
     are now, for these thresholds, and every record of it falls inside [since, until)."""
     try:
         meta = json.loads((partition / ROLLUP_DIR / ROLLUP_META).read_text())
-        current = _fingerprint(partition / "records.parquet")
+        current = _fingerprint(partition / PARQUET_NAME)
     except (OSError, ValueError):
         return None
     if (meta.get("version") != ROLLUP_VERSION or meta.get("relative_error") != RELATIVE_ERROR

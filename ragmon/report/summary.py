@@ -672,15 +672,19 @@ class _NeedsRecords(Exception):
 
 
 def _rollup_sources(log_dir, settings, since, top):
-    """(every source, the partitions whose rollups cover whole days of the period, the rest)."""
+    """(every source, [(partition, its rollup.json)] of the rollups covering whole days of the
+    period, the sources of the rest)."""
     from .reader import future_bound
     from .rollups import usable
     from .sources import Sources
 
     sources = find_sources(log_dir, since, None)
     bound = future_bound(since)
-    rolled = [f for f in sources.parquet if usable(f.path.parent, settings, since, bound, top)]
-    raw = Sources(sources.dirs, [f for f in sources.files if f not in rolled], sources.ignored)
+    metas = {str(f.path): usable(f.path.parent, settings, since, bound, top)
+             for f in sources.parquet}
+    rolled = [(f, metas[str(f.path)]) for f in sources.parquet if metas[str(f.path)]]
+    raw = Sources(sources.dirs, [f for f in sources.files if not metas.get(str(f.path))],
+                  sources.ignored)
     return sources, rolled, raw
 
 
@@ -688,10 +692,8 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
     """The report from the rollups of the whole days of history in the period plus the raw
     records of the rest (JSONL days, partial days, days without a valid rollup); None when no
     rollup applies."""
-    import json
-
-    from .reader import HISTORY_END, connect, sql_list
-    from .rollups import RELATIVE_ERROR, ROLLUP_DIR, ROLLUP_META, TABLES, rollup_queries
+    from .reader import connect, sql_list
+    from .rollups import RELATIVE_ERROR, ROLLUP_DIR, TABLES, rollup_queries
 
     since = since_hours(hours, now)
     sources, rolled, raw = _rollup_sources(log_dir, settings, since, top)
@@ -716,8 +718,6 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
             if raw_sql is not None:
                 [(raw_history,)] = con.execute(
                     f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
-            metas = [json.loads((f.path.parent / ROLLUP_DIR / ROLLUP_META).read_text())
-                     for f in rolled]
             if raw_sql:
                 prepare, queries = rollup_queries(raw_sql, settings)
                 for statement in prepare:
@@ -726,12 +726,12 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
                     con.execute(f"CREATE TABLE raw_{name} AS {sql}")
             for name in TABLES:
                 parts = [f"SELECT * FROM read_parquet("
-                         f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f in rolled])}, "
+                         f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f, _ in rolled])}, "
                          "union_by_name=true)"]
                 if raw_sql:
                     parts.append(f"SELECT * FROM raw_{name}")
                 con.execute(f"CREATE TABLE m_{name} AS " + " UNION ALL BY NAME ".join(parts))
-            rows = sum(m["rows"] for m in metas)
+            rows = sum(meta["rows"] for _, meta in rolled)
             stats.files = [str(f.path) for f in sources.files]
             stats.lines += rows
             stats.history_rows += rows
