@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from ragmon.instrument.catalog import RAGMetrics  # noqa: E402
-from ragmon.instrument.decorator import monitored_query, stage  # noqa: E402
+from ragmon import monitored_query, stage  # noqa: E402
 from ragmon.settings import load_settings  # noqa: E402
 
 

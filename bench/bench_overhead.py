@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ragmon.instrument.catalog import (COST_BUCKETS, QUERY_LATENCY_BUCKETS, SCORE_BUCKETS,
                                        STAGE_LATENCY_BUCKETS, RAGMetrics)
-from ragmon.instrument.decorator import monitored_query, stage
+from ragmon import monitored_query, stage
 from ragmon.instrument.pricing import ModelPrice, PriceTable
 from ragmon.instrument.records import DailyFileSink
 from ragmon.settings import load_settings

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest, values  # noqa
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 from ragmon.instrument.catalog import RAGMetrics  # noqa: E402
-from ragmon.instrument.decorator import monitored_query, stage  # noqa: E402
+from ragmon import monitored_query, stage  # noqa: E402
 from ragmon.serving import workers  # noqa: E402
 from ragmon.settings import load_settings  # noqa: E402
 

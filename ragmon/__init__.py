@@ -26,14 +26,16 @@ from __future__ import annotations
 
 from .instrument.catalog import RAGMetrics
 from .instrument.context import current_request_id, request_context
-from .instrument.decorator import (configure, configure_request_log, default_metrics,
-                                   monitored_query, observe_stage, record_quality, record_tokens,
-                                   set_attributes, stage, track_cache_operation, track_rate_limit)
+from .instrument.decorator import monitored_query
+from .instrument.helpers import record_quality, record_tokens, set_attributes, track_cache_operation
 from .instrument.jsonlog import StructuredLogger, redact
 from .instrument.performance import PerformanceMonitor
 from .instrument.pricing import PriceTable
 from .instrument.records import DailyFileSink
-from .instrument.sdk import instrument_anthropic, instrument_openai
+from .instrument.ratelimits import track_rate_limit
+from .instrument.runtime import configure, configure_request_log, default_metrics
+from .instrument.sdk import instrument_anthropic, instrument_gemini, instrument_openai
+from .instrument.stages import observe_stage, stage
 from .instrument.server import start_metrics_server
 from .settings import ConfigError, Settings, get_settings, load_settings, make_settings
 
@@ -46,7 +48,7 @@ __all__ = [
     # measuring a query
     "monitored_query", "stage", "observe_stage", "record_tokens", "record_quality",
     "set_attributes", "track_cache_operation", "track_rate_limit", "current_request_id",
-    "request_context", "instrument_openai", "instrument_anthropic",
+    "request_context", "instrument_openai", "instrument_anthropic", "instrument_gemini",
     # the metrics and the records
     "metrics", "RAGMetrics", "PriceTable", "start_metrics_server", "configure_request_log",
     "DailyFileSink", "StructuredLogger", "redact", "PerformanceMonitor",

@@ -20,8 +20,11 @@ import time
 from dataclasses import dataclass
 
 from .instrument.catalog import RAGMetrics
-from .instrument.decorator import (configure_request_log, default_metrics, monitored_query,
-                                   record_tokens, stage, track_cache_operation, track_rate_limit)
+from .instrument.decorator import monitored_query
+from .instrument.helpers import record_tokens, track_cache_operation
+from .instrument.ratelimits import track_rate_limit
+from .instrument.runtime import configure_request_log, default_metrics
+from .instrument.stages import stage
 from .instrument.sdk import record_llm_error
 from .instrument.jsonlog import StructuredLogger
 from .instrument.server import start_metrics_server

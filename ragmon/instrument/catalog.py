@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
 from .notices import WarningLimiter
 from .pricing import ModelPrice, PriceTable
+from .tokens import billed_labels
 
 log = logging.getLogger("ragmon")
 
@@ -46,7 +47,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 # "cached_input" is prompt tokens read from the provider's cache; cache writes are split by the
 # cache lifetime Anthropic bills differently. Reasoning tokens are a part of "output" and have
 # their own counter (rag_reasoning_tokens_total) so that no sum counts them twice.
-TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h")
+TOKEN_TYPES = billed_labels()  # from tokens.KINDS, the one table of token kinds
 RATE_LIMIT_KINDS = ("requests", "tokens")
 # The HTTP methods the middleware names; any other becomes "other", so a client cannot mint labels.
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -281,6 +282,14 @@ class RAGMetrics:
             f"{P}label_overflow_total",
             "Label values mapped to __other__ because a label passed its cardinality limit.",
             ["metric", "label"])
+        self.duplicate_usage = counter(
+            f"{P}duplicate_usage_total", "LLM usages reported twice within one query (by an "
+            "instrumented client and again by hand, or the same response twice); counted once.",
+            ["operation"])
+        self.queries_without_usage = counter(
+            f"{P}queries_without_usage_total", "Successful queries that name a model but received "
+            "no token usage (an uninstrumented client whose text was returned): their tokens "
+            "and cost are missing.", ["operation", "model"])
         self.unknown_model = counter(
             f"{P}unknown_model_total", "Cost calculations for models missing from the price table "
             "(priced at the default).")
@@ -308,7 +317,7 @@ class RAGMetrics:
                      "tokens", "query_cost", "spend", "relevance", "context_precision",
                      "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
                      "reasoning_tokens", "partial_usage", "rate_limit_reset", "llm_errors",
-                     "unreadable_responses",
+                     "unreadable_responses", "duplicate_usage", "queries_without_usage",
                      "http_requests", "http_latency", "http_stream"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
@@ -399,10 +408,10 @@ class RAGMetrics:
             ("cache_write_1h_tokens", cache_write_1h_tokens))]
         found = self.price_table.match(model)
         if not found.known and model is not None:
-            self._note_unknown_model(model)
+            self.note_unknown_model(model)
         return found.price.cost(*counts)
 
-    def _note_unknown_model(self, model: str) -> None:
+    def note_unknown_model(self, model: str) -> None:
         self.unknown_model.inc()
         model = _label_value(model)
         if model not in self._warned_models:

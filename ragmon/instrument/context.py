@@ -34,25 +34,27 @@ if hasattr(os, "register_at_fork"):
 
 
 class QueryExtras:
-    """What a query reports while it runs, besides its return value: streamed token counts,
-    quality set by hand, cache lookups, attributes, the first chunk's time. Made on first use,
-    so a query that reports nothing this way costs nothing for it."""
+    """What a query reports while it runs, besides its return value: LLM usage (record_tokens,
+    instrumented clients, streams), quality set by hand, cache lookups, attributes, the first
+    chunk's time. Made on first use, so a query that reports nothing this way costs nothing."""
 
-    __slots__ = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-                 "cache_write_1h_tokens", "reasoning_tokens", "relevance_score",
-                 "context_precision", "first_token", "cache_hits", "cache_misses", "attributes",
-                 "usages", "chunks")
+    __slots__ = ("relevance_score", "context_precision", "first_token", "cache_hits",
+                 "cache_misses", "attributes", "usages", "chunks")
 
     def __init__(self):
-        self.input_tokens = self.output_tokens = self.cached_input_tokens = 0
-        self.cache_write_tokens = self.cache_write_1h_tokens = self.reasoning_tokens = 0
-        # LLM responses and streams seen during the query (usage.Usage / usage.StreamUsage), and
-        # the tracker of the chunks a streaming query yields itself.
+        # LLM usages and streams seen during the query (tokens.Usage / usage.StreamUsage), in
+        # the order they came, and the tracker of the chunks a streaming query yields itself.
         self.usages: list | None = None
         self.chunks = None
         self.relevance_score = self.context_precision = self.first_token = None
         self.cache_hits = self.cache_misses = 0
         self.attributes: dict | None = None
+
+    def add_usage(self, usage) -> None:
+        if self.usages is None:
+            self.usages = [usage]
+        elif all(known is not usage for known in self.usages):
+            self.usages.append(usage)
 
 
 class QueryContext:

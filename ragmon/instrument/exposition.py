@@ -34,10 +34,7 @@ def _count_failure(registry, what: str, exc: BaseException) -> None:
         log.warning("monitoring: %s failed to render and was left out of /metrics: %r "
                     "(counted in rag_instrumentation_errors_total{reason=\"exposition\"})", what, exc)
         ref = _catalogs.get(registry)
-        catalog = ref() if ref is not None else None
-        if catalog is None and registry is REGISTRY:
-            from .decorator import default_metrics
-            catalog = default_metrics()
+        catalog = ref() if ref is not None else None  # every RAGMetrics registers itself
         if catalog is not None:
             catalog.count_instrumentation_error("exposition")
     except Exception:  # counting must not break the scrape either

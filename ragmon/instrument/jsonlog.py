@@ -135,8 +135,8 @@ class _QuietFileHandler(logging.FileHandler):
     def handleError(self, record):
         self.lost = getattr(self, "lost", 0) + 1
         try:
-            from .decorator import _default_metrics, _recording_failed
-            _recording_failed(_default_metrics, "log_write", "a log line to %s could not be written",
+            from .runtime import STATE, recording_failed
+            recording_failed(STATE.metrics, "log_write", "a log line to %s could not be written",
                               self.baseFilename)
             if self.stream is not None:
                 self.close()  # reopened on the next line (the directory may come back)
@@ -244,8 +244,8 @@ class StructuredLogger:
         try:
             line = self.format(level, event, fields)
         except Exception as failure:  # logging never raises into the application
-            from .decorator import _default_metrics, _recording_failed
-            _recording_failed(_default_metrics, "log_format", "a log line for event %r could not "
+            from .runtime import STATE, recording_failed
+            recording_failed(STATE.metrics, "log_format", "a log line for event %r could not "
                               "be formatted: %r", text_of(event), failure)
             return
         self._logger.log(level, line)

@@ -30,16 +30,18 @@ from typing import Any, Mapping
 
 from ..checks import (MAX_COST_DOLLARS, MAX_TOKENS, check_amount, check_count, check_name,
                       check_score, check_whole, safe_label)
-from .records import STATUSES, add_stage, iso_utc, status_of
+from . import tokens
+from .accounting import refused, series_for, settle, today
+from .records import STATUSES, add_stage, build_record, iso_utc, status_of
+from .tokens import PartsExceedWhole, Usage
 
 log = logging.getLogger("ragmon")
 
-# Fields end_request()/set() accept besides status and error_type; they map 1:1 onto
-# ragmon.instrument.records.make_record keywords.
-RECORD_FIELDS = ("model", "input_tokens", "output_tokens", "cached_input_tokens", "cost",
-                 "relevance_score", "context_precision", "time_to_first_token", "cache_hits",
-                 "cache_misses", "operation")
-_COUNT_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_hits", "cache_misses")
+# Fields end_request()/set() accept besides status, error_type and the token kinds (every
+# field of tokens.KINDS, under record_tokens' names and input convention).
+RECORD_FIELDS = ("model", "cost", "relevance_score", "context_precision", "time_to_first_token",
+                 "cache_hits", "cache_misses", "operation")
+_COUNT_FIELDS = ("cache_hits", "cache_misses")
 _SCORE_FIELDS = ("relevance_score", "context_precision")
 
 
@@ -169,13 +171,13 @@ class PerformanceMonitor:
                              "sink=DailyFileSink(log_dir)")
         self.settings = settings
         if metrics is None:
-            from .decorator import default_metrics
+            from .runtime import default_metrics
             metrics = default_metrics()
         self.metrics = metrics
         self.operation = operation
         self._owns_sink = sink is None and not shared_sink
         if shared_sink:  # the process-wide request log, as configure_request_log() set it
-            from .decorator import current_request_log
+            from .runtime import current_request_log
             sink = current_request_log()
         elif sink is None:
             from .records import DailyFileSink, sink_from_settings
@@ -394,11 +396,12 @@ class PerformanceMonitor:
 
     @staticmethod
     def _check_fields(fields: Mapping[str, Any]) -> dict:
-        unknown = sorted(set(fields) - set(RECORD_FIELDS))
+        known = (*RECORD_FIELDS, *tokens.fields())
+        unknown = sorted(set(fields) - set(known))
         if unknown:
             raise TypeError(f"unknown record field(s) {unknown}; expected some of "
-                            f"{list(RECORD_FIELDS)}, or put free-form values in attributes={{...}}")
-        for name in _COUNT_FIELDS:
+                            f"{list(known)}, or put free-form values in attributes={{...}}")
+        for name in (*_COUNT_FIELDS, *tokens.fields()):
             if name in fields:
                 check_count(name, fields[name])
         for name in _SCORE_FIELDS:
@@ -412,7 +415,7 @@ class PerformanceMonitor:
         return dict(fields)
 
     def _observe(self, name: str, duration: float, metadata, operation: str) -> None:
-        from .decorator import observe_stage
+        from .stages import observe_stage
         observe_stage(name, duration, metadata, metrics=self.metrics, operation=operation,
                       attach=False)  # this monitor writes the request's record itself
 
@@ -455,42 +458,47 @@ class PerformanceMonitor:
     def _write(self, state: _Request, total_time: float, status: str) -> bool:
         if self.sink is None:
             return False
-        from .records import make_record
         f = state.fields
+        operation = self._safe_name(f.get("operation") or self.operation)
         cost = f.get("cost")
-        tokens = {k: f.get(k, 0) for k in ("input_tokens", "output_tokens", "cached_input_tokens")}
-        out_of_bounds = {k: v for k, v in tokens.items() if v > MAX_TOKENS}
+        model = f.get("model")
+        model = None if model is None else self._safe_name(model)
+        counts = {name: f[name] for name in tokens.fields() if f.get(name)}
+        settlement = out_of_bounds = None
         try:
-            if out_of_bounds:
-                tokens.update(dict.fromkeys(out_of_bounds, 0))
-            if cost is None and any(tokens.values()):
-                cost = self._price({**f, **tokens})
-            if cost is not None and cost > MAX_COST_DOLLARS:
-                out_of_bounds["cost"], cost = cost, None
+            usage = Usage.reported(counts, model=model, by_hand=True)
+            settlement = settle([usage], model, today(),
+                                lambda name, day: series_for(self.metrics, operation, name, day))
+            for name, line in settlement.lines.items():
+                if not line.series.known:
+                    self.metrics.note_unknown_model(name)
+            out_of_bounds = settlement.out_of_bounds
+            if cost is None:
+                cost = settlement.cost
+            elif cost > MAX_COST_DOLLARS:
+                out_of_bounds, cost = {**(out_of_bounds or {}), "cost": cost}, None
             if out_of_bounds:
                 self.metrics.count_instrumentation_error("out_of_bounds")
                 log.warning("request %r reported %s beyond the sane bounds (%d tokens, $%s per "
                             "call); kept raw under out_of_bounds in its record", state.request_id,
                             ", ".join(out_of_bounds), MAX_TOKENS, MAX_COST_DOLLARS)
+        except PartsExceedWhole as problem:
+            out_of_bounds = refused(self.metrics, operation, problem)
         except Exception:  # pricing must not fail the request either
             log.exception("could not price request %r", state.request_id)
             self.metrics.count_instrumentation_error("recording")
             cost = None
         try:
-            model = f.get("model")
-            record = make_record(
-                request_id=state.request_id, service=self.settings.SERVICE_NAME,
-                env=self.settings.ENV, operation=self._safe_name(f.get("operation") or self.operation),
-                model=None if model is None else self._safe_name(model), status=status,
-                error_type=state.error_type, start_time=state.start_wall, total_time=total_time,
-                stages=self._safe_stages(state.stages),
-                input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
-                cached_input_tokens=tokens["cached_input_tokens"], cost=cost,
-                relevance_score=f.get("relevance_score"),
-                context_precision=f.get("context_precision"),
-                time_to_first_token=f.get("time_to_first_token"),
-                cache_hits=f.get("cache_hits", 0), cache_misses=f.get("cache_misses", 0),
-                attributes=state.attributes, out_of_bounds=out_of_bounds or None)
+            record = build_record(
+                state.request_id, self.settings.SERVICE_NAME, self.settings.ENV, operation,
+                model, status, state.error_type, state.start_wall, total_time,
+                self._safe_stages(state.stages),
+                settlement.record_tokens() if settlement is not None
+                else tokens.record_tokens_field({}),
+                cost, f.get("relevance_score"), f.get("context_precision"),
+                f.get("time_to_first_token"), f.get("cache_hits", 0), f.get("cache_misses", 0),
+                state.attributes, settlement.pricing() if settlement is not None else None,
+                out_of_bounds or None)
             self.sink.write(record, at=state.start_wall + total_time)
             return True
         except Exception:  # the application must not fail because its log could not be written
@@ -510,10 +518,6 @@ class PerformanceMonitor:
         if all(safe_label(name) == name for name in stages):
             return stages
         return {self._safe_name(name): entry for name, entry in stages.items()}
-
-    def _price(self, fields: Mapping[str, Any]) -> float:
-        tokens = {k: fields.get(k, 0) for k in ("input_tokens", "output_tokens", "cached_input_tokens")}
-        return self.metrics.calculate_cost(model=fields.get("model"), **tokens)
 
 
 class StageHandle:

@@ -40,6 +40,7 @@ from typing import Protocol, TextIO
 
 from ..checks import safe_text, text_of
 from .redaction import scrub
+from .tokens import record_tokens_field
 
 STATUSES = ("success", "error", "cancelled")
 # Ending a request this way is the caller's choice (a cancelled task, an abandoned stream,
@@ -154,35 +155,36 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
                 cache_misses: int = 0, attributes: dict | None = None,
                 cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
                 reasoning_tokens: int = 0, pricing: dict | None = None,
-                out_of_bounds: dict | None = None) -> dict:
+                out_of_bounds: dict | None = None, tokens: dict | None = None) -> dict:
     """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}.
 
-    ``tokens`` holds the billed kinds (they never overlap) and ``reasoning``, a part of
-    ``output``. ``pricing`` says what priced the request: how the model matched the price table
-    (exact / alias / pattern / default), the price id (entry or dated version), the unit prices,
-    the provider and whether the usage is partial (a stream that ended before its final usage).
-    ``out_of_bounds`` keeps raw values that were outside the sane bounds and left out of metrics.
-    Attributes and stage metadata are scrubbed of secrets.
+    ``tokens`` holds the billed kinds (they never overlap; ``input`` is the uncached prompt)
+    and the parts only shown (``reasoning``, a part of ``output``), under the record keys of
+    ``tokens.KINDS``: pass them as ``tokens={record key: count}`` (a Settlement's
+    ``record_tokens()``), or as the keyword counts. ``pricing`` says what priced the request:
+    how the model matched the price table (exact / alias / pattern / default), the price id
+    (entry or dated version), the unit prices, the provider and whether the usage is partial (a
+    stream that ended before its final usage). ``out_of_bounds`` keeps raw values that were
+    outside the sane bounds or refused, left out of metrics. Attributes and stage metadata are
+    scrubbed of secrets.
     """
+    if tokens is None:
+        tokens = record_tokens_field({
+            "input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens,
+            "cache_write_5m": cache_write_tokens, "cache_write_1h": cache_write_1h_tokens,
+            "reasoning": reasoning_tokens})
     return build_record(request_id, service, env, operation, model, status, error_type,
-                        start_time, total_time, stages, input_tokens, output_tokens,
-                        cached_input_tokens, cost, relevance_score, context_precision,
-                        time_to_first_token, cache_hits, cache_misses, attributes,
-                        cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, pricing,
-                        out_of_bounds)
+                        start_time, total_time, stages, tokens, cost, relevance_score,
+                        context_precision, time_to_first_token, cache_hits, cache_misses,
+                        attributes, pricing, out_of_bounds)
 
 
 def build_record(request_id, service, env, operation, model, status, error_type, start_time,
-                 total_time, stages, input_tokens, output_tokens, cached_input_tokens, cost,
-                 relevance_score, context_precision, time_to_first_token, cache_hits,
-                 cache_misses, attributes, cache_write_tokens, cache_write_1h_tokens,
-                 reasoning_tokens, pricing, out_of_bounds) -> dict:
+                 total_time, stages, tokens, cost, relevance_score, context_precision,
+                 time_to_first_token, cache_hits, cache_misses, attributes, pricing,
+                 out_of_bounds) -> dict:
     """make_record with every argument positional, in make_record's order, for the per-query
-    path: binding 25 keywords costs about as much as building the record itself."""
-    tokens = {"input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens}
-    if cache_write_tokens or cache_write_1h_tokens or reasoning_tokens:
-        tokens.update(cache_write_5m=cache_write_tokens, cache_write_1h=cache_write_1h_tokens,
-                      reasoning=reasoning_tokens)
+    path: binding 20 keywords costs about as much as building the record itself."""
     if attributes:
         attributes = scrub(attributes)
     if stages:

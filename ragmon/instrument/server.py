@@ -33,16 +33,16 @@ def start_metrics_server(port: int | None = None, addr: str | None = None,
     try:
         server, _thread = start_safe_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
-        from .decorator import _recording_failed, default_metrics
+        from .runtime import default_metrics, recording_failed
         if exc.errno == errno.EADDRINUSE:
-            _recording_failed(default_metrics(), "metrics_port_in_use",
+            recording_failed(default_metrics(), "metrics_port_in_use",
                               "cannot serve /metrics: port %d on %s is already in use (by another "
                               "worker of this server, or another program). Under gunicorn serve "
                               "/metrics from the master or the application's route (see "
                               "docs/production.md); otherwise choose another METRICS_PORT",
                               port, addr)
         else:
-            _recording_failed(default_metrics(), "metrics_server",
+            recording_failed(default_metrics(), "metrics_server",
                               "cannot serve /metrics on %s:%d: %s", addr, port,
                               exc.strerror or exc)
         return None

@@ -29,6 +29,9 @@ class TokenKind(NamedTuple):
     part_of: str | None  # the kind whose reported count includes this one
     always_recorded: bool  # written in every record, even when 0
     sdk_fields: Mapping[str, str]  # SDK shape -> where that shape reports it (dotted path)
+    # The RAGMetrics counter that counts it: "tokens" (rag_tokens_total{model, token_type}) for
+    # billed kinds; a part that is only shown has its own {model} counter so no sum counts it twice.
+    counter: str = "tokens"
 
     @property
     def column(self) -> str:
@@ -66,8 +69,39 @@ KINDS: tuple[TokenKind, ...] = (
         "openai_chat": "completion_tokens_details.reasoning_tokens",
         "openai_responses": "output_tokens_details.reasoning_tokens",
         "anthropic": "output_tokens_details.thinking_tokens",
-        "gemini": "thoughts_token_count", "langchain": "output_token_details.reasoning"}),
+        "gemini": "thoughts_token_count", "langchain": "output_token_details.reasoning"},
+        "reasoning_tokens"),
 )
+
+
+class Plan(NamedTuple):
+    """What the per-query path needs of the table, derived once per table (``plan()``)."""
+    kinds: tuple
+    fields: tuple[str, ...]  # way-in keywords, in table order
+    field_set: frozenset  # the same, for `dict.keys() & field_set`
+    name_of: dict[str, str]  # way-in keyword -> kind name
+    parts: tuple[tuple[str, str, bool], ...]  # (part, whole, billed apart) of each part kind
+    always: tuple[tuple[str, str], ...]  # (kind name, record key) of the kinds always recorded
+    always_names: frozenset
+
+
+_plan: Plan | None = None
+
+
+def plan() -> Plan:
+    """The table's Plan, remade when the table changed (a test that adds a row)."""
+    global _plan
+    found = _plan
+    if found is None or found.kinds is not KINDS:
+        found = _plan = Plan(KINDS, tuple(kind.field for kind in KINDS),
+                             frozenset(kind.field for kind in KINDS),
+                             {kind.field: kind.name for kind in KINDS},
+                             tuple((kind.name, kind.part_of, kind.price_field is not None)
+                                   for kind in KINDS if kind.part_of is not None),
+                             tuple((kind.name, kind.record_key) for kind in KINDS
+                                   if kind.always_recorded),
+                             frozenset(kind.name for kind in KINDS if kind.always_recorded))
+    return found
 
 
 def kinds() -> tuple[TokenKind, ...]:
@@ -102,49 +136,87 @@ class PartsExceedWhole(ValueError):
     def __init__(self, whole: str, total: int, parts: dict[str, int]):
         self.whole, self.total, self.parts = whole, total, parts
         listed = " + ".join(f"{name}={count}" for name, count in parts.items())
-        super().__init__(
-            f"{listed} exceeds {whole}_tokens={total}; {whole}_tokens is the whole "
-            f"(it includes cache reads and writes, as OpenAI's prompt_tokens does): pass "
-            f"{whole}_tokens={sum(parts.values())} or more")
+        meaning = {"input": "the whole prompt, cache reads and writes included, as OpenAI's "
+                            "prompt_tokens is",
+                   "output": "the whole completion; reasoning tokens are a part of the output "
+                             "tokens"}.get(whole, "the whole they are a part of")
+        super().__init__(f"{listed} exceeds {whole}_tokens={total}; {whole}_tokens is {meaning}: "
+                         f"pass {whole}_tokens={sum(parts.values())} or more")
 
 
 class Usage:
     """Tokens of one LLM response (or of several, added up), by kind name; the billed kinds
     never overlap (``tokens["input"]`` is the uncached prompt)."""
 
-    __slots__ = ("tokens", "model", "provider", "response_id", "partial")
+    # No __slots__: the class attributes are the defaults, so the per-query path (reported())
+    # sets only what it knows.
+    FIELDS = ("tokens", "model", "provider", "response_id", "partial", "by_hand")
+    model: str | None = None
+    provider: str | None = None
+    response_id: str | None = None
+    partial = False
+    by_hand = False
 
     def __init__(self, tokens: Mapping[str, int] | None = None, *, model: str | None = None,
                  provider: str | None = None, response_id: str | None = None,
-                 partial: bool = False, **counts: int):
+                 partial: bool = False, by_hand: bool = False, **counts: int):
         found = dict.fromkeys(kind_names(), 0)
         if tokens:
             found.update(tokens)
         if counts:
+            unknown = set(counts) - set(found)
+            if unknown:
+                raise TypeError(f"Usage() got unknown token kind(s) {sorted(unknown)}; the kinds "
+                                f"are {', '.join(found)} (the way-in names such as input_tokens "
+                                "go through Usage.reported())")
             found.update(counts)
         self.tokens = found
         self.model = model
         self.provider = provider
         self.response_id = response_id
         self.partial = partial
+        self.by_hand = by_hand  # reported by the application (record_tokens, a returned dict)
 
     @classmethod
-    def reported(cls, counts: Mapping[str, int], **identity) -> "Usage":
+    def reported(cls, counts: Mapping[str, int], model: str | None = None,
+                 provider: str | None = None, by_hand: bool = False) -> "Usage":
         """A Usage from counts under the way-in names (``input_tokens`` the whole prompt,
-        ``output_tokens`` the whole completion, parts inside them). Raises PartsExceedWhole."""
-        table = KINDS
-        tokens = {kind.name: counts.get(kind.field) or 0 for kind in table}
-        wholes: dict[str, dict[str, int]] = {}
-        for kind in table:
-            if kind.part_of is not None and tokens[kind.name]:
-                wholes.setdefault(kind.part_of, {})[kind.field] = tokens[kind.name]
-        for whole, parts in wholes.items():
-            if sum(parts.values()) > tokens[whole]:
-                raise PartsExceedWhole(whole, tokens[whole], parts)
-        for kind in table:
-            if kind.part_of is not None and kind.price_field is not None:
-                tokens[kind.part_of] -= tokens[kind.name]
-        return cls(tokens, **identity)
+        ``output_tokens`` the whole completion, parts inside them); kinds without a count are
+        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole.
+        This runs for every query that returns its counts: it is written for speed."""
+        p = _plan
+        if p is None or p.kinds is not KINDS:
+            p = plan()
+        name_of = p.name_of
+        tokens = {}
+        for field, value in counts.items():
+            if value:
+                tokens[name_of[field]] = value
+        if len(tokens) > 2 or not tokens.keys() <= _WHOLES:
+            wholes: dict[str, int] = {}
+            for part, whole, _ in p.parts:
+                value = tokens.get(part)
+                if value:
+                    wholes[whole] = wholes.get(whole, 0) + value
+            for whole, total in wholes.items():
+                if total > tokens.get(whole, 0):
+                    raise PartsExceedWhole(whole, tokens.get(whole, 0), {
+                        by_name(part).field: tokens[part] for part, of, _ in p.parts
+                        if of == whole and tokens.get(part)})
+            for part, whole, billed in p.parts:
+                if billed and tokens.get(part):
+                    tokens[whole] -= tokens[part]
+                    if not tokens[whole]:
+                        del tokens[whole]
+        usage = cls.__new__(cls)
+        usage.tokens = tokens
+        if model is not None:
+            usage.model = model
+        if provider is not None:
+            usage.provider = provider
+        if by_hand:
+            usage.by_hand = True
+        return usage
 
     def as_reported(self) -> dict[str, int]:
         """The way-in spelling of these tokens: the inverse of ``reported``."""
@@ -153,6 +225,12 @@ class Usage:
             if kind.part_of is not None and kind.price_field is not None:
                 out[by_name(kind.part_of).field] += self.tokens.get(kind.name, 0)
         return out
+
+    def whole(self, name: str) -> int:
+        """The reported whole of kind `name` (``whole("input")``: the prompt, cache included)."""
+        tokens = self.tokens
+        return tokens.get(name, 0) + sum(tokens.get(kind.name, 0) for kind in KINDS
+                                         if kind.part_of == name and kind.price_field is not None)
 
     def __getitem__(self, name: str) -> int:
         return self.tokens.get(name, 0)
@@ -172,13 +250,18 @@ class Usage:
 
     def __eq__(self, other):
         return isinstance(other, Usage) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+            getattr(self, k) == getattr(other, k) for k in self.FIELDS[1:]) and all(
+            self.tokens.get(name, 0) == other.tokens.get(name, 0)
+            for name in {*self.tokens, *other.tokens})
 
     def __repr__(self):
         counts = ", ".join(f"{k}={v}" for k, v in self.tokens.items() if v)
-        extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__[1:]
+        extra = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.FIELDS[1:]
                           if getattr(self, k) not in (None, False))
         return f"Usage({', '.join(part for part in (counts, extra) if part)})"
+
+
+_WHOLES = frozenset(("input", "output"))
 
 
 def by_name(name: str) -> TokenKind:
@@ -189,10 +272,15 @@ def by_name(name: str) -> TokenKind:
 
 
 def record_tokens_field(usage_tokens: Mapping[str, int]) -> dict[str, int]:
-    """The request record's ``tokens``: every kind that is always recorded, and any other kind
-    with a count (older records have only the first three; readers take a missing kind as 0)."""
+    """The request record's ``tokens``: the kinds always recorded, and every kind when any of
+    the others has a count (most records carry only the first three; readers take a missing
+    kind as 0)."""
+    p = plan()
+    if usage_tokens.keys() <= p.always_names:  # the usual record: no other kind has a count
+        return {key: usage_tokens.get(name, 0) for name, key in p.always}
+    every = any(usage_tokens.get(kind.name) for kind in KINDS if not kind.always_recorded)
     return {kind.record_key: usage_tokens.get(kind.name, 0) for kind in KINDS
-            if kind.always_recorded or usage_tokens.get(kind.name)}
+            if every or kind.always_recorded}
 
 
 def total(usages: Iterable[Usage]) -> dict[str, int]:

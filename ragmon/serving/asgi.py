@@ -30,7 +30,8 @@ from typing import Any
 
 from ..instrument.catalog import HTTP_METHODS, RAGMetrics
 from ..instrument.context import _BOUND_REQUEST_ID, OPEN_STREAMS, new_request_id
-from ..instrument.decorator import _recording_failed, close_abandoned_streams, default_metrics
+from ..instrument.runtime import default_metrics, recording_failed
+from ..instrument.streams import close_abandoned_streams
 
 REQUEST_ID_HEADER = "x-request-id"
 UNMATCHED_ROUTE = "unmatched"
@@ -112,7 +113,7 @@ class RAGMonitoringMiddleware:
                 try:
                     await close_abandoned_streams(streams)
                 except BaseException as failure:  # cancelled while closing, or worse
-                    _recording_failed(self.metrics, "recording",
+                    recording_failed(self.metrics, "recording",
                                       "closing abandoned streams failed: %r", failure)
             self._observe(scope, response, start, end)
 
@@ -137,7 +138,7 @@ class RAGMonitoringMiddleware:
             if headers_at is not None and response["chunks"] > 1:  # a streamed body
                 stream.observe((response["last_chunk_at"] or end) - headers_at)
         except Exception as failure:
-            _recording_failed(self._metrics or default_metrics(), "recording",
+            recording_failed(self._metrics or default_metrics(), "recording",
                               "recording an HTTP request failed: %r", failure)
 
     async def _serve_metrics(self, scope, send) -> None:

@@ -1,4 +1,5 @@
-"""A local server that speaks the OpenAI and Anthropic wire formats, for tests and the notebook.
+"""A local server that speaks the OpenAI, Anthropic and Gemini wire formats, for tests and the
+notebook.
 
 Point the real SDKs at it and they behave as against the providers, with deterministic usage::
 
@@ -9,17 +10,22 @@ Point the real SDKs at it and they behave as against the providers, with determi
         oa = openai.OpenAI(base_url=server.openai_base_url, api_key="test")
         reply = oa.chat.completions.create(model="gpt-4o-mini", messages=[...])
         ac = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test")
+        gc = google.genai.Client(api_key="test", http_options={"base_url": server.gemini_base_url})
         server.billed()   # {"gpt-4o-mini-2024-07-18": {"input": .., "output": .., ...}}
 
 Endpoints: ``POST /v1/chat/completions`` (JSON, or SSE with ``stream_options.include_usage``),
 ``POST /v1/responses`` (JSON or SSE events), ``POST /v1/messages`` (JSON or SSE events
-``message_start`` ... ``message_stop``). Every response carries the provider's rate-limit headers
-(``x-ratelimit-*`` / ``anthropic-ratelimit-*``), counted down per request and token.
+``message_start`` ... ``message_stop``), ``POST /v1beta/models/{model}:generateContent`` and
+``:streamGenerateContent?alt=sse`` (Gemini: ``usageMetadata`` with ``cachedContentTokenCount``
+inside ``promptTokenCount`` and ``thoughtsTokenCount`` beside ``candidatesTokenCount``; stream
+chunks restate the usage so far). OpenAI and Anthropic responses carry the provider's rate-limit
+headers (``x-ratelimit-*`` / ``anthropic-ratelimit-*``), counted down per request and token;
+Gemini's API sends none (its limits show as 429 ``RESOURCE_EXHAUSTED`` errors).
 
 Usage is computed, not random: input tokens are the words of the prompt; output tokens are the
 words of the reply (one per streamed chunk) plus ``reasoning_tokens``. The knobs (constructor
 arguments or ``configure()``): ``reply``, ``cached_tokens`` (prompt-cache reads, added to the
-prompt), ``cache_write_tokens`` (cache writes, both APIs) / ``cache_write_1h_tokens``
+prompt), ``cache_write_tokens`` (cache writes, OpenAI and Anthropic) / ``cache_write_1h_tokens``
 (Anthropic's 1-hour writes),
 ``reasoning_tokens``, ``first_token_delay`` (seconds between the role-only first chunk and the
 first content chunk), ``chunk_delay``, ``model_suffix`` (the dated snapshot appended to the
@@ -62,14 +68,14 @@ BILLED_KINDS = ("input", "cached_input", "cache_write_5m", "cache_write_1h", "ou
 HOLD_MARKER = "[hold]"
 _ids = itertools.count(1)
 
-_ERRORS = {  # status -> (OpenAI error type, Anthropic error type)
-    400: ("invalid_request_error", "invalid_request_error"),
-    401: ("invalid_api_key", "authentication_error"),
-    404: ("not_found", "not_found_error"),
-    429: ("rate_limit_exceeded", "rate_limit_error"),
-    500: ("server_error", "api_error"),
-    503: ("server_error", "api_error"),
-    529: ("server_error", "overloaded_error"),
+_ERRORS = {  # status -> (OpenAI error type, Anthropic error type, Gemini status)
+    400: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    401: ("invalid_api_key", "authentication_error", "UNAUTHENTICATED"),
+    404: ("not_found", "not_found_error", "NOT_FOUND"),
+    429: ("rate_limit_exceeded", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+    500: ("server_error", "api_error", "INTERNAL"),
+    503: ("server_error", "api_error", "UNAVAILABLE"),
+    529: ("server_error", "overloaded_error", "UNAVAILABLE"),
 }
 
 
@@ -145,6 +151,11 @@ class LLMTestServer:
 
     @property
     def anthropic_base_url(self) -> str:
+        return self.url
+
+    @property
+    def gemini_base_url(self) -> str:
+        """For ``google.genai.Client(http_options={"base_url": ...})`` (the SDK adds /v1beta)."""
         return self.url
 
     # --- behaviour -----------------------------------------------------------------------------
@@ -301,6 +312,8 @@ def _answer_tokens(plan: dict) -> dict[str, int]:
 
 def _answered_model(model: str, knobs: dict) -> str:
     suffix = knobs["model_suffix"]
+    if suffix == "auto" and model.startswith("gemini"):
+        return model  # Gemini answers with the model version as asked
     if suffix == "auto":
         suffix = "20241022" if model.startswith("claude") else "2024-07-18"
     if not suffix or model[-8:].isdigit() or model[-10:-6] == "2024":
@@ -334,11 +347,17 @@ class _Handler(BaseHTTPRequestHandler):
         state.requests.append(body)
         path = self.path.split("?")[0]
         anthropic = path.endswith("/messages")
+        gemini = path.endswith(":generateContent") or path.endswith(":streamGenerateContent")
         kind = ("chat" if path.endswith("/chat/completions") else
                 "responses" if path.endswith("/responses") else
-                "messages" if anthropic else None)
-        prompt = body.get("input") if kind == "responses" else body.get("messages")
-        system = body.get("system") if anthropic else body.get("instructions")
+                "messages" if anthropic else "gemini" if gemini else None)
+        if gemini:  # the model is in the path; streaming is the method, not a body field
+            body = dict(body, model=path.rsplit("/", 1)[-1].split(":")[0],
+                        stream=path.endswith(":streamGenerateContent"))
+        prompt = (body.get("input") if kind == "responses" else
+                  body.get("contents") if gemini else body.get("messages"))
+        system = (body.get("system") if anthropic else
+                  body.get("systemInstruction") if gemini else body.get("instructions"))
         if any(HOLD_MARKER in text for text in _texts([prompt, system])):
             state._hold()
         knobs, failure, stall = state._plan()
@@ -349,9 +368,10 @@ class _Handler(BaseHTTPRequestHandler):
                               {})
         model = _answered_model(str(body.get("model") or "unknown-model"), knobs)
         state._count_request(model)
-        headers = self._rate_headers(knobs, anthropic)
+        headers = self._rate_headers(knobs, "gemini" if gemini else
+                                     "anthropic" if anthropic else "openai")
         if failure is not None:
-            return self._error(failure, anthropic, headers)
+            return self._error(failure, kind, headers)
         request_id = (self.headers.get("X-Client-Request-Id")
                       or headers.get("request-id") or headers["x-request-id"])
         plan = {
@@ -359,9 +379,10 @@ class _Handler(BaseHTTPRequestHandler):
             "words": knobs["reply"].split(),
             "input": max(_words(prompt) + _words(system), 1),
             "cached": knobs["cached_tokens"],
-            "write_5m": knobs["cache_write_tokens"],
+            "write_5m": 0 if gemini else knobs["cache_write_tokens"],
             "write_1h": knobs["cache_write_1h_tokens"] if anthropic else 0,
             "reasoning": knobs["reasoning_tokens"],
+            "request_id": request_id,
         }
         state._bill(model, input=plan["input"], cached_input=plan["cached"],
                     cache_write_5m=plan["write_5m"], cache_write_1h=plan["write_1h"])
@@ -373,9 +394,11 @@ class _Handler(BaseHTTPRequestHandler):
                    before_last_byte=lambda: state._bill_request(request_id, model, tokens))
 
     # --- answers -------------------------------------------------------------------------------
-    def _rate_headers(self, knobs: dict, anthropic: bool) -> dict[str, str]:
+    def _rate_headers(self, knobs: dict, provider: str) -> dict[str, str]:
         req_limit, req_left, tok_limit, tok_left = self.server_state._limits(knobs)
-        if anthropic:
+        if provider == "gemini":  # the Gemini API sends no rate-limit headers
+            return {"x-request-id": f"gemini_{next(_ids)}"}
+        if provider == "anthropic":
             reset = (datetime.now(timezone.utc) + timedelta(seconds=12)).strftime("%Y-%m-%dT%H:%M:%SZ")
             return {"anthropic-ratelimit-requests-limit": str(req_limit),
                     "anthropic-ratelimit-requests-remaining": str(req_left),
@@ -410,11 +433,13 @@ class _Handler(BaseHTTPRequestHandler):
         before_last_byte()
         self.wfile.write(data[-1:])
 
-    def _error(self, failure: tuple[int, float], anthropic: bool, headers: dict) -> None:
+    def _error(self, failure: tuple[int, float], kind: str, headers: dict) -> None:
         status, retry_after = failure
-        openai_type, anthropic_type = _ERRORS[status]
+        openai_type, anthropic_type, gemini_status = _ERRORS[status]
         message = f"test server answered {status} as asked"
-        if anthropic:
+        if kind == "gemini":
+            payload = {"error": {"code": status, "message": message, "status": gemini_status}}
+        elif kind == "messages":
             payload = {"type": "error", "error": {"type": anthropic_type, "message": message}}
         else:
             payload = {"error": {"message": message, "type": openai_type, "code": openai_type,
@@ -433,6 +458,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         events = list(_STREAMERS[kind](plan, body))
+        if kind == "gemini":  # SSE chunks end at a blank line; the last one ends the body
+            events = [(delay, None, data, billed) for delay, _, data, billed in events]
         state = self.server_state
         # Billed before it is sent, so a client that has read a chunk finds it in billed():
         # reasoning first (it precedes the visible output), then each chunk's output.
@@ -573,5 +600,45 @@ def _messages_stream(plan: dict, body: dict):
     yield None, "message_stop", json.dumps({"type": "message_stop"}), 0
 
 
-_BUILDERS = {"chat": _chat_completion, "responses": _response, "messages": _message}
-_STREAMERS = {"chat": _chat_stream, "responses": _responses_stream, "messages": _messages_stream}
+def _gemini_usage(plan: dict, visible: int, final: bool = True) -> dict:
+    """Gemini's usageMetadata: the prompt count includes the cached tokens; the thinking tokens
+    are billed as output beside the candidates' (visible) ones."""
+    prompt = plan["input"] + plan["cached"]
+    usage = {"promptTokenCount": prompt, "candidatesTokenCount": visible,
+             "totalTokenCount": prompt + visible + plan["reasoning"],
+             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
+    if plan["cached"]:
+        usage["cachedContentTokenCount"] = plan["cached"]
+        usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": plan["cached"]}]
+    if plan["reasoning"]:
+        usage["thoughtsTokenCount"] = plan["reasoning"]
+    if not final and not visible:
+        del usage["candidatesTokenCount"]
+    return usage
+
+
+def _gemini_chunk(plan: dict, text: str, visible: int, finish: str | None) -> dict:
+    candidate = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "usageMetadata": _gemini_usage(plan, visible, bool(finish)),
+            "modelVersion": plan["model"], "responseId": plan["request_id"]}
+
+
+def _gemini_content(plan: dict) -> dict:
+    return _gemini_chunk(plan, " ".join(plan["words"]), len(plan["words"]), "STOP")
+
+
+def _gemini_stream(plan: dict, body: dict):
+    words = plan["words"]
+    for index, word in enumerate(words):
+        text = word if index == 0 else " " + word
+        last = index == len(words) - 1
+        yield ("first_token_delay" if index == 0 else "chunk_delay"), None, json.dumps(
+            _gemini_chunk(plan, text, index + 1, "STOP" if last else None)), 1
+
+
+_BUILDERS = {"chat": _chat_completion, "responses": _response, "messages": _message,
+             "gemini": _gemini_content}
+_STREAMERS = {"chat": _chat_stream, "responses": _responses_stream, "messages": _messages_stream,
+              "gemini": _gemini_stream}

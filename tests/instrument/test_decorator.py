@@ -18,10 +18,11 @@ def test_sync_function_records_latency_status_tokens_cost_quality_and_one_record
     def answer(question):
         with stage("retrieval", top_k=3) as s:
             s.metadata["documents"] = 3
-        return {"answer": "42", "input_tokens": 500, "output_tokens": 150, "relevance_score": 0.85,
+        return {"answer": "42", "input_tokens": 600, "output_tokens": 150, "relevance_score": 0.85,
                 "cached_input_tokens": 100, "context_precision": 0.5}
 
-    assert answer("q") == {"answer": "42", "input_tokens": 500, "output_tokens": 150, "relevance_score": 0.85,
+    # input_tokens is the whole prompt (OpenAI's convention): 500 uncached + 100 cache reads.
+    assert answer("q") == {"answer": "42", "input_tokens": 600, "output_tokens": 150, "relevance_score": 0.85,
                            "cached_input_tokens": 100, "context_precision": 0.5}
     assert value(metrics, "rag_query_duration_seconds_count", operation="rag_search") == 1
     assert value(metrics, "rag_queries_total", operation="rag_search", status="success") == 1

@@ -114,7 +114,7 @@ def test_multiprocess_mode_counts_the_observation_but_drops_its_exemplar(tmp_pat
         from prometheus_client.openmetrics.exposition import generate_latest
         from ragmon.instrument.catalog import RAGMetrics
         from ragmon.instrument.context import request_context
-        from ragmon.instrument.decorator import monitored_query
+        from ragmon import monitored_query
         from ragmon.settings import load_settings
         import os
 

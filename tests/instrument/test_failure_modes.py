@@ -8,7 +8,7 @@ import os
 from prometheus_client import CollectorRegistry
 
 from ragmon.instrument.catalog import RAGMetrics
-from ragmon.instrument.decorator import track_rate_limit
+from ragmon import track_rate_limit
 from ragmon.instrument.jsonlog import StructuredLogger
 from ragmon.instrument.performance import PerformanceMonitor
 from ragmon.report.cli import export_records

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragmon.instrument.catalog import RAGMetrics
-from ragmon.instrument.decorator import (monitored_query, record_tokens, set_attributes, stage,
+from ragmon import (monitored_query, record_tokens, set_attributes, stage,
                                          track_cache_operation, track_rate_limit)
 from ragmon.instrument.jsonlog import StructuredLogger
 from ragmon.instrument.records import DailyFileSink, encode, make_record

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ragmon.checks import MAX_LABEL_LENGTH
 from ragmon.instrument.catalog import OTHER, RAGMetrics
-from ragmon.instrument.decorator import (monitored_query, record_tokens, stage, track_cache_operation,
+from ragmon import (monitored_query, record_tokens, stage, track_cache_operation,
                                          track_rate_limit)
 from ragmon.instrument.server import start_metrics_server
 from tests.conftest import ListSink, make_settings, require_binaries

@@ -108,7 +108,7 @@ def test_explicit_total_time_and_record_fields(monitor, tmp_path, settings):
     rid = monitor.start_request("r-fields")
     monitor.log_stage(rid, "generation", 0.6)
     summary = monitor.end_request(
-        rid, total_time=1.0, model="gpt-4o-mini", input_tokens=1000, output_tokens=200,
+        rid, total_time=1.0, model="gpt-4o-mini", input_tokens=1100, output_tokens=200,
         cached_input_tokens=100, relevance_score=0.9, context_precision=0.7,
         time_to_first_token=0.3, cache_hits=1, cache_misses=2, operation="agent_query",
         attributes={"agent_type": "crewai", "complexity_score": 0.85,
@@ -395,7 +395,7 @@ def test_a_failing_sink_is_counted_and_does_not_break_the_caller(metrics, settin
 
 def test_both_paths_write_one_log_in_one_format(tmp_path, metrics, settings):
     from m2_3_report import load_records
-    from ragmon.instrument.decorator import monitored_query, stage
+    from ragmon import monitored_query, stage
 
     sink = DailyFileSink(tmp_path)
 
@@ -456,9 +456,9 @@ def test_many_threads_share_one_monitor(tmp_path, settings):
 
 
 def test_with_no_arguments_records_go_to_the_process_wide_request_log(metrics):
-    from ragmon.instrument import decorator as instrument
+    from ragmon.instrument import runtime as instrument
 
-    previous = instrument._request_log
+    previous = instrument.STATE.request_log
     shared = ListSink()
     shared.close = lambda: pytest.fail("the monitor closed a sink it does not own")
     try:
@@ -467,7 +467,7 @@ def test_with_no_arguments_records_go_to_the_process_wide_request_log(metrics):
             with monitor.request("shared-1"):
                 pass
     finally:
-        instrument._request_log = previous
+        instrument.STATE.request_log = previous
     assert [r["request_id"] for r in shared.records] == ["shared-1"]
 
 

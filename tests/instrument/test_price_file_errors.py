@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 import ragmon
 from ragmon.instrument.catalog import RAGMetrics
-from ragmon.instrument.decorator import monitored_query, record_tokens
+from ragmon import monitored_query, record_tokens
 from ragmon.instrument.performance import PerformanceMonitor
 from ragmon.instrument.server import start_metrics_server
 from ragmon.settings import ConfigError, check_startup, set_settings

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ragmon.instrument.catalog import RAGMetrics
-from ragmon.instrument.decorator import monitored_query
+from ragmon import monitored_query
 from ragmon.instrument.records import DailyFileSink, log_file_name, make_record
 from tests.conftest import make_settings
 

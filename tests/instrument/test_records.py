@@ -3,7 +3,7 @@ import os
 import time
 
 from m2_3_monitoring import DailyFileSink, configure_request_log, monitored_query
-from ragmon.instrument import decorator as instrument
+from ragmon.instrument import runtime as instrument
 from ragmon.instrument.records import LOG_FILE_GLOB, log_file_name, make_record
 
 
@@ -44,7 +44,7 @@ def test_record_format_has_the_documented_keys():
 
 
 def test_configure_request_log_switches_destinations(tmp_path, metrics):
-    previous = instrument._request_log
+    previous = instrument.STATE.request_log
     try:
         sink = configure_request_log("file", tmp_path)
         assert isinstance(sink, DailyFileSink)
@@ -58,7 +58,7 @@ def test_configure_request_log_switches_destinations(tmp_path, metrics):
         assert len(list(tmp_path.glob(LOG_FILE_GLOB))) == 1
         assert configure_request_log("none") is None
     finally:
-        instrument._request_log = previous
+        instrument.STATE.request_log = previous
 
 
 def test_file_permissions_are_not_world_readable(tmp_path):

@@ -13,7 +13,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 import ragmon
 from ragmon import monitored_query
 from ragmon.instrument.pricing import ModelPrice, PriceTable, normalize_model_name
-from ragmon.instrument.usage import Unreadable, Usage, read_usage
+from ragmon.instrument.tokens import Usage
+from ragmon.instrument.usage import Unreadable, read_usage
 from tests.instrument.sdk_helpers import priced, records, unreadable  # noqa: F401
 
 LANGCHAIN_USAGE = {"input_tokens": 1500, "output_tokens": 120, "total_tokens": 1620,
@@ -66,9 +67,8 @@ def test_litellm_model_response_with_anthropic_cache_fields():
         prompt_tokens=1500, completion_tokens=100,
         prompt_tokens_details=NS(cached_tokens=1000, cache_write_tokens=None),
         cache_read_input_tokens=1000, cache_creation_input_tokens=200))
-    assert found.as_dict() == {"input_tokens": 300, "cached_input_tokens": 1000,
-                               "cache_write_tokens": 200, "cache_write_1h_tokens": 0,
-                               "output_tokens": 100, "reasoning_tokens": 0}
+    assert found.as_dict() == {"input": 300, "cached_input": 1000, "cache_write_5m": 200,
+                               "cache_write_1h": 0, "output": 100, "reasoning": 0}
     assert found.model == "anthropic/claude-3-5-haiku-20241022"
     table = PriceTable.from_file(ragmon.settings.SHIPPED_PRICES_FILE, ModelPrice(1, 1, 1))
     assert table.match(found.model).entry == "anthropic/claude-3-5-haiku-latest"
@@ -169,6 +169,6 @@ def test_a_model_missing_from_the_table_is_default_priced_and_marked(priced, rec
 
 
 def test_usage_sums_every_billed_kind_once():
-    usage = Usage(input_tokens=1, output_tokens=10, cached_input_tokens=100, cache_write_tokens=1000,
-                  cache_write_1h_tokens=10000, reasoning_tokens=5)
+    usage = Usage(input=1, output=10, cached_input=100, cache_write_5m=1000, cache_write_1h=10000,
+                  reasoning=5)
     assert usage.billed_tokens == 11111

@@ -22,7 +22,7 @@ def test_serves_metrics_on_loopback(registry, metrics):
 
 
 def test_a_taken_port_is_logged_and_counted_not_raised(registry, caplog):
-    from ragmon.instrument.decorator import default_metrics
+    from ragmon import default_metrics
     counted = lambda: REGISTRY.get_sample_value(  # noqa: E731
         "rag_instrumentation_errors_total", {"reason": "metrics_port_in_use"}) or 0
     default_metrics()

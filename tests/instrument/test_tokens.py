@@ -45,4 +45,9 @@ def test_usages_add_up_by_kind():
     assert one.tokens == {"input": 11, "output": 2, "cached_input": 5, "cache_write_5m": 0,
                           "cache_write_1h": 0, "reasoning": 1}
     assert tokens.record_tokens_field(one.tokens) == {
-        "input": 11, "output": 2, "cached_input": 5, "reasoning": 1}
+        "input": 11, "output": 2, "cached_input": 5, "cache_write_5m": 0, "cache_write_1h": 0,
+        "reasoning": 1}
+    assert tokens.record_tokens_field(Usage(input=3).tokens) == {
+        "input": 3, "output": 0, "cached_input": 0}
+    with pytest.raises(TypeError, match="input_tokens"):
+        Usage(input_tokens=3)

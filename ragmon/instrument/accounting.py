@@ -1,0 +1,353 @@
+"""One settlement path: a query's usages, its model and its day turned into tokens by kind,
+dollars, the price match and what was left out, then counted in the metrics.
+
+Every way usage comes in ends here: ``@monitored_query`` (its returned dict, ``record_tokens``
+and SDK responses and streams read during the query), ``record_tokens`` and instrumented clients
+outside a query, and ``PerformanceMonitor``. The request record is built from the Settlement.
+
+``settle()`` computes; ``count()`` puts a Settlement into the metrics. Nothing in a settlement is
+silent: a usage reported twice in one query (the same response id, or a count reported by hand
+equal to one an SDK reported) is settled once and the duplicate counted; token counts past
+MAX_TOKENS and costs past MAX_COST_DOLLARS are left out of the metrics, counted and kept raw.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import time
+from typing import Any, Callable
+
+from ..checks import MAX_COST_DOLLARS, MAX_TOKENS
+from . import tokens
+from .catalog import RAGMetrics
+from .runtime import cached_child, default_metrics, note_unreadable, recording_failed, safe_name
+from .tokens import PartsExceedWhole, Usage
+
+log = logging.getLogger("ragmon")
+
+STREAM_WITHOUT_USAGE_HINT = ("Pass stream_options={'include_usage': True} to OpenAI streams so "
+                             "the final chunk reports usage. ")
+
+
+def today() -> int:
+    """Days since the epoch, UTC: prices change at midnight."""
+    return int(time.time() // 86400)
+
+
+@functools.lru_cache(maxsize=8)
+def day_date(day: int) -> datetime.date:
+    """The date of a day number; one object per day, however many models are priced on it."""
+    return datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
+
+
+_rates: dict = {}
+
+
+def rates_of(price) -> dict[str, float]:
+    """{kind name: dollars per 1K} for every billed kind, from a ModelPrice's price fields;
+    shared by the models priced alike (every default-priced model, for one)."""
+    key = (id(price), id(tokens.KINDS))
+    found = _rates.get(key)
+    if found is None or found[0] is not price or found[2] is not tokens.KINDS:
+        if len(_rates) >= 1000:
+            _rates.clear()
+        found = _rates[key] = (price, {kind.name: getattr(price, kind.price_field)
+                                       for kind in tokens.KINDS if kind.price_field is not None},
+                               tokens.KINDS)
+    return found[1]
+
+
+def dollars(counts: dict, rates: dict) -> float:
+    total = 0.0
+    for name, count in counts.items():
+        rate = rates.get(name)
+        if rate is not None:
+            total += count * rate
+    return total / 1000.0
+
+
+class ModelSeries:
+    """One model's price in force and its metric children, made on first use, for one
+    operation: a model that never streamed has no time-to-first-token series, one without
+    cached tokens no cached series."""
+
+    __slots__ = ("metrics", "operation", "label", "model", "kinds", "cost", "spend", "ttft",
+                 "partial", "match", "rates", "known", "pricing", "day", "tiered")
+
+    def __init__(self, metrics: RAGMetrics, operation: str, model: str | None):
+        self.metrics, self.operation, self.model = metrics, operation, model
+        self.label = model if model is not None else "unknown"
+        self.kinds: dict[str, Any] = {}
+        self.cost = self.spend = self.ttft = self.partial = None
+        self.day = None
+
+    def reprice(self, day: int) -> None:
+        """Prices in force on `day` (days since the epoch, UTC)."""
+        self.match = self.metrics.price_table.match(self.model, day_date(day))
+        self.rates = rates_of(self.match.price)
+        # Long-context tiers (a price with `tiers` and `for_prompt`): each usage is priced by
+        # its own whole prompt, so a query's calls on either side of a threshold are right.
+        self.tiered = bool(getattr(self.match.price, "tiers", ()))
+        self.known = self.match.known or self.model is None
+        self.pricing = self.match.describe()
+        self.day = day
+
+    def kind_child(self, name: str):
+        child = self.kinds.get(name)
+        if child is None:
+            kind = tokens.by_name(name)
+            counter = getattr(self.metrics, kind.counter)
+            child = self.kinds[name] = (counter.labels(self.label, kind.metric_label)
+                                        if kind.metric_label is not None
+                                        else counter.labels(self.label))
+        return child
+
+    def child(self, name: str):
+        found = getattr(self, name)
+        if found is None:
+            m = self.metrics
+            if name == "cost":
+                found = m.query_cost.labels(self.label)
+            elif name == "spend":
+                found = m.spend.labels(self.label)
+            elif name == "partial":
+                found = m.partial_usage.labels(self.label)
+            else:
+                found = m.time_to_first_token.labels(self.operation, self.label)
+            setattr(self, name, found)
+        return found
+
+
+def series_for(metrics: RAGMetrics, operation: str, model: str | None, day: int) -> ModelSeries:
+    """The ModelSeries of (operation, model) kept in the catalog's bounded child cache, priced
+    for `day`."""
+    series = cached_child(metrics, ("series", operation, model),
+                          lambda: ModelSeries(metrics, operation, model))
+    if series.day != day:
+        series.reprice(day)
+    return series
+
+
+class Line:
+    """One answering model's share of a settlement: its series (price and children), tokens
+    by kind, dollars (None past the cost bound) and whether its usage is partial."""
+
+    cost: float | None = 0.0
+    partial = False
+    tiered_cost: float | None = None  # dollars so far, when the price has long-context tiers
+
+    def __init__(self, series: ModelSeries, tokens: dict[str, int]):
+        self.series = series
+        self.tokens = tokens
+
+
+class Settlement:
+    """What a query used and cost: ``tokens`` by kind name (all lines), ``cost`` in dollars
+    (None when nothing was priced), the ``model`` that answered last, one ``Line`` per model,
+    the ``duplicates`` dropped, ``out_of_bounds`` raw values left out of the metrics."""
+
+    # No __slots__: the class attributes are the defaults, set per query only when they change.
+    tokens: dict[str, int] | None = None
+    cost: float | None = None
+    duplicates = 0
+    out_of_bounds: dict | None = None
+    provider: str | None = None
+    partial = False
+
+    def __init__(self, model: str | None):
+        self.model = model
+        self.lines: dict[str | None, Line] = {}
+
+    @property
+    def received(self) -> bool:
+        """Whether any usage reached the settlement (kept or left out)."""
+        return bool(self.lines) or bool(self.out_of_bounds) or self.duplicates > 0
+
+    def pricing(self) -> dict | None:
+        """The record's ``pricing``: how the answering model was priced (and every model's, when
+        several answered), whether the usage is partial, the provider."""
+        line = self.lines.get(self.model)
+        if line is None:
+            return None
+        if len(self.lines) == 1 and not self.partial and self.provider is None:
+            return line.series.pricing  # shared by the model's records: serialized, never changed
+        found = dict(line.series.pricing)
+        if len(self.lines) > 1:
+            found["by_model"] = {name: each.series.pricing for name, each in self.lines.items()}
+        if self.partial or self.provider is not None or len(self.lines) > 1 or found.get("partial"):
+            found["partial"] = self.partial
+        if self.provider:
+            found["provider"] = self.provider
+        return found
+
+    def record_tokens(self) -> dict:
+        return tokens.record_tokens_field(self.tokens or {})
+
+
+def unique(usages: list[Usage]) -> tuple[list[Usage], int]:
+    """`usages` with each usage once, and how many duplicates were dropped: a response id seen
+    before, or a usage reported by hand whose whole input and output equal those of a usage an
+    SDK reported in the same query (the same call reported twice)."""
+    if len(usages) < 2:
+        return usages, 0
+    kept: list[Usage] = []
+    seen: set = set()
+    from_sdk = [(u.whole("input"), u.whole("output")) for u in usages if not u.by_hand]
+    dropped = 0
+    for usage in usages:
+        rid = usage.response_id
+        if rid is not None:
+            if rid in seen:
+                dropped += 1
+                continue
+            seen.add(rid)
+        if usage.by_hand and from_sdk and (usage.whole("input"), usage.whole("output")) in from_sdk:
+            dropped += 1
+            continue
+        kept.append(usage)
+    return kept, dropped
+
+
+def settle(usages: list[Usage], model: str | None, day: int,
+           series: Callable[[str | None, int], ModelSeries]) -> Settlement:
+    """Tokens by kind and dollars of a query's `usages`; a usage without a model is the query's
+    `model`'s. `series(model, day)` gives the priced ModelSeries of a model."""
+    if len(usages) == 1:  # the usual query: one usage, within bounds, one price
+        usage = usages[0]
+        counts = usage.tokens
+        s = series(usage.model or model, day)
+        if not s.tiered and not usage.partial and (not counts or max(counts.values()) <= MAX_TOKENS):
+            rates = s.rates
+            one = 0.0
+            for kind, value in counts.items():
+                rate = rates.get(kind)
+                if rate is not None:
+                    one += value * rate
+            one /= 1000.0
+            if one <= MAX_COST_DOLLARS:
+                result = Settlement(s.model)
+                line = result.lines[s.model] = Line(s, counts)
+                line.cost = result.cost = one
+                result.tokens = counts
+                if usage.provider is not None:
+                    result.provider = usage.provider
+                return result
+    result = Settlement(model)
+    if len(usages) > 1:
+        usages, result.duplicates = unique(usages)
+    lines = result.lines
+    for usage in usages:
+        counts = usage.tokens
+        if counts and max(counts.values()) > MAX_TOKENS:  # one return of 10**30 would add $1e23
+            over = {tokens.by_name(name).field: value for name, value in counts.items()
+                    if value > MAX_TOKENS}
+            result.out_of_bounds = {**(result.out_of_bounds or {}), **over}
+            counts = {name: value for name, value in counts.items() if value <= MAX_TOKENS}
+        name = usage.model or model
+        line = lines.get(name)
+        if line is None:
+            line = lines[name] = Line(series(name, day), dict(counts))
+        else:
+            mine = line.tokens
+            for kind, count in counts.items():
+                if count:
+                    mine[kind] = mine.get(kind, 0) + count
+        if line.series.tiered:
+            price = line.series.match.price.for_prompt(usage.whole("input"))
+            line.tiered_cost = (line.tiered_cost or 0.0) + dollars(counts, rates_of(price))
+        if usage.partial:
+            line.partial = result.partial = True
+        if usage.provider:
+            result.provider = usage.provider
+        result.model = name
+    if len(lines) == 1:
+        result.tokens = next(iter(lines.values())).tokens
+    else:
+        total: dict[str, int] = {}
+        for line in lines.values():
+            for kind, count in line.tokens.items():
+                total[kind] = total.get(kind, 0) + count
+        result.tokens = total
+    cost = None
+    for line in lines.values():
+        rates = line.series.rates  # dollars(), inlined: this runs for every query
+        one = 0.0
+        for kind, value in line.tokens.items():
+            rate = rates.get(kind)
+            if rate is not None:
+                one += value * rate
+        one /= 1000.0
+        if line.tiered_cost is not None:
+            one = line.tiered_cost
+        if one > MAX_COST_DOLLARS:
+            result.out_of_bounds = {**(result.out_of_bounds or {}), "cost": one}
+            line.cost = None
+            continue
+        line.cost = one
+        cost = one if cost is None else cost + one
+    result.cost = cost
+    return result
+
+
+def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
+          first_token: float | None = None) -> None:
+    """Puts a settlement into the metrics: tokens by kind, cost, spend, partial usage, the
+    first token's time (under the answering model), unknown models, duplicates and bounds."""
+    for name, line in settlement.lines.items():
+        series = line.series
+        cost = line.cost
+        if cost is None:  # past the cost bound: no tokens or dollars of it counted
+            continue
+        children = series.kinds
+        for kind, value in line.tokens.items():
+            if value:
+                (children.get(kind) or series.kind_child(kind)).inc(value)
+        if line.partial:
+            series.child("partial").inc()
+        (series.cost or series.child("cost")).observe(cost)
+        if cost:
+            (series.spend or series.child("spend")).inc(cost)
+        if not series.known:
+            metrics.note_unknown_model(name)
+    if first_token is not None:
+        line = settlement.lines.get(settlement.model)
+        if line is not None:
+            line.series.child("ttft").observe(first_token)
+    if settlement.duplicates:
+        metrics.duplicate_usage.labels(operation).inc(settlement.duplicates)
+        recording_failed(None, "duplicate_usage", "%r reported the same LLM usage twice; counted "
+                         "once (rag_duplicate_usage_total). An instrumented client already "
+                         "records its calls: drop the record_tokens() or returned token counts "
+                         "for them", operation)
+    if settlement.out_of_bounds:
+        recording_failed(metrics, "out_of_bounds", "%r reported %s above the bound of %d tokens "
+                         "or $%s per call; left out of the metrics, kept in the record under "
+                         "out_of_bounds", operation, ", ".join(settlement.out_of_bounds),
+                         MAX_TOKENS, MAX_COST_DOLLARS)
+
+
+def refused(metrics: RAGMetrics | None, operation: str, problem: PartsExceedWhole) -> dict:
+    """Counts a usage refused because a part exceeds its whole; returns its raw counts for the
+    record's out_of_bounds."""
+    recording_failed(metrics, "parts_exceed_whole", "%r reported a usage whose parts exceed its "
+                     "whole and was refused: %s", operation, problem)
+    return {**problem.parts, f"{problem.whole}_tokens": problem.total}
+
+
+def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: str = "none",
+                 first_token: float | None = None,
+                 incomplete_stream: bool = False) -> float | None:
+    """Counts one LLM call's usage now, outside any monitored query; returns its cost (None when
+    it is past the sane bounds: counted, nothing recorded)."""
+    m = metrics or default_metrics()
+    model = safe_name(usage.model) if usage.model is not None else None
+    usage.model = model
+    settlement = settle([usage], model, today(),
+                        lambda name, day: series_for(m, operation, name, day))
+    count(settlement, m, operation, first_token)
+    if incomplete_stream:
+        note_unreadable(m, "stream_without_usage", STREAM_WITHOUT_USAGE_HINT)
+    if settlement.out_of_bounds:
+        return None
+    return settlement.cost if settlement.cost is not None else 0.0
