@@ -251,3 +251,17 @@ def test_zero_and_negative_values_have_buckets_of_their_own():
     for q, estimate in zip((0.0, 0.2, 0.5, 1.0), sketch_quantiles(values, (0.0, 0.2, 0.5, 1.0))):
         exact = float(np.percentile(values, 100 * q))
         assert math.isclose(estimate, exact, rel_tol=BOUND, abs_tol=1e-12), (q, estimate, exact)
+
+
+def test_a_history_without_jsonl_and_a_longer_top_list(tmp_path):
+    settings = make_settings(**THRESHOLDS)
+    seeded_log(tmp_path, per_day=40)
+    compact_logs(tmp_path, now=NOW, settings=settings)
+    for today in tmp_path.glob("*_performance.jsonl"):
+        today.unlink()
+    fast = report_from_log(tmp_path, settings, hours=None, now=NOW)
+    exact = report_from_log(tmp_path, settings, hours=None, now=NOW, exact=True)
+    assert fast["rollups"] == {"days": 3, "raw_files": 0, "quantile_relative_error": 0.01}
+    assert_same_figures(fast, exact)
+    # More slowest requests than a day's rollup keeps: every record is read.
+    assert "rollups" not in report_from_log(tmp_path, settings, hours=None, now=NOW, top=101)
