@@ -747,7 +747,6 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
 
 def _rollup_results(con, top: int, history_in_period: int) -> dict:
     """The rows _assemble takes, computed from the merged rollup tables m_*."""
-    from .reader import TOKEN_KEYS
     from .rollups import QUALITY_COLUMNS, quantile_sql
 
     run = _run(con)
