@@ -109,14 +109,16 @@ def pytest_sessionfinish(session, exitstatus):
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def require_binaries(*names: str) -> list[str]:
+def require_binaries(*names: str, install: str | None = None) -> list[str]:
     """Paths of the Debian binaries a test runs for real. Missing ones fail the test under
-    CI=true (CI must run it) and skip it elsewhere, naming the install command."""
+    CI=true (CI must run it) and skip it elsewhere, naming the install command (`install`,
+    default the monitoring stack's)."""
     from ragmon.stack.process import INSTALL_COMMAND
     paths = [shutil.which(name) for name in names]
     missing = [name for name, path in zip(names, paths) if path is None]
     if missing:
-        message = f"{missing} not installed: {INSTALL_COMMAND} (`make test` installs them as root)"
+        message = (f"{missing} not installed: {install or INSTALL_COMMAND} "
+                   "(`make test` installs them as root)")
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
