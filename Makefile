@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: demo test test-fast bench bench-ha notebook notebook-run stack-up stack-down stack-status report clean
+.PHONY: demo test test-fast bench bench-ha bench-alerts notebook notebook-run stack-up stack-down stack-status report clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(VENV)/.dev-installed
 bench-ha: $(VENV)/.dev-installed
 	bash scripts/install-debs.sh
 	$(PY) bench/bench_ha.py
+
+## bench-alerts: the live alert matrix, healthy then each fault (about 10 minutes; prints a table)
+bench-alerts: $(VENV)/.dev-installed
+	bash scripts/install-debs.sh
+	$(PY) bench/bench_alerts.py
 
 ## notebook: open the course notebook in Jupyter Lab
 notebook: $(VENV)/.dev-installed

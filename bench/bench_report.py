@@ -12,7 +12,9 @@ its peak memory is measured alone and includes interpreter and imports. In the s
   within 1.5x of it, peak under 1 GB), and with --old-ref COMMIT the report of an older commit
   (the hand-built reader) on the same files;
 * the report over --history records (default 10M) written straight to the Parquet history
-  layout plus the JSONL day (target: under 10 s, under 2 GB);
+  layout, with the rollups `compact` writes beside each day, plus the JSONL day (target: under
+  10 s, under 2 GB, within 1.5x the bare scan of the JSONL day), and once with --exact (every
+  record read);
 * with --compact, `compact` of one past day of --records records.
 """
 from __future__ import annotations
@@ -130,9 +132,9 @@ def measure(command: list[str]) -> dict:
             "tree_peak_mib": tree_peak / 2**20, "output": out.decode()}
 
 
-def report_command(log_dir: Path, hours: float, tree: Path = ROOT) -> list[str]:
+def report_command(log_dir: Path, hours: float, tree: Path = ROOT, exact: bool = False) -> list[str]:
     return [sys.executable, str(tree / "m2_3_report.py"), "report", "--hours", str(hours),
-            "--format", "text", "--log-dir", str(log_dir)]
+            "--format", "text", "--log-dir", str(log_dir)] + (["--exact"] if exact else [])
 
 
 def bare_scan_command(log_dir: Path) -> list[str]:
@@ -201,6 +203,20 @@ def write_parquet_history(log_dir: Path, records: int, days: int, end_day: float
               FROM r ORDER BY finish)
             TO '{folder / "records.parquet"}' (FORMAT parquet, COMPRESSION zstd)""")
     con.close()
+
+
+def write_history_rollups(log_dir: Path) -> None:
+    """The rollup of every history partition, as `compact` writes it beside the records."""
+    from ragmon.report.rollups import write_rollup
+    from ragmon.settings import get_settings
+
+    settings = get_settings()
+    for partition in sorted((log_dir / "history").glob("day=*")):
+        write_rollup(partition, settings)
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def table(rows: list[tuple[str, str]]) -> str:
@@ -285,24 +301,35 @@ def main(argv=None) -> None:
             if not kept:  # --keep DIR with a history already there: reused as it is
                 write_parquet_history(log_dir, args.history, 10, today - 86400)
             gen = time.perf_counter() - start
-            size = sum(p.stat().st_size for p in (log_dir / "history").rglob("*.parquet"))
+            start = time.perf_counter()
+            write_history_rollups(log_dir)
+            rollup_s = time.perf_counter() - start
+            size = sum(p.stat().st_size for p in (log_dir / "history").rglob("records.parquet"))
+            rollup_size = sum(p.stat().st_size for p in (log_dir / "history").rglob("rollup/*"))
             hist_runs, bare_runs = [], []
             for _ in range(args.repeat):  # interleaved, medians: the machine may be shared
                 bare_runs.append(measure(bare_scan_command(log_dir)))
                 hist_runs.append(measure(report_command(log_dir, 24 * 12)))
             hist, bare = median_run(hist_runs), median_run(bare_runs)
+            load_fast = load_average()
+            exact = measure(report_command(log_dir, 24 * 12, exact=True))  # once: it is long
+            load_exact = load_average()
             print()
             print(table([("Parquet history", f"{args.history:,} records, 10 day partitions, "
                                              f"{size / 2**20:,.0f} MiB "
                                              + ("(reused)" if kept else f"(generated in {gen:.1f} s)")),
+                         ("rollups (compact writes them)", f"{rollup_size / 2**20:,.1f} MiB, "
+                                                           f"built in {rollup_s:.1f} s"),
                          ("plus JSONL", f"{args.records:,} records"),
                          ("runs of each (interleaved; medians below)", str(args.repeat)),
                          run_row("bare DuckDB scan of the JSONL day", bare),
-                         run_row("report --hours 288 (history + JSONL)", hist,
+                         run_row("report --hours 288 (rollups + JSONL)", hist,
                                  f"; {hist['seconds'] / bare['seconds']:.2f}x the bare scan "
                                  "(target < 10 s, < 2048 MiB, <= 1.5x)"),
-                         ("load average (1, 5, 15 min) at the end",
-                          ", ".join(f"{x:.2f}" for x in os.getloadavg()))]))
+                         ("  load average (1, 5, 15 min) after it", load_fast),
+                         run_row("report --hours 288 --exact (every record), once", exact,
+                                 f"; {exact['seconds'] / hist['seconds']:.2f}x the rollups'"),
+                         ("  load average (1, 5, 15 min) after it", load_exact)]))
             print("\n".join(hist["output"].splitlines()[3:8]))
             if not args.keep:
                 shutil.rmtree(log_dir / "history", ignore_errors=True)

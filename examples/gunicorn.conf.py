@@ -25,6 +25,11 @@ worker_class = "uvicorn.workers.UvicornWorker"
 # A worker that hangs is killed and replaced; child_exit then drops its in-flight count.
 timeout = 30
 graceful_timeout = 10
+# Idle keep-alive connections stay open longer than anything in front keeps them for reuse
+# (nginx and AWS load balancers: 60 s; httpx: 5 s). With gunicorn's default of 2 s, a request
+# sent on a connection the worker is closing at that moment fails (ReadError / 502), and a POST
+# is not retried.
+keepalive = 75
 
 
 def on_exit(server):

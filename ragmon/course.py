@@ -161,11 +161,16 @@ class WebhookReceiver(StackWebhookReceiver):
         self.start()
 
     def table(self) -> pd.DataFrame:
-        """One row per alert per notification: alertname, status (firing|resolved)."""
+        """One row per alert per notification: alertname, status (firing|resolved), the
+        alert's labels, and when the notification arrived (``received``, UTC)."""
         rows = [{"alertname": a.get("labels", {}).get("alertname"), "status": a.get("status"),
-                 "receiver": n.get("receiver"), "group_status": n.get("status")}
+                 "receiver": n.get("receiver"), "group_status": n.get("status"),
+                 "labels": a.get("labels", {}), "received": n.get("_received")}
                 for n in list(self.notifications) for a in n.get("alerts", [])]
-        return pd.DataFrame(rows, columns=["alertname", "status", "receiver", "group_status"])
+        frame = pd.DataFrame(rows, columns=["alertname", "status", "receiver", "group_status",
+                                            "labels", "received"])
+        frame["received"] = pd.to_datetime(frame["received"], unit="s", utc=True)
+        return frame
 
     def close(self) -> None:
         self.stop()

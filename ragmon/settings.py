@@ -108,9 +108,13 @@ class Settings:
     # its settings are set: ALERT_WEBHOOK_URL replaces the shipped webhook URL; Slack goes to the
     # page and ticket routes, PagerDuty to page only, email to both and needs TO, FROM and SMARTHOST.
     ALERT_WEBHOOK_URL: str = ""
+    # Sent as "Authorization: Bearer" from a mode-600 file, never in the URL: Alertmanager shows
+    # webhook URLs in clear on its status page, so a URL with ?token= is refused.
+    ALERT_WEBHOOK_TOKEN: str = ""
     # Heartbeat URL for the always-firing RagWatchdog alert (the receiver "deadmans-switch"): a
     # service such as healthchecks.io that pages when the pings stop. Empty: the local webhook.
     DEADMANS_SWITCH_URL: str = ""
+    DEADMANS_SWITCH_TOKEN: str = ""
     SLACK_WEBHOOK_URL: str = ""
     SLACK_CHANNEL: str = ""
     PAGERDUTY_ROUTING_KEY: str = ""
@@ -257,6 +261,7 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "GRAFANA_PORT": _PORT,
     "STACK_DIR": _text,
     **{name: _any_text for name in ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL",
+                                    "ALERT_WEBHOOK_TOKEN", "DEADMANS_SWITCH_TOKEN",
                                     "SLACK_WEBHOOK_URL", "SLACK_CHANNEL",
                                     "PAGERDUTY_ROUTING_KEY", "ALERT_EMAIL_TO", "ALERT_EMAIL_FROM",
                                     "SMTP_SMARTHOST", "SMTP_USERNAME", "SMTP_PASSWORD")},
@@ -402,7 +407,8 @@ def settings_for_cli() -> Settings:
 
 
 # Printed as "(set)" / "(not set)" only: webhook URLs carry their token in the path.
-_SECRETS = ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL", "SLACK_WEBHOOK_URL",
+_SECRETS = ("ALERT_WEBHOOK_URL", "DEADMANS_SWITCH_URL", "ALERT_WEBHOOK_TOKEN",
+            "DEADMANS_SWITCH_TOKEN", "SLACK_WEBHOOK_URL",
             "PAGERDUTY_ROUTING_KEY", "SMTP_USERNAME", "SMTP_PASSWORD")
 
 

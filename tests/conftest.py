@@ -6,8 +6,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -44,8 +46,54 @@ def pytest_configure(config):
     config._ragmon_tree_before = _tree_state()
 
 
+# Children of the interpreter itself, which end with it; not servers a test started.
+_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _stray_processes() -> list[psutil.Process]:
+    """The processes below this test run that are still running. Every server a test starts
+    (gunicorn, uvicorn, the demo, Prometheus & co.) must be stopped by the test, failed or not."""
+    strays = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(process.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
+        if not any(helper in command for helper in _INTERPRETER_HELPERS):
+            strays.append(process)
+    return strays
+
+
+def _stop_strays(config) -> None:
+    """Names the processes the tests left running, stops them (by pid) and fails the run."""
+    from ragmon.stack.process import terminate
+    strays = _stray_processes()
+    if not strays:
+        return
+    lines = []
+    for process in strays:
+        try:
+            lines.append(f"  pid {process.pid}, running {time.time() - process.create_time():.0f} s:"
+                         f" {' '.join(process.cmdline())[:300]}")
+        except psutil.Error:
+            continue
+    for process in strays:  # parents first: a gunicorn master stops its own workers
+        terminate(process, 10)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    message = ("the tests left these processes running (stopped now); a test must stop every "
+               "server it starts, also when it fails:\n" + "\n".join(lines))
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    config._ragmon_strays = lines
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
+    _stop_strays(config)
+    if getattr(config, "_ragmon_strays", None):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     before = getattr(config, "_ragmon_tree_before", None)
     after = _tree_state()
     shutil.rmtree(getattr(config, "_ragmon_scratch", ""), ignore_errors=True)
@@ -61,14 +109,16 @@ def pytest_sessionfinish(session, exitstatus):
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def require_binaries(*names: str) -> list[str]:
+def require_binaries(*names: str, install: str | None = None) -> list[str]:
     """Paths of the Debian binaries a test runs for real. Missing ones fail the test under
-    CI=true (CI must run it) and skip it elsewhere, naming the install command."""
+    CI=true (CI must run it) and skip it elsewhere, naming the install command (`install`,
+    default the monitoring stack's)."""
     from ragmon.stack.process import INSTALL_COMMAND
     paths = [shutil.which(name) for name in names]
     missing = [name for name, path in zip(names, paths) if path is None]
     if missing:
-        message = f"{missing} not installed: {INSTALL_COMMAND} (`make test` installs them as root)"
+        message = (f"{missing} not installed: {install or INSTALL_COMMAND} "
+                   "(`make test` installs them as root)")
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -30,8 +30,9 @@ from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
 from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
                       note_unreadable, recording_failed, safe_name)
-from .streams import (MonitoredStream, close_quietly, follow_stream, observe_chunk,
-                      stream_outcome)
+from .gc_safe import call_outside_collection, in_collection, start_finisher
+from .streams import (UNFINISHED, MonitoredStream, close_quietly, finish_collected, follow_stream,
+                      observe_chunk, stream_outcome)
 from .tokens import PartsExceedWhole, Usage
 from .usage import StreamUsage, Unreadable, is_stream, read_usage
 
@@ -465,6 +466,8 @@ def _wrap_generator(inst: Instrumented, fn: Callable) -> Callable:
         inner = fn(*args, **kwargs)
         inst.in_flight.inc()
         stream = MonitoredStream(inst, ctx, inner)
+        start_finisher()
+        UNFINISHED.add(stream)
         step, arg, first_chunk = inner.send, None, True
         try:
             while True:
@@ -490,7 +493,14 @@ def _wrap_generator(inst: Instrumented, fn: Callable) -> Callable:
                     step, arg = inner.throw, thrown
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):
-                inner.close()
+                if in_collection():  # maybe inside a lock the application's cleanup needs
+                    call_outside_collection(finish_collected, stream)
+                    raise
+                try:
+                    inner.close()
+                finally:
+                    stream.end(None, exc)
+                raise
             stream.end(None, exc)
             raise
         stream.end(result, None)

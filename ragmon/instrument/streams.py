@@ -10,6 +10,7 @@ import time
 import weakref
 
 from .context import OPEN_STREAMS, QueryContext
+from .gc_safe import call_outside_collection, start_finisher
 from .providers.fields import PLAIN
 from .runtime import recording_failed
 from .usage import StreamUsage, is_content, watch_stream
@@ -27,7 +28,8 @@ def follow_stream(stream, started: float | None = None) -> StreamUsage | None:
         if not watch_stream(stream, tracker):
             return None
         stream._ragmon_usage = tracker
-        weakref.finalize(stream, tracker.end)
+        start_finisher()
+        weakref.finalize(stream, call_outside_collection, tracker.end)
     return tracker
 
 
@@ -67,7 +69,13 @@ def observe_chunk(ctx: QueryContext, item, waiting_first: bool) -> bool:
 class MonitoredStream:
     """The end of one monitored stream, recorded exactly once: by the stream itself, or by
     close_abandoned_streams() when the server gives up on it (client gone) while the generator
-    sits suspended, which otherwise would end it only at garbage collection."""
+    sits suspended, which otherwise would end it only at garbage collection.
+
+    Until it ends, a synchronous stream (and so the application's generator) is held in
+    `UNFINISHED`: a garbage collection may then finalize the monitored wrapper, never the
+    application's generator directly, and the wrapper hands the closing to gc_safe's finisher
+    thread (see there why). An event loop finalizes async generators itself, outside the
+    collection."""
 
     __slots__ = ("inst", "ctx", "inner", "done", "_lock")
 
@@ -84,9 +92,23 @@ class MonitoredStream:
             if self.done:
                 return False
             self.done = True
+        UNFINISHED.discard(self)
         self.inst.finish(self.ctx, result, exc)
         self.inst.in_flight.dec()
         return True
+
+
+UNFINISHED: set[MonitoredStream] = set()
+
+
+def finish_collected(stream: MonitoredStream) -> None:
+    """Ends a stream whose wrapper a garbage collection finalized (run by the finisher thread):
+    closes the application's generator, unless its other closer is running it right now
+    (close_abandoned_streams), then records the query cancelled."""
+    try:
+        close_quietly(stream.inner)
+    finally:
+        stream.end(None, GeneratorExit())
 
 
 async def close_abandoned_streams(streams: list) -> int:
@@ -117,4 +139,5 @@ def close_quietly(inner) -> None:
     try:
         inner.close()
     except Exception as failure:
-        log.warning("closing an abandoned stream raised %r", failure)
+        if not inner.gi_running:  # else another thread is closing it right now
+            log.warning("closing an abandoned stream raised %r", failure)

@@ -155,9 +155,10 @@ def export_records(output, log_dir=None, hours: float | None = None, *, settings
     tmp = Path(tmp_name)
     try:
         if suffix == ".csv":
-            df, stats = read_columns(log_dir, since, None)
-            _csv_ready(df).to_csv(tmp, index=False)
-            count, read = len(df), stats.as_dict()
+            from .reader import export_csv
+            count, stats = export_csv(log_dir, tmp, since,
+                                      progress="export" if progress else None)
+            read = stats.as_dict()
         else:
             from .reader import ReadStats
             from ..instrument.records import encode
@@ -201,17 +202,6 @@ def _write_atomically(output: Path, text: str) -> None:
         os.replace(tmp_name, output)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-
-
-def _csv_ready(df):
-    """Lists (entities) as JSON arrays, so a CSV cell reads back unambiguously."""
-    out = df.copy()
-    for column in out.columns:
-        if out[column].dtype == object and column != "request_id":
-            out[column] = out[column].map(
-                lambda v: json.dumps(list(v)) if isinstance(v, (tuple, list)) else v,
-                na_action="ignore")
-    return out
 
 
 def _now_iso(now: float | None = None) -> str:
@@ -289,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in a browser or send on")
     p.add_argument("--top", type=_positive_int, default=10, help="slowest requests to list")
     p.add_argument("--output", metavar="FILE", help="write the report to FILE (default: stdout)")
+    p.add_argument("--exact", action="store_true",
+                   help="read every record, also of the history's whole days (by default "
+                   "those are read from their rollups: quantiles within 1%%, see docs/reports.md)")
 
     p = sub.add_parser("stats", parents=[common], help="detailed statistics with a time table")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
@@ -469,7 +462,7 @@ def _run(args, out, err) -> int:
 
     if command == "compact":
         from .compact import compact_logs
-        for result in compact_logs(log_dir, progress=tty):
+        for result in compact_logs(log_dir, progress=tty, settings=settings):
             out.write(f"compacted {len(result.compacted)} day(s), {result.records:,} records, "
                       f"into {result.log_dir}/history")
             if result.rejected_lines:
@@ -537,7 +530,7 @@ def _run(args, out, err) -> int:
             text = html_from_log(log_dir, settings, hours=args.hours, top=args.top, progress=tty)
         else:
             report = report_from_log(log_dir, settings, hours=args.hours, top=args.top,
-                                     progress=tty)
+                                     progress=tty, exact=args.exact)
             _warn_skipped(report["read"], err)
             text = (json.dumps(report, indent=2) + "\n" if args.format == "json"
                     else format_csv(report) if args.format == "csv" else format_text(report))

@@ -18,7 +18,8 @@ Atomic, so a crash at any moment loses and duplicates nothing:
 A crash before 2 leaves a scratch directory that the next run removes; a crash between 2 and 3
 leaves both, and readers then skip the JSONL file whose size ``source.json`` records (it is
 already in the history); the next run deletes it. Lines the engine could not read are kept
-beside the Parquet file in ``rejected.jsonl``, as they were. A day is compacted only once it
+beside the Parquet file in ``rejected.jsonl``, as they were. The day's rollup
+(ragmon.report.rollups) is written in the scratch directory too, so it appears with the records. A day is compacted only once it
 has been over for GRACE_SECONDS, so no writer is still appending to it.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .reader import TOKEN_KEYS, load_rows
+from .rollups import write_rollup
 from .sources import (HISTORY_DIR, PARQUET_NAME, SOURCE_NAME, LogFile, Sources, file_date,
                       jsonl_files, leftover_jsonl, partition_name, resolve_dirs)
 
@@ -58,15 +60,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def compact_logs(log_dir, *, now: float | None = None, progress: bool = False) -> list[CompactResult]:
-    """Moves every whole past day of each log directory into its Parquet history."""
+def compact_logs(log_dir, *, now: float | None = None, progress: bool = False,
+                 settings=None) -> list[CompactResult]:
+    """Moves every whole past day of each log directory into its Parquet history, with the
+    day's rollup (ragmon.report.rollups; its counts use the thresholds of `settings`, default
+    the configured ones)."""
+    if settings is None:
+        from ..settings import get_settings
+        settings = get_settings()
     results = []
     for directory in resolve_dirs(log_dir):
-        results.append(_compact_dir(directory, time.time() if now is None else now, progress))
+        results.append(_compact_dir(directory, time.time() if now is None else now, progress,
+                                    settings))
     return results
 
 
-def _compact_dir(directory: Path, now: float, progress: bool) -> CompactResult:
+def _compact_dir(directory: Path, now: float, progress: bool, settings) -> CompactResult:
     result = CompactResult(str(directory))
     history = directory / HISTORY_DIR
     history.mkdir(exist_ok=True)
@@ -88,14 +97,14 @@ def _compact_dir(directory: Path, now: float, progress: bool) -> CompactResult:
                     result.skipped.append(f"{entry.path.name}: {target} exists and holds other "
                                           "records; move one of them aside")
                 continue
-            records, rejected = _compact_day(entry.path, history, target)
+            records, rejected = _compact_day(entry.path, history, target, settings)
             result.compacted.append(entry.path.name)
             result.records += records
             result.rejected_lines += rejected
     return result
 
 
-def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
+def _compact_day(jsonl: Path, history: Path, target: Path, settings) -> tuple[int, int]:
     size = jsonl.stat().st_size
     scratch = history / f"{SCRATCH_PREFIX}{target.name}-{os.getpid()}"
     scratch.mkdir()
@@ -125,14 +134,16 @@ def _compact_day(jsonl: Path, history: Path, target: Path) -> tuple[int, int]:
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()
     shutil.rmtree(scratch / ".spill", ignore_errors=True)
+    write_rollup(scratch, settings)  # renamed with the day: records and rollup appear together
     rejected = stats.skipped_total
     if not (scratch / REJECTED_NAME).stat().st_size:
         (scratch / REJECTED_NAME).unlink()
     (scratch / SOURCE_NAME).write_text(json.dumps(
         {"file": jsonl.name, "size": size, "records": written, "rejected_lines": rejected}))
     for path in scratch.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     _fsync_dir(scratch)
     os.rename(scratch, target)
     _fsync_dir(history)

@@ -165,6 +165,7 @@ def reprice_logs(log_dir, prices_file, settings, *, since: date | None = None,
     prices of `prices_file`. With ``dry_run`` nothing is written."""
     from ..instrument.records import encode
     from .reader import bounded_lines, line_problem
+    from .rollups import write_rollup
     from .sources import jsonl_files, parquet_files, resolve_dirs
 
     table = price_table(prices_file, settings)
@@ -189,6 +190,10 @@ def reprice_logs(log_dir, prices_file, settings, *, since: date | None = None,
             if since is not None and day < since:
                 continue
             changed = _reprice_parquet(entry.path, table, name, stamp, day, summary, dry_run)
+            if changed and not dry_run:
+                # The day's costs changed: its rollup is rebuilt from the new records (a
+                # stale one would not be used anyway: its fingerprint no longer matches).
+                write_rollup(entry.path.parent, settings)
             if changed:
                 result.records += changed
                 result.files.append(str(entry.path))

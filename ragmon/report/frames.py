@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .reader import ATTR_PREFIX, COUNT_COLUMNS, FLOAT_COLUMNS, HISTORY_END, STAGE_PREFIX, STRING_COLUMNS, _quote
+from .reader import ATTR_PREFIX, COUNT_COLUMNS, FLOAT_COLUMNS, HISTORY_END, STAGE_PREFIX, STRING_COLUMNS, sql_quote
 
 _NUMBERS = ("total_time", *FLOAT_COLUMNS, "cost_original")
 _COUNTS = COUNT_COLUMNS
@@ -58,11 +58,11 @@ def register_frame(con, df, name: str = "frame_rows") -> None:
     stages, attributes = [], []
     for i, column in enumerate(c for c in df.columns if c.startswith(STAGE_PREFIX)):
         data[f"s{i}"] = df[column].to_numpy(dtype="float64")
-        stages.append(f"{{'key': {_quote(column[len(STAGE_PREFIX):])}, 'value': "
+        stages.append(f"{{'key': {sql_quote(column[len(STAGE_PREFIX):])}, 'value': "
                       f"{{'duration': CASE WHEN isnan(s{i}) THEN NULL ELSE s{i} END}}}}")
     for i, column in enumerate(c for c in df.columns if c.startswith(ATTR_PREFIX)):
         values = df[column]
-        key = _quote(column[len(ATTR_PREFIX):])
+        key = sql_quote(column[len(ATTR_PREFIX):])
         if values.dtype.kind in "fiu":
             data[f"a{i}"] = values.to_numpy(dtype="float64")
             value = f"CASE WHEN isnan(a{i}) THEN NULL ELSE to_json(a{i}) END"

@@ -196,7 +196,7 @@ def _whole_lines(files_sql: str, types: dict) -> str:
     """Each line as read_json reads it with the columns `types`, from the line's whole JSON
     object, plus ``extra_json``: the top-level keys the format does not know, kept as they
     were (so that compaction and exports lose nothing a writer added)."""
-    known = "[" + ", ".join(_quote(k) for k in types) + "]"
+    known = "[" + ", ".join(sql_quote(k) for k in types) + "]"
     fields = ", ".join(
         (f"json_extract_string(j, '$.{k}')" if v == "VARCHAR" else f"json_extract(j, '$.{k}')")
         + f" AS {k}" for k, v in types.items())
@@ -293,7 +293,14 @@ def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extr
     FROM read_parquet({files_sql}, filename=true, union_by_name=true, file_row_number=true)"""
 
 
-def _sql_list(paths) -> str:
+def token_kinds(struct_type: str) -> list[str]:
+    """The token kinds a Parquet ``tokens`` STRUCT type has (older partitions lack newer
+    kinds): STRUCT("input" BIGINT, output BIGINT, ...), a keyword quoted."""
+    present = set(re.findall(r'[(,]\s*"?(\w+)"? ', struct_type))
+    return [k for k in TOKEN_KEYS if k in present]
+
+
+def sql_list(paths) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
@@ -312,8 +319,8 @@ def connect(threads: int | None = None, spill_dir: Path | None = None,
     except duckdb.Error:
         pass
     if spill_dir is not None:  # big writes (compaction) spill here instead of growing in RAM
-        con.execute(f"SET temp_directory = {_quote(str(spill_dir))}; "
-                    f"SET memory_limit = {_quote(memory_limit)}")
+        con.execute(f"SET temp_directory = {sql_quote(str(spill_dir))}; "
+                    f"SET memory_limit = {sql_quote(memory_limit)}")
     if threads is not None:
         check_positive_int("workers", threads, "workers=2 (None: every core)")
         con.execute(f"SET threads = {threads}")
@@ -522,13 +529,10 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     con = connect(workers, spill_dir, memory_limit)
     parts = []
     if sources.parquet:
-        files = _sql_list([f.path for f in sources.parquet])
+        files = sql_list([f.path for f in sources.parquet])
         described = {name: kind for name, kind, *_ in con.execute(
             f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
-        token_type = described.get("tokens", "")
-        # STRUCT("input" BIGINT, output BIGINT, ...): a keyword is quoted
-        present = set(re.findall(r'[(,]\s*"?(\w+)"? ', token_type))
-        parquet = _parquet_select(files, full, [k for k in TOKEN_KEYS if k in present],
+        parquet = _parquet_select(files, full, token_kinds(described.get("tokens", "")),
                                   "extra" in described)
         con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
@@ -556,7 +560,7 @@ def _load_jsonl(con, sources: Sources, inside: str, in_future: str, full: bool, 
     with tempfile.TemporaryDirectory(prefix="ragmon-read-") as scratch:
         readable = {str(f.path): f.path for f in sources.jsonl}
         while True:
-            sql = _jsonl_select(_sql_list(list(readable.values())), full)
+            sql = _jsonl_select(sql_list(list(readable.values())), full)
             try:
                 with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
                     con.execute(f"CREATE OR REPLACE TABLE log_rows AS {sql}")
@@ -595,9 +599,9 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     if full:
         columns += ["stages_json", "attributes_json", "timestamp_text", "pricing", "repriced_at",
                     "extra_json"]
-    select = ", ".join(columns + [f"stage_map[{_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
+    select = ", ".join(columns + [f"stage_map[{sql_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
                                   for k in stages]
-                       + [f"attributes[{_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
+                       + [f"attributes[{sql_quote(k)}]::VARCHAR AS {_ident(ATTR_PREFIX + k)}"
                           for k in attributes])
     table = con.execute(f"SELECT {select} FROM all_rows WHERE {inside}").to_arrow_table()
     con.close()
@@ -608,7 +612,47 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     return table, stats
 
 
-def _quote(text: str) -> str:
+def export_csv(log_dir, target: Path, since: float | None = None, *,
+               workers: int | None = None, progress: str | None = None) -> tuple[int, ReadStats]:
+    """Writes the valid records ending in [since, now] to `target` as CSV, in the engine
+    (DuckDB COPY: no DataFrame, no Python object per record), oldest first: the load_records()
+    columns, the timestamp as UTC time, one stage_<name> and attr_<key> column each. An
+    attribute cell holds a string as it is and any other value as JSON (a list reads back
+    with json.loads). Returns (records written, ReadStats)."""
+    sources = find_sources(log_dir, since, None)
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
+    with tempfile.TemporaryDirectory(prefix="ragmon-export-") as spill:
+        con, inside, stats = load_rows(sources, since, None, workers=workers, progress=progress,
+                                       stats=stats, spill_dir=Path(spill))
+        columns = ["request_id", "strftime(make_timestamp((end_time * 1e6)::BIGINT), "
+                   "'%Y-%m-%d %H:%M:%S.%f') || '+00:00' AS timestamp", "start_time",
+                   "total_time", *FLOAT_COLUMNS, *STRING_COLUMNS, *COUNT_COLUMNS,
+                   *PRICING_COLUMNS]
+        if con is None:
+            Path(target).write_text(",".join(c.split(" AS ")[-1] for c in columns) + "\n")
+            return 0, stats
+        try:
+            stages = _keys(con, "stage_map", inside, MAX_STAGE_NAMES, "stage", stats)
+            attributes = _keys(con, "attributes", inside, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+            value = "attributes[{0}]"
+            columns += [f"stage_map[{sql_quote(k)}].duration AS {_ident(STAGE_PREFIX + k)}"
+                        for k in stages]
+            columns += [f"CASE json_type({value.format(sql_quote(k))}) "
+                        f"WHEN 'VARCHAR' THEN json_extract_string({value.format(sql_quote(k))}, '$') "
+                        f"WHEN 'NULL' THEN NULL ELSE {value.format(sql_quote(k))}::VARCHAR END "
+                        f"AS {_ident(ATTR_PREFIX + k)}" for k in attributes]
+            out = str(target).replace("'", "''")
+            [(written,)] = con.execute(
+                f"COPY (SELECT {', '.join(columns)} FROM all_rows WHERE {inside} "
+                f"ORDER BY end_time, seq) TO '{out}' (FORMAT csv, HEADER)").fetchall()
+        finally:
+            con.close()
+    stats.records = int(written)
+    return int(written), stats
+
+
+def sql_quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -669,7 +713,7 @@ def _count_rows(con, inside: str, in_future: str, names: dict, stats: ReadStats,
                                            keep_rejected, cut_out=True)
     if recovered_files:
         con.execute(f"INSERT INTO log_rows BY NAME "
-                    f"{_jsonl_select(_sql_list(recovered_files), full, typed=False)}")
+                    f"{_jsonl_select(sql_list(recovered_files), full, typed=False)}")
         # What the line rules call a record but the query does not: counted, never silent.
         lost = con.execute("SELECT count(*) FROM log_rows WHERE NOT valid AND file IN "
                            f"{tuple(map(str, recovered_files)) + ('',)}").fetchone()[0]

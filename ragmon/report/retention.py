@@ -20,9 +20,11 @@ from pathlib import Path
 
 from .sources import (HISTORY_DIR, LogDirNotFound, file_date, own_regular_file, parquet_files)
 from ..checks import check_positive_int
+from .rollups import ROLLUP_DIR, own_files
 from ..instrument.records import LOG_FILE_GLOB
 
-# The only files a history partition may hold; a partition holding anything else is left alone.
+# The only files a history partition may hold (besides its rollup directory, see
+# ragmon.report.rollups); a partition holding anything else is left alone.
 _PARTITION_FILES = {"records.parquet", "source.json", "rejected.jsonl"}
 
 
@@ -80,15 +82,19 @@ def cleanup_logs(log_dir: str | Path, days: int, *, now: float | None = None,
         if entry.start + 86400 > cutoff:
             result.kept.append(name)
             continue
-        files = list(partition.iterdir())
-        if not all(f.name in _PARTITION_FILES and own_regular_file(f, partition) for f in files):
+        files = [f for f in partition.iterdir() if f.name != ROLLUP_DIR]
+        rollup = own_files(partition / ROLLUP_DIR) if (partition / ROLLUP_DIR).exists() else []
+        if rollup is None or not all(f.name in _PARTITION_FILES and own_regular_file(f, partition)
+                                     for f in files):
             result.failed.append(f"{name}: holds files that are not the log's own; left alone")
             continue
-        size = sum(f.stat().st_size for f in files)
+        size = sum(f.stat().st_size for f in files + rollup)
         if not dry_run:
             try:
-                for f in files:
+                for f in files + rollup:
                     f.unlink()
+                if rollup:
+                    (partition / ROLLUP_DIR).rmdir()
                 partition.rmdir()
             except OSError as exc:
                 result.failed.append(f"{name}: {exc}")

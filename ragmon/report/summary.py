@@ -22,7 +22,7 @@ from pathlib import Path
 from .analysis import TOP_VALUES, _f, report_header
 from .analysis import _iso as _analysis_iso
 from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
-                     _hashable, _quote, find_sources, load_rows, since_hours)
+                     _hashable, sql_quote, find_sources, load_rows, since_hours)
 from .reader import HISTORY_END
 
 # DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
@@ -50,7 +50,7 @@ def _iso(epoch) -> str | None:
 
 
 def _sql_in(values) -> str:
-    return "(" + ", ".join(_quote(str(v)) for v in values) + ")" if values else "(NULL)"
+    return "(" + ", ".join(sql_quote(str(v)) for v in values) + ")" if values else "(NULL)"
 
 
 class _Steps:
@@ -121,9 +121,20 @@ def frame_rows(df):
 
 def report_from_log(log_dir, settings, *, hours: float | None = None, top: int = 10,
                     now: float | None = None, workers: int | None = None,
-                    progress: bool = False, memory_limit: str = MEMORY_LIMIT) -> dict:
+                    progress: bool = False, memory_limit: str = MEMORY_LIMIT,
+                    exact: bool = False) -> dict:
     """The performance report of the requests that ended in the last `hours` hours in
-    `log_dir`, aggregated in DuckDB."""
+    `log_dir`, aggregated in DuckDB. Whole days of the Parquet history are read from their
+    rollups (ragmon.report.rollups: counts and sums exact, quantiles within a relative
+    RELATIVE_ERROR); `exact` reads every record."""
+    if not exact:
+        try:
+            report = _rollup_report(log_dir, settings, hours=hours, top=top, now=now,
+                                    workers=workers, progress=progress, memory_limit=memory_limit)
+        except _NeedsRecords:
+            report = None
+        if report is not None:
+            return report
     with log_rows(log_dir, hours, now=now, workers=workers, progress=progress,
                   memory_limit=memory_limit) as (con, inside, stats):
         return figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
@@ -257,7 +268,16 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: "_S
     steps.expect(len(queries) + 1)  # and the slowest requests' details
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(queries, pool.map(lambda q: steps.run(*q), queries.values())))
+    return _assemble(
+        results, settings, hours, now, stats,
+        attributes=lambda rows, n: _attributes(steps, inside, rows, stats, n),
+        slowest=lambda rows, keys: _slowest(steps, inside, rows, keys))
 
+
+def _assemble(results: dict, settings, hours, now, stats: ReadStats, *, attributes,
+              slowest) -> dict:
+    """The report from its queries' rows (whether of the records or of their rollups).
+    `attributes(rows, n)` and `slowest(rows, stage_keys)` finish those two figures."""
     [values] = results["main"]
     values = list(values)
     n, first, last, success, error, cancelled = values[:6]
@@ -305,14 +325,14 @@ def _report(con, inside, settings, hours, top, now, stats: ReadStats, steps: "_S
                                   "p50": _f(q50), "p95": _f(q95)}
     report["errors"] = _errors(results["errors"], n)
     report["operations"] = _operations(results["operations"]) if with_operation else []
-    report["attributes"] = _attributes(steps, inside, results["attributes"], stats, n)
-    report["slowest"] = _slowest(steps, inside, results["slowest"], stage_keys)
+    report["attributes"] = attributes(results["attributes"], n)
+    report["slowest"] = slowest(results["slowest"], stage_keys)
     return report
 
 
 def _stages_query(inside: str, settings):
     budgets = dict(settings.STAGE_BUDGETS)
-    budget = ("CASE stage " + " ".join(f"WHEN {_quote(k)} THEN {float(v)!r}"
+    budget = ("CASE stage " + " ".join(f"WHEN {sql_quote(k)} THEN {float(v)!r}"
                                        for k, v in budgets.items()) + " END"
               if budgets else "NULL::DOUBLE")
     return (f"""
@@ -591,10 +611,15 @@ def _slowest(steps: "_Steps", inside: str, rows, stage_keys: list[str]) -> list[
         f"SELECT seq, request_id, status, error_type, model, operation, stage_map "
         f"FROM all_rows WHERE {inside} AND total_time >= ? "
         f"AND seq IN ({', '.join(str(int(seq)) for _, _, seq in rows)})", [shortest])}
+    return _slowest_entries([(total, end, *found[seq]) for total, end, seq in rows], stage_keys)
+
+
+def _slowest_entries(rows, stage_keys: list[str]) -> list[dict]:
+    """The slowest requests from rows (total_time, end_time, request_id, status, error_type,
+    model, operation, stage_map), slowest first."""
     known = set(stage_keys)
     out = []
-    for total, end, seq in rows:
-        request_id, status, error_type, model, operation, stage_map = found[seq]
+    for total, end, request_id, status, error_type, model, operation, stage_map in rows:
         slowest_stage, slowest_duration = None, None
         durations = {k: (v or {}).get("duration") for k, v in (stage_map or {}).items()}
         for name in sorted(durations):
@@ -638,3 +663,187 @@ def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 1
         stages = sorted(s["stage"] for s in report["stages"])
         return format_html(report, trends(_run(con), inside, bucket, stages),
                            costliest(con, inside, top))
+
+
+# --- the report over rollups ---------------------------------------------------------------------
+
+class _NeedsRecords(Exception):
+    """A figure the rollups cannot give (an attribute of mixed value types): read the records."""
+
+
+def _rollup_sources(log_dir, settings, since, top):
+    """(every source, [(partition, its rollup.json)] of the rollups covering whole days of the
+    period, the sources of the rest)."""
+    from .reader import future_bound
+    from .rollups import usable
+    from .sources import Sources
+
+    sources = find_sources(log_dir, since, None)
+    bound = future_bound(since)
+    metas = {str(f.path): usable(f.path.parent, settings, since, bound, top)
+             for f in sources.parquet}
+    rolled = [(f, metas[str(f.path)]) for f in sources.parquet if metas[str(f.path)]]
+    raw = Sources(sources.dirs, [f for f in sources.files if not metas.get(str(f.path))],
+                  sources.ignored)
+    return sources, rolled, raw
+
+
+def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, memory_limit):
+    """The report from the rollups of the whole days of history in the period plus the raw
+    records of the rest (JSONL days, partial days, days without a valid rollup); None when no
+    rollup applies."""
+    from .reader import connect, sql_list
+    from .rollups import RELATIVE_ERROR, ROLLUP_DIR, TABLES, rollup_queries
+
+    since = since_hours(hours, now)
+    sources, rolled, raw = _rollup_sources(log_dir, settings, since, top)
+    if not rolled:
+        return None
+    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                      else ", ".join(str(d) for d in sources.dirs))
+    with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
+        con, inside, stats = load_rows(raw, since, None, workers=workers,
+                                       progress="reading" if progress else None, stats=stats,
+                                       spill_dir=Path(spill), memory_limit=memory_limit,
+                                       count_history=False)
+        if con is None:
+            con = connect(workers, Path(spill), memory_limit)
+            con.execute("CREATE VIEW all_rows AS SELECT * FROM (SELECT NULL::DOUBLE AS x) WHERE false")
+            raw_sql = None
+        else:
+            raw_sql = f"(SELECT * FROM all_rows WHERE {inside})"
+        try:
+            con.execute("SET preserve_insertion_order = false")
+            raw_history = 0
+            if raw_sql is not None:
+                [(raw_history,)] = con.execute(
+                    f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
+            if raw_sql:
+                prepare, queries = rollup_queries(raw_sql, settings)
+                for statement in prepare:
+                    con.execute(statement)
+                for name, sql in queries.items():
+                    con.execute(f"CREATE TABLE raw_{name} AS {sql}")
+            for name in TABLES:
+                parts = [f"SELECT * FROM read_parquet("
+                         f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f, _ in rolled])}, "
+                         "union_by_name=true)"]
+                if raw_sql:
+                    parts.append(f"SELECT * FROM raw_{name}")
+                con.execute(f"CREATE TABLE m_{name} AS " + " UNION ALL BY NAME ".join(parts))
+            rows = sum(meta["rows"] for _, meta in rolled)
+            stats.files = [str(f.path) for f in sources.files]
+            stats.lines += rows
+            stats.history_rows += rows
+            report = _assemble(_rollup_results(con, top, rows + raw_history), settings, hours, now, stats,
+                               attributes=lambda rows, n: _rollup_attributes(rows, stats, n),
+                               slowest=_slowest_entries)
+        finally:
+            con.close()
+    report["rollups"] = {"days": len(rolled), "raw_files": len(raw.files),
+                         "quantile_relative_error": RELATIVE_ERROR}
+    return report
+
+
+def _rollup_results(con, top: int, history_in_period: int) -> dict:
+    """The rows _assemble takes, computed from the merged rollup tables m_*."""
+    from .rollups import QUALITY_COLUMNS, quantile_sql
+
+    run = _run(con)
+    quantiles: dict = {}
+    for metric, grp, q, value in run(quantile_sql("m_sketch", (0.5, 0.95, 0.99))):
+        quantiles.setdefault((metric, grp), {})[round(float(q), 4)] = value
+
+    def q(metric, grp, *levels):
+        found = quantiles.get((metric, grp), {})
+        return [found.get(level) for level in levels]
+
+    token = {k: f"coalesce(sum({k}_tokens), 0)" for k in ("input", "output", "cached_input")}
+    [main] = run(f"""
+        SELECT coalesce(sum(n), 0), min(first_end), max(last_end),
+               coalesce(sum(n) FILTER (status = 'success'), 0),
+               coalesce(sum(n) FILTER (status = 'error'), 0),
+               coalesce(sum(n) FILTER (status = 'cancelled'), 0),
+               sum(time_sum) / sum(n), NULL, max(time_max), sum(slow), sum(very_slow),
+               coalesce(sum(cost_sum), 0), sum(n_cost),
+               {token['input']}, {token['output']}, {token['cached_input']},
+               coalesce(sum(cache_hits), 0), coalesce(sum(cache_misses), 0),
+               sum(n_cost_original), coalesce(sum(cost_original_sum), 0),
+               coalesce(sum(cost_repriced_sum), 0),
+               coalesce(sum(n) FILTER (model IS NOT NULL), 0),
+               coalesce(sum(n) FILTER (operation IS NOT NULL), 0), ?
+        FROM m_groups""", [history_in_period])
+    main = list(main)
+    main[7] = q("total_time", "", 0.5, 0.95, 0.99)
+    [quality] = run("SELECT " + ", ".join(
+        f"sum({c}_n), sum({c}_sum) / nullif(sum({c}_n), 0)" for c in QUALITY_COLUMNS)
+        + " FROM m_groups")
+    quality_row = []
+    for i, column in enumerate(QUALITY_COLUMNS):
+        measured, mean = quality[2 * i: 2 * i + 2]
+        quality_row += [measured, mean, q(column, "", 0.5, 0.95) if measured else None]
+    stages = [(stage, n, d_sum / n if n else None, q("stage", stage, 0.5, 0.95, 0.99), d_max,
+               d_sum, share / n if n else None, t_sum, bottlenecks, by_share, by_budget)
+              for stage, n, d_sum, d_max, share, t_sum, bottlenecks, by_share, by_budget in run(
+                  "SELECT stage, sum(n), sum(d_sum), max(d_max), sum(share_sum), sum(t_sum), "
+                  "sum(bottlenecks), sum(by_share), sum(by_budget) FROM m_stages GROUP BY stage")]
+    models = [(m, n, cost, priced, tin, tout, tcached, q("model", m, 0.95)[0], errors, unnamed,
+               *rest)
+              for m, n, cost, priced, tin, tout, tcached, errors, unnamed, *rest in run(f"""
+        SELECT coalesce(model, '(none)') AS m, sum(n), coalesce(sum(cost_sum), 0), sum(n_cost),
+               {token['input']}, {token['output']}, {token['cached_input']},
+               coalesce(sum(n) FILTER (status = 'error'), 0), model IS NULL AS unnamed,
+               coalesce(sum(n_cost) FILTER (price_match = 'default'), 0),
+               coalesce(sum(cost_sum) FILTER (price_match = 'default'), 0),
+               coalesce(sum(n_cost) FILTER (price_match IS NULL), 0),
+               coalesce(sum(cost_sum) FILTER (price_match IS NULL), 0)
+        FROM m_groups GROUP BY m, unnamed ORDER BY min(first_end), m""")]
+    operations = [(op, n, q("operation", op, 0.95)[0], errors) for op, n, errors in run("""
+        SELECT operation, sum(n), coalesce(sum(n) FILTER (status = 'error'), 0) FROM m_groups
+        WHERE operation IS NOT NULL GROUP BY operation
+        ORDER BY sum(n) DESC, min(first_end), operation""")]
+    errors = run("""
+        SELECT coalesce(error_type, '(none)') AS e, sum(n) FROM m_groups
+        WHERE status IS DISTINCT FROM 'success' GROUP BY e
+        ORDER BY sum(n) DESC, min(first_end), e""")
+    attributes = []
+    for key, text, kind, xn, xsum, xmax, n, ok, distinct, present in run(f"""
+        WITH groups AS (
+            SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, sum(n) AS n,
+                   sum(xn) AS xn, sum(xsum) AS xsum, max(xmax) AS xmax, sum(ok) AS ok,
+                   min(first_end) AS first_end
+            FROM m_attributes GROUP BY key, text),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY key ORDER BY text IS NULL, n DESC,
+                                                   first_end, text) AS rank,
+                   count(text) OVER (PARTITION BY key) AS distinct_texts,
+                   sum(CASE WHEN text IS NOT NULL THEN n END) OVER (PARTITION BY key) AS present,
+                   bool_and(text IS NULL OR kind = 'VARCHAR') OVER (PARTITION BY key) AS strings
+            FROM groups)
+        SELECT key, text, kind, xn, xsum, xmax, n, ok / n, distinct_texts, present
+        FROM ranked WHERE text IS NULL OR rank <= {TOP_VALUES} OR NOT strings
+        ORDER BY key, rank"""):
+        numbers = q("attribute", key, 0.5, 0.95) if text is None and xn else None
+        p95 = q("attribute_value", f"{key}\0{text}", 0.95)[0] if text is not None else None
+        attributes.append((key, text, kind, xn, xsum, numbers, xmax, n, p95, ok, distinct,
+                           present))
+    slowest = run("""
+        SELECT total_time, end_time, request_id, status, error_type, model, operation, stage_map
+        FROM m_top WHERE ranking = 'total_time' ORDER BY total_time DESC, end_time, seq
+        LIMIT ?""", [max(0, int(top))])
+    return {"main": [main], "quality": [quality_row], "stages": stages, "models": models,
+            "operations": operations, "errors": errors, "attributes": attributes,
+            "slowest": slowest}
+
+
+def _rollup_attributes(rows, stats: ReadStats, n: int) -> dict:
+    """The attributes from the rollups' value counts; one of mixed value types (a list here, a
+    string there) needs the records (its values are labelled one by one)."""
+    kinds: dict[str, set] = {}
+    for key, text, kind, xn, *_ in rows:
+        kinds.setdefault(key, set()).add(kind if text is not None else ("DOUBLE" if xn else None))
+    for found in kinds.values():
+        found.discard(None)
+        if not (found <= {"DOUBLE"} or found == {"VARCHAR"} or found == {"ARRAY"}):
+            raise _NeedsRecords()
+    return _attributes(None, "false", rows, stats, n)

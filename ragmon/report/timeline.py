@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
-from .reader import _quote
+from .reader import sql_quote
 
 # Rows of a time table at most: a 1min bucket over records years apart would build millions.
 MAX_BUCKETS = 10_000
@@ -77,7 +77,7 @@ def series(run, inside: str, bucket: str, stage_keys: list[str], first: float,
     origin = math.floor(first / 86400) * 86400
     start = origin + math.floor((first - origin) / width) * width
     shares = "".join(
-        f", fsum(stage_map[{_quote(k)}].duration) AS {_share(i)}" for i, k in enumerate(stage_keys))
+        f", fsum(stage_map[{sql_quote(k)}].duration) AS {_share(i)}" for i, k in enumerate(stage_keys))
     rows = run(f"""
         WITH b AS (
             SELECT floor((end_time - ?) / ?)::BIGINT AS i, * FROM all_rows WHERE {inside})
@@ -130,7 +130,7 @@ def distributions(run, inside: str, stage_keys: list[str]) -> dict:
     quantiles = "[" + ", ".join(map(str, DISTRIBUTION_QUANTILES)) + "]"
     figures = lambda x: (f"count({x}), fsum({x}) / count({x}), stddev_pop({x}), "  # noqa: E731
                          f"quantile_cont({x}, {quantiles})")
-    parts = [figures("total_time")] + [figures(f"stage_map[{_quote(k)}].duration")
+    parts = [figures("total_time")] + [figures(f"stage_map[{sql_quote(k)}].duration")
                                        for k in stage_keys]
     [row] = run(f"SELECT {', '.join(parts)} FROM all_rows WHERE {inside}")
     out = {}

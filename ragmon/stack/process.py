@@ -229,6 +229,39 @@ def stop_process(pid_file: PidFile, owned: OwnedProcess | None = None,
     return running
 
 
+def stop_process_group(pid_file: PidFile, owned: OwnedProcess | None = None,
+                       timeout: float = 10.0) -> bool:
+    """stop_process() for a server that forks workers (gunicorn, uvicorn --workers): stops the
+    leader, then every process left in its process group, each by pid and start time. spawn()
+    makes each process the leader of its own session and group; a leader killed after `timeout`
+    (a master stuck in a hook) would otherwise leave its workers running. True if the leader was
+    running."""
+    leader = owned if owned is not None else pid_file.owned()
+    members = group_members(leader) if leader is not None else []
+    running = stop_process(pid_file, owned, timeout)
+    if leader is not None:
+        members += group_members(leader)  # forked while the leader was stopping
+    for pid, created in members:
+        member = owned_process(pid, created)
+        if member is not None:
+            terminate(member, timeout)
+    return running
+
+
+def group_members(leader: OwnedProcess) -> list[tuple[int, float]]:
+    """(pid, start time) of the processes in the group `leader` leads, itself left out: those
+    started after it whose process group id is its pid."""
+    found = []
+    for process in psutil.process_iter(["create_time"]):
+        try:
+            if (process.pid != leader.pid and os.getpgid(process.pid) == leader.pid
+                    and process.info["create_time"] >= leader.create_time - 0.01):
+                found.append((process.pid, process.info["create_time"]))
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
 class Processes:
     """A registry of everything a session (the notebook, a test, a benchmark) starts; it stops
     them by PID (never by name) from `stop_all()`, from atexit and from SIGTERM.

@@ -283,6 +283,47 @@ def _check_url(name: str, value: str) -> str:
     return value
 
 
+# Query parameters that carry a credential. Alertmanager 0.25 shows webhook URLs in clear on its
+# status page (/api/v2/status, the UI's Status tab) and has no url_file; the token goes in a
+# file instead (http_config.authorization.credentials_file), which the page shows as a path.
+_CREDENTIAL_PARAMS = re.compile(r"(?i)^(token|access_token|auth|auth_token|api_key|apikey|key|"
+                                r"secret|password|sig|signature)$")
+
+# Webhook settings -> (the setting holding its token, the token file's name in the config dir).
+WEBHOOK_TOKENS = {"ALERT_WEBHOOK_URL": ("ALERT_WEBHOOK_TOKEN", "alert-webhook.token"),
+                  "DEADMANS_SWITCH_URL": ("DEADMANS_SWITCH_TOKEN", "deadmans-switch.token")}
+
+
+def _check_webhook_url(name: str, value: str) -> str:
+    """An http(s) URL with no credential in it (those go in the *_TOKEN setting)."""
+    _check_url(name, value)
+    parsed = urlparse(value)
+    secret = [part.partition("=")[0] for part in parsed.query.split("&")
+              if _CREDENTIAL_PARAMS.match(part.partition("=")[0])]
+    if parsed.username or parsed.password or secret:
+        where = (f"its query parameter {secret[0]!r}" if secret else "its user:password part")
+        token = WEBHOOK_TOKENS[name][0]
+        raise StackConfigError(
+            f"{name} carries a credential in {where}, which Alertmanager shows in clear on its "
+            f"status page; remove it from the URL and set {token} to the token instead (sent "
+            f"as 'Authorization: Bearer <token>', read from a file only its owner can read)")
+    return value
+
+
+def webhook_credentials(settings) -> dict[str, str]:
+    """token file name -> token, for every webhook whose *_TOKEN setting is set. The stack
+    writes them with mode 600 next to the rendered alertmanager.yml (credentials_dir)."""
+    out = {}
+    for url_setting, (token_setting, filename) in WEBHOOK_TOKENS.items():
+        token = getattr(settings, token_setting, "").strip()
+        if token and not getattr(settings, url_setting, "").strip():
+            raise StackConfigError(f"{token_setting} is set but {url_setting} is empty; set the "
+                                   f"URL the token is for, or empty {token_setting}")
+        if token:
+            out[filename] = token + "\n"
+    return out
+
+
 def _receiver(config: dict, name: str) -> dict:
     for receiver in config.get("receivers", []):
         if receiver["name"] == name:
@@ -299,10 +340,17 @@ SLACK_TEXT = ('{{ range .Alerts }}*{{ .Annotations.summary }}*\n{{ .Annotations.
 
 
 def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[str] = (),
-                        local: bool = True, fast: bool = False, ha: bool = False) -> dict:
+                        local: bool = True, fast: bool = False, ha: bool = False,
+                        local_receiver: str | None = None,
+                        credentials_dir: Path | None = None) -> dict:
     """alertmanager.yml with the receivers configured in `settings` (config.Settings).
 
     local: rewrite host.docker.internal in webhook URLs to 127.0.0.1 (the stack without Docker).
+    local_receiver: base URL (http://127.0.0.1:PORT) of the webhook receiver the local stack runs
+    itself; the shipped webhook URLs that no setting replaces point there (/alerts, /heartbeat),
+    so a fresh stack delivers every notification instead of failing on a receiver nobody runs.
+    credentials_dir: where the stack writes webhook_credentials(settings); a webhook with a
+    *_TOKEN setting sends it as a Bearer token read from that file, never in the URL.
     extra_webhook_urls: every alert also goes to these webhooks (a catch-all first route with
     `continue: true`, so the normal routing still happens).
     ha: the alerts come from an HA pair (fast mode keeps group_interval above their gap).
@@ -310,16 +358,27 @@ def render_alertmanager(config: dict, settings, *, extra_webhook_urls: Iterable[
     config = yaml.safe_load(yaml.safe_dump(config))
     webhook_url = settings.ALERT_WEBHOOK_URL.strip()
     if webhook_url:
-        _check_url("ALERT_WEBHOOK_URL", webhook_url)
+        _check_webhook_url("ALERT_WEBHOOK_URL", webhook_url)
     heartbeat_url = getattr(settings, "DEADMANS_SWITCH_URL", "").strip()
     if heartbeat_url:
-        _check_url("DEADMANS_SWITCH_URL", heartbeat_url)
+        _check_webhook_url("DEADMANS_SWITCH_URL", heartbeat_url)
+    tokens = webhook_credentials(settings)
+    if tokens and credentials_dir is None:
+        raise ValueError("render_alertmanager needs credentials_dir when a webhook token is set")
     for receiver in config.get("receivers", []):
         # The dead man's switch has its own URL: ALERT_WEBHOOK_URL must not swallow the heartbeat.
-        own_url = heartbeat_url if receiver["name"] == DEADMANS_SWITCH else webhook_url
+        heartbeat = receiver["name"] == DEADMANS_SWITCH
+        own_url = heartbeat_url if heartbeat else webhook_url
+        token_file = WEBHOOK_TOKENS["DEADMANS_SWITCH_URL" if heartbeat else "ALERT_WEBHOOK_URL"][1]
         for hook in receiver.get("webhook_configs", []):
             if own_url:
                 hook["url"] = own_url
+                if token_file in tokens:
+                    hook["http_config"] = {"authorization": {
+                        "type": "Bearer",
+                        "credentials_file": str(Path(credentials_dir) / token_file)}}
+            elif local_receiver:
+                hook["url"] = local_receiver.rstrip("/") + (urlparse(hook["url"]).path or "/alerts")
             elif local:
                 hook["url"] = hook["url"].replace(DOCKER_HOST, LOOPBACK)
 

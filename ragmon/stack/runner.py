@@ -46,7 +46,7 @@ from .process import (ALL_COMPONENTS, COMPONENTS, HA_COMPONENTS, INSTALL_COMMAND
 from .render import (ALERTMANAGER_FILE, PROMETHEUS_FILE, RULE_FILES, VICTORIA_METRICS_RELABEL,
                      StackConfigError, app_job_names, dump_yaml, load_yaml, normalise_app_jobs,
                      render_alertmanager, render_ha_prometheus, render_prometheus, render_rules,
-                     render_targets, targets_file)
+                     render_targets, targets_file, webhook_credentials)
 
 __all__ = ["Stack", "StackError", "StackConfigError", "INSTALL_COMMAND", "main"]
 
@@ -190,6 +190,9 @@ class Stack:
                 continue
             stopped[component.name] = stop_process(self._pid_file(component.name),
                                                    self._owned.pop(component.name, None))
+        # the stack's own webhook receiver, last: Alertmanager may still deliver until it stops
+        if self._pid_file(RECEIVER).path.exists() or RECEIVER in self._owned:
+            stopped[RECEIVER] = stop_process(self._pid_file(RECEIVER), self._owned.pop(RECEIVER, None))
         self._state_file.unlink(missing_ok=True)
         return stopped
 
@@ -319,19 +322,32 @@ class Stack:
         # Alertmanager peers gossip on ports of their own (never opened without --ha).
         cluster_ports = {name: free_port() for name in ALERTMANAGER_PEERS if self.ha}
 
-        app_jobs = self._render(ports, node_exporter="node_exporter" in binaries)
+        # Notifications go to a webhook receiver the stack runs itself unless ALERT_WEBHOOK_URL
+        # names one: a fresh stack must not page about its own undeliverable notifications.
+        own_receiver = not self.settings.ALERT_WEBHOOK_URL.strip()
+        receiver_port = free_port() if own_receiver else None
+        receiver_url = f"http://127.0.0.1:{receiver_port}" if own_receiver else None
+        app_jobs = self._render(ports, node_exporter="node_exporter" in binaries,
+                                local_receiver=receiver_url)
         argv = {name: [binaries[name], *self._argv(name, ports, cluster_ports)] for name in binaries}
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(json.dumps({"urls": urls, "ports": ports, "spec": self._spec(),
                                                 "cluster_ports": cluster_ports, "argv": argv,
-                                                "app_job_names": app_jobs}, indent=2))
+                                                "app_job_names": app_jobs,
+                                                "receiver_url": receiver_url}, indent=2))
         try:
+            if own_receiver:
+                self._owned[RECEIVER] = start_process(
+                    receiver_argv(receiver_port), self._log(RECEIVER), self._pid_file(RECEIVER),
+                    self.workdir, env=receiver_env())
             for component in self.components:
                 if component.name in binaries:
                     self._owned[component.name] = start_process(
                         argv[component.name], self._log(component.name),
                         self._pid_file(component.name), self.workdir)
             if wait:
+                if own_receiver:
+                    self._wait_receiver(receiver_port, timeout)
                 self._wait_ready(urls, timeout)
         except BaseException:
             self._stop_all()  # we hold the lock already
@@ -379,6 +395,27 @@ class Stack:
             return [f"--web.listen-address={listen}"]
         raise ValueError(f"unknown component {name!r}")
 
+    @property
+    def receiver_url(self) -> str | None:
+        """Base URL of the webhook receiver the stack runs itself (None when ALERT_WEBHOOK_URL
+        names another); it logs every notification to logs/webhook.log."""
+        return self._state().get("receiver_url")
+
+    def _wait_receiver(self, port: int, timeout: float) -> None:
+        pid_file, log = self._pid_file(RECEIVER), self._log(RECEIVER)
+
+        def listening() -> bool:
+            if pid_file.process() is None:
+                raise StackError(f"the stack's webhook receiver exited while starting; its log "
+                                 f"({log}) ends with:\n{log_tail(log)}")
+            return port_in_use(port)
+        try:
+            wait_until(listening, timeout, what="the webhook receiver to listen")
+        except TimeoutError:
+            raise StackError(f"the stack's webhook receiver did not listen on 127.0.0.1:{port} "
+                             f"within {timeout:g} s; its log ({log}) ends with:\n"
+                             f"{log_tail(log)}") from None
+
     def _wait_ready(self, urls: dict[str, str], timeout: float) -> None:
         for component in ALL_COMPONENTS:
             if component.name not in urls:
@@ -397,7 +434,8 @@ class Stack:
                                  f"within {timeout:g} s; its log ({log}) ends with:\n"
                                  f"{log_tail(log)}") from None
 
-    def _render(self, ports: dict[str, int], node_exporter: bool) -> list[str]:
+    def _render(self, ports: dict[str, int], node_exporter: bool,
+                local_receiver: str | None = None) -> list[str]:
         """Writes every config; returns the app job names (their targets are file_sd files)."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
         rule_paths = []
@@ -437,9 +475,12 @@ class Stack:
                 "# Generated by m2_3_stack.py: the HA pair's copies of a series become one.\n"
                 + yaml.safe_dump(VICTORIA_METRICS_RELABEL, sort_keys=False))
         extra = [self.extra_receiver_url] if self.extra_receiver_url else []
+        for name, token in webhook_credentials(self.settings).items():
+            write_private(self.config_dir / name, token)
         alertmanager = render_alertmanager(load_yaml(ALERTMANAGER_FILE), self.settings,
                                            extra_webhook_urls=extra, local=True, fast=self.fast,
-                                           ha=self.ha)
+                                           ha=self.ha, local_receiver=local_receiver,
+                                           credentials_dir=self.config_dir)
         write_private(self.config_dir / "alertmanager.yml", dump_yaml(alertmanager, ALERTMANAGER_FILE))
         return jobs
 
@@ -449,6 +490,21 @@ class Stack:
         tmp = path.with_suffix(".tmp")  # written whole, then renamed: never read half-written
         tmp.write_text(json.dumps(render_targets(targets), indent=1))
         os.replace(tmp, path)
+
+
+# The stack's own webhook receiver (`m2_3_stack.py webhook`), known by this pid file name.
+RECEIVER = "webhook"
+
+
+def receiver_argv(port: int) -> list[str]:
+    return [sys.executable, "-m", "ragmon.stack.runner", "webhook", "--port", str(port)]
+
+
+def receiver_env() -> dict[str, str]:
+    """The environment of the receiver process: this ragmon importable whatever its cwd."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
 
 
 def write_private(path: Path, text: str) -> None:
@@ -552,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Monitoring stack up{f' ({mode})' if mode else ''}, data in {stack.workdir}")
             for name, url in stack.urls.items():
                 print(f"  {name:16} {url}")
+            if stack.receiver_url:
+                print(f"  {'webhook':16} {stack.receiver_url}/alerts  (notifications logged to "
+                      f"{stack.workdir / 'logs' / 'webhook.log'}; ALERT_WEBHOOK_URL replaces it)")
             if "node_exporter" not in stack.urls and not args.no_node_exporter:
                 print("  node_exporter  not installed: host panels and alerts stay empty "
                       "(sudo apt-get install prometheus-node-exporter)")
@@ -593,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run_webhook(args.port)
         if args.command == "render-alertmanager":
             from .render import configured_integrations
-            config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings, local=args.local)
+            # token files beside the config; for Docker, mount them at the same path
+            credentials_dir = Path(args.out).resolve().parent
+            for name, token in webhook_credentials(settings).items():
+                write_private(credentials_dir / name, token)
+            config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), settings, local=args.local,
+                                         credentials_dir=credentials_dir)
             write_private(Path(args.out), dump_yaml(config, ALERTMANAGER_FILE))
             owner = "" if args.local else _give_to_container_user(Path(args.out))
             print(f"wrote {args.out} (mode 600{owner}):")

@@ -7,7 +7,9 @@ notebook use to see alerts arrive (and resolve) without Slack or PagerDuty.
         hook.wait_for(lambda a: a["labels"]["alertname"] == "RagHighErrorRate", timeout=120)
 
 Each POST body is one Alertmanager notification (version 4 webhook payload); `alerts` is the
-flat list of alerts in arrival order, each with the notification's path added as "_path".
+flat list of alerts in arrival order, each with the notification's path added as "_path"
+(and each notification its Authorization header as "_authorization" and its arrival time as
+"_received").
 
 What it keeps: the latest notifications, parsed, as long as they take at most
 ``max_kept_bytes`` (default MAX_KEPT_BYTES, 32 MB) together, measured as the sum of
@@ -98,7 +100,8 @@ class WebhookReceiver:
                         self.send_response(400)
                         self.end_headers()
                         return
-                    receiver._add(self.path, payload, size_of(payload))
+                    receiver._add(self.path, payload, size_of(payload),
+                                  self.headers.get("Authorization"))
                 self.send_response(200)
                 self.end_headers()
 
@@ -143,9 +146,12 @@ class WebhookReceiver:
         """Notifications let go of to stay within max_kept_bytes and MAX_NOTIFICATIONS."""
         return self._dropped
 
-    def _add(self, path: str, payload: dict, size: int) -> None:
+    def _add(self, path: str, payload: dict, size: int, authorization: str | None = None) -> None:
         with self._changed:
-            payload = dict(payload, _path=path)
+            # "_authorization": the Authorization header it came with (a webhook token's check);
+            # "_received": when it arrived (time.time()), for timelines of fault -> notification
+            payload = dict(payload, _path=path, _authorization=authorization,
+                           _received=time.time())
             self.notifications.append(payload)
             self._sizes.append(size)
             self.kept_bytes += size

@@ -13,8 +13,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragmon.stack.api import http_ok
-from ragmon.stack.process import (PidFile, free_port, log_tail, start_process, stop_process,
-                                  wait_until)
+from ragmon.stack.process import (PidFile, free_port, log_tail, start_process,
+                                  stop_process_group, wait_until)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -40,7 +40,7 @@ class ExampleServer:
         else:
             self.argv = [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLES),
                          "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                         str(workers), "--no-access-log", app]
+                         str(workers), "--timeout-keep-alive", "75", "--no-access-log", app]
             self.multiproc_dir.mkdir(parents=True)  # uvicorn has no start hook: a fresh dir
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
                     "OPENAI_BASE_URL": openai_base_url, "OPENAI_API_KEY": "sk-test-local",
@@ -66,7 +66,8 @@ class ExampleServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        stop_process(self.pid_file, self.owned, timeout=15)
+        # The master and every worker: a master killed after the timeout leaves its workers.
+        stop_process_group(self.pid_file, self.owned, timeout=15)
 
     def _all_workers_ready(self) -> bool:
         if self.owned.popen.poll() is not None:

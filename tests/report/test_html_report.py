@@ -18,6 +18,7 @@ from tests.conftest import require_binaries
 from tests.report.test_report import rec, write_records
 from tests.report.test_report_cli import run
 
+CHROMIUM_INSTALL = "apt-get install chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run",
                   "--disable-default-apps", "--remote-debugging-address=127.0.0.1",
@@ -83,7 +84,7 @@ class DevTools:
 def chromium(tmp_path):
     """The DevTools websocket URL of a fresh headless Chromium; every process of it is gone
     after the test, failed or not."""
-    [binary] = require_binaries("chromium")
+    [binary] = require_binaries("chromium", install=CHROMIUM_INSTALL)
     profile = tmp_path / "profile"
     browser = spawn("chromium", [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                  "about:blank"], tmp_path / "chromium.log")
@@ -179,3 +180,11 @@ def test_an_empty_period_is_a_page_that_says_so(tmp_path):
     text = page.read_text()
     assert f"no requests in the last 1 h in {tmp_path}" in text and "<svg" not in text
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+
+
+def test_a_missing_browser_names_its_own_install_command(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises((pytest.skip.Exception, pytest.fail.Exception)) as missing:
+        require_binaries("chromium", install=CHROMIUM_INSTALL)
+    assert "apt-get install chromium" in str(missing.value)
+    assert "prometheus" not in str(missing.value)

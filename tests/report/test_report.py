@@ -484,3 +484,30 @@ def test_the_text_report_copes_with_records_that_have_no_status(tmp_path):
     from m2_3_report import build_report as _build, format_text as _format, load_records as _load
     text = _format(_build(_load(tmp_path)))
     assert "old-1" in text
+
+
+def test_csv_export_is_written_by_the_engine_without_a_dataframe(tmp_path, settings):
+    """History and JSONL in one CSV, oldest first, attribute values readable, and pandas never
+    imported: the rows go from DuckDB to the file."""
+    import subprocess
+    import sys
+
+    from ragmon.report.compact import compact_logs
+
+    records = [rec(n, ago=3 * 86400 + n, attributes={"agent": "crewai", "entities": ["a", "b"],
+                                                      "score": 0.5}) for n in range(3)]
+    records += [rec(10 + n, ago=60 + n, attributes={"agent": "simple"}) for n in range(2)]
+    write_records(tmp_path / "logs", records)
+    compact_logs(tmp_path / "logs", now=NOW, settings=settings)
+    code = ("import sys; from ragmon.report.cli import export_records; "
+            "r = export_records(sys.argv[1], sys.argv[2]); "
+            "print(r['records'], 'pandas' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.csv"),
+                           str(tmp_path / "logs")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["5", "False"]
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["request_id"] for r in rows] == ["req-2", "req-1", "req-0", "req-11", "req-10"]
+    assert json.loads(rows[0]["attr_entities"]) == ["a", "b"] and rows[0]["attr_agent"] == "crewai"
+    assert float(rows[0]["attr_score"]) == 0.5 and rows[-1]["attr_entities"] == ""
+    assert float(rows[0]["stage_generation"]) == pytest.approx(0.7)

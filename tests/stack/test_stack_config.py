@@ -260,3 +260,42 @@ def test_render_alertmanager_cli_writes_a_private_file_from_the_environment(tmp_
     # for Docker: the webhook stays on the host as the containers see it
     assert "host.docker.internal" in out.read_text()
     assert "page" in result.stdout and "slack" in result.stdout
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"ALERT_WEBHOOK_URL": "https://hooks.example.com/am?token=s3cr3t"},
+     "ALERT_WEBHOOK_URL carries a credential in its query parameter 'token'"),
+    ({"DEADMANS_SWITCH_URL": "https://user:pw@hc.example.com/ping"},
+     "DEADMANS_SWITCH_URL carries a credential in its user:password part"),
+    ({"ALERT_WEBHOOK_TOKEN": "abc"}, "ALERT_WEBHOOK_TOKEN is set but ALERT_WEBHOOK_URL is empty"),
+])
+def test_credentials_in_webhook_urls_are_refused_with_a_fix(env, expected, tmp_path):
+    with pytest.raises(StackConfigError) as error:
+        render_alertmanager(load_yaml(ALERTMANAGER_FILE), make_settings(**env),
+                            credentials_dir=tmp_path)
+    assert expected in str(error.value)
+    assert "s3cr3t" not in str(error.value) and "pw@" not in str(error.value)
+
+
+def test_a_webhook_token_is_read_from_a_file_as_a_bearer_credential(tmp_path):
+    config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), make_settings(
+        ALERT_WEBHOOK_URL="https://hooks.example.com/am", ALERT_WEBHOOK_TOKEN="s3cr3t"),
+        credentials_dir=tmp_path)
+    assert "s3cr3t" not in yaml.safe_dump(config)
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if receiver["name"] == "deadmans-switch":
+                assert "http_config" not in hook
+            else:
+                assert hook["http_config"] == {"authorization": {
+                    "type": "Bearer", "credentials_file": str(tmp_path / "alert-webhook.token")}}
+    assert amtool_check(tmp_path, config).returncode == 0
+
+
+def test_the_local_stack_points_unset_webhooks_at_its_own_receiver():
+    config = render_alertmanager(load_yaml(ALERTMANAGER_FILE), make_settings(),
+                                 local_receiver="http://127.0.0.1:5999")
+    urls = {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]}
+    assert urls == {"default": "http://127.0.0.1:5999/alerts", "page": "http://127.0.0.1:5999/alerts",
+                    "ticket": "http://127.0.0.1:5999/alerts",
+                    "deadmans-switch": "http://127.0.0.1:5999/heartbeat"}
