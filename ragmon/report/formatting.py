@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 from .reader import read_problems
 
 
-def _s(seconds) -> str:
+def duration(seconds) -> str:
     if seconds is None:
         return "-"
     if seconds < 1:
@@ -15,14 +16,20 @@ def _s(seconds) -> str:
     return f"{seconds:.2f} s"
 
 
-def _pct(share) -> str:
+def percent(share) -> str:
     return "-" if share is None else f"{share * 100:.1f}%"
 
 
-def _money(dollars) -> str:
+def money(dollars) -> str:
+    """Dollars to the cent from $1, to four places below; a cost under a hundredth of a cent (a
+    typical request) keeps two significant digits instead of reading as $0.0000."""
     if dollars is None:
         return "-"
-    return f"${dollars:,.4f}" if abs(dollars) < 1 else f"${dollars:,.2f}"
+    if abs(dollars) >= 1:
+        return f"${dollars:,.2f}"
+    if dollars == 0 or not 1e-12 <= abs(dollars) < 1e-4:
+        return f"${dollars:,.4f}"
+    return f"${dollars:.{1 - math.floor(math.log10(abs(dollars)))}f}"
 
 
 def _table(headers: list[str], rows: list[list], indent: str = "  ") -> list[str]:
@@ -68,10 +75,10 @@ def format_text(report: dict) -> str:
     t, lat, th = report["totals"], report["latency"], report["thresholds"]
     out += ["", "Requests",
             f"  total {t['requests']:,}  ({t['requests_per_hour']:,.1f}/h)   success rate "
-            f"{_pct(t['success_rate'])}   errors {t['error']:,}   cancelled {t['cancelled']:,}",
+            f"{percent(t['success_rate'])}   errors {t['error']:,}   cancelled {t['cancelled']:,}",
             "", "Latency",
-            f"  p50 {_s(lat['p50'])}   p95 {_s(lat['p95'])}   p99 {_s(lat['p99'])}   "
-            f"max {_s(lat['max'])}   mean {_s(lat['mean'])}",
+            f"  p50 {duration(lat['p50'])}   p95 {duration(lat['p95'])}   p99 {duration(lat['p99'])}   "
+            f"max {duration(lat['max'])}   mean {duration(lat['mean'])}",
             f"  slow (> {th['slow_seconds']:g} s): {lat['slow']:,}   very slow "
             f"(> {th['very_slow_seconds']:g} s): {lat['very_slow']:,}"]
     if report["stages"]:
@@ -82,54 +89,54 @@ def format_text(report: dict) -> str:
         out += ["", f"Stages (bottleneck: {rule})"]
         out += _table(["stage", "requests", "mean", "p50", "p95", "max", "time share",
                        "bottlenecks", "by share", "by budget"],
-                      [[s["stage"], f"{s['requests']:,}", _s(s["mean"]), _s(s["p50"]),
-                        _s(s["p95"]), _s(s["max"]), _pct(s["time_share"]),
+                      [[s["stage"], f"{s['requests']:,}", duration(s["mean"]), duration(s["p50"]),
+                        duration(s["p95"]), duration(s["max"]), percent(s["time_share"]),
                         f"{s['bottlenecks']:,}", f"{s['bottlenecks_by_share']:,}",
                         f"{s['bottlenecks_by_budget']:,}"] for s in report["stages"]])
     cost, tokens, cache = report["cost"], report["tokens"], report["cache"]
     out += ["", "Cost and tokens",
-            f"  total {_money(cost['total'])}   per request {_money(cost['per_request'])}   "
+            f"  total {money(cost['total'])}   per request {money(cost['per_request'])}   "
             f"tokens in {tokens['input']:,} / out {tokens['output']:,} / cached "
             f"{tokens['cached_input']:,}"
             + (f"   ({cost['requests_without_cost']:,} requests without a cost)"
                if cost["requests_without_cost"] else "")]
     default = cost.get("default_priced")
     if default and default["requests"]:
-        out.append(f"  default-priced (model not in the price table): {_money(default['cost'])} "
+        out.append(f"  default-priced (model not in the price table): {money(default['cost'])} "
                    f"over {default['requests']:,} requests ({', '.join(default['models'][:5])}); "
-                   f"table-priced {_money(cost.get('table_priced'))}")
+                   f"table-priced {money(cost.get('table_priced'))}")
     repriced = cost.get("repriced")
     if repriced and repriced["requests"]:
-        out.append(f"  repriced: {repriced['requests']:,} requests, {_money(repriced['cost_before'])}"
-                   f" before, {_money(repriced['cost_after'])} now (see cost_original)")
+        out.append(f"  repriced: {repriced['requests']:,} requests, {money(repriced['cost_before'])}"
+                   f" before, {money(repriced['cost_after'])} now (see cost_original)")
     if report["models"]:
         out += _table(["model", "requests", "cost", "per request", "input tok", "output tok",
                        "cached tok", "p95", "error rate"],
-                      [[m["model"], f"{m['requests']:,}", _money(m["cost"]), _money(m["mean_cost"]),
+                      [[m["model"], f"{m['requests']:,}", money(m["cost"]), money(m["mean_cost"]),
                         f"{m['input_tokens']:,}", f"{m['output_tokens']:,}",
-                        f"{m['cached_input_tokens']:,}", _s(m["p95_latency"]),
-                        _pct(m["error_rate"])] for m in report["models"]])
+                        f"{m['cached_input_tokens']:,}", duration(m["p95_latency"]),
+                        percent(m["error_rate"])] for m in report["models"]])
     out += ["", "Cache",
-            f"  hit rate {_pct(cache['hit_rate'])}   hits {cache['hits']:,}   "
+            f"  hit rate {percent(cache['hit_rate'])}   hits {cache['hits']:,}   "
             f"misses {cache['misses']:,}"]
     q = report["quality"]
     out += ["", "Quality",
             f"  relevance mean {_num(q['relevance']['mean'])} ({q['relevance']['measured']:,} "
             f"measured)   context precision mean {_num(q['context_precision']['mean'])}   "
-            f"time to first token p50 {_s(q['time_to_first_token']['p50'])} "
-            f"p95 {_s(q['time_to_first_token']['p95'])}"]
+            f"time to first token p50 {duration(q['time_to_first_token']['p50'])} "
+            f"p95 {duration(q['time_to_first_token']['p95'])}"]
     out += ["", "Errors"]
     if report["errors"]:
         out += _table(["error type", "count", "of failures", "of requests"],
-                      [[e["error_type"], f"{e['count']:,}", _pct(e["share_of_failures"]),
-                        _pct(e["share_of_requests"])] for e in report["errors"]])
+                      [[e["error_type"], f"{e['count']:,}", percent(e["share_of_failures"]),
+                        percent(e["share_of_requests"])] for e in report["errors"]])
     else:
         out.append("  none")
     if len(report["operations"]) > 1:
         out += ["", "Operations"]
         out += _table(["operation", "requests", "p95", "error rate"],
-                      [[g["value"], f"{g['requests']:,}", _s(g["p95_latency"]),
-                        _pct(g["error_rate"])] for g in report["operations"]])
+                      [[g["value"], f"{g['requests']:,}", duration(g["p95_latency"]),
+                        percent(g["error_rate"])] for g in report["operations"]])
     for name, attr in report["attributes"].items():
         out += ["", f"Attribute {name}"]
         if attr["kind"] == "number":
@@ -143,8 +150,8 @@ def format_text(report: dict) -> str:
                 out.append(f"  ... and {attr['other']:,} more in {attr['distinct'] - len(attr['values'])} other items")
         else:
             out += _table(["value", "requests", "share", "p95", "success rate"],
-                          [[v["value"], f"{v['requests']:,}", _pct(v["share"]),
-                            _s(v["p95_latency"]), _pct(v["success_rate"])]
+                          [[v["value"], f"{v['requests']:,}", percent(v["share"]),
+                            duration(v["p95_latency"]), percent(v["success_rate"])]
                            for v in attr["values"]])
             if attr["other"]:
                 out.append(f"  ... and {attr['other']:,} requests with "
@@ -152,10 +159,10 @@ def format_text(report: dict) -> str:
     if report["slowest"]:
         out += ["", "Slowest requests"]
         out += _table(["request id", "total", "status", "model", "slowest stage", "at"],
-                      [[r["request_id"], _s(r["total_time"]),
+                      [[r["request_id"], duration(r["total_time"]),
                         (r["status"] or "-") + (f" ({r['error_type']})" if r["error_type"] else ""),
                         r["model"] or "-",
-                        f"{r['slowest_stage']} {_s(r['slowest_stage_duration'])}"
+                        f"{r['slowest_stage']} {duration(r['slowest_stage_duration'])}"
                         if r["slowest_stage"] else "-", r["timestamp"]]
                        for r in report["slowest"]])
     return "\n".join(out) + "\n"
@@ -174,14 +181,14 @@ def format_stats_text(stats: dict) -> str:
         return text
     out = [text.rstrip("\n"), "", "Distributions"]
     out += _table(["series", "count", "mean", "std", "min", "p50", "p90", "p95", "p99", "max"],
-                  [[name, f"{d['count']:,}", _s(d["mean"]), _s(d["std"]), _s(d["min"]),
-                    _s(d["p50"]), _s(d["p90"]), _s(d["p95"]), _s(d["p99"]), _s(d["max"])]
+                  [[name, f"{d['count']:,}", duration(d["mean"]), duration(d["std"]), duration(d["min"]),
+                    duration(d["p50"]), duration(d["p90"]), duration(d["p95"]), duration(d["p99"]), duration(d["max"])]
                    for name, d in stats["distributions"].items()])
     out += ["", f"Per {stats['bucket']}"]
     out += _table(["bucket start", "requests", "error rate", "p50", "p95", "p99", "cost",
                    "cost/hour"],
-                  [[r["bucket_start"], f"{r['requests']:,}", _pct(r["error_rate"]), _s(r["p50"]),
-                    _s(r["p95"]), _s(r["p99"]), _money(r["cost"]), _money(r["cost_per_hour"])]
+                  [[r["bucket_start"], f"{r['requests']:,}", percent(r["error_rate"]), duration(r["p50"]),
+                    duration(r["p95"]), duration(r["p99"]), money(r["cost"]), money(r["cost_per_hour"])]
                    for r in stats["series"] if r["requests"]])
     return "\n".join(out) + "\n"
 

@@ -10,8 +10,9 @@ import html
 import io
 import re
 
-from .formatting import _money, _pct, _s
+from .formatting import duration, money, percent
 from .reader import read_problems
+from .timeline import bucket_seconds
 
 
 def _svg(fig) -> str:
@@ -40,6 +41,11 @@ def _chart(trends: dict, keys: list[tuple[str, str]], title: str, ylabel: str,
     for key, label in keys:
         values = np.array([np.nan if r[key] is None else r[key] * scale for r in rows])
         ax.plot(times, values, marker=".", label=label)
+    # The axis spans the buckets drawn, half a bucket either side: matplotlib would stretch a
+    # single point over years.
+    half = np.timedelta64(int(bucket_seconds(trends["bucket"]) * 500), "ms")
+    if len(times):
+        ax.set_xlim(times.min() - half, times.max() + half)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -77,22 +83,21 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
     hours = period.get("hours")
     title = title or (f"Performance report - last {hours:g} h" if hours is not None
                       else "Performance report - whole log")
-    out = [f"<h1>{html.escape(title)}</h1>",
-           f"<p>Generated {html.escape(str(report.get('generated_at')))}"]
+    header = f"Generated {html.escape(str(report.get('generated_at')))}"
     read = report.get("read") or {}
     if read:
-        out.append(f"; {read.get('records', 0):,} records from "
-                   f"{len(read.get('files', []))} file(s) in {html.escape(str(read.get('log_dir')))}")
-    out.append("</p>")
+        header += (f"; {read.get('records', 0):,} records from {len(read.get('files', []))} "
+                   f"file(s) in {html.escape(str(read.get('log_dir')))}")
+    out = [f"<h1>{html.escape(title)}</h1>", f"<p>{header}</p>"]
     out += [f'<p class="note">{html.escape(p)}</p>' for p in read_problems(read)]
     if report.get("empty"):
         out.append(f"<p>{html.escape(report.get('message', 'no requests in this period'))}</p>")
         return _page(title, out)
     t, lat, cost, cache = report["totals"], report["latency"], report["cost"], report["cache"]
-    cards = [("requests", f"{t['requests']:,}"), ("success rate", _pct(t["success_rate"])),
-             ("p50 latency", _s(lat["p50"])), ("p95 latency", _s(lat["p95"])),
-             ("p99 latency", _s(lat["p99"])), ("spend", _money(cost["total"])),
-             ("per request", _money(cost["per_request"])), ("cache hit rate", _pct(cache["hit_rate"]))]
+    cards = [("requests", f"{t['requests']:,}"), ("success rate", percent(t["success_rate"])),
+             ("p50 latency", duration(lat["p50"])), ("p95 latency", duration(lat["p95"])),
+             ("p99 latency", duration(lat["p99"])), ("spend", money(cost["total"])),
+             ("per request", money(cost["per_request"])), ("cache hit rate", percent(cache["hit_rate"]))]
     out.append(f"<p>Requests from {html.escape(str(period.get('first')))} to "
                f"{html.escape(str(period.get('last')))}</p>")
     out.append('<div class="cards">' + "".join(
@@ -116,12 +121,12 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
     if stages:
         top = stages[0]
         out.append("<h2>Bottleneck stage</h2>")
-        out.append(f"<p><b>{html.escape(top['stage'])}</b> takes {_pct(top['time_share'])} of the "
-                   f"request time (p95 {_s(top['p95'])}); it was the bottleneck of "
+        out.append(f"<p><b>{html.escape(top['stage'])}</b> takes {percent(top['time_share'])} of the "
+                   f"request time (p95 {duration(top['p95'])}); it was the bottleneck of "
                    f"{top['bottlenecks']:,} requests.</p>")
         out.append(_table(["stage", "requests", "p50", "p95", "time share", "bottlenecks"],
-                          [[s["stage"], f"{s['requests']:,}", _s(s["p50"]), _s(s["p95"]),
-                            _pct(s["time_share"]), f"{s['bottlenecks']:,}"] for s in stages]))
+                          [[s["stage"], f"{s['requests']:,}", duration(s["p50"]), duration(s["p95"]),
+                            percent(s["time_share"]), f"{s['bottlenecks']:,}"] for s in stages]))
     quality = report["quality"]
     feedback = {k: v for k, v in report["attributes"].items() if "feedback" in k.lower()}
     if any(q["measured"] for q in quality.values()) or feedback:
@@ -141,23 +146,23 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
     if report["models"]:
         out.append("<h2>Spend by model</h2>")
         out.append(_table(["model", "requests", "cost", "per request", "p95", "error rate"],
-                          [[m["model"], f"{m['requests']:,}", _money(m["cost"]),
-                            _money(m["mean_cost"]), _s(m["p95_latency"]), _pct(m["error_rate"])]
+                          [[m["model"], f"{m['requests']:,}", money(m["cost"]),
+                            money(m["mean_cost"]), duration(m["p95_latency"]), percent(m["error_rate"])]
                            for m in report["models"]]))
     if report["slowest"]:
         out.append("<h2>Slowest requests</h2>")
         out.append(_table(["request id", "ended", "total", "status", "model", "slowest stage"],
-                          [[s["request_id"], s["timestamp"], _s(s["total_time"]), s["status"],
+                          [[s["request_id"], s["timestamp"], duration(s["total_time"]), s["status"],
                             s["model"], s["slowest_stage"] or "-"] for s in report["slowest"]]))
     if costliest:
         out.append("<h2>Most expensive requests</h2>")
         out.append(_table(["request id", "ended", "cost", "model", "total", "status"],
-                          [[c["request_id"], c["timestamp"], _money(c["cost"]), c["model"],
-                            _s(c["total_time"]), c["status"]] for c in costliest]))
+                          [[c["request_id"], c["timestamp"], money(c["cost"]), c["model"],
+                            duration(c["total_time"]), c["status"]] for c in costliest]))
     if report["errors"]:
         out.append("<h2>Errors</h2>")
         out.append(_table(["error type", "count", "of requests"],
-                          [[e["error_type"], f"{e['count']:,}", _pct(e["share_of_requests"])]
+                          [[e["error_type"], f"{e['count']:,}", percent(e["share_of_requests"])]
                            for e in report["errors"]]))
     return _page(title, out)
 

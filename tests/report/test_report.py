@@ -511,3 +511,9 @@ def test_csv_export_is_written_by_the_engine_without_a_dataframe(tmp_path, setti
     assert json.loads(rows[0]["attr_entities"]) == ["a", "b"] and rows[0]["attr_agent"] == "crewai"
     assert float(rows[0]["attr_score"]) == 0.5 and rows[-1]["attr_entities"] == ""
     assert float(rows[0]["stage_generation"]) == pytest.approx(0.7)
+
+
+def test_a_request_cost_under_a_hundredth_of_a_cent_keeps_two_significant_digits():
+    from ragmon.report.formatting import money
+    assert [money(v) for v in (0.000026, 0.00012, 0.5, 3.456, 0, None)] == \
+        ["$0.000026", "$0.0001", "$0.5000", "$3.46", "$0.0000", "-"]
