@@ -88,13 +88,16 @@ def notifications(hook: WebhookReceiver, since: int = 0, started: float = 0.0) -
 
 
 def duplicates(found: list[dict]) -> list[dict]:
-    """Notifications that repeat the one before them word for word (group, status, alerts and
-    their states): what a second Prometheus or Alertmanager sending the same page looks like. A
-    group re-sent because one of its alerts changed is not a repeat."""
+    """Notifications that repeat the one before them word for word (group, status, alerts with
+    their states and start times): what a second Prometheus or Alertmanager sending the same page looks
+    like. A group re-sent because one of its alerts changed is not a repeat, and neither is one
+    whose small operation's alert fired and resolved again in between (a new startsAt): on the
+    fast stack that operation's few queries sit near the alert's volume guard."""
     repeated, previous = [], None
     for note in found:
         key = (note["groupKey"], note["status"],
-               frozenset((json.dumps(a["labels"], sort_keys=True), a["status"]) for a in note["alerts"]))
+               frozenset((json.dumps(a["labels"], sort_keys=True), a["status"], a.get("startsAt"))
+                         for a in note["alerts"]))
         if key == previous:
             repeated.append(note)
         previous = key
