@@ -24,6 +24,7 @@ and `.env` on first use, or from ``ragmon.configure(...)``.
 """
 from __future__ import annotations
 
+from .instrument.attribution import attribution, set_attribution
 from .instrument.catalog import RAGMetrics
 from .instrument.context import current_request_id, request_context
 from .instrument.decorator import monitored_query
@@ -48,7 +49,8 @@ __all__ = [
     # measuring a query
     "monitored_query", "stage", "observe_stage", "record_tokens", "record_quality",
     "set_attributes", "track_cache_operation", "track_rate_limit", "current_request_id",
-    "request_context", "instrument_openai", "instrument_anthropic", "instrument_gemini",
+    "request_context", "attribution", "set_attribution", "instrument_openai",
+    "instrument_anthropic", "instrument_gemini",
     # the metrics and the records
     "metrics", "RAGMetrics", "PriceTable", "start_metrics_server", "configure_request_log",
     "DailyFileSink", "StructuredLogger", "redact", "PerformanceMonitor",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -26,6 +27,7 @@ PRICE_DATABASES = ("auto", "genai-prices", "shipped", "none")
 ENVIRONMENTS = ("development", "staging", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_DESTINATIONS = ("stderr", "file", "none")
+DEFAULT_ATTRIBUTION_HEADERS = {"tenant": "X-Tenant-Id", "team": "X-Team", "feature": "X-Feature"}
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,22 @@ class Settings:
     MAX_SERIES_PER_HISTOGRAM: int = 250
     # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
     SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
+
+    # --- who spends it (attribution) --------------------------------------------------------
+    # The keys a query may be attributed to (docs/attribution.md): spend, tokens and queries are
+    # counted per key, and each request record carries them. Few and coarse: tenant, team,
+    # feature, api_key_name; never a user or request id (the report gives exact per-user answers).
+    ATTRIBUTION_KEYS: tuple[str, ...] = ("tenant", "team", "feature")
+    # How many values of each key get their own series (the heaviest by recent spend); every
+    # other value is counted under value="other". Each key exposes at most K+1 series per metric.
+    ATTRIBUTION_TOP_K: int = 20
+    # The HTTP header the ASGI middleware reads each key from, e.g. "tenant=X-Tenant-Id".
+    # Left at its default, it names only the default headers of the keys in ATTRIBUTION_KEYS.
+    ATTRIBUTION_HEADERS: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_ATTRIBUTION_HEADERS))
+    # Budgets per value of a key, daily and monthly, in dollars: a JSON or YAML file
+    # {"tenant": {"acme": {"daily": 50, "monthly": 1000}}}. Empty: no budgets.
+    BUDGETS_FILE: str = ""
 
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
@@ -213,6 +231,35 @@ def _any_text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+_ATTRIBUTION_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+MAX_ATTRIBUTION_KEYS = 8
+
+
+def _attribution_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(dict.fromkeys(filter(None, (part.strip() for part in raw.split(",")))))
+    for key in keys:
+        if not _ATTRIBUTION_KEY.fullmatch(key):
+            raise ConfigError(f"{name}={raw!r}: key {key!r} is not a lower-case name (letters, "
+                              "digits, _; at most 32 characters, starting with a letter); "
+                              f"expected e.g. {name}=tenant,team,feature")
+        if key in ("key", "value", "other"):
+            raise ConfigError(f"{name}={raw!r}: {key!r} is reserved; choose another name, e.g. "
+                              f"{name}=tenant,team,feature")
+    if len(keys) > MAX_ATTRIBUTION_KEYS:
+        raise ConfigError(f"{name}={raw!r} names {len(keys)} keys; at most "
+                          f"{MAX_ATTRIBUTION_KEYS} are allowed (each one multiplies the series), "
+                          f"e.g. {name}=tenant,team,feature")
+    return keys
+
+
+def _header_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not _HEADER_NAME.fullmatch(value):
+        raise ConfigError(f"{name}={raw!r} is not an HTTP header name; expected e.g. X-Tenant-Id")
+    return value
+
+
 def _mapping(parse_value: Callable[[str, str], float | int]):
     """Parses "key=value,key=value"; an empty string is an empty mapping."""
     def parse(name: str, raw: str) -> dict:
@@ -227,6 +274,7 @@ def _mapping(parse_value: Callable[[str, str], float | int]):
     return parse
 
 
+_LIST_SETTINGS = ("ATTRIBUTION_KEYS",)  # also given in code as a list or tuple of names
 _PORT = _int_in(1, 65535)
 _PARSERS: dict[str, Callable[[str, str], object]] = {
     "METRICS_PORT": _PORT,
@@ -249,6 +297,10 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
     "MAX_SERIES_PER_HISTOGRAM": _int_in(1, 1_000_000),
     "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
+    "ATTRIBUTION_KEYS": _attribution_keys,
+    "ATTRIBUTION_TOP_K": _int_in(1, 1000),
+    "ATTRIBUTION_HEADERS": _mapping(_header_name),
+    "BUDGETS_FILE": _any_text,
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,
@@ -321,6 +373,15 @@ def load_settings(environ: Mapping[str, str] | None = None,
 
 
 def _checked(settings: Settings) -> Settings:
+    if dict(settings.ATTRIBUTION_HEADERS) == DEFAULT_ATTRIBUTION_HEADERS:
+        settings = replace(settings, ATTRIBUTION_HEADERS={
+            key: header for key, header in DEFAULT_ATTRIBUTION_HEADERS.items()
+            if key in settings.ATTRIBUTION_KEYS})
+    unknown = sorted(set(settings.ATTRIBUTION_HEADERS) - set(settings.ATTRIBUTION_KEYS))
+    if unknown:
+        raise ConfigError(f"ATTRIBUTION_HEADERS names {unknown}, which are not in "
+                          f"ATTRIBUTION_KEYS={','.join(settings.ATTRIBUTION_KEYS)}; add them to "
+                          "ATTRIBUTION_KEYS or remove them from ATTRIBUTION_HEADERS")
     if settings.VERY_SLOW_QUERY_SECONDS < settings.SLOW_QUERY_SECONDS:
         raise ConfigError(f"VERY_SLOW_QUERY_SECONDS={settings.VERY_SLOW_QUERY_SECONDS} is below "
                           f"SLOW_QUERY_SECONDS={settings.SLOW_QUERY_SECONDS}; it must be at least as large")
@@ -357,6 +418,8 @@ def make_settings(**values: object) -> Settings:
             value = str(value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, (list, tuple)) and name in _LIST_SETTINGS:
+            value = ",".join(str(item) for item in value)
         elif not isinstance(value, (str, int, float)):
             raise ConfigError(f"{name}={value!r} has type {type(value).__name__}; expected a "
                               "string, number or (for mappings) a dict")

@@ -119,6 +119,20 @@ class LabelGuard:
         return overflow
 
 
+class ConsistentCounter(Counter):
+    """A Counter whose collection can hold a lock (``consistent_with``) that its writers hold
+    while they move counts between its series, so a scrape sees every count exactly once."""
+
+    consistent_with = None
+
+    def collect(self):
+        lock = self.consistent_with
+        if lock is None:
+            return super().collect()
+        with lock:
+            return list(super().collect())
+
+
 class GuardedMetric:
     """A prometheus_client metric whose ``labels()`` passes each value through a LabelGuard."""
 
@@ -202,6 +216,7 @@ class RAGMetrics:
         self._warned_models: set[str] = set()
         self.warnings = WarningLimiter(log)  # the library's warnings about this catalog's data
         self._warned_overflow: set[tuple[str, str]] = set()
+        self.attribution_ledger = None  # attribution.ledger_of() makes it on first use
         self.guard = LabelGuard(self._label_limit, self._record_overflow, self._series_limit)
         # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
         # Keys are safe label values; the cache is emptied when it reaches CHILD_CACHE_SIZE.
@@ -212,6 +227,9 @@ class RAGMetrics:
 
         def counter(name, doc, labels=()):
             return Counter(name, doc, labels, registry=self.registry)
+
+        def consistent_counter(name, doc, labels):
+            return ConsistentCounter(name, doc, labels, registry=self.registry)
 
         def gauge(name, doc, labels, mode):
             return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
@@ -306,6 +324,33 @@ class RAGMetrics:
             f"{P}http_response_stream_duration_seconds",
             "Time spent sending a streamed response body, from the headers to its last chunk or "
             "the client's disconnect.", ["method", "route"], QUERY_LATENCY_BUCKETS)
+        # Who spends it (attribution.py): per key at most ATTRIBUTION_TOP_K named values, the
+        # rest under value="other"; the sum over value is the total of the attributed queries.
+        self.attributed_spend = consistent_counter(
+            f"{P}attributed_spend_dollars_total", "Money spent by attributed queries, by "
+            "attribution key and value (the heaviest values by recent spend; the rest under "
+            "value=\"other\"); the sum over value is the key's whole spend.", ["key", "value"])
+        self.attributed_tokens = consistent_counter(
+            f"{P}attributed_tokens_total", "Billed tokens of attributed queries, by attribution "
+            "key, value (heaviest values; the rest under \"other\") and token type.",
+            ["key", "value", "token_type"])
+        self.attributed_queries = consistent_counter(
+            f"{P}attributed_queries_total", "Attributed queries finished (any status), by "
+            "attribution key and value (heaviest values; the rest under \"other\").",
+            ["key", "value"])
+        self.attribution_membership_changes = counter(
+            f"{P}attribution_membership_changes_total", "Values that got their own series of an "
+            "attribution key (into a free slot or replacing a lighter value, whose counts move "
+            "to value=\"other\").", ["key"])
+        self.attribution_invalid_values = counter(
+            f"{P}attribution_invalid_values_total", "Attribution values refused (too long, odd "
+            "characters, not text) and recorded as \"invalid\", by key.", ["key"])
+        self.budget_dollars = gauge(
+            f"{P}budget_dollars", "Budget of an attribution value from BUDGETS_FILE, in dollars "
+            "per period (daily, monthly).", ["key", "value", "period"], "mostrecent")
+        self.budget_spend = counter(
+            f"{P}budget_spend_dollars_total", "Money spent by each budgeted attribution value "
+            "(exact, never folded into other); only values in BUDGETS_FILE.", ["key", "value"])
         self.service_info = gauge(
             f"{P}service_info", "Constant 1; labels name the service and environment.",
             ["service", "env"], "max")
@@ -349,6 +394,7 @@ class RAGMetrics:
         """Forgets settings and prices read from the process-wide settings (after configure())."""
         if self._follows_process_settings:
             self._settings = None
+            self.attribution_ledger = None
         if not self._own_price_table:
             self._price_table = None
 

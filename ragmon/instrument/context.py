@@ -12,6 +12,7 @@ import itertools
 import os
 from contextvars import ContextVar
 
+from .keys import CURRENT_KEYS, bind
 from .records import add_stage
 
 _ID_PREFIX = os.urandom(4).hex()
@@ -39,7 +40,7 @@ class QueryExtras:
     chunk's time. Made on first use, so a query that reports nothing this way costs nothing."""
 
     __slots__ = ("relevance_score", "context_precision", "first_token", "cache_hits",
-                 "cache_misses", "attributes", "usages", "chunks")
+                 "cache_misses", "attributes", "usages", "chunks", "attribution")
 
     def __init__(self):
         # LLM usages and streams seen during the query (tokens.Usage / usage.StreamUsage), in
@@ -49,6 +50,7 @@ class QueryExtras:
         self.relevance_score = self.context_precision = self.first_token = None
         self.cache_hits = self.cache_misses = 0
         self.attributes: dict | None = None
+        self.attribution = None  # attribution.Keys of the query, when it has any
 
     def add_usage(self, usage) -> None:
         if self.usages is None:
@@ -115,14 +117,17 @@ def current_request_id() -> str | None:
 
 
 @contextlib.contextmanager
-def request_context(request_id: str):
+def request_context(request_id: str, **keys: object):
     """Binds a request id you already have (e.g. an X-Request-ID header) to the queries and log
-    lines inside the block."""
+    lines inside the block, and attribution keys (``tenant="acme"``) to its queries."""
     if not isinstance(request_id, str) or not request_id:
         raise ValueError(f"request_id={request_id!r} must be a non-empty string, e.g. the value "
                          "of your X-Request-ID header")
     token = _BOUND_REQUEST_ID.set(request_id)
+    keys_token = bind(keys, "request_context") if keys else None
     try:
         yield request_id
     finally:
+        if keys_token is not None:
+            CURRENT_KEYS.reset(keys_token)
         _BOUND_REQUEST_ID.reset(token)

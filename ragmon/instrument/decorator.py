@@ -24,7 +24,10 @@ from . import tokens
 from .accounting import (STREAM_WITHOUT_USAGE_HINT, ModelSeries, Settlement, count, refused,
                          settle, today)
 from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
+from .attribution import attach, fixed_keys
+from .attribution import observe as attribute
 from .context import CURRENT_QUERY, QueryContext
+from .keys import CURRENT_KEYS
 from .exemplars import ExemplarSampler, latency_exemplar
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
@@ -62,6 +65,7 @@ class Instrumented:
         self._metrics = metrics
         self._request_log = request_log  # None: process default; False: no records
         self.ready = False
+        self.attribution = None  # fixed attribution.Keys of every call (monitored_query)
         self._retry_at = 0.0
         self._relevance = self._precision = None
 
@@ -101,7 +105,10 @@ class Instrumented:
         sink = self._request_log
         if sink is None:
             sink = STATE.request_log  # resolved by resolve(); configure_request_log() may change it
-        return QueryContext(self, self.operation, self.model, _perf(), sink or None)
+        ctx = QueryContext(self, self.operation, self.model, _perf(), sink or None)
+        if self.attribution is not None or CURRENT_KEYS.get() is not None:
+            attach(ctx, self.attribution)
+        return ctx
 
     def series(self, model: str | None, day: int):
         """The priced metric children of `model` for this operation (accounting.ModelSeries)."""
@@ -206,6 +213,8 @@ class Instrumented:
             if raw:
                 settlement = settlement or Settlement(model)
                 settlement.out_of_bounds = {**raw, **(settlement.out_of_bounds or {})}
+            if extra is not None and extra.attribution is not None:
+                attribute(self.metrics, extra.attribution, settlement)
             if relevance is not None:
                 (self._relevance or self.relevance).observe(relevance)
             if precision is not None:
@@ -350,10 +359,13 @@ class Instrumented:
             else:
                 counts, cost = settlement.record_tokens(), settlement.cost
                 pricing, out_of_bounds = settlement.pricing(), settlement.out_of_bounds
-            ctx.sink.write(build_record(  # make_record's arguments, in its order
+            record = build_record(  # make_record's arguments, in its order
                 ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
                 end - duration, duration, ctx.stages or {}, counts, cost, relevance,
-                precision, first_token, hits, misses, attributes, pricing, out_of_bounds), at=end)
+                precision, first_token, hits, misses, attributes, pricing, out_of_bounds)
+            if extra is not None and extra.attribution is not None:
+                record["attribution"] = extra.attribution.values
+            ctx.sink.write(record, at=end)
         except Exception as failure:
             recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                              failure)
@@ -362,7 +374,8 @@ class Instrumented:
 # --- the decorator -------------------------------------------------------------------------------
 
 def monitored_query(operation: str = "query", model: str | None = None, *,
-                    metrics: RAGMetrics | None = None, request_log=None) -> Callable:
+                    metrics: RAGMetrics | None = None, request_log=None,
+                    attribution: Mapping[str, str] | None = None) -> Callable:
     """Monitors every call of a RAG function: latency, status, errors, in-flight, tokens, cost,
     quality, per-stage timing, and one JSON record per call.
 
@@ -374,6 +387,8 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
 
     ``metrics``: the RAGMetrics catalog to record into (default: the global one).
     ``request_log``: a sink for this function's records; ``False`` turns records off for it.
+    ``attribution``: fixed attribution keys of every call, e.g. ``{"feature": "chat"}``
+    (docs/attribution.md); keys set around a call or inside it win over them.
     """
     operation = safe_name(check_name("operation", operation, "rag_search"))
     if model is not None:
@@ -381,11 +396,13 @@ def monitored_query(operation: str = "query", model: str | None = None, *,
     if metrics is not None and not isinstance(metrics, RAGMetrics):
         raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
                          "RAGMetrics(registry=...) or leave it out for the global one")
+    fixed = fixed_keys(attribution)
 
     def decorate(fn: Callable) -> Callable:
         if not callable(fn):
             raise ValueError(f"@monitored_query decorates functions; got {fn!r}")
         inst = Instrumented(operation, model, metrics, request_log)
+        inst.attribution = fixed
         if inspect.isasyncgenfunction(fn):
             wrapper = _wrap_async_generator(inst, fn)
         elif inspect.iscoroutinefunction(fn):

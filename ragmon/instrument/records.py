@@ -11,7 +11,8 @@ in one log that ``m2_3_report.py`` reads::
      "stages": {"retrieval": {"duration": 0.2, "metadata": {...}}, ...},
      "tokens": {"input": 500, "output": 150, "cached_input": 0}, "cost": 0.000165,
      "relevance_score": 0.85, "context_precision": null, "time_to_first_token": null,
-     "cache": {"hits": 1, "misses": 0}, "attributes": {...}}
+     "cache": {"hits": 1, "misses": 0}, "attributes": {...},
+     "attribution": {"tenant": "acme", "feature": "chat"}}   # only when the query has keys
 
 Files are named ``YYYYMMDD_performance.jsonl`` by the UTC date of the record's end. Each record
 is one ``os.write`` of one line to a file opened with O_APPEND, so several threads or processes
@@ -155,7 +156,8 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
                 cache_misses: int = 0, attributes: dict | None = None,
                 cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
                 reasoning_tokens: int = 0, pricing: dict | None = None,
-                out_of_bounds: dict | None = None, tokens: dict | None = None) -> dict:
+                out_of_bounds: dict | None = None, tokens: dict | None = None,
+                attribution: dict | None = None) -> dict:
     """The one definition of a request record. `stages` maps name -> {"duration", "metadata"}.
 
     ``tokens`` holds the billed kinds (they never overlap; ``input`` is the uncached prompt)
@@ -173,10 +175,13 @@ def make_record(*, request_id: str, service: str, env: str, operation: str, mode
             "input": input_tokens, "output": output_tokens, "cached_input": cached_input_tokens,
             "cache_write_5m": cache_write_tokens, "cache_write_1h": cache_write_1h_tokens,
             "reasoning": reasoning_tokens})
-    return build_record(request_id, service, env, operation, model, status, error_type,
-                        start_time, total_time, stages, tokens, cost, relevance_score,
-                        context_precision, time_to_first_token, cache_hits, cache_misses,
-                        attributes, pricing, out_of_bounds)
+    record = build_record(request_id, service, env, operation, model, status, error_type,
+                          start_time, total_time, stages, tokens, cost, relevance_score,
+                          context_precision, time_to_first_token, cache_hits, cache_misses,
+                          attributes, pricing, out_of_bounds)
+    if attribution:
+        record["attribution"] = dict(attribution)
+    return record
 
 
 def build_record(request_id, service, env, operation, model, status, error_type, start_time,

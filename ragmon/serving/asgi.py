@@ -12,6 +12,9 @@ Per request it
   generation does not inflate request latency);
 - binds the request id: a well-formed incoming ``X-Request-ID`` is used, otherwise one is made;
   every @monitored_query inside records it, log lines carry it, and the response returns it;
+- attributes the request's queries to the keys named by ATTRIBUTION_HEADERS (``X-Tenant-Id``
+  -> ``tenant``, ...; values checked as ``ragmon.attribution`` checks them; ``attribution_headers``
+  overrides the setting);
 - finishes monitored streams the server abandoned (client gone) as soon as the response ends:
   recorded ``cancelled``, in-flight decremented, generator closed, instead of at garbage
   collection;
@@ -30,6 +33,7 @@ from typing import Any
 
 from ..instrument.catalog import HTTP_METHODS, RAGMetrics
 from ..instrument.context import _BOUND_REQUEST_ID, OPEN_STREAMS, new_request_id
+from ..instrument.keys import CURRENT_KEYS, bind
 from ..instrument.runtime import default_metrics, recording_failed
 from ..instrument.streams import close_abandoned_streams
 
@@ -47,7 +51,8 @@ class RAGMonitoringMiddleware:
     the global registry)."""
 
     def __init__(self, app, *, metrics: RAGMetrics | None = None,
-                 metrics_path: str | None = "/metrics", registry=None):
+                 metrics_path: str | None = "/metrics", registry=None,
+                 attribution_headers: dict[str, str] | None = None):
         if metrics is not None and not isinstance(metrics, RAGMetrics):
             raise ValueError(f"metrics={metrics!r} is not a RAGMetrics catalog; pass "
                              "RAGMetrics(registry=...) or leave it out for the global one")
@@ -60,6 +65,15 @@ class RAGMonitoringMiddleware:
         self._metrics = metrics
         self._registry = registry
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        if attribution_headers is not None and not (
+                isinstance(attribution_headers, dict)
+                and all(isinstance(k, str) and isinstance(v, str) and v
+                        for k, v in attribution_headers.items())):
+            raise ValueError(f"attribution_headers={attribution_headers!r} must map attribution "
+                             "keys to header names, e.g. {'tenant': 'X-Tenant-Id'}")
+        # header name (lower-case bytes) -> attribution key; read from the settings on first use
+        self._key_headers: dict[bytes, str] | None = None if attribution_headers is None else {
+            header.lower().encode("latin-1"): key for key, header in attribution_headers.items()}
 
     @property
     def metrics(self) -> RAGMetrics:
@@ -97,6 +111,7 @@ class RAGMonitoringMiddleware:
                 response["last_chunk_at"] = _perf()
 
         id_token = _BOUND_REQUEST_ID.set(request_id)
+        keys_token = self._bind_keys(scope)
         streams: list = []
         streams_token = OPEN_STREAMS.set(streams)
         try:
@@ -107,6 +122,8 @@ class RAGMonitoringMiddleware:
                 await self.app(scope, receive, send_monitored)
         finally:
             OPEN_STREAMS.reset(streams_token)
+            if keys_token is not None:
+                CURRENT_KEYS.reset(keys_token)
             _BOUND_REQUEST_ID.reset(id_token)
             end = _perf()
             if streams:
@@ -116,6 +133,29 @@ class RAGMonitoringMiddleware:
                     recording_failed(self.metrics, "recording",
                                       "closing abandoned streams failed: %r", failure)
             self._observe(scope, response, start, end)
+
+    def _bind_keys(self, scope):
+        """Binds the attribution keys the request's headers carry; the token to reset, or None."""
+        try:
+            headers = self._key_headers
+            if headers is None:
+                headers = self._key_headers = {
+                    header.lower().encode("latin-1"): key
+                    for key, header in self.metrics.settings.ATTRIBUTION_HEADERS.items()}
+            if not headers:
+                return None
+            found = None
+            for name, value in scope.get("headers") or ():
+                key = headers.get(name)
+                if key is not None:
+                    if found is None:
+                        found = {}
+                    found[key] = value.decode("latin-1")
+            return bind(found, "middleware") if found else None
+        except Exception as failure:
+            recording_failed(self._metrics or default_metrics(), "recording",
+                             "reading attribution headers failed: %r", failure)
+            return None
 
     def _observe(self, scope, response: dict, start: float, end: float) -> None:
         try:

@@ -1,0 +1,565 @@
+"""Who spends it: attribution keys (tenant, team, feature, ...) carried by queries, and spend,
+tokens and queries counted per key without a series per value.
+
+How keys reach a query (the nearest wins: ``set_attribution`` inside the query, then the
+innermost ``attribution()`` block or ``request_context(..., **keys)``, then the middleware's
+headers, then ``monitored_query(attribution=...)``)::
+
+    with ragmon.attribution(tenant="acme", team="search"):
+        answer(question)
+
+    @ragmon.monitored_query(operation="rag_search", attribution={"feature": "chat"})
+    def answer(question): ...
+
+Values are checked once, where they come in (a string of 1..64 characters from letters,
+digits and ``._:@/+=-``; whole numbers are taken as their text): a bad one becomes ``invalid``,
+is counted in ``rag_attribution_invalid_values_total{key}`` when its query finishes, and never
+raises. Each request record carries ``attribution``: {key: value}.
+
+Bounded metrics (``AttributionLedger``): per key, at most ATTRIBUTION_TOP_K values are *named*
+(their own ``value`` label); every other value is counted under ``value="other"``. So each key
+exposes at most K+1 series per metric (times token types), whatever the number of tenants. The
+named values are the heaviest by recent spend (``HeavyValues``); membership changes only when a
+newcomer clearly outweighs the weakest member, and each change is counted in
+``rag_attribution_membership_changes_total{key}``.
+
+No dollar is lost to the cap: every dollar of an attributed query is in exactly one series of
+each key, so the sum over ``value`` equals the query totals at every scrape. When a value leaves
+the named set its series cannot just be dropped (its dollars would vanish from the sum) nor kept
+(the cap): in one process its counts move into ``other`` and the series goes, atomically with
+respect to a scrape (the ledger's lock is held while the three metrics are collected). In
+multi-process mode (PROMETHEUS_MULTIPROC_DIR) a worker's file keeps the frozen series, and the
+``/metrics`` merge (``fold_top_k``) names the K values heaviest across all workers and folds the
+rest into ``other``, exactly. ``increase()`` over a window that holds a membership change counts
+the departed value's earlier spend once more under ``other``: that is why changes are rare and
+counted; exact per-value figures for any period come from the records (``report --by KEY``).
+
+Budgets (BUDGETS_FILE) are exact: ``rag_budget_spend_dollars_total{key, value}`` counts every
+dollar of each budgeted value (never folded), ``rag_budget_dollars{key, value, period}`` holds
+the budget; both exist for the budgeted values only, so the budget file bounds them.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from prometheus_client import values as _client_values
+from prometheus_client.metrics_core import Metric
+
+from . import tokens
+from .context import CURRENT_QUERY
+from .keys import (CURRENT_KEYS, KEY_PATTERN, MAX_VALUE_LENGTH, OTHER, VALUE_PATTERN, Keys,
+                   checked)
+from .runtime import default_metrics, recording_failed
+
+log = logging.getLogger("ragmon")
+
+MAX_BUDGETED_VALUES = 10_000
+BUDGET_PERIODS = ("daily", "monthly")
+
+
+class attribution:
+    """Attributes the queries inside to the given keys: a context manager and a decorator.
+
+        with ragmon.attribution(tenant="acme", feature="search"):
+            answer(question)
+
+        @ragmon.attribution(feature="summaries")
+        def summarize(...): ...
+
+    Nested blocks add to (and override) the outer ones. Values are checked; a bad one is
+    recorded as ``invalid`` and counted, never raised."""
+
+    def __init__(self, **keys: object):
+        self.keys = checked(keys)
+        self._tokens: list = []
+
+    def __enter__(self) -> "attribution":
+        keys = self.keys
+        self._tokens.append(CURRENT_KEYS.set(keys.over(CURRENT_KEYS.get()) if keys is not None
+                                             else CURRENT_KEYS.get()))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        CURRENT_KEYS.reset(self._tokens.pop())
+
+    def __call__(self, fn: Callable) -> Callable:
+        if not callable(fn):
+            raise ValueError(f"@attribution(...) decorates functions; got {fn!r}")
+        keys = self.keys
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def attributed_async_gen(*args, **kwargs):
+                inner = fn(*args, **kwargs)
+                step, arg = inner.asend, None
+                while True:
+                    token = CURRENT_KEYS.set(_over_current(keys))
+                    try:
+                        item = await step(arg)
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        CURRENT_KEYS.reset(token)
+                    try:
+                        arg = yield item
+                        step = inner.asend
+                    except GeneratorExit:
+                        await inner.aclose()
+                        raise
+                    except BaseException as thrown:
+                        step, arg = inner.athrow, thrown
+            return attributed_async_gen
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def attributed_gen(*args, **kwargs):
+                inner = fn(*args, **kwargs)
+                step, arg = inner.send, None
+                while True:
+                    token = CURRENT_KEYS.set(_over_current(keys))
+                    try:
+                        item = step(arg)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        CURRENT_KEYS.reset(token)
+                    try:
+                        arg = yield item
+                        step = inner.send
+                    except GeneratorExit:
+                        inner.close()
+                        raise
+                    except BaseException as thrown:
+                        step, arg = inner.throw, thrown
+            return attributed_gen
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def attributed_coroutine(*args, **kwargs):
+                token = CURRENT_KEYS.set(_over_current(keys))
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    CURRENT_KEYS.reset(token)
+            return attributed_coroutine
+
+        @functools.wraps(fn)
+        def attributed(*args, **kwargs):
+            token = CURRENT_KEYS.set(_over_current(keys))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                CURRENT_KEYS.reset(token)
+        return attributed
+
+
+def _over_current(keys: Keys | None) -> Keys | None:
+    current = CURRENT_KEYS.get()
+    return keys.over(current) if keys is not None else current
+
+
+def set_attribution(**keys: object) -> bool:
+    """Sets attribution keys of the query in progress (e.g. the tenant, once the request is
+    authenticated). Returns False, and counts it, when no monitored query is running."""
+    query = CURRENT_QUERY.get()
+    if query is None:
+        recording_failed(default_metrics(), "no_active_query", "set_attribution(%s) outside a "
+                         "monitored query", ", ".join(str(name)[:40] for name in keys))
+        return False
+    found = checked(keys, "set_attribution")
+    if found is not None:
+        extra = query.extras()
+        extra.attribution = found.over(extra.attribution)
+    return True
+
+
+def fixed_keys(keys: Mapping[str, Any] | None) -> Keys | None:
+    """``monitored_query(attribution=...)``: checked when the function is decorated, where a bad
+    value is a programming error and raises ValueError naming it."""
+    if keys is None:
+        return None
+    if not isinstance(keys, Mapping):
+        raise ValueError(f"attribution={keys!r} must be a mapping of keys to values, e.g. "
+                         "attribution={'feature': 'chat'}")
+    for key, value in keys.items():
+        if type(key) is not str or not KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"attribution key {key!r} is not a lower-case name (letters, digits, "
+                             "_), e.g. attribution={'feature': 'chat'}")
+        text = str(value) if type(value) is int else value
+        if type(text) is not str or not VALUE_PATTERN.fullmatch(text):
+            raise ValueError(f"attribution={{{key!r}: {value!r}}}: the value must be 1 to "
+                             f"{MAX_VALUE_LENGTH} letters, digits or ._:@/+=- characters, "
+                             "e.g. 'chat'")
+    return checked(keys)
+
+
+def attach(ctx, fixed: Keys | None) -> None:
+    """Gives a starting query the keys in force (called by the decorator only when some are)."""
+    keys = CURRENT_KEYS.get()
+    if fixed is not None:
+        keys = fixed if keys is None else keys.over(fixed)
+    ctx.extras().attribution = keys
+
+
+# --- bounded metrics --------------------------------------------------------------------------
+
+class HeavyValues:
+    """Which values of one key are named: the heaviest by recent spend, with few changes.
+
+    A weighted Misra–Gries sketch (the batch variant of space-saving) of at most 2×`capacity`
+    counters estimates each value's spend from below, with an error of at most the total over
+    `capacity`; it costs one dict update per query and a sort of 2×`capacity` numbers every
+    `capacity` new values, so memory and time stay bounded for any number of distinct values.
+    Every count and the total halve each `half_life` seconds, so the estimate is the spend over
+    a sliding window of roughly the last few half-lives and a tenant that stopped spending
+    fades.
+
+    While fewer than `k` values are named, a value is named on first sight. After that a value
+    replaces the weakest named one only when its estimate is at least 1/(2k) of the window's
+    total (a heavy hitter, which an under-estimate cannot fake) and more than `hysteresis` times
+    the weakest one's: a crowd of light values never churns the set, and two values of similar
+    weight never swap back and forth.
+    """
+
+    def __init__(self, k: int, capacity: int | None = None, half_life: float = 1800.0,
+                 hysteresis: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.k = k
+        self.capacity = capacity or max(8 * k, 64)
+        self.half_life = half_life
+        self.hysteresis = hysteresis
+        self.clock = clock
+        self.scores: dict[str, float] = {}
+        self.total = 0.0
+        self.named: set[str] = set()
+        self.updates = 0
+        self.next_decay = clock() + half_life
+        self.min_share = 1.0 / (2 * k)
+
+    def add(self, value: str, weight: float) -> tuple[str, str | None] | None:
+        """Counts `weight` for `value`; returns (named, replaced or None) when `value` joins the
+        named set, else None."""
+        self.updates += 1
+        if not self.updates & 255 and self.clock() >= self.next_decay:
+            self._decay()
+        scores = self.scores
+        score = scores.get(value, 0.0) + weight
+        scores[value] = score
+        self.total += weight
+        if len(scores) > 2 * self.capacity:
+            self._shrink()
+            score = scores.get(value, 0.0)
+        if value in self.named or value == OTHER:
+            return None
+        if len(self.named) < self.k:
+            self.named.add(value)
+            return value, None
+        if score < self.total * self.min_share:
+            return None
+        weakest = min(self.named, key=lambda name: (scores.get(name, 0.0), name))
+        if score <= self.hysteresis * scores.get(weakest, 0.0):
+            return None
+        self.named.discard(weakest)
+        self.named.add(value)
+        return value, weakest
+
+    def _shrink(self) -> None:
+        ordered = sorted(self.scores.values(), reverse=True)
+        cut = ordered[self.capacity]
+        self.scores = {value: score - cut for value, score in self.scores.items() if score > cut}
+
+    def _decay(self) -> None:
+        self.next_decay = self.clock() + self.half_life
+        self.total /= 2
+        self.scores = {value: score / 2 for value, score in self.scores.items()}
+
+
+class _Slot:
+    """The metric children of one named value (or ``other``) of one key."""
+
+    __slots__ = ("spend", "queries", "tokens", "value")
+
+    def __init__(self, metrics, key: str, value: str):
+        self.value = value
+        self.spend = metrics.attributed_spend.labels(key, value)
+        self.queries = metrics.attributed_queries.labels(key, value)
+        self.tokens: dict[str, Any] = {}
+
+    def token_child(self, metrics, key: str, token_type: str):
+        child = self.tokens.get(token_type)
+        if child is None:
+            child = self.tokens[token_type] = metrics.attributed_tokens.labels(
+                key, self.value, token_type)
+        return child
+
+
+def multiprocess_mode() -> bool:
+    return bool(getattr(_client_values.ValueClass, "_multiprocess", False))
+
+
+class AttributionLedger:
+    """The attribution metrics of one catalog: per configured key its HeavyValues and the
+    children of the named values and ``other``; the budgets in force. One lock serializes
+    queries, membership changes and the collection of the three attributed metrics, so a scrape
+    never sees a dollar twice or not at all."""
+
+    def __init__(self, metrics, settings, clock: Callable[[], float] = time.monotonic):
+        self.metrics = metrics
+        self.keys = tuple(settings.ATTRIBUTION_KEYS)
+        self.k = settings.ATTRIBUTION_TOP_K
+        self.lock = threading.RLock()
+        self.heavy = {key: HeavyValues(self.k, clock=clock) for key in self.keys}
+        self.slots: dict[str, dict[str, _Slot]] = {key: {} for key in self.keys}
+        self.other = {key: _Slot(metrics, key, OTHER) for key in self.keys}
+        self.changes = {key: metrics.attribution_membership_changes.labels(key)
+                        for key in self.keys}
+        self.multiprocess = multiprocess_mode()
+        # Multi-process mode keeps the frozen series of values that left (see the module
+        # docstring); at most this many per key, after which the set stops changing.
+        self.frozen: dict[str, int] = dict.fromkeys(self.keys, 0)
+        self.max_frozen = 10 * self.k
+        for metric in (metrics.attributed_spend, metrics.attributed_queries,
+                       metrics.attributed_tokens):
+            metric.consistent_with = self.lock
+        self.budgets: dict[str, dict[str, dict[str, float]]] = {}
+        self.budget_spend: dict[tuple[str, str], Any] = {}
+        if settings.BUDGETS_FILE:
+            try:
+                self.set_budgets(load_budgets(settings.BUDGETS_FILE))
+            except (OSError, ValueError) as exc:
+                recording_failed(metrics, "budgets_file", "BUDGETS_FILE cannot be used, so no "
+                                 "budget is exposed until the settings change: %s", exc)
+
+    def set_budgets(self, budgets: dict[str, dict[str, dict[str, float]]]) -> None:
+        m = self.metrics
+        for key, by_value in budgets.items():
+            for value, periods in by_value.items():
+                for period, dollars in periods.items():
+                    m.budget_dollars.labels(key, value, period).set(dollars)
+                self.budget_spend[(key, value)] = m.budget_spend.labels(key, value)
+        self.budgets = budgets
+
+    def observe(self, keys: Keys, settlement) -> None:
+        """Counts one finished query of `keys` and its settlement (None: no usage)."""
+        m = self.metrics
+        for key in keys.invalid:
+            m.attribution_invalid_values.labels(key if key in self.heavy else "unconfigured").inc()
+        cost = 0.0
+        counts: dict[str, int] = {}
+        if settlement is not None:
+            for line in settlement.lines.values():
+                if line.cost is None:  # past the cost bound: left out, as count() does
+                    continue
+                cost += line.cost
+                for kind, value in line.tokens.items():
+                    if value:
+                        counts[kind] = counts.get(kind, 0) + value
+        values = keys.values
+        with self.lock:
+            for key in self.keys:
+                value = values.get(key)
+                if value is None:
+                    continue
+                slot = self.slots[key].get(value)
+                if slot is None:
+                    change = self.heavy[key].add(value, cost)
+                    if change is not None:
+                        slot = self._admit(key, *change)
+                    if slot is None:
+                        slot = self.other[key]
+                else:
+                    self.heavy[key].add(value, cost)
+                slot.queries.inc()
+                if cost:
+                    slot.spend.inc(cost)
+                for kind, value_count in counts.items():
+                    label = _token_label(kind)
+                    if label is not None:
+                        slot.token_child(m, key, label).inc(value_count)
+            if self.budgets and cost:
+                for key, value in values.items():
+                    budget = self.budget_spend.get((key, value))
+                    if budget is not None:
+                        budget.inc(cost)
+
+    def _admit(self, key: str, value: str, replaced: str | None) -> _Slot | None:
+        slots = self.slots[key]
+        if replaced is not None:
+            if self.multiprocess:
+                if self.frozen[key] >= self.max_frozen:
+                    heavy = self.heavy[key]  # the set stops changing: undo the swap
+                    heavy.named.discard(value)
+                    heavy.named.add(replaced)
+                    return None
+                self.frozen[key] += 1
+                slots.pop(replaced, None)  # the worker's file keeps it; fold_top_k folds it
+            else:
+                self._fold(key, slots.pop(replaced))
+        self.changes[key].inc()
+        slot = slots[value] = _Slot(self.metrics, key, value)
+        return slot
+
+    def _fold(self, key: str, slot: _Slot) -> None:
+        """Moves a departing value's counts into ``other`` and drops its series (one process)."""
+        m, other = self.metrics, self.other[key]
+        other.spend.inc(slot.spend._value.get())
+        other.queries.inc(slot.queries._value.get())
+        m.attributed_spend.remove(key, slot.value)
+        m.attributed_queries.remove(key, slot.value)
+        for token_type, child in slot.tokens.items():
+            other.token_child(m, key, token_type).inc(child._value.get())
+            m.attributed_tokens.remove(key, slot.value, token_type)
+
+
+@functools.lru_cache(maxsize=64)
+def _token_label(kind_name: str) -> str | None:
+    try:
+        kind = tokens.by_name(kind_name)
+    except KeyError:
+        return None
+    return kind.metric_label if kind.counter == "tokens" else None
+
+
+_ledger_lock = threading.Lock()
+
+
+def ledger_of(metrics) -> AttributionLedger:
+    """The catalog's ledger, made on first use from its settings (and again after configure())."""
+    ledger = metrics.attribution_ledger
+    if ledger is None:
+        with _ledger_lock:
+            ledger = metrics.attribution_ledger
+            if ledger is None:
+                ledger = metrics.attribution_ledger = AttributionLedger(metrics, metrics.settings)
+    return ledger
+
+
+def observe(metrics, keys: Keys, settlement) -> None:
+    """The decorator's one call for an attributed query; a failure is counted, never raised."""
+    try:
+        ledger = metrics.attribution_ledger or ledger_of(metrics)
+        ledger.observe(keys, settlement)
+    except Exception as failure:
+        recording_failed(metrics, "recording", "counting an attributed query failed: %r", failure)
+
+
+# --- the multi-process merge ------------------------------------------------------------------
+
+ATTRIBUTED_FAMILIES = ("rag_attributed_spend_dollars", "rag_attributed_queries",
+                       "rag_attributed_tokens")
+
+
+def fold_top_k(families: Iterable[Metric], k: int) -> list[Metric]:
+    """Every worker's attributed series merged (MultiProcessCollector's output), with at most
+    `k` named values per key (the heaviest by spend, ties by name) and the rest added into
+    ``other``. Exact: each sample is kept or added once."""
+    families = list(families)
+    spend: dict[str, dict[str, float]] = {}
+    for family in families:
+        if family.name == ATTRIBUTED_FAMILIES[0]:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    by_value = spend.setdefault(sample.labels["key"], {})
+                    value = sample.labels["value"]
+                    by_value[value] = by_value.get(value, 0.0) + sample.value
+    named = {key: set(sorted((v for v in by_value if v != OTHER),
+                             key=lambda v: (-by_value[v], v))[:k])
+             for key, by_value in spend.items()}
+    out = []
+    for family in families:
+        if family.name not in ATTRIBUTED_FAMILIES:
+            out.append(family)
+            continue
+        merged: dict[tuple, float] = {}
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            labels = dict(sample.labels)
+            if labels["value"] not in named.get(labels["key"], ()):
+                labels["value"] = OTHER
+            identity = (sample.name, tuple(sorted(labels.items())))
+            merged[identity] = merged.get(identity, 0.0) + sample.value
+        folded = Metric(family.name, family.documentation, family.type, family.unit)
+        for (name, labels), value in sorted(merged.items()):
+            folded.add_sample(name, dict(labels), value)
+        out.append(folded)
+    return out
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+_BUDGET_EXAMPLE = '{"tenant": {"acme": {"daily": 50, "monthly": 1000}}}'
+
+
+def load_budgets(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{key: {value: {period: dollars}}} from a JSON or YAML budgets file; ValueError naming the
+    bad entry (FileNotFoundError when the file is missing)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"BUDGETS_FILE={str(path)!r} does not exist; point it at a JSON "
+                                f"or YAML budgets file such as {_BUDGET_EXAMPLE}, or set it empty")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"budgets file {str(path)!r} is YAML, which needs PyYAML "
+                             "(pip install 'ragmon[stack]'); or write it as JSON") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"budgets file {str(path)!r} is not valid YAML ({exc}); expected "
+                             f"e.g. {_BUDGET_EXAMPLE} in YAML form") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"budgets file {str(path)!r} is not valid JSON ({exc}); expected "
+                             f"e.g. {_BUDGET_EXAMPLE}") from None
+    return parse_budgets(raw, str(path))
+
+
+def parse_budgets(raw: object, where: str = "budgets") -> dict[str, dict[str, dict[str, float]]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"budgets file {where!r} holds a {type(raw).__name__}; expected an "
+                         f"object of keys, e.g. {_BUDGET_EXAMPLE}")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    entries = 0
+    for key, by_value in raw.items():
+        if isinstance(key, str) and key.startswith("_"):  # "_comment" and similar
+            continue
+        if type(key) is not str or not KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"budgets file {where!r}: key {key!r} is not an attribution key "
+                             f"(a lower-case name such as tenant); expected e.g. {_BUDGET_EXAMPLE}")
+        if not isinstance(by_value, dict):
+            raise ValueError(f"budgets file {where!r}: {key!r} must map values to budgets, e.g. "
+                             f"{{\"acme\": {{\"daily\": 50}}}}; got {by_value!r}")
+        for value, periods in by_value.items():
+            text = str(value) if type(value) is int else value
+            if type(text) is not str or not VALUE_PATTERN.fullmatch(text) or text == OTHER:
+                raise ValueError(f"budgets file {where!r}: {key} value {value!r} is not a valid "
+                                 f"attribution value (1 to {MAX_VALUE_LENGTH} letters, digits or "
+                                 "._:@/+=-, not 'other')")
+            if not isinstance(periods, dict) or not periods or not set(periods) <= set(BUDGET_PERIODS):
+                raise ValueError(f"budgets file {where!r}: {key} {text!r}: {periods!r} must hold "
+                                 "daily and/or monthly dollars, e.g. {\"daily\": 50, "
+                                 "\"monthly\": 1000}")
+            checked_periods = {}
+            for period, dollars in periods.items():
+                if (isinstance(dollars, bool) or not isinstance(dollars, (int, float))
+                        or not dollars > 0 or dollars == float("inf")):
+                    raise ValueError(f"budgets file {where!r}: {key} {text!r} {period} budget "
+                                     f"{dollars!r} is not a number of dollars > 0, e.g. 50")
+                checked_periods[period] = float(dollars)
+            out.setdefault(key, {})[text] = checked_periods
+            entries += 1
+            if entries > MAX_BUDGETED_VALUES:
+                raise ValueError(f"budgets file {where!r} budgets more than "
+                                 f"{MAX_BUDGETED_VALUES} values; each is a series: keep budgets "
+                                 "for the values that need alerts")
+    return out

@@ -1,0 +1,79 @@
+"""Attribution keys as a query carries them: checked where they come in, held in a ContextVar.
+
+A value is a string of 1..64 characters from letters, digits and ``._:@/+=-`` (a whole number is
+taken as its text); anything else becomes ``invalid`` and is counted when the query finishes
+(rag_attribution_invalid_values_total), never raised. See attribution.py for the metrics.
+"""
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from typing import Any, Mapping
+
+from .runtime import default_metrics, recording_failed
+
+OTHER = "other"  # the label value of every value that is not named
+INVALID = "invalid"  # what a value that fails the check is replaced by
+MAX_VALUE_LENGTH = 64
+MAX_KEYS_PER_QUERY = 8
+VALUE_PATTERN = re.compile(r"[A-Za-z0-9._:@/+=-]{1,%d}" % MAX_VALUE_LENGTH)
+KEY_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class Keys:
+    """The attribution of a query: checked ``values`` {key: value} and the ``invalid`` keys whose
+    values were replaced (counted when the query finishes). Never changed once made."""
+
+    __slots__ = ("values", "invalid")
+
+    def __init__(self, values: dict[str, str], invalid: tuple[str, ...] = ()):
+        self.values = values
+        self.invalid = invalid
+
+    def over(self, outer: "Keys | None") -> "Keys":
+        """These keys on top of `outer`'s."""
+        if outer is None:
+            return self
+        invalid = tuple(key for key in outer.invalid if key not in self.values) + self.invalid
+        return Keys({**outer.values, **self.values}, invalid)
+
+    def __repr__(self):
+        return f"Keys({self.values!r})"
+
+
+# The keys of the code running now: set by attribution(), request_context() and the middleware.
+CURRENT_KEYS: ContextVar[Keys | None] = ContextVar("ragmon_attribution", default=None)
+
+
+def bind(keys: Mapping[str, Any], source: str):
+    """Sets `keys` on top of the current ones; returns the ContextVar token to reset, or None
+    when there was nothing to set (request_context, the middleware)."""
+    found = checked(keys, source)
+    if found is None:
+        return None
+    return CURRENT_KEYS.set(found.over(CURRENT_KEYS.get()))
+
+
+def checked(keys: Mapping[str, Any], source: str = "attribution") -> Keys | None:
+    """`keys` checked: a None value is left out, a bad value becomes ``invalid``, a bad key name
+    is left out and counted in rag_instrumentation_errors_total{reason="attribution_key"}."""
+    values: dict[str, str] = {}
+    invalid: list[str] = []
+    for key, value in keys.items():
+        if value is None:
+            continue
+        if (type(key) is not str or not KEY_PATTERN.fullmatch(key)
+                or len(values) >= MAX_KEYS_PER_QUERY):
+            recording_failed(default_metrics(), "attribution_key", "%s: key %.40r is not an "
+                             "attribution key (a lower-case name, at most %d per query); left out",
+                             source, key, MAX_KEYS_PER_QUERY)
+            continue
+        if type(value) is not str:
+            value = str(value) if type(value) is int else None
+        if value is None or not VALUE_PATTERN.fullmatch(value):
+            value = INVALID
+            invalid.append(key)
+        values[key] = value
+    if not values:
+        return None
+    return Keys(values, tuple(invalid))
