@@ -5,11 +5,19 @@ cache lookup, then on a miss retrieval, reranking and generation with realistic 
 per model, with occasional errors and a provider rate limit that drains and resets each minute.
 ``--fault`` makes one alert condition of the product design true within seconds.
 
+Every query carries attribution keys: its tenant, drawn from a mix of ``--tenants`` tenants in
+which a few heavy ones send most of the traffic, and its feature (``search`` or ``chat``). The
+demo's budgets file (demo_budgets.json, used unless BUDGETS_FILE is set) budgets the heavy
+tenants well above their healthy spend; ``--fault tenant-spend`` makes the heaviest one cross it.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
+import dataclasses
+import itertools
 import math
 import os
 import random
@@ -19,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .instrument.attribution import attribution
 from .instrument.catalog import RAGMetrics
 from .instrument.decorator import monitored_query
 from .instrument.helpers import record_tokens, track_cache_operation
@@ -36,7 +45,39 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
+    "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a huge prompt (~$2 a query), so its "
+                    "spend passes its daily budget (demo_budgets.json)",
 }
+
+# The heavy tenants and their shares of the traffic; the light tenants share the rest. At 5 q/s
+# acme is on pace for about $13/day of its $45 daily budget (demo_budgets.json).
+HEAVY_TENANTS = {"acme": 0.30, "globex": 0.15, "initech": 0.08}
+DEFAULT_TENANTS = 40
+MAX_TENANTS = 1_000_000
+DEMO_BUDGETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_budgets.json")
+
+
+class TenantMix:
+    """`count` tenants: the heavy ones of HEAVY_TENANTS with their shares, then light ones
+    (tenant-0004, ...) sharing the rest with a mild skew (weight 1/sqrt(rank)), so the top-K
+    names the heavy tenants and a few light ones and the long tail lands in `other`."""
+
+    def __init__(self, count: int):
+        heavy = list(HEAVY_TENANTS.items())[:count]
+        light = count - len(heavy)
+        heavy_share = sum(share for _name, share in heavy)
+        rest = 1.0 - heavy_share if light else 0.0
+        width = max(4, len(str(count)))
+        light_weights = [1 / math.sqrt(rank) for rank in range(1, light + 1)]
+        scale = rest / sum(light_weights) if light else 0.0
+        self.names = [name for name, _share in heavy] + [
+            f"tenant-{number:0{width}d}" for number in range(len(heavy) + 1, count + 1)]
+        weights = [share for _name, share in heavy] + [w * scale for w in light_weights]
+        self.cumulative = list(itertools.accumulate(weights))
+
+    def pick(self, rnd: random.Random) -> str:
+        draw = rnd.random() * self.cumulative[-1]
+        return self.names[min(bisect.bisect_right(self.cumulative, draw), len(self.names) - 1)]
 
 
 class RateLimitError(Exception):
@@ -63,6 +104,7 @@ class Scenario:
     expensive: bool = False
     rate_limit_per_minute: dict | None = None
     rate_limit_squeezed: bool = False
+    expensive_tenant: str | None = None
 
     @classmethod
     def with_fault(cls, fault: str | None) -> "Scenario":
@@ -77,6 +119,8 @@ class Scenario:
             scenario.expensive = True
         elif fault == "ratelimit":
             scenario.rate_limit_squeezed = True
+        elif fault == "tenant-spend":
+            scenario.expensive_tenant = next(iter(HEAVY_TENANTS))
         return scenario
 
 
@@ -97,21 +141,24 @@ class RateLimitWindow:
 
 
 class SimulatedRAG:
-    def __init__(self, scenario: Scenario, metrics: RAGMetrics, logger: StructuredLogger):
+    def __init__(self, scenario: Scenario, metrics: RAGMetrics, logger: StructuredLogger,
+                 tenants: TenantMix | None = None):
         self.scenario = scenario
+        self.tenants = tenants
         self.metrics = metrics
         self.logger = logger
         self.random = random.Random()
         self.windows = {provider: RateLimitWindow(limit, scenario.rate_limit_squeezed)
                         for provider, limit in scenario.rate_limit_per_minute.items()}
-        self.answer = monitored_query(operation="rag_search", model="gpt-4o-mini",
-                                      metrics=metrics)(self._answer)
-        self.stream = monitored_query(operation="rag_stream", model="gpt-4o-mini",
-                                      metrics=metrics)(self._stream)
+        self.answer = monitored_query(operation="rag_search", model="gpt-4o-mini", metrics=metrics,
+                                      attribution={"feature": "search"})(self._answer)
+        self.stream = monitored_query(operation="rag_stream", model="gpt-4o-mini", metrics=metrics,
+                                      attribution={"feature": "chat"})(self._stream)
         self.calls = 0
 
-    async def _answer(self, query: str) -> dict:
+    async def _answer(self, query: str, expensive: bool = False) -> dict:
         s, rnd = self.scenario, self.random
+        expensive = expensive or s.expensive
         async with stage("embedding"):
             await asyncio.sleep(rnd.uniform(0.008, 0.03))
         hit = rnd.random() < s.cache_hit_rate
@@ -127,7 +174,7 @@ class SimulatedRAG:
         async with stage("reranking"):
             await asyncio.sleep(rnd.uniform(0.03, 0.08))
 
-        model, provider = self._pick_model()
+        model, provider = self._pick_model(expensive)
         self._rate_limit_headers(provider)
 
         async with stage("generation", model=model):
@@ -143,7 +190,7 @@ class SimulatedRAG:
                 record_llm_error(provider, error, metrics=self.metrics)
                 raise error
 
-        if s.expensive:
+        if expensive:
             input_tokens, output_tokens, cached = 40_000 + rnd.randint(0, 5000), 10_000, 0
             return {"answer": "...", "model": model, "input_tokens": input_tokens,
                     "output_tokens": output_tokens, "cached_input_tokens": cached,
@@ -154,9 +201,9 @@ class SimulatedRAG:
         return {"answer": "...", "relevance_score": min(1.0, rnd.betavariate(8, 2)),
                 "context_precision": rnd.uniform(0.55, 0.95)}
 
-    def _pick_model(self) -> tuple[str, str]:
+    def _pick_model(self, expensive: bool = False) -> tuple[str, str]:
         draw = self.random.random()
-        if self.scenario.expensive:
+        if expensive:
             return "gpt-4", "openai"
         if draw < 0.1:
             return "claude-3-haiku-20240307", "anthropic"  # the dated snapshot the API answers
@@ -214,7 +261,7 @@ class SimulatedRAG:
         rnd = self.random
         async with stage("retrieval", top_k=20):
             await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
-        model, provider = self._pick_model()
+        model, provider = self._pick_model(self.scenario.expensive)
         self._rate_limit_headers(provider)
         self.calls += 1
         s = self.scenario
@@ -251,11 +298,20 @@ class SimulatedRAG:
             yield dict(chunk, choices=[], usage=usage)
 
     async def handle(self, number: int) -> None:
+        tenant = self.tenants.pick(self.random) if self.tenants is not None else None
+        expensive = self.scenario.expensive or (
+            tenant is not None and tenant == self.scenario.expensive_tenant)
+        # The tenant comes with the request (the ASGI middleware reads it from a header); here a
+        # block around the call sets it, as a service's own request handler would.
+        keys = attribution(tenant=tenant) if tenant is not None else contextlib.nullcontext()
         try:
-            if self.random.random() < 0.2 and not self.scenario.expensive:
-                await self.relay(f"question {number}")
-            else:
-                await self.answer(f"question {number}")
+            with keys:
+                if self.random.random() < 0.2 and not expensive:
+                    await self.relay(f"question {number}")
+                elif expensive and not self.scenario.expensive:
+                    await self.answer(f"question {number}", expensive=True)
+                else:
+                    await self.answer(f"question {number}")
         except ERRORS:
             pass  # counted and logged by then; a real service would answer with an error
 
@@ -339,7 +395,8 @@ class Summary:
 
 
 async def run(args: argparse.Namespace, metrics: RAGMetrics, logger: StructuredLogger) -> None:
-    service = SimulatedRAG(Scenario.with_fault(args.fault), metrics, logger)
+    tenants = TenantMix(args.tenants) if args.tenants else None
+    service = SimulatedRAG(Scenario.with_fault(args.fault), metrics, logger, tenants)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -389,6 +446,10 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
     parser.add_argument("--addr", default=settings.METRICS_ADDR,
                         help=f"address to bind (default: METRICS_ADDR={settings.METRICS_ADDR})")
     parser.add_argument("--fault", choices=sorted(FAULTS), help="make one alert condition true")
+    parser.add_argument("--tenants", type=int, default=DEFAULT_TENANTS,
+                        help="tenants sending the queries: a few heavy ones (acme, globex, "
+                             "initech) and light ones; 0 attributes no query "
+                             f"(default: {DEFAULT_TENANTS})")
     parser.add_argument("--log-dir", default=str(settings.log_dir),
                         help=f"where request records and logs go (default: LOG_DIR={settings.LOG_DIR})")
     parser.add_argument("--summary-every", type=float, default=5.0, help="seconds between summary lines")
@@ -405,6 +466,10 @@ def parse_args(argv: list[str] | None, settings) -> argparse.Namespace:
         parser.error(f"--duration {args.duration} is negative; give seconds, or 0 to run until Ctrl-C")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a TCP port; give 1-65535 (0 picks a free one)")
+    if not 0 <= args.tenants <= MAX_TENANTS:
+        parser.error(f"--tenants {args.tenants} is out of range; give 0 to {MAX_TENANTS:,}")
+    if args.fault == "tenant-spend" and args.tenants == 0:
+        parser.error("--fault tenant-spend needs tenants; give --tenants 1 or more")
     if args.summary_every <= 0:
         parser.error(f"--summary-every {args.summary_every} must be > 0 seconds")
     if args.instance is not None:
@@ -431,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     from .settings import load_settings, settings_for_cli
     settings = settings_for_cli()
     args = parse_args(argv, settings)
+    if args.tenants and not settings.BUDGETS_FILE:
+        # the demo's own budgets, unless the user gave theirs
+        from .instrument.runtime import configure
+        settings = configure(dataclasses.replace(settings, BUDGETS_FILE=DEMO_BUDGETS_FILE))
     problem = _unwritable(args.log_dir)
     if problem:
         print(f"error: --log-dir {args.log_dir!r} cannot hold the request records: {problem}. "

@@ -1,5 +1,6 @@
 """The demo, run for real: its /metrics passes promtool, and each --fault makes its alert
 condition true while a normal run keeps every condition false."""
+import json
 import os
 import signal
 import socket
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ragmon.demo import Summary
+from ragmon.demo import DEMO_BUDGETS_FILE, HEAVY_TENANTS, Summary
+from ragmon.instrument.attribution import load_budgets
 
 ROOT = Path(__file__).resolve().parents[2]
 QPS = 20  # enough queries in a few seconds for the rates to be far from their thresholds
@@ -52,6 +54,10 @@ def conditions(before, after, elapsed):
     lookups = delta("rag_cache_operations_total", cache_type="semantic")
     spend = delta("rag_spend_dollars_total")
     remaining = [v for (n, labels), v in after.items() if n == "rag_rate_limit_remaining_requests"]
+    tenants = {dict(labels)["value"] for (n, labels) in after
+               if n == "rag_budget_spend_dollars_total"}
+    tenant_spend = {t: delta("rag_budget_spend_dollars_total", key="tenant", value=t)
+                    for t in tenants}
     return {
         "queries": queries,
         "p95": Summary.quantile(0.95, buckets),
@@ -60,6 +66,11 @@ def conditions(before, after, elapsed):
         "pace_per_day": spend / elapsed * 86400,
         "pace_at_default_qps": spend / queries * DEFAULT_QPS * 86400,
         "min_remaining_requests": min(remaining),
+        "tenant_pace_per_day": {t: d / elapsed * 86400 for t, d in tenant_spend.items()},
+        "tenant_pace_at_default_qps": {t: d / queries * DEFAULT_QPS * 86400
+                                       for t, d in tenant_spend.items()},
+        "attributed_spend": delta("rag_attributed_spend_dollars_total", key="tenant"),
+        "spend": spend,
     }
 
 
@@ -67,7 +78,7 @@ def conditions(before, after, elapsed):
 def demo_runs(tmp_path_factory):
     runs = {}
     try:
-        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit"):
+        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit", "tenant-spend"):
             port = free_port()
             log_dir = tmp_path_factory.mktemp(f"demo-{fault or 'normal'}")
             cmd = [sys.executable, str(ROOT / "m2_3_monitoring.py"), "--port", str(port), "--qps", str(QPS),
@@ -119,6 +130,43 @@ def test_a_normal_run_keeps_every_alert_condition_false(demo_runs):
     assert c["min_remaining_requests"] >= 100, c
 
 
+DAILY_BUDGETS = {value: periods["daily"]
+                 for value, periods in load_budgets(DEMO_BUDGETS_FILE)["tenant"].items()}
+HEAVIEST = next(iter(HEAVY_TENANTS))
+
+
+def test_a_normal_tenant_mix_stays_well_inside_every_daily_budget(demo_runs):
+    c = demo_runs[None]["conditions"]
+    assert set(c["tenant_pace_at_default_qps"]) == set(DAILY_BUDGETS), c
+    for tenant, pace in c["tenant_pace_at_default_qps"].items():
+        # the budgets hold over three times the mean pace (demo_budgets.json): a 10 s sample
+        # of a few dozen queries of a tenant stays under them
+        assert pace < DAILY_BUDGETS[tenant], (tenant, c)
+    # every dollar is attributed to a tenant, named or "other"
+    assert c["attributed_spend"] == pytest.approx(c["spend"], abs=1e-9), c
+
+
+def test_the_tenant_spend_fault_puts_only_the_heaviest_tenant_over_its_budget(demo_runs):
+    c = demo_runs["tenant-spend"]["conditions"]
+    for tenant, pace in c["tenant_pace_per_day"].items():
+        if tenant == HEAVIEST:
+            # over the budget in real terms, and on the fast stack (60 s "day") in a minute
+            assert pace / 1440 > DAILY_BUDGETS[tenant], (tenant, c)
+        else:
+            assert c["tenant_pace_at_default_qps"][tenant] < DAILY_BUDGETS[tenant], (tenant, c)
+
+
+def test_every_record_names_its_tenant_and_feature(demo_runs):
+    [records] = list(Path(demo_runs[None]["log_dir"]).glob("*_performance.jsonl"))
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    queries = [r for r in lines if r.get("operation") in ("rag_search", "rag_stream")]
+    assert len(queries) > 50
+    for record in queries:
+        keys = record["attribution"]
+        assert keys["feature"] == {"rag_search": "search", "rag_stream": "chat"}[record["operation"]]
+        assert keys["tenant"] in HEAVY_TENANTS or keys["tenant"].startswith("tenant-"), record
+
+
 @pytest.mark.parametrize("fault, check", [
     ("latency", lambda c: c["p95"] > 2.0),
     ("errors", lambda c: c["error_rate"] > 0.05),
@@ -150,6 +198,8 @@ def test_the_demo_writes_request_records_and_keeps_logs_off_the_console(demo_run
     (["--fault", "meltdown"], "invalid choice: 'meltdown'"),
     (["--qps", "0"], "--qps 0.0 is out of range"),
     (["--duration", "-1"], "--duration -1.0 is negative"),
+    (["--tenants", "-3"], "--tenants -3 is out of range"),
+    (["--tenants", "0", "--fault", "tenant-spend"], "--fault tenant-spend needs tenants"),
 ])
 def test_bad_arguments_are_explained(args, expected):
     result = subprocess.run([sys.executable, str(ROOT / "m2_3_monitoring.py"), *args],
