@@ -45,8 +45,8 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
-    "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a huge prompt (~$2 a query), so its "
-                    "spend passes its daily budget (demo_budgets.json)",
+    "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a 100K-token prompt (~$3.70 a "
+                    "query), so its spend passes its daily budget (demo_budgets.json)",
 }
 
 # The heavy tenants and their shares of the traffic; the light tenants share the rest. At 5 q/s
@@ -156,9 +156,11 @@ class SimulatedRAG:
                                       attribution={"feature": "chat"})(self._stream)
         self.calls = 0
 
-    async def _answer(self, query: str, expensive: bool = False) -> dict:
+    async def _answer(self, query: str, prompt_tokens: int | None = None) -> dict:
+        """`prompt_tokens`: this query sends gpt-4 a prompt this large (a tenant's fault)."""
         s, rnd = self.scenario, self.random
-        expensive = expensive or s.expensive
+        expensive = prompt_tokens is not None or s.expensive
+        prompt_tokens = prompt_tokens or 40_000
         async with stage("embedding"):
             await asyncio.sleep(rnd.uniform(0.008, 0.03))
         hit = rnd.random() < s.cache_hit_rate
@@ -191,7 +193,7 @@ class SimulatedRAG:
                 raise error
 
         if expensive:
-            input_tokens, output_tokens, cached = 40_000 + rnd.randint(0, 5000), 10_000, 0
+            input_tokens, output_tokens, cached = prompt_tokens + rnd.randint(0, 5000), 10_000, 0
             return {"answer": "...", "model": model, "input_tokens": input_tokens,
                     "output_tokens": output_tokens, "cached_input_tokens": cached,
                     "relevance_score": min(1.0, rnd.betavariate(8, 2)),
@@ -309,7 +311,8 @@ class SimulatedRAG:
                 if self.random.random() < 0.2 and not expensive:
                     await self.relay(f"question {number}")
                 elif expensive and not self.scenario.expensive:
-                    await self.answer(f"question {number}", expensive=True)
+                    # the whole document base in the prompt: ~$3.70 a query
+                    await self.answer(f"question {number}", prompt_tokens=100_000)
                 else:
                     await self.answer(f"question {number}")
         except ERRORS:

@@ -31,9 +31,16 @@ EXPECTED = {
     "latency": ("RagHighQueryLatency", {"RagLatencyBudgetBurn"}),  # slow queries break the SLO
     "errors": ("RagHighErrorRate", {"RagAvailabilityBudgetBurn"}),  # failures break the SLO
     "cache": ("RagLowCacheHitRate", set()),
-    "cost": ("RagDailySpendOverBudget", set()),
+    # every query costs ~$2, so every budgeted tenant passes its budget too
+    "cost": ("RagDailySpendOverBudget", {"RagTenantSpendOverBudget", "RagTenantSpendPaceOverBudget"}),
     "ratelimit": ("RagRateLimitLow", set()),
+    # acme's ~$160 a minute is over the service's $100 a "day" too (fast stack: 60 s)
+    "tenant-spend": ("RagTenantSpendOverBudget", {"RagTenantSpendPaceOverBudget",
+                                                  "RagDailySpendOverBudget"}),
 }
+# fault -> the only attribution values its budget alerts may name (label `value`)
+EXPECTED_VALUES = {"tenant-spend": {"acme"}}
+BUDGET_ALERTS = ("RagTenantSpendOverBudget", "RagTenantSpendPaceOverBudget")
 HEALTHY_SECONDS = 240
 FIRE_WITHIN = 60        # seconds from the fault to its alert at the webhook
 RESOLVE_WITHIN = 120    # seconds from recovery to the resolution at the webhook
@@ -57,6 +64,8 @@ class Phase:
     recovered: float | None = None
     seconds: float = 0.0
     alerts: dict[str, AlertTimes] = field(default_factory=dict)
+    # alertname -> the `value` labels (tenant, team, feature) Prometheus held it firing for
+    values: dict[str, set[str]] = field(default_factory=dict)
 
 
 class Recorder:
@@ -101,8 +110,8 @@ class Recorder:
         prometheus, alertmanager = self.stack.api(), self.stack.alertmanager()
         while not self._stop.wait(POLL_SECONDS):
             try:
-                in_prometheus = {a["labels"]["alertname"] for a in prometheus.alerts()
-                                 if a["state"] == "firing"}
+                firing = [a["labels"] for a in prometheus.alerts() if a["state"] == "firing"]
+                in_prometheus = {labels["alertname"] for labels in firing}
                 in_alertmanager = {a["labels"]["alertname"] for a in alertmanager.alerts()
                                    if a["status"]["state"] in ("active", "suppressed")}
             except Exception:  # noqa: BLE001 (a slow answer under load: the next poll counts)
@@ -112,6 +121,9 @@ class Recorder:
                 if not self.phases:
                     continue
                 phase = self.phases[-1]
+                for labels in firing:
+                    if "value" in labels:
+                        phase.values.setdefault(labels["alertname"], set()).add(labels["value"])
                 for source, names in (("prometheus", in_prometheus),
                                       ("alertmanager", in_alertmanager)):
                     for name in names - {WATCHDOG}:
@@ -217,7 +229,9 @@ def table(phases: list[Phase]) -> str:
         for name in names:
             times = phase.alerts.get(name, AlertTimes())
             expected = "its own" if name == own else "implied" if name in implied else "NO"
-            rows.append(f"| {phase.name} ({phase.seconds:.0f} s) | {name} | {expected} | "
+            values = phase.values.get(name)
+            shown = f"{name} ({', '.join(sorted(values))})" if values else name
+            rows.append(f"| {phase.name} ({phase.seconds:.0f} s) | {shown} | {expected} | "
                         f"{_seconds(times.prometheus)} | {_seconds(times.alertmanager)} | "
                         f"{_seconds(times.webhook)} | {_seconds(times.resolved)} |")
     return "\n".join(rows)
@@ -241,6 +255,12 @@ def problems(phases: list[Phase]) -> list[str]:
                          f"{FIRE_WITHIN} s ({_seconds(times and times.webhook)})")
         for name in sorted(fired - {own} - implied):
             found.append(f"--fault {phase.name} also fired {name}, which it does not imply")
+        allowed = EXPECTED_VALUES.get(phase.name)
+        for name in BUDGET_ALERTS:
+            extra = phase.values.get(name, set()) - (allowed or set())
+            if allowed is not None and extra:
+                found.append(f"--fault {phase.name}: {name} named {sorted(extra)}, not only "
+                             f"{sorted(allowed)}")
         for name in sorted(fired):
             resolved = phase.alerts[name].resolved
             if phase.alerts[name].webhook is not None and (resolved is None

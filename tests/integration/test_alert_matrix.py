@@ -1,5 +1,5 @@
 """The live alert matrix (tests/alert_matrix.py): the fast local stack over the demo, 4 minutes
-healthy, then each of the five faults in turn. Healthy traffic fires nothing but the watchdog;
+healthy, then each of the six faults in turn. Healthy traffic fires nothing but the watchdog;
 each fault's own alert reaches the webhook within 60 s and resolves within 120 s of recovery;
 no fault fires an alert it does not imply (EXPECTED). About 10 minutes: it runs once, and the
 tests below read its phases."""
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.alert_matrix import EXPECTED, FIRE_WITHIN, RESOLVE_WITHIN, problems, run_matrix, table
+from tests.alert_matrix import (BUDGET_ALERTS, EXPECTED, EXPECTED_VALUES, FIRE_WITHIN,
+                                RESOLVE_WITHIN, problems, run_matrix, table)
 from tests.conftest import require_binaries
 
 
@@ -43,6 +44,14 @@ def test_every_alert_a_fault_fired_resolves_after_recovery(phases, fault):
     assert notified, table([phase])
     for name, times in notified.items():
         assert times.resolved is not None and times.resolved <= RESOLVE_WITHIN, table([phase])
+
+
+@pytest.mark.parametrize("fault", EXPECTED_VALUES)
+def test_budget_alerts_name_only_the_tenant_over_its_budget(phases, fault):
+    phase = phases[fault]
+    for name in BUDGET_ALERTS:
+        assert phase.values.get(name), table([phase])
+        assert phase.values[name] <= EXPECTED_VALUES[fault], table([phase])
 
 
 def test_the_matrix_reports_no_problem(phases):
