@@ -50,7 +50,7 @@ FAULTS = {
 }
 
 # The heavy tenants and their shares of the traffic; the light tenants share the rest. At 5 q/s
-# acme is on pace for about $13/day of its $45 daily budget (demo_budgets.json).
+# acme is on pace for about $13/day of its $90 daily budget (demo_budgets.json).
 HEAVY_TENANTS = {"acme": 0.30, "globex": 0.15, "initech": 0.08}
 DEFAULT_TENANTS = 40
 MAX_TENANTS = 1_000_000
