@@ -455,6 +455,13 @@ def check_startup(settings: Settings) -> Settings:
                               f"{exc}. Fix the file, point MODEL_PRICES_FILE at another one, or "
                               "set it empty to use only the price database and the COST_PER_1K_* "
                               "defaults") from None
+    if settings.BUDGETS_FILE:
+        from .instrument.attribution import load_budgets
+        try:
+            load_budgets(settings.BUDGETS_FILE)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"BUDGETS_FILE={settings.BUDGETS_FILE!r} cannot be used: {exc}. "
+                              "Fix the file, or set BUDGETS_FILE empty for no budgets") from None
     return settings
 
 

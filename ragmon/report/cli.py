@@ -1,6 +1,7 @@
 """Reports on the request log (LOG_DIR/YYYYMMDD_performance.jsonl).
 
     python m2_3_report.py report  [--hours 1] [--format text|json|csv|html] [--top 10] [--output FILE]
+    python m2_3_report.py report  --by tenant [--hours 24 | --since DATE [--until DATE]]
     python m2_3_report.py stats   [--hours 24] [--bucket 1h] [--format text|json]
     python m2_3_report.py export  --output FILE.json|FILE.jsonl|FILE.csv [--hours 48]
     python m2_3_report.py config  [--format text|json]
@@ -282,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true",
                    help="read every record, also of the history's whole days (by default "
                    "those are read from their rollups: quantiles within 1%%, see docs/reports.md)")
+    p.add_argument("--by", metavar="KEY",
+                   help="who spends it: exact spend, tokens, queries, p95 latency and quality "
+                   "per value of an attribution key (tenant, team, feature, ...); --top values "
+                   "are listed (0: all), csv lists every value (docs/attribution.md)")
+    p.add_argument("--since", metavar="TIME", help="with --by: from this UTC date or time "
+                   "(e.g. 2026-12-01 or 2026-12-01T08:00) instead of the last --hours")
+    p.add_argument("--until", metavar="TIME", help="with --by: up to this UTC date or time")
 
     p = sub.add_parser("stats", parents=[common], help="detailed statistics with a time table")
     p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
@@ -524,6 +532,8 @@ def _run(args, out, err) -> int:
         return 0
 
     if command == "report":
+        if args.by is not None or args.since is not None or args.until is not None:
+            return _report_by(args, log_dir, out, err, tty)
         # Aggregated in the engine: only the figures reach Python, whatever the log's size.
         from .summary import html_from_log, report_from_log
         if args.format == "html":
@@ -542,6 +552,46 @@ def _run(args, out, err) -> int:
         return 0
 
     raise UsageError(f"unknown command {command!r}")  # argparse prevents this
+
+
+def _report_by(args, log_dir, out, err, tty: bool) -> int:
+    """``report --by KEY``: the figures per value of an attribution key (report/attribution.py)."""
+    from . import attribution
+    if args.by is None:
+        raise UsageError("--since and --until go with --by KEY (e.g. --by tenant --since "
+                         "2026-12-01); the plain report takes --hours")
+    try:
+        key = attribution.check_key(args.by)
+        since = (attribution.parse_time(args.since) if args.since is not None
+                 else since_hours(args.hours))
+        until = attribution.parse_time(args.until) if args.until is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if until is not None and since is not None and until <= since:
+        raise UsageError(f"--until {args.until!r} is not after the start of the period; "
+                         "give a later --until or an earlier --since")
+    if args.format == "csv":
+        import io
+        buffer = io.StringIO()
+        attribution.write_csv(log_dir, key, buffer, since=since, until=until)
+        text = buffer.getvalue()
+    else:
+        report = attribution.report_by(log_dir, key, since=since, until=until, top=args.top,
+                                       progress=tty)
+        _warn_skipped(report["read"], err)
+        if args.format == "json":
+            text = json.dumps(report, indent=2) + "\n"
+        elif args.format == "html":
+            from .html import format_who_spends
+            text = format_who_spends(report)
+        else:
+            text = attribution.format_text(report)
+    if args.output:
+        _write_atomically(Path(args.output), text)
+        out.write(f"wrote {args.output}\n")
+    else:
+        out.write(text)
+    return 0
 
 
 def _reprice(args, log_dir, settings, out, err) -> int:

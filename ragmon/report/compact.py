@@ -6,7 +6,9 @@ Parquet is what the engines a growing team already has read directly (DuckDB, pa
 Spark, Trino, BigQuery external tables), about ten times smaller than the JSONL, and typed.
 Free-form parts keep their shape: ``stages`` (with metadata) as JSON text, ``stage_durations``
 as a map of {duration}, ``attributes`` as a map of JSON values, and top-level keys the format
-does not know (a writer's own fields) in ``extra`` as a JSON object.
+does not know (a writer's own fields) in ``extra`` as a JSON object. The record's
+``attribution`` ({key: value}) is also a map column of its own, which ``report --by KEY``
+groups by without parsing JSON (``extra`` keeps it too, so exports give the record as written).
 
 Atomic, so a crash at any moment loses and duplicates nothing:
 
@@ -129,7 +131,7 @@ def _compact_day(jsonl: Path, history: Path, target: Path, settings) -> tuple[in
                          stages_json::JSON AS stages, stage_map AS stage_durations,
                          coalesce(attributes, MAP {{}}::MAP(VARCHAR, JSON)) AS attributes,
                          cost_original, price_match, pricing, repriced_at,
-                         extra_json::JSON AS extra
+                         extra_json::JSON AS extra, attribution
                   FROM all_rows WHERE {inside} ORDER BY end_time)
             TO '{str(out).replace("'", "''")}' (FORMAT parquet, COMPRESSION zstd)""").fetchone()[0]
         con.close()

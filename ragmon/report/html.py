@@ -76,9 +76,10 @@ th:first-child,td:first-child{text-align:left}
 
 
 def format_html(report: dict, trends: dict | None = None, costliest: list[dict] | None = None,
-                title: str | None = None) -> str:
+                title: str | None = None, who_spends: list[dict] | None = None) -> str:
     """The page for a report dict (report_from_log / build_report), with the charts of
-    `trends` (timeline.trends) and the table of `costliest` requests when given."""
+    `trends` (timeline.trends), the table of `costliest` requests and the "Who spends it"
+    tables (report.attribution.who_spends) when given."""
     period = report.get("period", {})
     hours = period.get("hours")
     title = title or (f"Performance report - last {hours:g} h" if hours is not None
@@ -149,6 +150,8 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
                           [[m["model"], f"{m['requests']:,}", money(m["cost"]),
                             money(m["mean_cost"]), duration(m["p95_latency"]), percent(m["error_rate"])]
                            for m in report["models"]]))
+    if who_spends:
+        out += _who_spends(who_spends)
     if report["slowest"]:
         out.append("<h2>Slowest requests</h2>")
         out.append(_table(["request id", "ended", "total", "status", "model", "slowest stage"],
@@ -164,6 +167,31 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
         out.append(_table(["error type", "count", "of requests"],
                           [[e["error_type"], f"{e['count']:,}", percent(e["share_of_requests"])]
                            for e in report["errors"]]))
+    return _page(title, out)
+
+
+def _who_spends(sections: list[dict]) -> list[str]:
+    from .attribution import HEADERS, table_rows
+    out = ['<h2 id="who-spends-it">Who spends it</h2>']
+    for figures in sections:
+        out.append(f"<h3>By {html.escape(figures['key'])}</h3><p>{figures['distinct_values']:,} "
+                   "distinct values; exact figures from the records.</p>")
+        out.append(_table(list(HEADERS), table_rows(figures)))
+    return out
+
+
+def format_who_spends(report: dict) -> str:
+    """The page of ``report --by KEY --format html`` (report.attribution.report_by)."""
+    title = report["title"]
+    out = [f"<h1>{html.escape(title)}</h1>",
+           f"<p>Generated {html.escape(str(report.get('generated_at')))}; period "
+           f"{html.escape(str(report['period']['since'] or 'start of the log'))} to "
+           f"{html.escape(str(report['period']['until'] or 'now'))}</p>"]
+    out += [f'<p class="note">{html.escape(p)}</p>' for p in read_problems(report.get("read") or {})]
+    if report.get("empty"):
+        out.append(f"<p>{html.escape(report['message'])}</p>")
+    else:
+        out += _who_spends([report])
     return _page(title, out)
 
 

@@ -134,6 +134,8 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
 # --- the query ------------------------------------------------------------------------------------
 
 _STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
+# The record's attribution keys ({"tenant": "acme"}): every row has the column, NULL when none.
+ATTRIBUTION_TYPE = "MAP(VARCHAR, VARCHAR)"
 
 
 def _num(x: str) -> str:
@@ -188,6 +190,8 @@ def _jsonl_columns(typed: bool, full: bool) -> dict:
         "tokens": container(TOKEN_KEYS), "cache": container(("hits", "misses")),
         "stages": _STAGE_MAP if typed else "JSON",
         "attributes": "MAP(VARCHAR, JSON)" if typed and not full else "JSON",
+        # Full readings keep it in extra_json, as written (exports, compaction's ``extra``).
+        **({} if full else {"attribution": ATTRIBUTION_TYPE if typed else "JSON"}),
         "cost_original": "JSON", "price_match": "VARCHAR", "pricing": "JSON",
         "repriced_at": "VARCHAR"}
 
@@ -236,6 +240,13 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
     bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in counts.values()])
     extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
              "pricing, repriced_at, extra_json" if full else "")
+    if full:
+        attribution = (f"TRY_CAST(json_extract(extra_json::JSON, '$.attribution') "
+                       f"AS {ATTRIBUTION_TYPE})")
+    elif typed:
+        attribution = "attribution"
+    else:
+        attribution = f"TRY_CAST(attribution AS {ATTRIBUTION_TYPE})"
     if typed:
         # The typed scan builds the map while parsing (reading stages as JSON text and casting
         # it costs the scan twice over), but reads a non-object value as NULL, like an absent
@@ -268,14 +279,24 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
            {", ".join(f"{_count(p)} AS {n}" for n, p in counts.items())},
            stage_map, {attributes} AS attributes,
            {bad_attributes}{bad_stages}{bad} AS bad_values,
-           {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+           {_num('cost_original')} AS cost_original, {_price_match()} AS price_match,
+           {attribution} AS attribution{extra}
     FROM timed"""
 
 
-def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extra: bool = True) -> str:
+def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extra: bool = True,
+                    has_attribution: bool = False) -> str:
     """The history partitions as normalized rows. `token_kinds`: the token kinds the
     partitions' ``tokens`` struct has (partitions written before a kind existed lack it);
-    `has_extra`: whether they have the ``extra`` column (unknown top-level keys)."""
+    `has_extra`: whether they have the ``extra`` column (unknown top-level keys);
+    `has_attribution`: whether they have the ``attribution`` column (older ones hold it in
+    ``extra``)."""
+    if has_attribution:
+        attribution = "attribution"
+    elif has_extra:
+        attribution = f"TRY_CAST(json_extract(extra, '$.attribution') AS {ATTRIBUTION_TYPE})"
+    else:
+        attribution = f"NULL::{ATTRIBUTION_TYPE}"
     tokens = ", ".join(f"tokens.{kind} AS {kind}_tokens" if kind in token_kinds
                        else f"0::BIGINT AS {kind}_tokens" for kind in TOKEN_KEYS)
     extra_json = "extra::VARCHAR" if has_extra else "NULL::VARCHAR"
@@ -288,7 +309,7 @@ def _parquet_select(files_sql: str, full: bool, token_kinds=TOKEN_KEYS, has_extr
            {tokens},
            cache.hits AS cache_hits,
            cache.misses AS cache_misses, stage_durations AS stage_map, attributes, 0 AS bad_values,
-           cost_original, price_match,
+           cost_original, price_match, {attribution} AS attribution,
            (list_position({files_sql}, filename)::BIGINT << 40) + file_row_number AS seq{extra}
     FROM read_parquet({files_sql}, filename=true, union_by_name=true, file_row_number=true)"""
 
@@ -533,7 +554,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
         described = {name: kind for name, kind, *_ in con.execute(
             f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
         parquet = _parquet_select(files, full, token_kinds(described.get("tokens", "")),
-                                  "extra" in described)
+                                  "extra" in described, "attribution" in described)
         con.execute(f"CREATE VIEW history_rows AS {parquet}")
         parts.append("SELECT * FROM history_rows")
         if count_history:

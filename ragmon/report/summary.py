@@ -661,8 +661,10 @@ def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 1
         if report["empty"]:
             return format_html(report)
         stages = sorted(s["stage"] for s in report["stages"])
+        from .attribution import who_spends
         return format_html(report, trends(_run(con), inside, bucket, stages),
-                           costliest(con, inside, top))
+                           costliest(con, inside, top),
+                           who_spends=who_spends(con, inside, settings.ATTRIBUTION_KEYS))
 
 
 # --- the report over rollups ---------------------------------------------------------------------

@@ -205,7 +205,20 @@ class WorkersCollector(MultiProcessCollector):
             _warn_once("retire", "could not retire the metric files of dead workers in %s: %s",
                        self._path, exc)
         with _locked(self._path, exclusive=False):
-            return list(super().collect())
+            families = list(super().collect())
+        return fold_attributed(families)
+
+
+def fold_attributed(families: list) -> list:
+    """Every worker names its own heaviest attribution values: the merge keeps at most
+    ATTRIBUTION_TOP_K of them per key and adds the rest into value="other" (attribution.py)."""
+    try:
+        from ..instrument.attribution import fold_top_k
+        from ..settings import get_settings
+        return fold_top_k(families, get_settings().ATTRIBUTION_TOP_K)
+    except Exception as exc:  # the scrape must go on: the families as merged
+        _warn_once("fold", "could not fold the attributed series of the workers: %r", exc)
+        return families
 
 
 def multiprocess_registry(path: str | os.PathLike | None = None) -> CollectorRegistry:

@@ -3,6 +3,7 @@ counted per key with at most K named values plus `other`, and nothing is lost to
 import asyncio
 import json
 import random
+import re
 
 import pytest
 
@@ -164,3 +165,206 @@ def test_metrics_are_in_the_catalog(metrics):
                  "rag_attribution_invalid_values_total", "rag_budget_dollars",
                  "rag_budget_spend_dollars_total"):
         assert name in names
+
+
+# --- bounded series, exact sums -----------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def attributed_sums(registry, key):
+    spend = series_of(registry, "rag_attributed_spend_dollars", key)
+    queries = series_of(registry, "rag_attributed_queries", key)
+    tokens = series_of(registry, "rag_attributed_tokens", key)
+    return spend, queries, tokens
+
+
+def assert_exact(registry, key, queries_expected):
+    spend, queries, tokens = attributed_sums(registry, key)
+    total = sample(registry, "rag_spend_dollars_total", model=MODEL)
+    assert round(sum(spend.values()), 2) == round(total, 2)
+    assert abs(sum(spend.values()) - total) < 1e-6
+    assert sum(queries.values()) == queries_expected
+    for token_type in ("input", "output"):
+        assert sum(v for (_, t), v in tokens.items() if t == token_type) == sample(
+            registry, "rag_tokens_total", model=MODEL, token_type=token_type)
+
+
+def test_100000_distinct_tenants_leave_at_most_k_plus_1_series_and_lose_no_dollar(registry):
+    k = 20
+    metrics = RAGMetrics(registry=registry, settings=make_settings(ATTRIBUTION_TOP_K=k))
+    answer = query(metrics)
+    rng = random.Random(22)
+    changes = lambda: sample(registry, "rag_attribution_membership_changes_total",  # noqa: E731
+                             key="tenant")
+    for i in range(100_000):
+        with attribution(tenant=f"t{i}", team=f"team{i % 7}"):
+            answer(rng.randint(10, 2000), rng.randint(1, 300))
+        if i == 999:
+            warmed_up = changes()
+    for key in ("tenant", "team"):
+        spend, queries, tokens = attributed_sums(registry, key)
+        assert len(spend) <= k + 1 and len(queries) <= k + 1
+        assert len({value for value, _ in tokens}) <= k + 1
+        assert_exact(registry, key, 100_000)
+    assert len(series_of(registry, "rag_attributed_spend_dollars", "team")) == 7 + 1  # all named
+    # A crowd of light tenants does not churn the named set: once the first thousand queries
+    # have set the scale, no light tenant outweighs a member twice over.
+    assert k <= warmed_up <= 2 * k and changes() == warmed_up
+
+
+def test_the_heavy_tenants_of_a_skewed_mix_are_named(registry):
+    metrics = RAGMetrics(registry=registry, settings=make_settings(ATTRIBUTION_TOP_K=10))
+    answer = query(metrics)
+    rng = random.Random(5)
+    heavy = [f"heavy{i}" for i in range(5)]
+    for i in range(60_000):
+        if rng.random() < 0.3:  # 5 tenants: 30% of the queries, ~80% of the spend
+            tenant, tokens_in = rng.choice(heavy), 20_000
+        else:
+            tenant, tokens_in = f"light{rng.randrange(20_000)}", 500
+        with attribution(tenant=tenant):
+            answer(tokens_in, 100)
+    spend, _, _ = attributed_sums(registry, "tenant")
+    assert set(heavy) <= {value for value, _ in spend}
+    named = sum(v for (value, _), v in spend.items() if value in heavy)
+    assert named > 0.7 * sum(spend.values())
+    assert len(spend) <= 11
+    assert_exact(registry, "tenant", 60_000)
+    assert sample(registry, "rag_attribution_membership_changes_total", key="tenant") <= 10 + 5
+
+
+def test_churn_moves_counts_into_other_exactly_and_changes_stay_rare(registry):
+    """The heavy tenants change every phase; the sliding window lets the new ones in, each
+    departing value's counts move to `other`, and the sums stay exact after every phase."""
+    from ragmon.instrument.attribution import AttributionLedger
+    clock = FakeClock()
+    settings = make_settings(ATTRIBUTION_TOP_K=5)
+    metrics = RAGMetrics(registry=registry, settings=settings)
+    metrics.attribution_ledger = AttributionLedger(metrics, settings, clock=clock)
+    answer = query(metrics)
+    rng = random.Random(9)
+    done = 0
+    for phase in range(6):
+        heavy = [f"p{phase}-heavy{i}" for i in range(3)]
+        for i in range(6000):
+            tenant = rng.choice(heavy) if rng.random() < 0.4 else f"light{rng.randrange(5000)}"
+            with attribution(tenant=tenant):
+                answer(8000 if tenant in heavy else 300, 50)
+            done += 1
+            if i % 1000 == 999:
+                clock.now += 1800  # a half-life passes
+        spend, queries, _ = attributed_sums(registry, "tenant")
+        assert set(heavy) <= {value for value, _ in spend}, phase
+        assert len(spend) <= 6 and len(queries) <= 6
+        assert_exact(registry, "tenant", done)
+    changes = sample(registry, "rag_attribution_membership_changes_total", key="tenant")
+    assert 5 + 3 * 5 <= changes <= 5 + 6 * 3 + 6  # the new heavy ones, not the crowd
+
+
+def test_heavy_values_keeps_memory_bounded_and_prefers_heavy_hitters():
+    heavy = HeavyValues(k=3, clock=FakeClock())
+    for i in range(50_000):
+        heavy.add(f"light{i}", 0.01)
+        if i % 10 == 0:
+            heavy.add("whale", 1.0)
+    assert len(heavy.scores) <= 2 * heavy.capacity
+    assert "whale" in heavy.named and len(heavy.named) == 3
+
+
+def test_a_scrape_waits_for_a_membership_change_in_progress(registry):
+    """Moving a departing value's counts into `other` and collecting the attributed metrics
+    hold one lock, so a scrape never sees those counts twice (or not at all)."""
+    import threading
+    from ragmon.instrument.attribution import ledger_of
+    metrics = RAGMetrics(registry=registry, settings=make_settings(ATTRIBUTION_TOP_K=2))
+    with attribution(tenant="acme"):
+        query(metrics)()
+    ledger = ledger_of(metrics)
+    collected = []
+    with ledger.lock:  # as _admit holds it while it folds a value into other
+        scrape = threading.Thread(target=lambda: collected.append(
+            list(metrics.attributed_spend.collect())))
+        scrape.start()
+        scrape.join(0.5)
+        assert scrape.is_alive() and not collected
+    scrape.join()
+    assert collected
+
+
+def test_fold_top_k_keeps_k_values_and_adds_the_rest_to_other():
+    from prometheus_client.metrics_core import Metric
+    family = Metric("rag_attributed_spend_dollars", "doc", "counter")
+    for value, amount in [("a", 5.0), ("b", 1.0), ("c", 3.0), ("other", 2.0), ("d", 0.5)]:
+        family.add_sample("rag_attributed_spend_dollars_total",
+                          {"key": "tenant", "value": value}, amount)
+    queries = Metric("rag_attributed_queries", "doc", "counter")
+    for value in "abcd":
+        queries.add_sample("rag_attributed_queries_total", {"key": "tenant", "value": value}, 1)
+    folded = {f.name: f for f in fold_top_k([family, queries], k=2)}
+    spend = {s.labels["value"]: s.value for s in folded["rag_attributed_spend_dollars"].samples}
+    assert spend == {"a": 5.0, "c": 3.0, "other": 3.5}
+    count = {s.labels["value"]: s.value for s in folded["rag_attributed_queries"].samples}
+    assert count == {"a": 1, "c": 1, "other": 2}
+
+
+# --- budgets ------------------------------------------------------------------------------------
+
+def test_budgets_file_json_and_yaml_give_exact_spend_for_budgeted_values_only(tmp_path, registry):
+    (tmp_path / "budgets.yaml").write_text(
+        "tenant:\n  acme: {daily: 5, monthly: 100}\n  globex:\n    monthly: 20\n")
+    (tmp_path / "budgets.json").write_text(json.dumps(
+        {"tenant": {"acme": {"daily": 5, "monthly": 100}, "globex": {"monthly": 20}}}))
+    assert load_budgets(tmp_path / "budgets.yaml") == load_budgets(tmp_path / "budgets.json")
+    settings = make_settings(BUDGETS_FILE=tmp_path / "budgets.yaml", ATTRIBUTION_TOP_K=1)
+    metrics = RAGMetrics(registry=registry, settings=settings)
+    answer = query(metrics)
+    for tenant in ["acme", "globex", "globex", "initech"]:  # globex is in "other" (K=1)
+        with attribution(tenant=tenant):
+            answer()
+    one = sample(registry, "rag_spend_dollars_total", model=MODEL) / 4
+    assert sample(registry, "rag_budget_dollars", key="tenant", value="acme", period="daily") == 5
+    assert sample(registry, "rag_budget_dollars", key="tenant", value="globex",
+                  period="monthly") == 20
+    assert registry.get_sample_value("rag_budget_dollars", {"key": "tenant", "value": "globex",
+                                                            "period": "daily"}) is None
+    assert sample(registry, "rag_budget_spend_dollars_total", key="tenant",
+                  value="acme") == pytest.approx(one)
+    assert sample(registry, "rag_budget_spend_dollars_total", key="tenant",
+                  value="globex") == pytest.approx(2 * one)
+    assert registry.get_sample_value("rag_budget_spend_dollars_total",
+                                     {"key": "tenant", "value": "initech"}) is None
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"tenant": {"acme": {"daily": -5}}}', "daily budget -5"),
+    ('{"tenant": {"acme": {"weekly": 5}}}', "daily and/or monthly"),
+    ('{"tenant": {"acme corp": {"daily": 5}}}', "'acme corp'"),
+    ('{"Tenant": {"acme": {"daily": 5}}}', "'Tenant'"),
+    ('{"tenant": ["acme"]}', "must map values"),
+    ('[1, 2]', "holds a list"),
+    ('{"tenant": {"acme": {"daily": 5}', "not valid JSON"),
+])
+def test_a_bad_budgets_file_names_the_bad_value(tmp_path, content, message):
+    path = tmp_path / "budgets.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_budgets(path)
+    from ragmon.settings import check_startup
+    with pytest.raises(ConfigError, match="BUDGETS_FILE"):
+        check_startup(make_settings(BUDGETS_FILE=path))
+
+
+def test_a_bad_budgets_file_never_breaks_queries(tmp_path, registry):
+    path = tmp_path / "budgets.json"
+    path.write_text("{not json")
+    metrics = RAGMetrics(registry=registry, settings=make_settings(BUDGETS_FILE=path))
+    with attribution(tenant="acme"):
+        assert query(metrics)() == {"input_tokens": 1000, "output_tokens": 100}
+    assert sample(registry, "rag_instrumentation_errors_total", reason="budgets_file") == 1
+    assert sample(registry, "rag_attributed_queries_total", key="tenant", value="acme") == 1
