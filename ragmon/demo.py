@@ -45,7 +45,7 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
-    "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a 100K-token prompt (~$3.70 a "
+    "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a 200K-token prompt (~$6.70 a "
                     "query), so its spend passes its daily budget (demo_budgets.json)",
 }
 
@@ -311,8 +311,8 @@ class SimulatedRAG:
                 if self.random.random() < 0.2 and not expensive:
                     await self.relay(f"question {number}")
                 elif expensive and not self.scenario.expensive:
-                    # the whole document base in the prompt: ~$3.70 a query
-                    await self.answer(f"question {number}", prompt_tokens=100_000)
+                    # the whole document base in the prompt: ~$6.70 a query
+                    await self.answer(f"question {number}", prompt_tokens=200_000)
                 else:
                     await self.answer(f"question {number}")
         except ERRORS:

@@ -34,7 +34,7 @@ EXPECTED = {
     # every query costs ~$2, so every budgeted tenant passes its budget too
     "cost": ("RagDailySpendOverBudget", {"RagTenantSpendOverBudget", "RagTenantSpendPaceOverBudget"}),
     "ratelimit": ("RagRateLimitLow", set()),
-    # acme's ~$160 a minute is over the service's $100 a "day" too (fast stack: 60 s)
+    # acme's ~$300 a minute is over the service's $100 a "day" too (fast stack: 60 s)
     "tenant-spend": ("RagTenantSpendOverBudget", {"RagTenantSpendPaceOverBudget",
                                                   "RagDailySpendOverBudget"}),
 }
