@@ -54,7 +54,8 @@ from prometheus_client.metrics_core import Metric
 
 from . import tokens
 from .context import CURRENT_QUERY
-from .keys import (CURRENT_KEYS, KEY_PATTERN, MAX_VALUE_LENGTH, OTHER, VALUE_PATTERN, Keys,
+from .hooks import on_finish, on_start, remove
+from .keys import (CURRENT_KEYS, FIRST_USE, KEY_PATTERN, MAX_VALUE_LENGTH, OTHER, VALUE_PATTERN, Keys,
                    checked)
 from .runtime import default_metrics, recording_failed
 
@@ -79,6 +80,7 @@ class attribution:
     def __init__(self, **keys: object):
         self.keys = checked(keys)
         self._tokens: list = []
+        use()
 
     def __enter__(self) -> "attribution":
         keys = self.keys
@@ -171,6 +173,7 @@ def set_attribution(**keys: object) -> bool:
                          "monitored query", ", ".join(str(name)[:40] for name in keys))
         return False
     found = checked(keys, "set_attribution")
+    use()
     if found is not None:
         extra = query.extras()
         extra.attribution = found.over(extra.attribution)
@@ -194,15 +197,61 @@ def fixed_keys(keys: Mapping[str, Any] | None) -> Keys | None:
             raise ValueError(f"attribution={{{key!r}: {value!r}}}: the value must be 1 to "
                              f"{MAX_VALUE_LENGTH} letters, digits or ._:@/+=- characters, "
                              "e.g. 'chat'")
-    return checked(keys)
+    found = checked(keys)
+    if found is not None:
+        use()
+    return found
 
 
-def attach(ctx, fixed: Keys | None) -> None:
-    """Gives a starting query the keys in force (called by the decorator only when some are)."""
+# --- the query path (hooks.py): registered on first use, never at import ---------------------------
+
+def start_hook(ctx) -> None:
+    """Gives a starting query the keys in force: those of the code around it over the fixed
+    ones of its monitored_query."""
     keys = CURRENT_KEYS.get()
+    fixed = ctx.owner.attribution
     if fixed is not None:
         keys = fixed if keys is None else keys.over(fixed)
-    ctx.extras().attribution = keys
+    if keys is not None:
+        ctx.extras().attribution = keys
+
+
+def finish_hook(ctx, done) -> None:
+    """Counts an attributed query and puts its keys in its record."""
+    extra = ctx.extra
+    keys = extra.attribution if extra is not None else None
+    if keys is None:
+        return
+    observe(ctx.owner.metrics, keys, done.settlement)
+    if done.record is not None:
+        done.record["attribution"] = keys.values
+
+
+def use() -> None:
+    """Joins the query path (once): called when attribution is first used."""
+    if not _registered:
+        _register()
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    on_start(start_hook)
+    on_finish(finish_hook)
+    _registered = True
+
+
+def stop_using() -> None:
+    """Leaves the query path (tests; the next use joins it again)."""
+    global _registered
+    remove(start_hook)
+    remove(finish_hook)
+    _registered = False
+
+
+FIRST_USE.activate = use  # request_context(**keys) and the middleware bind keys through keys.bind
 
 
 # --- bounded metrics --------------------------------------------------------------------------

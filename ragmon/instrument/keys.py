@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .runtime import default_metrics, recording_failed
 
@@ -45,12 +45,25 @@ class Keys:
 CURRENT_KEYS: ContextVar[Keys | None] = ContextVar("ragmon_attribution", default=None)
 
 
+class FirstUse:
+    """What joins attribution to the query path the first time keys are bound: attribution.py
+    sets ``activate`` when it is imported (it registers the per-query hooks, see hooks.py), so
+    request_context() and the middleware can bind keys without importing it."""
+
+    activate: Callable[[], None] | None = None
+
+
+FIRST_USE = FirstUse()
+
+
 def bind(keys: Mapping[str, Any], source: str):
     """Sets `keys` on top of the current ones; returns the ContextVar token to reset, or None
     when there was nothing to set (request_context, the middleware)."""
     found = checked(keys, source)
     if found is None:
         return None
+    if FIRST_USE.activate is not None:
+        FIRST_USE.activate()
     return CURRENT_KEYS.set(found.over(CURRENT_KEYS.get()))
 
 

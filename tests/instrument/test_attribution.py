@@ -17,6 +17,14 @@ from tests.conftest import make_settings
 MODEL = "gpt-4o-mini"
 
 
+@pytest.fixture(autouse=True)
+def leaves_the_query_path():
+    """Attribution joins the query path on first use; each test leaves it as it found it."""
+    yield
+    from ragmon.instrument.attribution import stop_using
+    stop_using()
+
+
 def sample(registry, name, **labels):
     return registry.get_sample_value(name, labels) or 0.0
 
