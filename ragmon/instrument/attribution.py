@@ -40,6 +40,7 @@ the budget; both exist for the budgeted values only, so the budget file bounds t
 """
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -223,7 +224,11 @@ def finish_hook(ctx, done) -> None:
     keys = extra.attribution if extra is not None else None
     if keys is None:
         return
-    observe(ctx.owner.metrics, keys, done.settlement)
+    metrics = ctx.owner.metrics
+    ledger = metrics.attribution_ledger
+    if ledger is None or ledger.stale:
+        ledger = ledger_of(metrics)
+    ledger.observe(keys, done.settlement)
     if done.record is not None:
         done.record["attribution"] = keys.values
 
@@ -340,9 +345,9 @@ class _Tally:
         self.spend = 0.0
         self.tokens: dict[str, int] = {}  # token_type -> tokens
 
-    def add(self, cost: float, labelled: tuple) -> None:
-        """One query: its cost and its billed tokens as (token_type, count) pairs."""
-        self.queries += 1
+    def add(self, queries: int, cost: float, labelled) -> None:
+        """Queries, their cost and their billed tokens as (token_type, count) pairs."""
+        self.queries += queries
         self.spend += cost
         if labelled:
             tokens = self.tokens
@@ -370,8 +375,8 @@ class _Series:
         self.add_query = adder(metrics.attributed_queries.labels(key, value))
         self.token_adders: dict[str, Any] = {}  # token_type -> its child's writer
 
-    def add(self, cost: float, labelled: tuple) -> None:
-        self.add_query(1)
+    def add(self, queries: int, cost: float, labelled) -> None:
+        self.add_query(queries)
         if cost:
             self.add_spend(cost)
         adders = self.token_adders
@@ -396,6 +401,7 @@ class AttributionLedger:
     twice or not at all, even while a value's counts move into ``other``. In multi-process mode
     they are the metric children (``_Series``), whose values live in the worker's files."""
 
+    BATCH = 256  # queued queries applied together (one process)
     stale = False  # the settings changed: ledger_of() makes a new one, which takes the counts
 
     def __init__(self, metrics, settings, clock: Callable[[], float] = time.monotonic,
@@ -403,7 +409,7 @@ class AttributionLedger:
         self.metrics = metrics
         self.keys = tuple(settings.ATTRIBUTION_KEYS)
         self.k = settings.ATTRIBUTION_TOP_K
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.heavy = {key: HeavyValues(self.k, clock=clock) for key in self.keys}
         self.multiprocess = multiprocess_mode()
         make = ((lambda key, value: _Series(metrics, key, value)) if self.multiprocess
@@ -415,12 +421,16 @@ class AttributionLedger:
                         for key in self.keys}
         self.per_key = tuple((key, self.slots[key], self.heavy[key], self.other[key])
                              for key in self.keys)
+        self.pending: collections.deque = collections.deque()
+        self.previous = previous if not self.multiprocess else None
         # Multi-process mode keeps the frozen series of values that left (see the module
         # docstring); at most this many per key, after which the set stops changing.
         self.frozen: dict[str, int] = dict.fromkeys(self.keys, 0)
         self.max_frozen = 10 * self.k
         if previous is not None and not self.multiprocess:
             with previous.lock:  # its counts stay in the sums, under "other"
+                previous._apply_pending()
+                previous.previous = None
                 for key in set(previous.keys) & set(self.keys):
                     for tally in (*previous.slots[key].values(), previous.other[key]):
                         self.other[key].absorb(tally)
@@ -452,6 +462,7 @@ class AttributionLedger:
         tokens), read under the lock (one process)."""
         out = []
         with self.lock:
+            self._apply_pending()
             for key in self.keys:
                 for tally in (*self.slots[key].values(), self.other[key]):
                     if field == "tokens":
@@ -468,18 +479,15 @@ class AttributionLedger:
                 self.metrics.attribution_invalid_values.labels(
                     key if key in self.heavy else "unconfigured").inc()
         cost = 0.0
-        labelled: tuple = ()
+        labelled = ()
         if settlement is not None:
             lines = settlement.lines
-            counts = None
-            if len(lines) == 1:  # the usual query: one model
-                for line in lines.values():
-                    if line.cost is not None:  # past the cost bound: left out, as count() does
-                        cost, counts = line.cost, line.tokens
+            if len(lines) == 1 and settlement.cost is not None:  # the usual query: one model
+                cost, counts = settlement.cost, settlement.tokens
             else:
                 counts = {}
                 for line in lines.values():
-                    if line.cost is None:
+                    if line.cost is None:  # past the cost bound: left out, as count() does
                         continue
                     cost += line.cost
                     for kind, value in line.tokens.items():
@@ -487,27 +495,73 @@ class AttributionLedger:
                             counts[kind] = counts.get(kind, 0) + value
             if counts:
                 labels = _TOKEN_LABELS
-                labelled = tuple((labels[kind], n) for kind, n in counts.items()
-                                 if n and labels[kind] is not None)
+                labelled = [(labels[kind], n) for kind, n in counts.items()
+                            if n and labels[kind] is not None]
         values = keys.values
-        with self.lock:
-            for key, slots, heavy, other in self.per_key:
-                value = values.get(key)
-                if value is None:
-                    continue
-                slot = slots.get(value)
-                change = heavy.add(value, cost)
-                if slot is None:
-                    if change is not None:
-                        slot = self._admit(key, *change)
-                    if slot is None:
-                        slot = other
-                slot.add(cost, labelled)
+        if self.multiprocess:  # the values live in the files: written now, for every scrape
+            with self.lock:
+                self._apply(values, 1, cost, labelled)
+        else:
+            # Queued (deque appends are atomic), applied in batches by whoever passes
+            # BATCH queries or scrapes: a batch pays the lock once and updates each key set
+            # it holds once, and a scrape applies every query that finished before it.
+            pending = self.pending
+            pending.append((values, cost, labelled))
+            if len(pending) >= self.BATCH:
+                with self.lock:
+                    self._apply_pending()
         if self.budgets and cost:
             for key, value in values.items():
                 budget = self.budget_spend.get((key, value))
                 if budget is not None:
                     budget(cost)
+
+    def _apply_pending(self) -> None:
+        """Applies the queued queries (under the lock), grouped by their key set: the queries
+        of one request share its Keys (keys.checked keeps them), so a batch of a heavy tenant
+        becomes one update."""
+        pending = self.pending
+        previous = self.previous
+        if previous is not None and previous.pending:  # queued by a query that began before
+            take = previous.pending.popleft            # configure(): counted here
+            while previous.pending:
+                try:
+                    pending.append(take())
+                except IndexError:
+                    break
+        pop = pending.popleft
+        groups: dict[int, list] = {}
+        while pending:
+            try:
+                values, cost, labelled = pop()
+            except IndexError:
+                break
+            group = groups.get(id(values))
+            if group is None:
+                groups[id(values)] = [values, 1, cost, dict(labelled)]
+            else:
+                group[1] += 1
+                group[2] += cost
+                tokens = group[3]
+                for label, n in labelled:
+                    tokens[label] = tokens.get(label, 0) + n
+        for values, queries, cost, tokens in groups.values():
+            self._apply(values, queries, cost, tokens.items())
+
+    def _apply(self, values: dict, queries: int, cost: float, labelled) -> None:
+        """Counts `queries` queries of the key set `values`, their cost and billed tokens."""
+        for key, slots, heavy, other in self.per_key:
+            value = values.get(key)
+            if value is None:
+                continue
+            slot = slots.get(value)
+            change = heavy.add(value, cost)
+            if slot is None:
+                if change is not None:
+                    slot = self._admit(key, *change)
+                if slot is None:
+                    slot = other
+            slot.add(queries, cost, labelled)
 
     def _admit(self, key: str, value: str, replaced: str | None):
         slots = self.slots[key]
