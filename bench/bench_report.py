@@ -15,7 +15,10 @@ its peak memory is measured alone and includes interpreter and imports. In the s
   layout, with the rollups `compact` writes beside each day, plus the JSONL day (target: under
   10 s, under 2 GB, within 1.5x the bare scan of the JSONL day), and once with --exact (every
   record read);
-* with --compact, `compact` of one past day of --records records.
+* with --compact, `compact` of one past day of --records records;
+* with --by-tenant, `report --by tenant` over --records records carrying 100,000 tenants (a
+  skewed mix) beside the plain report of the same files (target: within 1.5x of it; the two
+  agree on the total spend and queries). --by-tenant alone skips the other measurements.
 """
 from __future__ import annotations
 
@@ -252,7 +255,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each 1M measurement, interleaved (default 3; medians)")
     parser.add_argument("--show-report", action="store_true", help="print the text report too")
+    parser.add_argument("--by-tenant", action="store_true",
+                        help="only time report --by tenant against the plain report, over "
+                        "--records records with 100,000 tenants")
     args = parser.parse_args(argv)
+    if args.by_tenant:
+        by_tenant_rows(args.records, args.repeat, Path(args.keep) if args.keep else None)
+        return
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_report_"))
     log_dir = base / "jsonl"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -351,6 +360,71 @@ def main(argv=None) -> None:
     finally:
         for path in cleanup:
             shutil.rmtree(path, ignore_errors=True)
+
+
+TENANTS = 100_000
+
+
+def write_attributed(log_dir: Path, n: int, end: float, seed: int = 22) -> None:
+    """The synthetic records, each attributed to one of TENANTS tenants (a Zipf-like mix: a few
+    heavy ones, a long tail) and one of three features."""
+    import bisect
+    import itertools
+    rng = random.Random(seed)
+    weights = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(TENANTS)))
+    sink = DailyFileSink(log_dir)
+    for record, finish in synthetic_records(n, end):
+        tenant = bisect.bisect_left(weights, rng.random() * weights[-1])
+        record["attribution"] = {"tenant": f"tenant-{tenant:05d}",
+                                 "feature": ("chat", "search", "summaries")[tenant % 3]}
+        sink.write(record, at=finish)
+    sink.close()
+
+
+def by_tenant_rows(records: int, repeat: int, keep: Path | None) -> None:
+    """report --by tenant against the plain report over the same attributed JSONL files,
+    interleaved, medians; the two totals are compared (exact: the same records, the same cent)."""
+    import json
+    base = keep or Path(tempfile.mkdtemp(prefix="bench_by_tenant_"))
+    log_dir = base / "attributed"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        start = time.perf_counter()
+        if not any(log_dir.glob("*_performance.jsonl")):
+            write_attributed(log_dir, records, time.time())
+        written = time.perf_counter() - start
+        plain = [sys.executable, str(ROOT / "m2_3_report.py"), "report", "--hours", "24",
+                 "--format", "json", "--log-dir", str(log_dir)]
+        by = plain + ["--by", "tenant"]
+        runs: dict = {"plain": [], "by": []}
+        for _ in range(repeat):
+            runs["plain"].append(measure(plain))
+            runs["by"].append(measure(by))
+        plain_run, by_run = median_run(runs["plain"]), median_run(runs["by"])
+        report, by_report = json.loads(plain_run["output"]), json.loads(by_run["output"])
+        total = by_report["total"]
+        parts = [*by_report["values"], by_report["rest"], by_report["without_key"]]
+        exact = (total["queries"] == report["totals"]["requests"]
+                 == sum(p["queries"] for p in parts)
+                 and round(total["spend"], 2) == round(report["cost"]["total"], 2)
+                 == round(sum(p["spend"] for p in parts), 2))
+        ratio = by_run["seconds"] / plain_run["seconds"]
+        print(table([
+            ("records (attributed)", f"{records:,}, {by_report['distinct_values']:,} tenants "
+                                     f"(written in {written:.1f} s)"),
+            ("runs of each (interleaved; medians below)", str(repeat)),
+            run_row("report --hours 24", plain_run),
+            run_row("report --hours 24 --by tenant", by_run,
+                    f"; {ratio:.2f}x the plain report (target <= 1.5x)"),
+            ("totals agree (queries, spend to the cent)",
+             f"{'yes' if exact else 'NO'}: {total['queries']:,} queries, ${total['spend']:,.2f}"),
+            ("heaviest tenant", f"{by_report['values'][0]['value']}: "
+                                f"${by_report['values'][0]['spend']:,.2f} "
+                                f"({by_report['values'][0]['share_of_spend']:.1%})"),
+            ("load average (1, 5, 15 min)", load_average()), ("cpus", str(os.cpu_count()))]))
+    finally:
+        if keep is None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ the budget; both exist for the budgeted values only, so the budget file bounds t
 """
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import json
@@ -54,9 +55,11 @@ from prometheus_client.metrics_core import Metric
 
 from . import tokens
 from .context import CURRENT_QUERY
-from .keys import (CURRENT_KEYS, KEY_PATTERN, MAX_VALUE_LENGTH, OTHER, VALUE_PATTERN, Keys,
+from .hooks import on_finish, on_start, remove
+from .keys import (CURRENT_KEYS, FIRST_USE, KEY_PATTERN, MAX_VALUE_LENGTH, OTHER, VALUE_PATTERN, Keys,
                    checked)
 from .runtime import default_metrics, recording_failed
+from .writers import adder
 
 log = logging.getLogger("ragmon")
 
@@ -79,6 +82,7 @@ class attribution:
     def __init__(self, **keys: object):
         self.keys = checked(keys)
         self._tokens: list = []
+        use()
 
     def __enter__(self) -> "attribution":
         keys = self.keys
@@ -171,6 +175,7 @@ def set_attribution(**keys: object) -> bool:
                          "monitored query", ", ".join(str(name)[:40] for name in keys))
         return False
     found = checked(keys, "set_attribution")
+    use()
     if found is not None:
         extra = query.extras()
         extra.attribution = found.over(extra.attribution)
@@ -194,15 +199,65 @@ def fixed_keys(keys: Mapping[str, Any] | None) -> Keys | None:
             raise ValueError(f"attribution={{{key!r}: {value!r}}}: the value must be 1 to "
                              f"{MAX_VALUE_LENGTH} letters, digits or ._:@/+=- characters, "
                              "e.g. 'chat'")
-    return checked(keys)
+    found = checked(keys)
+    if found is not None:
+        use()
+    return found
 
 
-def attach(ctx, fixed: Keys | None) -> None:
-    """Gives a starting query the keys in force (called by the decorator only when some are)."""
+# --- the query path (hooks.py): registered on first use, never at import ---------------------------
+
+def start_hook(ctx) -> None:
+    """Gives a starting query the keys in force: those of the code around it over the fixed
+    ones of its monitored_query."""
     keys = CURRENT_KEYS.get()
+    fixed = ctx.owner.attribution
     if fixed is not None:
         keys = fixed if keys is None else keys.over(fixed)
-    ctx.extras().attribution = keys
+    if keys is not None:
+        ctx.extras().attribution = keys
+
+
+def finish_hook(ctx, done) -> None:
+    """Counts an attributed query and puts its keys in its record."""
+    extra = ctx.extra
+    keys = extra.attribution if extra is not None else None
+    if keys is None:
+        return
+    metrics = ctx.owner.metrics
+    ledger = metrics.attribution_ledger
+    if ledger is None or ledger.stale:
+        ledger = ledger_of(metrics)
+    ledger.observe(keys, done.settlement)
+    if done.record is not None:
+        done.record["attribution"] = keys.values
+
+
+def use() -> None:
+    """Joins the query path (once): called when attribution is first used."""
+    if not _registered:
+        _register()
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    on_start(start_hook)
+    on_finish(finish_hook)
+    _registered = True
+
+
+def stop_using() -> None:
+    """Leaves the query path (tests; the next use joins it again)."""
+    global _registered
+    remove(start_hook)
+    remove(finish_hook)
+    _registered = False
+
+
+FIRST_USE.activate = use  # request_context(**keys) and the middleware bind keys through keys.bind
 
 
 # --- bounded metrics --------------------------------------------------------------------------
@@ -277,23 +332,60 @@ class HeavyValues:
         self.scores = {value: score / 2 for value, score in self.scores.items()}
 
 
-class _Slot:
-    """The metric children of one named value (or ``other``) of one key."""
+class _Tally:
+    """The counts of one named value (or ``other``) of one key, in one process: plain numbers
+    under the ledger's lock (one lock per query instead of one per series), exposed by the
+    ledger's collection of the three attributed metrics."""
 
-    __slots__ = ("spend", "queries", "tokens", "value")
+    __slots__ = ("value", "queries", "spend", "tokens")
+
+    def __init__(self, value: str):
+        self.value = value
+        self.queries = 0
+        self.spend = 0.0
+        self.tokens: dict[str, int] = {}  # token_type -> tokens
+
+    def add(self, queries: int, cost: float, labelled) -> None:
+        """Queries, their cost and their billed tokens as (token_type, count) pairs."""
+        self.queries += queries
+        self.spend += cost
+        if labelled:
+            tokens = self.tokens
+            for label, count in labelled:
+                tokens[label] = tokens.get(label, 0) + count
+
+    def absorb(self, other: "_Tally") -> None:
+        """Takes a departing value's counts (into ``other``)."""
+        self.queries += other.queries
+        self.spend += other.spend
+        for label, count in other.tokens.items():
+            self.tokens[label] = self.tokens.get(label, 0) + count
+
+
+class _Series:
+    """The counts of one named value (or ``other``) of one key in multi-process mode: the
+    metric children themselves (their values live in the worker's files), written through
+    value-level writers (writers.py)."""
+
+    __slots__ = ("metrics", "key", "value", "add_spend", "add_query", "token_adders")
 
     def __init__(self, metrics, key: str, value: str):
-        self.value = value
-        self.spend = metrics.attributed_spend.labels(key, value)
-        self.queries = metrics.attributed_queries.labels(key, value)
-        self.tokens: dict[str, Any] = {}
+        self.metrics, self.key, self.value = metrics, key, value
+        self.add_spend = adder(metrics.attributed_spend.labels(key, value))
+        self.add_query = adder(metrics.attributed_queries.labels(key, value))
+        self.token_adders: dict[str, Any] = {}  # token_type -> its child's writer
 
-    def token_child(self, metrics, key: str, token_type: str):
-        child = self.tokens.get(token_type)
-        if child is None:
-            child = self.tokens[token_type] = metrics.attributed_tokens.labels(
-                key, self.value, token_type)
-        return child
+    def add(self, queries: int, cost: float, labelled) -> None:
+        self.add_query(queries)
+        if cost:
+            self.add_spend(cost)
+        adders = self.token_adders
+        for label, count in labelled:
+            add = adders.get(label)
+            if add is None:
+                add = adders[label] = adder(
+                    self.metrics.attributed_tokens.labels(self.key, self.value, label))
+            add(count)
 
 
 def multiprocess_mode() -> bool:
@@ -302,28 +394,51 @@ def multiprocess_mode() -> bool:
 
 class AttributionLedger:
     """The attribution metrics of one catalog: per configured key its HeavyValues and the
-    children of the named values and ``other``; the budgets in force. One lock serializes
-    queries, membership changes and the collection of the three attributed metrics, so a scrape
-    never sees a dollar twice or not at all."""
+    counts of the named values and ``other``; the budgets in force.
 
-    def __init__(self, metrics, settings, clock: Callable[[], float] = time.monotonic):
+    In one process the counts are ``_Tally`` numbers under one lock, which also covers the
+    collection of the three attributed metrics (``samples``), so a scrape never sees a dollar
+    twice or not at all, even while a value's counts move into ``other``. In multi-process mode
+    they are the metric children (``_Series``), whose values live in the worker's files."""
+
+    BATCH = 256  # queued queries applied together (one process)
+    stale = False  # the settings changed: ledger_of() makes a new one, which takes the counts
+
+    def __init__(self, metrics, settings, clock: Callable[[], float] = time.monotonic,
+                 previous: "AttributionLedger | None" = None):
         self.metrics = metrics
         self.keys = tuple(settings.ATTRIBUTION_KEYS)
         self.k = settings.ATTRIBUTION_TOP_K
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.heavy = {key: HeavyValues(self.k, clock=clock) for key in self.keys}
-        self.slots: dict[str, dict[str, _Slot]] = {key: {} for key in self.keys}
-        self.other = {key: _Slot(metrics, key, OTHER) for key in self.keys}
+        self.multiprocess = multiprocess_mode()
+        make = ((lambda key, value: _Series(metrics, key, value)) if self.multiprocess
+                else (lambda key, value: _Tally(value)))
+        self.make = make
+        self.slots: dict[str, dict[str, Any]] = {key: {} for key in self.keys}
+        self.other = {key: make(key, OTHER) for key in self.keys}
         self.changes = {key: metrics.attribution_membership_changes.labels(key)
                         for key in self.keys}
-        self.multiprocess = multiprocess_mode()
+        self.per_key = tuple((key, self.slots[key], self.heavy[key], self.other[key])
+                             for key in self.keys)
+        self.pending: collections.deque = collections.deque()
+        self.previous = previous if not self.multiprocess else None
         # Multi-process mode keeps the frozen series of values that left (see the module
         # docstring); at most this many per key, after which the set stops changing.
         self.frozen: dict[str, int] = dict.fromkeys(self.keys, 0)
         self.max_frozen = 10 * self.k
-        for metric in (metrics.attributed_spend, metrics.attributed_queries,
-                       metrics.attributed_tokens):
-            metric.consistent_with = self.lock
+        if previous is not None and not self.multiprocess:
+            with previous.lock:  # its counts stay in the sums, under "other"
+                previous._apply_pending()
+                previous.previous = None
+                for key in set(previous.keys) & set(self.keys):
+                    for tally in (*previous.slots[key].values(), previous.other[key]):
+                        self.other[key].absorb(tally)
+        if not self.multiprocess:
+            for metric, field in ((metrics.attributed_spend, "spend"),
+                                  (metrics.attributed_queries, "queries"),
+                                  (metrics.attributed_tokens, "tokens")):
+                metric.samples_from = functools.partial(self.samples, field)
         self.budgets: dict[str, dict[str, dict[str, float]]] = {}
         self.budget_spend: dict[tuple[str, str], Any] = {}
         if settings.BUDGETS_FILE:
@@ -339,53 +454,116 @@ class AttributionLedger:
             for value, periods in by_value.items():
                 for period, dollars in periods.items():
                     m.budget_dollars.labels(key, value, period).set(dollars)
-                self.budget_spend[(key, value)] = m.budget_spend.labels(key, value)
+                self.budget_spend[(key, value)] = adder(m.budget_spend.labels(key, value))
         self.budgets = budgets
+
+    def samples(self, field: str) -> list[tuple[dict, float]]:
+        """(labels, value) of every series of one attributed metric (`field`: spend, queries or
+        tokens), read under the lock (one process)."""
+        out = []
+        with self.lock:
+            self._apply_pending()
+            for key in self.keys:
+                for tally in (*self.slots[key].values(), self.other[key]):
+                    if field == "tokens":
+                        out.extend(({"key": key, "value": tally.value, "token_type": label}, n)
+                                   for label, n in tally.tokens.items())
+                    else:
+                        out.append(({"key": key, "value": tally.value}, getattr(tally, field)))
+        return out
 
     def observe(self, keys: Keys, settlement) -> None:
         """Counts one finished query of `keys` and its settlement (None: no usage)."""
-        m = self.metrics
-        for key in keys.invalid:
-            m.attribution_invalid_values.labels(key if key in self.heavy else "unconfigured").inc()
+        if keys.invalid:
+            for key in keys.invalid:
+                self.metrics.attribution_invalid_values.labels(
+                    key if key in self.heavy else "unconfigured").inc()
         cost = 0.0
-        counts: dict[str, int] = {}
+        labelled = ()
         if settlement is not None:
-            for line in settlement.lines.values():
-                if line.cost is None:  # past the cost bound: left out, as count() does
-                    continue
-                cost += line.cost
-                for kind, value in line.tokens.items():
-                    if value:
-                        counts[kind] = counts.get(kind, 0) + value
+            lines = settlement.lines
+            if len(lines) == 1 and settlement.cost is not None:  # the usual query: one model
+                cost, counts = settlement.cost, settlement.tokens
+            else:
+                counts = {}
+                for line in lines.values():
+                    if line.cost is None:  # past the cost bound: left out, as count() does
+                        continue
+                    cost += line.cost
+                    for kind, value in line.tokens.items():
+                        if value:
+                            counts[kind] = counts.get(kind, 0) + value
+            if counts:
+                labels = _TOKEN_LABELS
+                labelled = [(labels[kind], n) for kind, n in counts.items()
+                            if n and labels[kind] is not None]
         values = keys.values
-        with self.lock:
-            for key in self.keys:
-                value = values.get(key)
-                if value is None:
-                    continue
-                slot = self.slots[key].get(value)
-                if slot is None:
-                    change = self.heavy[key].add(value, cost)
-                    if change is not None:
-                        slot = self._admit(key, *change)
-                    if slot is None:
-                        slot = self.other[key]
-                else:
-                    self.heavy[key].add(value, cost)
-                slot.queries.inc()
-                if cost:
-                    slot.spend.inc(cost)
-                for kind, value_count in counts.items():
-                    label = _token_label(kind)
-                    if label is not None:
-                        slot.token_child(m, key, label).inc(value_count)
-            if self.budgets and cost:
-                for key, value in values.items():
-                    budget = self.budget_spend.get((key, value))
-                    if budget is not None:
-                        budget.inc(cost)
+        if self.multiprocess:  # the values live in the files: written now, for every scrape
+            with self.lock:
+                self._apply(values, 1, cost, labelled)
+        else:
+            # Queued (deque appends are atomic), applied in batches by whoever passes
+            # BATCH queries or scrapes: a batch pays the lock once and updates each key set
+            # it holds once, and a scrape applies every query that finished before it.
+            pending = self.pending
+            pending.append((values, cost, labelled))
+            if len(pending) >= self.BATCH:
+                with self.lock:
+                    self._apply_pending()
+        if self.budgets and cost:
+            for key, value in values.items():
+                budget = self.budget_spend.get((key, value))
+                if budget is not None:
+                    budget(cost)
 
-    def _admit(self, key: str, value: str, replaced: str | None) -> _Slot | None:
+    def _apply_pending(self) -> None:
+        """Applies the queued queries (under the lock), grouped by their key set: the queries
+        of one request share its Keys (keys.checked keeps them), so a batch of a heavy tenant
+        becomes one update."""
+        pending = self.pending
+        previous = self.previous
+        if previous is not None and previous.pending:  # queued by a query that began before
+            take = previous.pending.popleft            # configure(): counted here
+            while previous.pending:
+                try:
+                    pending.append(take())
+                except IndexError:
+                    break
+        pop = pending.popleft
+        groups: dict[int, list] = {}
+        while pending:
+            try:
+                values, cost, labelled = pop()
+            except IndexError:
+                break
+            group = groups.get(id(values))
+            if group is None:
+                groups[id(values)] = [values, 1, cost, dict(labelled)]
+            else:
+                group[1] += 1
+                group[2] += cost
+                tokens = group[3]
+                for label, n in labelled:
+                    tokens[label] = tokens.get(label, 0) + n
+        for values, queries, cost, tokens in groups.values():
+            self._apply(values, queries, cost, tokens.items())
+
+    def _apply(self, values: dict, queries: int, cost: float, labelled) -> None:
+        """Counts `queries` queries of the key set `values`, their cost and billed tokens."""
+        for key, slots, heavy, other in self.per_key:
+            value = values.get(key)
+            if value is None:
+                continue
+            slot = slots.get(value)
+            change = heavy.add(value, cost)
+            if slot is None:
+                if change is not None:
+                    slot = self._admit(key, *change)
+                if slot is None:
+                    slot = other
+            slot.add(queries, cost, labelled)
+
+    def _admit(self, key: str, value: str, replaced: str | None):
         slots = self.slots[key]
         if replaced is not None:
             if self.multiprocess:
@@ -397,30 +575,30 @@ class AttributionLedger:
                 self.frozen[key] += 1
                 slots.pop(replaced, None)  # the worker's file keeps it; fold_top_k folds it
             else:
-                self._fold(key, slots.pop(replaced))
+                self.other[key].absorb(slots.pop(replaced))
         self.changes[key].inc()
-        slot = slots[value] = _Slot(self.metrics, key, value)
+        slot = slots[value] = self.make(key, value)
         return slot
 
-    def _fold(self, key: str, slot: _Slot) -> None:
-        """Moves a departing value's counts into ``other`` and drops its series (one process)."""
-        m, other = self.metrics, self.other[key]
-        other.spend.inc(slot.spend._value.get())
-        other.queries.inc(slot.queries._value.get())
-        m.attributed_spend.remove(key, slot.value)
-        m.attributed_queries.remove(key, slot.value)
-        for token_type, child in slot.tokens.items():
-            other.token_child(m, key, token_type).inc(child._value.get())
-            m.attributed_tokens.remove(key, slot.value, token_type)
 
-
-@functools.lru_cache(maxsize=64)
 def _token_label(kind_name: str) -> str | None:
+    """The token_type label of a billed kind (None: a kind only shown, such as reasoning)."""
     try:
         kind = tokens.by_name(kind_name)
     except KeyError:
         return None
     return kind.metric_label if kind.counter == "tokens" else None
+
+
+class _TokenLabels(dict):
+    """kind name -> token_type label (None: not billed apart), filled on first sight."""
+
+    def __missing__(self, kind_name: str):
+        label = self[kind_name] = _token_label(kind_name)
+        return label
+
+
+_TOKEN_LABELS = _TokenLabels()
 
 
 _ledger_lock = threading.Lock()
@@ -429,18 +607,21 @@ _ledger_lock = threading.Lock()
 def ledger_of(metrics) -> AttributionLedger:
     """The catalog's ledger, made on first use from its settings (and again after configure())."""
     ledger = metrics.attribution_ledger
-    if ledger is None:
+    if ledger is None or ledger.stale:
         with _ledger_lock:
             ledger = metrics.attribution_ledger
-            if ledger is None:
-                ledger = metrics.attribution_ledger = AttributionLedger(metrics, metrics.settings)
+            if ledger is None or ledger.stale:
+                ledger = metrics.attribution_ledger = AttributionLedger(
+                    metrics, metrics.settings, previous=ledger)
     return ledger
 
 
 def observe(metrics, keys: Keys, settlement) -> None:
     """The decorator's one call for an attributed query; a failure is counted, never raised."""
     try:
-        ledger = metrics.attribution_ledger or ledger_of(metrics)
+        ledger = metrics.attribution_ledger
+        if ledger is None or ledger.stale:
+            ledger = ledger_of(metrics)
         ledger.observe(keys, settlement)
     except Exception as failure:
         recording_failed(metrics, "recording", "counting an attributed query failed: %r", failure)

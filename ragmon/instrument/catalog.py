@@ -21,6 +21,7 @@ import threading
 from typing import Callable, Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 from ..checks import MAX_LABEL_LENGTH, check_count, safe_label
 from .notices import WarningLimiter
@@ -119,18 +120,22 @@ class LabelGuard:
         return overflow
 
 
-class ConsistentCounter(Counter):
-    """A Counter whose collection can hold a lock (``consistent_with``) that its writers hold
-    while they move counts between its series, so a scrape sees every count exactly once."""
+class LedgerCounter(Counter):
+    """A Counter whose samples another object may keep (``samples_from``: a callable giving
+    (labels, value) pairs, read under that object's lock), so counts can move between its
+    series and a scrape still sees each once: the attribution ledger's (attribution.py). Without
+    one it is a plain Counter (multi-process mode, where the values live in the files)."""
 
-    consistent_with = None
+    samples_from = None
 
     def collect(self):
-        lock = self.consistent_with
-        if lock is None:
+        source = self.samples_from
+        if source is None:
             return super().collect()
-        with lock:
-            return list(super().collect())
+        family = Metric(self._name, self._documentation, "counter")
+        for labels, value in source():
+            family.add_sample(self._name + "_total", labels, value)
+        return [family]
 
 
 class GuardedMetric:
@@ -228,8 +233,8 @@ class RAGMetrics:
         def counter(name, doc, labels=()):
             return Counter(name, doc, labels, registry=self.registry)
 
-        def consistent_counter(name, doc, labels):
-            return ConsistentCounter(name, doc, labels, registry=self.registry)
+        def ledger_counter(name, doc, labels):
+            return LedgerCounter(name, doc, labels, registry=self.registry)
 
         def gauge(name, doc, labels, mode):
             return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
@@ -326,15 +331,15 @@ class RAGMetrics:
             "the client's disconnect.", ["method", "route"], QUERY_LATENCY_BUCKETS)
         # Who spends it (attribution.py): per key at most ATTRIBUTION_TOP_K named values, the
         # rest under value="other"; the sum over value is the total of the attributed queries.
-        self.attributed_spend = consistent_counter(
+        self.attributed_spend = ledger_counter(
             f"{P}attributed_spend_dollars_total", "Money spent by attributed queries, by "
             "attribution key and value (the heaviest values by recent spend; the rest under "
             "value=\"other\"); the sum over value is the key's whole spend.", ["key", "value"])
-        self.attributed_tokens = consistent_counter(
+        self.attributed_tokens = ledger_counter(
             f"{P}attributed_tokens_total", "Billed tokens of attributed queries, by attribution "
             "key, value (heaviest values; the rest under \"other\") and token type.",
             ["key", "value", "token_type"])
-        self.attributed_queries = consistent_counter(
+        self.attributed_queries = ledger_counter(
             f"{P}attributed_queries_total", "Attributed queries finished (any status), by "
             "attribution key and value (heaviest values; the rest under \"other\").",
             ["key", "value"])
@@ -394,7 +399,8 @@ class RAGMetrics:
         """Forgets settings and prices read from the process-wide settings (after configure())."""
         if self._follows_process_settings:
             self._settings = None
-            self.attribution_ledger = None
+            if self.attribution_ledger is not None:  # remade on next use, its counts kept
+                self.attribution_ledger.stale = True
         if not self._own_price_table:
             self._price_table = None
 

@@ -17,6 +17,14 @@ from tests.conftest import make_settings
 MODEL = "gpt-4o-mini"
 
 
+@pytest.fixture(autouse=True)
+def leaves_the_query_path():
+    """Attribution joins the query path on first use; each test leaves it as it found it."""
+    yield
+    from ragmon.instrument.attribution import stop_using
+    stop_using()
+
+
 def sample(registry, name, **labels):
     return registry.get_sample_value(name, labels) or 0.0
 
@@ -368,3 +376,20 @@ def test_a_bad_budgets_file_never_breaks_queries(tmp_path, registry):
         assert query(metrics)() == {"input_tokens": 1000, "output_tokens": 100}
     assert sample(registry, "rag_instrumentation_errors_total", reason="budgets_file") == 1
     assert sample(registry, "rag_attributed_queries_total", key="tenant", value="acme") == 1
+
+
+def test_counts_survive_a_settings_change(registry, monkeypatch):
+    from ragmon.instrument import attribution as feature
+    metrics = RAGMetrics(registry=registry)  # follows the process settings
+    monkeypatch.setattr(metrics, "_settings", make_settings(ATTRIBUTION_TOP_K=2))
+    answer = query(metrics)
+    for tenant in ("a", "b", "c"):
+        with attribution(tenant=tenant):
+            answer()
+    before = feature.ledger_of(metrics)
+    metrics.settings_changed()  # as ragmon.configure() does
+    monkeypatch.setattr(metrics, "_settings", make_settings(ATTRIBUTION_TOP_K=5))
+    with attribution(tenant="d"):
+        answer()
+    assert feature.ledger_of(metrics) is not before
+    assert_exact(registry, "tenant", 4)

@@ -2,11 +2,20 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from ragmon import monitored_query, set_attribution
 from ragmon.serving.asgi import RAGMonitoringMiddleware
 from tests.serving.test_streams import Served
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_query_path():
+    """Attribution joins the query path on first use; each test leaves it as it found it."""
+    yield
+    from ragmon.instrument.attribution import stop_using
+    stop_using()
 
 
 def app_with(metrics, sink, **middleware):
