@@ -42,6 +42,12 @@ log = logging.getLogger("ragmon")
 _perf = time.perf_counter
 _time = time.time
 _REAL = (int, float)
+_new = object.__new__
+
+
+def _good_name(name: str) -> bool:
+    """Whether a returned model name is labelled and recorded as it is."""
+    return bool(name) and not name.isspace() and len(name) <= MAX_LABEL_LENGTH and name.isprintable()
 
 _warned_without_usage: set[str] = set()
 
@@ -156,9 +162,35 @@ class Instrumented:
 
             # The usages of the query, in order: what it reported while it ran, then its result.
             usages = relevance = precision = hand = raw = r_model = returned = None
-            if type(result) is dict:
-                relevance, precision, hand, raw, r_model = self._read_dict(result)
-                if hand is None and "usage" in result:
+            if type(result) is dict:  # _read_dict, inlined for the usual result
+                get = result.get
+                relevance, precision, r_model = (get("relevance_score"),
+                                                 get("context_precision"), get("model"))
+                if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
+                        and (precision is None
+                             or (type(precision) in _REAL and 0 <= precision <= 1))
+                        and (r_model is None or type(r_model) is str and _good_name(r_model))):
+                    relevance, precision, r_model = self._checked(
+                        (relevance, precision, r_model), _SCORE_FIELDS)
+                p = tokens.plan()
+                present = result.keys() & p.field_set
+                if present:
+                    name_of = p.name_of
+                    counts = {}  # read straight into kind names: no second pass over them
+                    for field in present:
+                        value = get(field)
+                        if type(value) is not int or value < 0:
+                            value = self._count_of(field, value)
+                        if value:
+                            counts[name_of[field]] = value
+                    if len(counts) <= 2 and len(counts) == ("input" in counts) + ("output" in counts):
+                        hand = _new(Usage)  # Usage.of_kinds of wholes alone, inlined
+                        hand.tokens, hand.by_hand = counts, True
+                        if r_model is not None:
+                            hand.model = r_model
+                    else:
+                        hand, raw = self._usage_of(counts, r_model)
+                elif "usage" in result:
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None:
                 if isinstance(result, Mapping):
@@ -261,10 +293,7 @@ class Instrumented:
                                          get("model"))
         if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
                 and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                and (r_model is None or (type(r_model) is str and r_model
-                                         and not r_model.isspace()
-                                         and len(r_model) <= MAX_LABEL_LENGTH
-                                         and r_model.isprintable()))):
+                and (r_model is None or type(r_model) is str and _good_name(r_model))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
         # A dict's keys say which fields it has; a Mapping of the application's own is asked
@@ -278,19 +307,25 @@ class Instrumented:
         for field in present:
             value = get(field)
             if type(value) is not int or value < 0:
-                if value is None:
-                    continue
-                value = self._checked((value,), ((field, check_count),))[0]
-                if value is None:
-                    continue
+                value = self._count_of(field, value)
             if value:
                 counts[name_of[field]] = value
+        hand, raw = self._usage_of(counts, r_model)
+        return relevance, precision, hand, raw, r_model
+
+    def _count_of(self, field: str, value: object) -> int | None:
+        """A returned token count that is not a plain int >= 0: checked (a bad one logged,
+        counted and left out)."""
+        if value is None:
+            return None
+        return self._checked((value,), ((field, check_count),))[0]
+
+    def _usage_of(self, counts: dict, r_model: str | None) -> tuple:
+        """(the Usage of counts by kind name, None) or (None, the raw counts refused)."""
         try:
-            usage = Usage.of_kinds(counts, r_model, None, True)
+            return Usage.of_kinds(counts, r_model, None, True), None
         except PartsExceedWhole as problem:
-            return (relevance, precision, None, refused(self.metrics, self.operation, problem),
-                    r_model)
-        return relevance, precision, usage, None, r_model
+            return None, refused(self.metrics, self.operation, problem)
 
     def _checked(self, values: tuple, checks: tuple) -> list:
         """Each bad value logged, counted and replaced by None."""

@@ -288,6 +288,7 @@ SEVENTH_KIND = textwrap.dedent('''
         "report": table.column("audio_input_tokens").to_pylist(),
         "history": history.column("audio_input_tokens").to_pylist(),
         "history_files": len(list(log_dir.glob("history/*"))),
+        "help": [m.documentation for m in metrics.registry.collect() if m.name == "rag_tokens"],
     }))
 ''')
 
@@ -310,6 +311,8 @@ def test_a_seventh_token_kind_is_one_row_in_tokens_py(tmp_path):
     assert seen["record"]["audio_input"] == 50 and seen["record"]["input"] == 100
     assert seen["report"] == [50]
     assert seen["history"] == [50] and seen["history_files"] >= 1
+    [help_text] = seen["help"]  # rag_tokens_total's help names the kinds of the table
+    assert "(input, output, cached_input, cache_write_5m, cache_write_1h, audio_input)" in help_text
 
 
 def test_a_price_with_long_context_tiers_prices_each_call_by_its_own_prompt(records):
