@@ -93,6 +93,7 @@ class Instrumented:
             # The hottest updates as plain functions, made once (writers.py).
             self.observe_latency = sampled_observer(self.latency)
             self.add_in_flight = adder(self.in_flight)
+            self.series_of = self.series  # the bound method settle() is given, made once
             self.count_success = adder(self.succeeded)
             # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
             self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
@@ -230,7 +231,7 @@ class Instrumented:
             day = int(now // 86400)
             model = ctx.model if r_model is None else r_model
             if usages:
-                settlement = settle(usages, model, day, self.series)
+                settlement = settle(usages, model, day, self.series_of)
                 count(settlement, self.metrics, self.operation, first_token)
                 if first_token is not None and not settlement.lines:
                     self.series(model, day).child("ttft").observe(first_token)

@@ -93,7 +93,7 @@ def encode(record: dict) -> bytes:
         orjson = _import_orjson()
     if orjson:
         try:
-            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            return _orjson_dumps(record, option=_APPEND_NEWLINE)
         except (TypeError, ValueError):
             # A key that is not a string or a value orjson does not know (attributes or
             # metadata): OPT_NON_STR_KEYS writes such keys as JSON would and default=str the
@@ -106,10 +106,14 @@ def encode(record: dict) -> bytes:
     return _json_dumps(record)
 
 
+_orjson_dumps = _APPEND_NEWLINE = None  # orjson.dumps and its option, once imported
+
+
 def _import_orjson():
-    global _orjson
+    global _orjson, _orjson_dumps, _APPEND_NEWLINE
     try:
         import orjson
+        _orjson_dumps, _APPEND_NEWLINE = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         _orjson = orjson
     except ImportError:
         _orjson = False
