@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from ..checks import MAX_LABEL_LENGTH, check_count, check_name, check_score, safe_label
 from . import tokens
 from .accounting import (STREAM_WITHOUT_USAGE_HINT, ModelSeries, Settlement, count, refused,
-                         settle)
+                         settle, settle_plain)
 from .catalog import CHILD_CACHE_SIZE, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
 from .exemplars import sampled_observer
@@ -162,7 +162,7 @@ class Instrumented:
                 status, error_type = self._count_failure(exc)
 
             # The usages of the query, in order: what it reported while it ran, then its result.
-            usages = relevance = precision = hand = raw = r_model = returned = None
+            usages = relevance = precision = hand = raw = r_model = returned = plain = None
             if type(result) is dict:  # _read_dict, inlined for the usual result
                 get = result.get
                 relevance, precision, r_model = (get("relevance_score"),
@@ -185,10 +185,7 @@ class Instrumented:
                         if value:
                             counts[name_of[field]] = value
                     if len(counts) <= 2 and len(counts) == ("input" in counts) + ("output" in counts):
-                        hand = _new(Usage)  # Usage.of_kinds of wholes alone, inlined
-                        hand.tokens, hand.by_hand = counts, True
-                        if r_model is not None:
-                            hand.model = r_model
+                        plain = counts  # wholes alone: no part to check against them
                     else:
                         hand, raw = self._usage_of(counts, r_model)
                 elif "usage" in result:
@@ -222,15 +219,31 @@ class Instrumented:
                     usages = [returned]
                 else:
                     usages.append(returned)
-            if hand is not None:
+            if hand is not None:  # the counts of its returned dict
                 if usages is None:
-                    usages = [hand]  # the usual query: the counts of its returned dict
+                    usages = [hand]
                 else:
                     usages.append(hand)
             now = _time()
             day = int(now // 86400)
             model = ctx.model if r_model is None else r_model
-            if usages:
+            settlement = None
+            if plain is not None:
+                if usages is None and first_token is None:
+                    # The usual query: input and output from its returned dict, nothing else.
+                    settlement = settle_plain(plain, self.series_of(model, day), self.metrics)
+                if settlement is None:  # the whole way: settle() and count()
+                    hand = _new(Usage)  # Usage.of_kinds of wholes alone, inlined
+                    hand.tokens, hand.by_hand = plain, True
+                    if r_model is not None:
+                        hand.model = r_model
+                    if usages is None:
+                        usages = [hand]
+                    else:
+                        usages.append(hand)
+            if settlement is not None:
+                pass
+            elif usages:
                 settlement = settle(usages, model, day, self.series_of)
                 count(settlement, self.metrics, self.operation, first_token)
                 if first_token is not None and not settlement.lines:
