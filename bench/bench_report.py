@@ -404,15 +404,15 @@ TENANTS = 100_000
 
 
 def write_attributed(log_dir: Path, n: int, end: float, seed: int = 22) -> None:
-    """The synthetic records, each attributed to one of TENANTS tenants (a Zipf-like mix: a few
-    heavy ones, a long tail) and one of three features."""
+    """The synthetic records, each attributed to one of TENANTS tenants (every tenant once, then
+    a Zipf-like mix: a few heavy ones, a long tail) and one of three features."""
     import bisect
     import itertools
     rng = random.Random(seed)
     weights = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(TENANTS)))
     sink = DailyFileSink(log_dir)
-    for record, finish in synthetic_records(n, end):
-        tenant = bisect.bisect_left(weights, rng.random() * weights[-1])
+    for i, (record, finish) in enumerate(synthetic_records(n, end)):
+        tenant = i if i < TENANTS else bisect.bisect_left(weights, rng.random() * weights[-1])
         record["attribution"] = {"tenant": f"tenant-{tenant:05d}",
                                  "feature": ("chat", "search", "summaries")[tenant % 3]}
         sink.write(record, at=finish)
