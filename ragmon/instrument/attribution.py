@@ -27,8 +27,11 @@ No dollar is lost to the cap: every dollar of an attributed query is in exactly 
 each key, so the sum over ``value`` equals the query totals at every scrape. When a value leaves
 the named set its series cannot just be dropped (its dollars would vanish from the sum) nor kept
 (the cap): in one process its counts move into ``other`` and the series goes, atomically with
-respect to a scrape (the ledger's lock is held while the three metrics are collected). In
-multi-process mode (PROMETHEUS_MULTIPROC_DIR) a worker's file keeps the frozen series, and the
+respect to a scrape (the ledger's lock is held while the three metrics are collected). In one
+process a finished query is queued and applied in batches (grouped by key set: one update per
+request's keys, one lock per batch); a scrape applies the queue first, so it sees every query
+that finished before it. In multi-process mode (PROMETHEUS_MULTIPROC_DIR) each query is written
+to the worker's files at once; they keep the frozen series of values that left, and the
 ``/metrics`` merge (``fold_top_k``) names the K values heaviest across all workers and folds the
 rest into ``other``, exactly. ``increase()`` over a window that holds a membership change counts
 the departed value's earlier spend once more under ``other``: that is why changes are rare and
@@ -614,17 +617,6 @@ def ledger_of(metrics) -> AttributionLedger:
                 ledger = metrics.attribution_ledger = AttributionLedger(
                     metrics, metrics.settings, previous=ledger)
     return ledger
-
-
-def observe(metrics, keys: Keys, settlement) -> None:
-    """The decorator's one call for an attributed query; a failure is counted, never raised."""
-    try:
-        ledger = metrics.attribution_ledger
-        if ledger is None or ledger.stale:
-            ledger = ledger_of(metrics)
-        ledger.observe(keys, settlement)
-    except Exception as failure:
-        recording_failed(metrics, "recording", "counting an attributed query failed: %r", failure)
 
 
 # --- the multi-process merge ------------------------------------------------------------------
