@@ -8,8 +8,10 @@ Two promises shape this module:
 - The per-query cost stays small. Labelled children are resolved once per operation/model and
   cached; a query costs one context switch-in/out plus the metric updates themselves.
 
-Tokens and dollars are settled by ``accounting.settle`` and the record is built from its result;
-stages live in ``stages``, the helpers a query calls in ``helpers``, streams in ``streams``.
+Tokens and dollars are settled by ``accounting.settle`` (the usual returned dict by its one-pass
+``settle_plain``) and the record is built from its result; stages live in ``stages``, the
+helpers a query calls in ``helpers``, streams in ``streams``; metric updates go through
+``writers``. A per-query feature joins through ``hooks`` (see there how, at no cost when unused).
 """
 from __future__ import annotations
 
