@@ -30,7 +30,7 @@ from .context import CURRENT_QUERY, QueryContext
 from .exemplars import sampled_observer
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
-from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
+from .runtime import (STATE, UNSET, current_request_log, default_metrics, is_safe_label,
                       note_unreadable, recording_failed, safe_name)
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .hooks import HOOKS, Finished, run_finish_hooks, run_start_hooks
@@ -113,10 +113,20 @@ class Instrumented:
         sink = self._request_log
         if sink is None:
             sink = STATE.request_log  # resolved by resolve(); configure_request_log() may change it
+            if sink is UNSET:  # configure() since: resolved again from the new settings
+                sink = self._process_sink()
         ctx = QueryContext(self, self.operation, self.model, _perf(), sink or None)
         if HOOKS.start:
             run_start_hooks(ctx)
         return ctx
+
+    def _process_sink(self):
+        try:
+            return current_request_log()
+        except Exception as failure:
+            recording_failed(self.metrics, "setup", "the request log could not be opened: %r",
+                             failure)
+            return None
 
     def series(self, model: str | None, day: int):
         """The priced metric children of `model` for this operation (accounting.ModelSeries)."""
