@@ -28,7 +28,7 @@ from typing import Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
-from .records import iso_utc
+from .records import QUALITY_FILE_SUFFIX, DailyFileSink, iso_utc
 from .runtime import cached_child, current_request_log, default_metrics, recording_failed, safe_name
 
 log = logging.getLogger("ragmon")
@@ -431,10 +431,31 @@ def _sink(request_log):
     return request_log or None
 
 
+_quality_sinks: "weakref.WeakKeyDictionary[DailyFileSink, DailyFileSink]" = \
+    weakref.WeakKeyDictionary()
+
+
+def quality_sink(sink):
+    """Where evaluation and feedback records go: beside a file sink's request records, in
+    LOG_DIR/YYYYMMDD_quality.jsonl; any other sink (stderr, the application's own) receives them
+    itself, told apart by their "kind"."""
+    if type(sink) is not DailyFileSink:
+        return sink
+    found = _quality_sinks.get(sink)
+    if found is None:
+        with _states_lock:
+            found = _quality_sinks.get(sink)
+            if found is None:
+                found = _quality_sinks[sink] = DailyFileSink(
+                    sink.log_dir, sink.path_check_interval, file_suffix=QUALITY_FILE_SUFFIX)
+    return found
+
+
 def _write(metrics: RAGMetrics, request_log, fields: dict, now: float) -> None:
     sink = _sink(request_log)
     if sink is None:
         return
+    sink = quality_sink(sink)
     kind = fields.pop("kind")
     try:
         settings = metrics.settings
