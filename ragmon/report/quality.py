@@ -170,15 +170,22 @@ def _groups(con, key_sql: str, names: list[str]) -> list[dict]:
         for i, name in enumerate(names):
             value, count = (rest[2 * i], rest[2 * i + 1]) if rest else (None, 0)
             if count:
-                scores[name] = {"mean": value, "count": int(count)}
-        out.append({"key": key, "requests": int(requests), "mean_score": mean, "scores": scores,
+                scores[name] = {"mean": _r(value), "count": int(count)}
+        out.append({"key": key, "requests": int(requests), "mean_score": _r(mean),
+                    "scores": scores,
                     "feedback": {"positive": int(positive), "negative": int(negative),
                                  "neutral": int(neutral)},
-                    "negative_share": negative / feedback if feedback else None,
+                    "negative_share": _r(negative / feedback) if feedback else None,
                     "retrievals": int(retrievals), "empty_retrievals": int(empty),
-                    "empty_retrieval_share": empty / retrievals if retrievals else None,
-                    "mean_top_score": top})
+                    "empty_retrieval_share": _r(empty / retrievals) if retrievals else None,
+                    "mean_top_score": _r(top)})
     return out
+
+
+def _r(value):
+    """A mean or share to 6 decimals: the engine adds in parallel, in no fixed order, and the
+    last bits of a float sum follow the order; the report must not."""
+    return None if value is None else round(float(value), 6)
 
 
 def _iso(epoch) -> str | None:
@@ -261,9 +268,10 @@ def _figures(con, top: int) -> dict:
                        for rid, at, cls, thumbs, rating, reason, op, model, status, total, end
                        in entries]},
         "worst": [{"request_id": rid, "at": _iso(end), "operation": op, "model": model,
-                   "status": status, "feedback_value": value, "feedback_count": int(count or 0),
-                   "negative_feedback": int(negative or 0), "reasons": list(reasons or []),
-                   "score": score, "scores": dict(scores or {})}
+                   "status": status, "feedback_value": _r(value),
+                   "feedback_count": int(count or 0), "negative_feedback": int(negative or 0),
+                   "reasons": sorted(reasons or []), "score": _r(score),
+                   "scores": dict(scores or {})}
                   for rid, end, op, model, status, value, count, negative, reasons, score, scores
                   in worst],
     }
