@@ -9,7 +9,10 @@ process and interleaved with ours so machine noise hits all alike:
 Overhead = time per call minus the bare no-op call. Targets: ours without the record <= 1.2x (b);
 ours with one JSON record per query (daily JSONL file) <= 2.5x (b).
 
-    python bench/bench_overhead.py [--calls 50000] [--repeats 7]
+    python bench/bench_overhead.py [--calls 50000] [--repeats 7] [--quality]
+
+The answer-quality rows (``--quality`` alone): the same query also recording three named scores
+and its retrieval health, against the query without them. Target: within 1.10x.
 """
 from __future__ import annotations
 
@@ -179,6 +182,74 @@ def make_ours(request_log):
     return query
 
 
+def make_ours_with_quality(request_log, documents: bool = False):
+    """The same query, also recording three named scores and its retrieval health: as figures
+    (count, top score, newest document time), or read from five LangChain-shaped documents."""
+    from ragmon import record_retrieval, record_scores
+    settings = load_settings({"MODEL_PRICES_FILE": "", "COST_PER_1K_INPUT_TOKENS": str(PRICE_IN),
+                              "COST_PER_1K_OUTPUT_TOKENS": str(PRICE_OUT)})
+    prices = PriceTable(ModelPrice(PRICE_IN, PRICE_OUT, PRICE_IN),
+                        {MODEL: ModelPrice(PRICE_IN, PRICE_OUT, PRICE_IN / 2)})
+    m = RAGMetrics(registry=CollectorRegistry(), settings=settings, price_table=prices)
+    newest = time.time() - 3600
+
+    class Document:  # langchain_core's shape, without importing it
+        def __init__(self, score):
+            self.page_content, self.metadata = "text", {"score": score, "timestamp": newest}
+
+    docs = [Document(0.9 - n / 10) for n in range(5)]
+
+    @monitored_query(operation=OP, model=MODEL, metrics=m, request_log=request_log)
+    def query(question):
+        with stage("retrieval"):
+            if documents:
+                record_retrieval(docs)
+            else:
+                record_retrieval(count=5, top_score=0.9, newest_document_time=newest)
+        record_scores(faithfulness=0.9, answer_relevancy=0.8, context_recall=0.7)
+        return RESULT
+    return query
+
+
+def quality_rows(calls: int, repeats: int) -> None:
+    """Three scores and retrieval health against the same query without them, in one process,
+    interleaved. Target: within 10% of the query without them (with its record)."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        sink = DailyFileSink(log_dir)
+        variants = {
+            "no-op (bare call)": noop,
+            "@monitored_query, no record": make_ours(False),
+            "  + 3 scores + retrieval figures": make_ours_with_quality(False),
+            "@monitored_query + JSON record (file)": make_ours(sink),
+            "  + 3 scores + retrieval figures ": make_ours_with_quality(sink),
+            "  + 3 scores + 5 documents read": make_ours_with_quality(sink, documents=True),
+        }
+        for fn in variants.values():
+            time_per_call(fn, 2000)
+        time.sleep(2.1)  # see main(): the sink's directory check
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                samples[name].append(time_per_call(fn, calls))
+        sink.close()
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"\nAnswer quality: three named scores and retrieval health per query, median of "
+          f"{repeats} runs x {calls:,} calls\n")
+    print(f"| {'variant':44} | {'us/call':>8} | {'vs without':>10} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 12}|")
+    pairs = {"  + 3 scores + retrieval figures": "@monitored_query, no record",
+             "  + 3 scores + retrieval figures ": "@monitored_query + JSON record (file)",
+             "  + 3 scores + 5 documents read": "@monitored_query + JSON record (file)"}
+    for name in variants:
+        against = pairs.get(name)
+        ratio = f"{median[name] / median[against]:9.2f}x" if against else ""
+        print(f"| {name:44} | {median[name] * 1e6:8.2f} | {ratio:>10} |")
+    with_record = median["  + 3 scores + retrieval figures "] / \
+        median["@monitored_query + JSON record (file)"]
+    print(f"\nTarget: a query with 3 scores + retrieval health (record written) within 1.10x of "
+          f"one without: {with_record:.2f}x {'met' if with_record <= 1.10 else 'MISSED'}")
+
+
 def time_per_call(fn, calls: int) -> float:
     start = perf()
     for _ in range(calls):
@@ -190,7 +261,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quality", action="store_true",
+                        help="only the answer-quality rows (three scores and retrieval health)")
     args = parser.parse_args()
+    if args.quality:
+        quality_rows(args.calls, args.repeats)
+        return
 
     with tempfile.TemporaryDirectory() as log_dir:
         sink = DailyFileSink(log_dir)
@@ -233,6 +309,7 @@ def main() -> None:
           f"with record <= 2.50x (b): {with_record / ref:.2f}x {'met' if with_record / ref <= 2.5 else 'MISSED'}")
     written = args.calls * args.repeats + 2000
     print(f"Records written: {written:,}, {record_bytes / written:.0f} bytes each on average")
+    quality_rows(args.calls, args.repeats)
 
 
 if __name__ == "__main__":

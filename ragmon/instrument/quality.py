@@ -53,22 +53,22 @@ class NameBudget:
 
     def __init__(self, limit, preset: tuple[str, ...] = ()):
         self._limit = limit
-        self._names: set[str] = set(preset)
+        self.names: set[str] = set(preset)  # only grows; read without the lock
         self._lock = threading.Lock()
 
     def admit(self, name: str) -> bool:
-        if name in self._names:
+        if name in self.names:
             return True
         with self._lock:
-            if name in self._names:
+            if name in self.names:
                 return True
-            if len(self._names) < self._limit():
-                self._names.add(name)
+            if len(self.names) < self._limit():
+                self.names.add(name)
                 return True
         return False
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self.names)
 
 
 class QualityState:
@@ -139,16 +139,30 @@ def built_in_score(metrics: RAGMetrics, operation: str, name: str):
     return PairedScore(own.labels(operation), metrics.evaluation_score.labels(operation, name))
 
 
+def score_children(metrics: RAGMetrics, operation: str) -> dict:
+    """The rag_evaluation_score children of one operation by score name (at most
+    MAX_SCORE_NAMES of them: only admitted names are looked up)."""
+    return cached_child(metrics, ("evaluation_score", operation), dict)
+
+
 def score_child(metrics: RAGMetrics, operation: str, name: str):
-    return cached_child(metrics, ("evaluation_score", operation, name),
-                        lambda: metrics.evaluation_score.labels(operation, name))
+    children = score_children(metrics, operation)
+    child = children.get(name)
+    if child is None:
+        child = children[name] = metrics.evaluation_score.labels(operation, name)
+    return child
 
 
 def observe_query(metrics: RAGMetrics, operation: str, quality: QueryQuality) -> None:
     """Called by the finishing query: its named scores and retrieval health into the metrics."""
-    if quality.scores:
-        for name, value in quality.scores.items():
-            score_child(metrics, operation, name).observe(value)
+    scores = quality.scores
+    if scores:
+        children = score_children(metrics, operation)
+        for name, value in scores.items():
+            child = children.get(name)
+            if child is None:
+                child = children[name] = metrics.evaluation_score.labels(operation, name)
+            child.observe(value)
     if quality.retrieval is not None:
         quality.retrieval.observe(metrics, operation)
 
@@ -168,8 +182,8 @@ def _refuse(metrics: RAGMetrics, reason: str, message: str, *args) -> None:
 
 
 def _checked_scores(metrics: RAGMetrics, scores, named: dict) -> dict[str, float]:
-    """The valid, admitted scores; each refused one counted by reason. Names are never quoted
-    in logs past the pattern check (they may carry user text)."""
+    """The valid, admitted scores; each refused one counted by reason. Names are never logged:
+    a name that should not be one may carry a user id or text."""
     items = []
     if scores is not None:
         if isinstance(scores, Mapping):
@@ -180,19 +194,24 @@ def _checked_scores(metrics: RAGMetrics, scores, named: dict) -> dict[str, float
                     type(scores).__name__)
     items.extend(named.items())
     budget = state_of(metrics).score_names
+    admitted = budget.names
     accepted: dict[str, float] = {}
     for name, value in items:
+        if type(value) is float and 0.0 <= value <= 1.0 and name in admitted:
+            accepted[name] = value  # the usual score: a known name, a float in range
+            continue
         if type(name) is not str or NAME_PATTERN.fullmatch(name) is None:
             _refuse(metrics, "bad_name", "a score name is not an identifier (letters, digits, "
                     "_ . -, at most 64 characters, starting with a letter); refused")
             continue
         if isinstance(value, bool) or not isinstance(value, _REAL) or not 0 <= value <= 1:
-            _refuse(metrics, "bad_value", "score %r is not a number from 0 to 1; refused", name)
+            _refuse(metrics, "bad_value", "a score is not a number from 0 to 1; refused")
             continue
         if not budget.admit(name):
-            _refuse(metrics, "too_many_names", "score %r would pass MAX_SCORE_NAMES=%d distinct "
-                    "names; refused. Is a per-user or per-query value used as a score name?",
-                    name, metrics.settings.MAX_SCORE_NAMES)
+            _refuse(metrics, "too_many_names", "a new score name would pass MAX_SCORE_NAMES=%d "
+                    "distinct names; refused. Is a per-user or per-query value used as a score "
+                    "name? (The name is not logged: it may hold one.)",
+                    metrics.settings.MAX_SCORE_NAMES)
             continue
         accepted[name] = float(value)
     return accepted
@@ -257,7 +276,7 @@ def _record_scores(scores, request_id, operation, metrics, request_log, named) -
         return False
     found = find_request(request_id, m, request_log)
     if found.refusal is not None:
-        _refuse(m, found.refusal, "record_scores(request_id=%r): %s", request_id, found.message)
+        _refuse(m, found.refusal, "record_scores(request_id=...): the request %s", found.message)
         return False
     operation = _operation(operation, found)
     now = time.time()

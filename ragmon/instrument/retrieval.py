@@ -76,19 +76,26 @@ class RetrievalHealth:
                 "newest_document_age_seconds": self.age(time.time() if now is None else now)}
 
     def observe(self, metrics, operation: str) -> None:
-        def child(name, metric):
-            return cached_child(metrics, (name, operation), lambda: metric.labels(operation))
+        queries, documents, empty, top, age = cached_child(
+            metrics, ("retrieval", operation), lambda: _children(metrics, operation))
         if self.documents is not None:  # the empty-retrieval ratio counts only known counts
-            child("retrieval_queries", metrics.retrieval_queries).inc()
-            child("retrieved_documents", metrics.retrieved_documents).observe(self.documents)
-            empty = child("empty_retrievals", metrics.empty_retrievals)  # exported from 0 on
+            queries.inc()
+            documents.observe(self.documents)
             if self.documents == 0:
                 empty.inc()
         if self.top_score is not None:
-            child("retrieval_top_score", metrics.retrieval_top_score).observe(self.top_score)
-        age = self.age(time.time())
-        if age is not None:
-            child("retrieval_document_age", metrics.retrieval_document_age).observe(age)
+            top.observe(self.top_score)
+        if self.newest_time is not None:
+            age.observe(max(0.0, time.time() - self.newest_time))
+
+
+def _children(metrics, operation: str) -> tuple:
+    """One operation's retrieval series, made together (the empty counter is exported from 0)."""
+    return (metrics.retrieval_queries.labels(operation),
+            metrics.retrieved_documents.labels(operation),
+            metrics.empty_retrievals.labels(operation),
+            metrics.retrieval_top_score.labels(operation),
+            metrics.retrieval_document_age.labels(operation))
 
 
 class _Reading:

@@ -107,7 +107,7 @@ def test_values_that_cannot_be_read_are_counted_never_recorded_as_zero(metrics, 
     field = retrieve(metrics, sink, documents, **kwargs)
     assert field["top_score"] is None and field["newest_document_age_seconds"] is None
     assert value(metrics, "rag_instrumentation_errors_total", reason="bad_retrieval_value") == 1
-    assert value(metrics, "rag_retrieval_top_score_count", operation="op") is None
+    assert not value(metrics, "rag_retrieval_top_score_count", operation="op")
 
 
 def test_explicit_figures_override_what_the_documents_say(metrics, sink):
