@@ -240,7 +240,9 @@ def record_scores(scores: Mapping[str, float] | None = None, /, *, request_id: s
     try:
         return _record_scores(scores, request_id, operation, metrics, request_log, named)
     except Exception as failure:
-        recording_failed(metrics or default_metrics(), "recording",
+        query = CURRENT_QUERY.get()
+        owner = query.owner.metrics if query is not None and query.owner.ready else None
+        recording_failed(metrics or owner or default_metrics(), "recording",
                          "record_scores() failed: %r", failure)
         return False
 

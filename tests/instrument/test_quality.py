@@ -225,3 +225,79 @@ def test_a_late_score_for_an_unknown_request_is_refused_and_counted(metrics, fil
 def test_without_a_file_log_nothing_can_be_checked_and_feedback_is_unverified(metrics, sink):
     result = record_feedback("anything", thumbs="up", metrics=metrics, request_log=sink)
     assert result and not result.verified
+
+
+def test_promtool_check_metrics_prints_nothing_for_the_quality_metrics(metrics, sink):
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    from ragmon import record_retrieval
+    from tests.conftest import require_binaries
+
+    (promtool,) = require_binaries("promtool")
+
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def answer():
+        record_scores(faithfulness=0.9)
+        record_retrieval([{"score": 0.8, "timestamp": time.time() - 600}])
+        return {"relevance_score": 0.7, "context_precision": 0.6}
+
+    answer()
+    record_scores(faithfulness=0.5, request_id="r1", operation="op", metrics=metrics,
+                  request_log=sink)
+    record_scores(faithfulness=2.0, request_id="r1", metrics=metrics, request_log=sink)
+    record_feedback("r1", thumbs="up", reason="clear", operation="op", metrics=metrics,
+                    request_log=sink)
+    record_feedback("", thumbs="up", metrics=metrics, request_log=sink)
+    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(metrics.registry),
+                            capture_output=True)
+    assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)
+    exposed = metrics.exposed_series_names()
+    for name in ("rag_evaluation_score_bucket", "rag_evaluation_scores_refused_total",
+                 "rag_late_evaluations_total", "rag_feedback_total", "rag_feedback_reasons_total",
+                 "rag_feedback_rejected_total", "rag_retrieved_documents_bucket",
+                 "rag_empty_retrievals_total", "rag_retrieval_queries_total",
+                 "rag_retrieval_top_score_bucket",
+                 "rag_retrieval_newest_document_age_seconds_bucket"):
+        assert name in exposed, name
+
+
+class Hostile(dict):
+    def items(self):
+        raise RuntimeError("boom")
+
+
+class BrokenSink:
+    def write(self, record, at=None):
+        raise OSError(28, "No space left on device")
+
+
+def errors(metrics, reason):
+    return value(metrics, "rag_instrumentation_errors_total", reason=reason) or 0
+
+
+def test_monitoring_failures_never_reach_the_host(metrics, sink):
+    from ragmon import record_retrieval
+
+    def documents():
+        yield {"score": 0.5}
+        raise RuntimeError("the retriever's iterator broke")
+
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def answer():
+        assert record_scores(Hostile(a=0.5)) is False
+        record_retrieval(documents())
+        return "the answer"
+
+    assert answer() == "the answer"
+    assert errors(metrics, "recording") == 2
+    assert sink.records[0]["status"] == "success"
+    # a record that cannot be written: the feedback and the score still count
+    broken = BrokenSink()
+    assert record_feedback("req-1", thumbs="up", operation="op", metrics=metrics,
+                           request_log=broken)
+    assert record_scores(faithfulness=0.5, request_id="req-1", operation="op", metrics=metrics,
+                         request_log=broken)
+    assert errors(metrics, "record_write") == 2
+    assert value(metrics, "rag_feedback_total", operation="op", feedback="positive") == 1
