@@ -23,6 +23,7 @@ from . import tokens
 from .catalog import RAGMetrics
 from .runtime import cached_child, default_metrics, note_unreadable, recording_failed, safe_name
 from .tokens import PartsExceedWhole, Usage
+from .writers import adder, observer
 
 log = logging.getLogger("ragmon")
 
@@ -153,7 +154,7 @@ class ModelSeries:
             counter = getattr(self.metrics, kind.counter)
             child = (counter.labels(self.label, kind.metric_label)
                      if kind.metric_label is not None else counter.labels(self.label))
-            inc = self.incs[name] = child.inc
+            inc = self.incs[name] = adder(child)
         return inc
 
     def child(self, name: str):
@@ -162,10 +163,10 @@ class ModelSeries:
             m = self.metrics
             if name == "cost":
                 found = m.query_cost.labels(self.label)
-                self.observe_cost = found.observe
+                self.observe_cost = observer(found)
             elif name == "spend":
                 found = m.spend.labels(self.label)
-                self.inc_spend = found.inc
+                self.inc_spend = adder(found)
             elif name == "partial":
                 found = m.partial_usage.labels(self.label)
             else:

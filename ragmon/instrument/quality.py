@@ -28,8 +28,10 @@ from typing import Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
+from .hooks import HOOKS, on_finish
 from .records import QUALITY_FILE_SUFFIX, DailyFileSink, iso_utc
 from .runtime import cached_child, current_request_log, default_metrics, recording_failed, safe_name
+from .writers import observer
 
 log = logging.getLogger("ragmon")
 
@@ -113,56 +115,69 @@ class QueryQuality:
 
 
 def query_quality(query) -> QueryQuality:
+    """The query's QueryQuality, made on first use; the first use in the process registers
+    the finish hook that observes it (hooks.py: nothing is paid before)."""
     extra = query.extras()
     quality = extra.quality
     if quality is None:
         quality = extra.quality = QueryQuality()
+        if finish_query not in HOOKS.finish:
+            on_finish(finish_query)
     return quality
 
 
-class PairedScore:
-    """A built-in score's own histogram and its rag_evaluation_score series, observed together."""
-
-    __slots__ = ("own", "named")
-
-    def __init__(self, own, named):
-        self.own, self.named = own, named
-
-    def observe(self, value: float) -> None:
-        self.own.observe(value)
-        self.named.observe(value)
+def finish_query(ctx, done) -> None:
+    """The finish hook: the named scores and retrieval health the query reported, into the
+    metrics and its record."""
+    extra = ctx.extra
+    if extra is None:
+        return
+    quality = extra.quality
+    if quality is None:
+        return
+    observe_query(ctx.owner.metrics, ctx.operation, quality)
+    if done.record is not None:
+        quality.add_to(done.record, time.time())
 
 
 def built_in_score(metrics: RAGMetrics, operation: str, name: str):
-    """The observer of relevance_score or context_precision for one operation."""
-    own = (metrics.relevance if name == "relevance_score" else metrics.context_precision)
-    return PairedScore(own.labels(operation), metrics.evaluation_score.labels(operation, name))
+    """``observe`` of relevance_score or context_precision for one operation: its own histogram
+    and its rag_evaluation_score series, together."""
+    own = observer((metrics.relevance if name == "relevance_score"
+                    else metrics.context_precision).labels(operation))
+    named = score_writer(metrics, operation, name)
+
+    def observe(value: float) -> None:
+        own(value)
+        named(value)
+    return observe
 
 
-def score_children(metrics: RAGMetrics, operation: str) -> dict:
-    """The rag_evaluation_score children of one operation by score name (at most
+def score_writers(metrics: RAGMetrics, operation: str) -> dict:
+    """``observe`` of each rag_evaluation_score child of one operation, by score name (at most
     MAX_SCORE_NAMES of them: only admitted names are looked up)."""
     return cached_child(metrics, ("evaluation_score", operation), dict)
 
 
-def score_child(metrics: RAGMetrics, operation: str, name: str):
-    children = score_children(metrics, operation)
-    child = children.get(name)
-    if child is None:
-        child = children[name] = metrics.evaluation_score.labels(operation, name)
-    return child
+def score_writer(metrics: RAGMetrics, operation: str, name: str):
+    writers = score_writers(metrics, operation)
+    writer = writers.get(name)
+    if writer is None:
+        writer = writers[name] = observer(metrics.evaluation_score.labels(operation, name))
+    return writer
 
 
 def observe_query(metrics: RAGMetrics, operation: str, quality: QueryQuality) -> None:
-    """Called by the finishing query: its named scores and retrieval health into the metrics."""
+    """The named scores and retrieval health of a finished query, into the metrics."""
     scores = quality.scores
     if scores:
-        children = score_children(metrics, operation)
+        writers = score_writers(metrics, operation)
         for name, value in scores.items():
-            child = children.get(name)
-            if child is None:
-                child = children[name] = metrics.evaluation_score.labels(operation, name)
-            child.observe(value)
+            writer = writers.get(name)
+            if writer is None:
+                writer = writers[name] = observer(metrics.evaluation_score.labels(operation,
+                                                                                  name))
+            writer(value)
     if quality.retrieval is not None:
         quality.retrieval.observe(metrics, operation)
 
@@ -283,7 +298,7 @@ def _record_scores(scores, request_id, operation, metrics, request_log, named) -
     operation = _operation(operation, found)
     now = time.time()
     for name, value in accepted.items():
-        score_child(m, operation, name).observe(value)
+        score_writer(m, operation, name)(value)
     m.late_evaluations.labels(operation).inc()
     _write(m, request_log, {"kind": "evaluation", "request_id": request_id,
                             "operation": operation, "scores": accepted,

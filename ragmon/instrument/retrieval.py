@@ -32,6 +32,7 @@ from typing import Iterable, Mapping
 from .context import CURRENT_QUERY
 from .quality import query_quality
 from .runtime import cached_child, default_metrics, recording_failed
+from .writers import adder, observer
 
 SCORE_KEYS = ("score", "relevance_score", "similarity", "similarity_score")
 DISTANCE_KEYS = ("distance", "_distance")
@@ -79,23 +80,24 @@ class RetrievalHealth:
         queries, documents, empty, top, age = cached_child(
             metrics, ("retrieval", operation), lambda: _children(metrics, operation))
         if self.documents is not None:  # the empty-retrieval ratio counts only known counts
-            queries.inc()
-            documents.observe(self.documents)
+            queries(1)
+            documents(self.documents)
             if self.documents == 0:
-                empty.inc()
+                empty(1)
         if self.top_score is not None:
-            top.observe(self.top_score)
+            top(self.top_score)
         if self.newest_time is not None:
-            age.observe(max(0.0, time.time() - self.newest_time))
+            age(max(0.0, time.time() - self.newest_time))
 
 
 def _children(metrics, operation: str) -> tuple:
-    """One operation's retrieval series, made together (the empty counter is exported from 0)."""
-    return (metrics.retrieval_queries.labels(operation),
-            metrics.retrieved_documents.labels(operation),
-            metrics.empty_retrievals.labels(operation),
-            metrics.retrieval_top_score.labels(operation),
-            metrics.retrieval_document_age.labels(operation))
+    """One operation's retrieval series as writers (writers.py), made together, so the empty
+    counter is exported from 0."""
+    return (adder(metrics.retrieval_queries.labels(operation)),
+            observer(metrics.retrieved_documents.labels(operation)),
+            adder(metrics.empty_retrievals.labels(operation)),
+            observer(metrics.retrieval_top_score.labels(operation)),
+            observer(metrics.retrieval_document_age.labels(operation)))
 
 
 class _Reading:

@@ -35,7 +35,7 @@ def record_stage(name: str, duration: float, metadata: Mapping | None,
     query = CURRENT_QUERY.get() if attach else None
     try:
         if query is not None and metrics is None and operation is None:  # inlined in stage.__exit__
-            query.owner.stage_child(name).observe(duration)
+            query.owner.stage_observer(name)(duration)
             query.add_stage(name, duration, metadata)
             return
         m = metrics or (query.owner.metrics if query is not None else default_metrics())
@@ -87,7 +87,7 @@ class stage:
         # The usual case: _record_stage's first branch, inlined because it runs for every stage.
         try:
             owner = query.owner
-            (owner.stages.get(self.name) or owner.stage_child(self.name)).observe(duration)
+            (owner.stages.get(self.name) or owner.stage_observer(self.name))(duration)
             if query.sink is not None:
                 query.add_stage(self.name, duration, self.metadata)
         except Exception as failure:

@@ -186,17 +186,22 @@ class Usage:
                  provider: str | None = None, by_hand: bool = False) -> "Usage":
         """A Usage from counts under the way-in names (``input_tokens`` the whole prompt,
         ``output_tokens`` the whole completion, parts inside them); kinds without a count are
-        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole.
-        This runs for every query that returns its counts: it is written for speed."""
-        p = _plan
-        if p is None or p.kinds is not KINDS:
-            p = plan()
-        name_of = p.name_of
+        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole."""
+        name_of = plan().name_of
         tokens = {}
         for field, value in counts.items():
             if value:
                 tokens[name_of[field]] = value
+        return cls.of_kinds(tokens, model, provider, by_hand)
+
+    @classmethod
+    def of_kinds(cls, tokens: dict[str, int], model: str | None = None,
+                 provider: str | None = None, by_hand: bool = False) -> "Usage":
+        """``reported`` for counts already keyed by kind name (each > 0, wholes including
+        their parts): the dict is taken, not copied. Raises PartsExceedWhole. The usual
+        usage (input and output only) is made without looking at the parts."""
         if len(tokens) > 2 or not tokens.keys() <= _WHOLES:
+            p = plan()
             wholes: dict[str, int] = {}
             for part, whole, _ in p.parts:
                 value = tokens.get(part)
@@ -212,7 +217,7 @@ class Usage:
                     tokens[whole] -= tokens[part]
                     if not tokens[whole]:
                         del tokens[whole]
-        usage = cls.__new__(cls)
+        usage = _new(cls)  # without __init__'s frame and table defaults: every query makes one
         usage.tokens = tokens
         if model is not None:
             usage.model = model
@@ -266,6 +271,7 @@ class Usage:
 
 
 _WHOLES = frozenset(("input", "output"))
+_new = object.__new__
 
 
 def by_name(name: str) -> TokenKind:

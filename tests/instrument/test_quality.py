@@ -7,8 +7,18 @@ import pytest
 import m2_3_monitoring
 from ragmon import (FeedbackResult, RAGMetrics, monitored_query, record_feedback, record_quality,
                     record_scores)
+from ragmon.instrument import hooks
+from ragmon.instrument.quality import finish_query
 from ragmon.instrument.records import DailyFileSink
 from tests.conftest import make_settings
+
+
+@pytest.fixture(autouse=True)
+def quality_hook_removed():
+    """The quality hook registers on first use, for the process: each test leaves none behind
+    (tests/instrument/test_hooks.py checks that no hook is registered before a feature is used)."""
+    yield
+    hooks.remove(finish_query)
 
 
 def value(metrics, name, **labels):

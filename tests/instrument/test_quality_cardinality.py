@@ -1,15 +1,27 @@
 """100,000 distinct score names or feedback reasons: at most the configured bound of series, and
 a few MB of memory at most (measured with tracemalloc)."""
 import gc
+
+import pytest
 import tracemalloc
 
 from prometheus_client import CollectorRegistry
 
 from ragmon import RAGMetrics, monitored_query, record_feedback, record_scores
+from ragmon.instrument import hooks
+from ragmon.instrument.quality import finish_query
 from tests.conftest import make_settings
 
 DISTINCT = 100_000
 MEMORY_LIMIT = 4 << 20  # "a few MB"
+
+
+@pytest.fixture(autouse=True)
+def quality_hook_removed():
+    """The quality hook registers on first use, for the process: each test leaves none behind
+    (tests/instrument/test_hooks.py checks that no hook is registered before a feature is used)."""
+    yield
+    hooks.remove(finish_query)
 
 
 def label_values(metrics, family: str, label: str) -> set[str]:

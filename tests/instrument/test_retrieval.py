@@ -6,6 +6,16 @@ import pytest
 from langchain_core.documents import Document
 
 from ragmon import monitored_query, record_retrieval
+from ragmon.instrument import hooks
+from ragmon.instrument.quality import finish_query
+
+
+@pytest.fixture(autouse=True)
+def quality_hook_removed():
+    """The quality hook registers on first use, for the process: each test leaves none behind
+    (tests/instrument/test_hooks.py checks that no hook is registered before a feature is used)."""
+    yield
+    hooks.remove(finish_query)
 
 
 def value(metrics, name, **labels):
