@@ -211,6 +211,8 @@ class RAGMetrics:
         # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
         # Keys are safe label values; the cache is emptied when it reaches CHILD_CACHE_SIZE.
         self.child_cache: dict[tuple, object] = BoundedCache(CHILD_CACHE_SIZE)
+        # The admitted score names and feedback reasons (quality.QualityState), made on first use.
+        self.quality_state = None
 
         def histogram(name, doc, labels, buckets, **kw):
             return Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw)

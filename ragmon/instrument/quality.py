@@ -83,17 +83,16 @@ class QualityState:
         self.warned: set[str] = set()
 
 
-_states: "weakref.WeakKeyDictionary[RAGMetrics, QualityState]" = weakref.WeakKeyDictionary()
 _states_lock = threading.Lock()
 
 
 def state_of(metrics: RAGMetrics) -> QualityState:
-    state = _states.get(metrics)
+    state = metrics.quality_state
     if state is None:
         with _states_lock:
-            state = _states.get(metrics)
+            state = metrics.quality_state
             if state is None:
-                state = _states[metrics] = QualityState(metrics)
+                state = metrics.quality_state = QualityState(metrics)
     return state
 
 
@@ -109,7 +108,7 @@ class QueryQuality:
 
     def add_to(self, record: dict, now: float) -> None:
         if self.scores:
-            record["scores"] = dict(self.scores)
+            record["scores"] = self.scores  # the query has ended: nothing adds to it now
         if self.retrieval is not None:
             record["retrieval"] = self.retrieval.record_field(now)
 
@@ -253,6 +252,23 @@ def record_scores(scores: Mapping[str, float] | None = None, /, *, request_id: s
     ``rag_evaluation_scores_refused_total{reason}``.
     """
     try:
+        query = CURRENT_QUERY.get()
+        if (query is not None and scores is None and request_id is None and metrics is None
+                and named):
+            # The usual call: keyword scores inside a query. Names already admitted with float
+            # values in range take no other check; anything else goes the long way.
+            admitted = state_of(query.owner.metrics).score_names.names
+            for name, value in named.items():
+                if (type(value) is not float or not 0.0 <= value <= 1.0 or name not in admitted
+                        or name in BUILT_IN_SCORES):
+                    break
+            else:
+                quality = query_quality(query)
+                if quality.scores is None:
+                    quality.scores = named
+                else:
+                    quality.scores.update(named)
+                return True
         return _record_scores(scores, request_id, operation, metrics, request_log, named)
     except Exception as failure:
         query = CURRENT_QUERY.get()
