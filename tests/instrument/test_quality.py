@@ -311,3 +311,35 @@ def test_monitoring_failures_never_reach_the_host(metrics, sink):
                          request_log=broken)
     assert errors(metrics, "record_write") == 2
     assert value(metrics, "rag_feedback_total", operation="op", feedback="positive") == 1
+
+
+def test_the_request_index_is_bounded_and_never_calls_a_dropped_id_unknown(metrics, file_sink,
+                                                                           monkeypatch):
+    from ragmon.instrument import known_requests
+    monkeypatch.setattr(known_requests, "INDEX_LIMIT", 5)
+    monkeypatch.setattr(known_requests, "_indexes", {})
+    now = time.time()
+    for n in range(8):
+        file_sink.write({"request_id": f"r{n}", "start_time": now - 100 + n, "total_time": 0.5,
+                         "operation": "op"}, at=now)
+    assert record_feedback("r7", thumbs="up", metrics=metrics, request_log=file_sink).verified
+    index = known_requests.index_for(file_sink.log_dir)
+    assert len(index.entries) == 5 and "r0" not in index.entries
+    dropped = record_feedback("r0", thumbs="up", metrics=metrics, request_log=file_sink)
+    assert dropped and not dropped.verified  # it may have been served: not refused
+
+
+def test_a_record_still_being_written_is_read_once_it_is_whole(metrics, file_sink):
+    from ragmon.instrument.records import log_file_name
+    now = time.time()
+    file_sink.write({"request_id": "first", "start_time": now - 1, "total_time": 0.5,
+                     "operation": "op"}, at=now)
+    path = file_sink.log_dir / log_file_name(now)
+    line = json.dumps({"request_id": "second", "start_time": now - 1, "total_time": 0.5,
+                       "operation": "op"})
+    with open(path, "a") as f:
+        f.write(line[:20])  # a writer's line, cut mid-way for now
+    assert not record_feedback("second", thumbs="up", metrics=metrics, request_log=file_sink)
+    with open(path, "a") as f:
+        f.write(line[20:] + "\n")
+    assert record_feedback("second", thumbs="up", metrics=metrics, request_log=file_sink).verified
