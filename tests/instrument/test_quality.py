@@ -343,3 +343,25 @@ def test_a_record_still_being_written_is_read_once_it_is_whole(metrics, file_sin
     with open(path, "a") as f:
         f.write(line[20:] + "\n")
     assert record_feedback("second", thumbs="up", metrics=metrics, request_log=file_sink).verified
+
+
+def test_streaming_and_async_queries_carry_their_scores(metrics, sink):
+    import asyncio
+
+    @monitored_query(operation="stream", metrics=metrics, request_log=sink)
+    def stream():
+        yield "a"
+        record_scores(faithfulness=0.25)
+        yield "b"
+
+    @monitored_query(operation="async", metrics=metrics, request_log=sink)
+    async def answer():
+        await asyncio.sleep(0)
+        record_scores(faithfulness=0.75)
+        return "ok"
+
+    assert list(stream()) == ["a", "b"]
+    assert asyncio.run(answer()) == "ok"
+    assert [r["scores"] for r in sink.records] == [{"faithfulness": 0.25}, {"faithfulness": 0.75}]
+    assert value(metrics, "rag_evaluation_score_sum", operation="stream",
+                 score="faithfulness") == 0.25
