@@ -379,6 +379,43 @@ def settle(usages: list[Usage], model: str | None, day: int,
     return result
 
 
+def settle_plain(counts: dict[str, int], series: ModelSeries,
+                 metrics: RAGMetrics) -> Settlement | None:
+    """``settle()`` and ``count()`` of the usual query in one pass: one usage of wholes alone
+    (``{"input": n, "output": m}``, counts > 0, as a returned dict gives them) at `series`'
+    price. None, with nothing counted, when that price has long-context tiers or a count or the
+    cost is past its bound: the caller then takes the whole way, which prices tiers, keeps such
+    values out of the metrics and counts them."""
+    if series.tiered:
+        return None
+    rates = series.rates
+    one = 0.0
+    for kind, value in counts.items():
+        if value > MAX_TOKENS:
+            return None
+        rate = rates.get(kind)
+        if rate is not None:
+            one += value * rate
+    one /= 1000.0
+    if one > MAX_COST_DOLLARS:
+        return None
+    incs = series.incs
+    for kind, value in counts.items():
+        (incs.get(kind) or series.kind_inc(kind))(value)
+    (series.observe_cost or series.child("cost").observe)(one)
+    if one:
+        (series.inc_spend or series.child("spend").inc)(one)
+    if not series.known:
+        metrics.note_unknown_model(series.model)
+    line = _new(Line)  # Settlement(...) and Line(...) without their __init__ frames
+    line.series, line.tokens, line.cost = series, counts, one
+    result = _new(Settlement)
+    result.model, result.lines = series.model, {series.model: line}
+    result.cost = one
+    result.tokens = counts
+    return result
+
+
 def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
           first_token: float | None = None) -> None:
     """Puts a settlement into the metrics: tokens by kind, cost, spend, partial usage, the

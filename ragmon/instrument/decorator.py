@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from ..checks import MAX_LABEL_LENGTH, check_count, check_name, check_score, safe_label
 from . import tokens
 from .accounting import (STREAM_WITHOUT_USAGE_HINT, ModelSeries, Settlement, count, refused,
-                         settle)
+                         settle, settle_plain)
 from .catalog import CHILD_CACHE_SIZE, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
 from .exemplars import sampled_observer
@@ -43,6 +43,12 @@ log = logging.getLogger("ragmon")
 _perf = time.perf_counter
 _time = time.time
 _REAL = (int, float)
+_new = object.__new__
+
+
+def _good_name(name: str) -> bool:
+    """Whether a returned model name is labelled and recorded as it is."""
+    return bool(name) and not name.isspace() and len(name) <= MAX_LABEL_LENGTH and name.isprintable()
 
 _warned_without_usage: set[str] = set()
 
@@ -88,6 +94,7 @@ class Instrumented:
             # The hottest updates as plain functions, made once (writers.py).
             self.observe_latency = sampled_observer(self.latency)
             self.add_in_flight = adder(self.in_flight)
+            self.series_of = self.series  # the bound method settle() is given, made once
             self.count_success = adder(self.succeeded)
             # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
             self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
@@ -158,10 +165,33 @@ class Instrumented:
                 status, error_type = self._count_failure(exc)
 
             # The usages of the query, in order: what it reported while it ran, then its result.
-            usages = relevance = precision = hand = raw = r_model = returned = None
-            if type(result) is dict:
-                relevance, precision, hand, raw, r_model = self._read_dict(result)
-                if hand is None and "usage" in result:
+            usages = relevance = precision = hand = raw = r_model = returned = plain = None
+            if type(result) is dict:  # _read_dict, inlined for the usual result
+                get = result.get
+                relevance, precision, r_model = (get("relevance_score"),
+                                                 get("context_precision"), get("model"))
+                if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
+                        and (precision is None
+                             or (type(precision) in _REAL and 0 <= precision <= 1))
+                        and (r_model is None or type(r_model) is str and _good_name(r_model))):
+                    relevance, precision, r_model = self._checked(
+                        (relevance, precision, r_model), _SCORE_FIELDS)
+                p = tokens.plan()
+                present = result.keys() & p.field_set
+                if present:
+                    name_of = p.name_of
+                    counts = {}  # read straight into kind names: no second pass over them
+                    for field in present:
+                        value = get(field)
+                        if type(value) is not int or value < 0:
+                            value = self._count_of(field, value)
+                        if value:
+                            counts[name_of[field]] = value
+                    if len(counts) <= 2 and len(counts) == ("input" in counts) + ("output" in counts):
+                        plain = counts  # wholes alone: no part to check against them
+                    else:
+                        hand, raw = self._usage_of(counts, r_model)
+                elif "usage" in result:
                     returned = read_usage(result)  # a model_dump() of an SDK response
             elif result is not None:
                 if isinstance(result, Mapping):
@@ -192,16 +222,32 @@ class Instrumented:
                     usages = [returned]
                 else:
                     usages.append(returned)
-            if hand is not None:
+            if hand is not None:  # the counts of its returned dict
                 if usages is None:
-                    usages = [hand]  # the usual query: the counts of its returned dict
+                    usages = [hand]
                 else:
                     usages.append(hand)
             now = _time()
             day = int(now // 86400)
             model = ctx.model if r_model is None else r_model
-            if usages:
-                settlement = settle(usages, model, day, self.series)
+            settlement = None
+            if plain is not None:
+                if usages is None and first_token is None:
+                    # The usual query: input and output from its returned dict, nothing else.
+                    settlement = settle_plain(plain, self.series_of(model, day), self.metrics)
+                if settlement is None:  # the whole way: settle() and count()
+                    hand = _new(Usage)  # Usage.of_kinds of wholes alone, inlined
+                    hand.tokens, hand.by_hand = plain, True
+                    if r_model is not None:
+                        hand.model = r_model
+                    if usages is None:
+                        usages = [hand]
+                    else:
+                        usages.append(hand)
+            if settlement is not None:
+                pass
+            elif usages:
+                settlement = settle(usages, model, day, self.series_of)
                 count(settlement, self.metrics, self.operation, first_token)
                 if first_token is not None and not settlement.lines:
                     self.series(model, day).child("ttft").observe(first_token)
@@ -264,10 +310,7 @@ class Instrumented:
                                          get("model"))
         if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
                 and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                and (r_model is None or (type(r_model) is str and r_model
-                                         and not r_model.isspace()
-                                         and len(r_model) <= MAX_LABEL_LENGTH
-                                         and r_model.isprintable()))):
+                and (r_model is None or type(r_model) is str and _good_name(r_model))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
         # A dict's keys say which fields it has; a Mapping of the application's own is asked
@@ -281,19 +324,25 @@ class Instrumented:
         for field in present:
             value = get(field)
             if type(value) is not int or value < 0:
-                if value is None:
-                    continue
-                value = self._checked((value,), ((field, check_count),))[0]
-                if value is None:
-                    continue
+                value = self._count_of(field, value)
             if value:
                 counts[name_of[field]] = value
+        hand, raw = self._usage_of(counts, r_model)
+        return relevance, precision, hand, raw, r_model
+
+    def _count_of(self, field: str, value: object) -> int | None:
+        """A returned token count that is not a plain int >= 0: checked (a bad one logged,
+        counted and left out)."""
+        if value is None:
+            return None
+        return self._checked((value,), ((field, check_count),))[0]
+
+    def _usage_of(self, counts: dict, r_model: str | None) -> tuple:
+        """(the Usage of counts by kind name, None) or (None, the raw counts refused)."""
         try:
-            usage = Usage.of_kinds(counts, r_model, None, True)
+            return Usage.of_kinds(counts, r_model, None, True), None
         except PartsExceedWhole as problem:
-            return (relevance, precision, None, refused(self.metrics, self.operation, problem),
-                    r_model)
-        return relevance, precision, usage, None, r_model
+            return None, refused(self.metrics, self.operation, problem)
 
     def _checked(self, values: tuple, checks: tuple) -> list:
         """Each bad value logged, counted and replaced by None."""

@@ -48,6 +48,20 @@ def record_stage(name: str, duration: float, metadata: Mapping | None,
         recording_failed(owner_metrics, "recording", "recording stage %r failed: %r", name, failure)
 
 
+_GOOD_NAMES: set = set()  # stage names used as they are; bounded (cleared when full)
+
+
+def _checked_stage_name(name) -> str:
+    if type(name) is not str or not name or name.isspace():
+        check_name("stage", name, "retrieval")  # raises with the full explanation
+    if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
+        return safe_label(name)
+    if len(_GOOD_NAMES) >= 1000:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
+    return name
+
+
 class stage:
     """Times one stage of a query, as a context manager or a decorator::
 
@@ -65,10 +79,12 @@ class stage:
     __slots__ = ("name", "metadata", "metrics", "_start")
 
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
-        if type(name) is not str or not name or name.isspace():
-            check_name("stage", name, "retrieval")  # raises with the full explanation
-        if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
-            name = safe_label(name)
+        try:
+            known = type(name) is str and name in _GOOD_NAMES  # seen before: one set lookup
+        except TypeError:
+            known = False
+        if not known:
+            name = _checked_stage_name(name)
         self.name = name
         self.metadata = metadata
         self.metrics = metrics

@@ -83,6 +83,9 @@ class Plan(NamedTuple):
     parts: tuple[tuple[str, str, bool], ...]  # (part, whole, billed apart) of each part kind
     always: tuple[tuple[str, str], ...]  # (kind name, record key) of the kinds always recorded
     always_names: frozenset
+    # {record key: 0} of the kinds always recorded, in table order, when each is recorded under
+    # its own name (then a record's usual ``tokens`` is a copy of it updated with the counts).
+    always_zero: dict | None
 
 
 _plan: Plan | None = None
@@ -100,7 +103,9 @@ def plan() -> Plan:
                                    for kind in KINDS if kind.part_of is not None),
                              tuple((kind.name, kind.record_key) for kind in KINDS
                                    if kind.always_recorded),
-                             frozenset(kind.name for kind in KINDS if kind.always_recorded))
+                             frozenset(kind.name for kind in KINDS if kind.always_recorded),
+                             {kind.record_key: 0 for kind in KINDS if kind.always_recorded}
+                             if all(kind.record_key == kind.name for kind in KINDS) else None)
     return found
 
 
@@ -285,8 +290,14 @@ def record_tokens_field(usage_tokens: Mapping[str, int]) -> dict[str, int]:
     """The request record's ``tokens``: the kinds always recorded, and every kind when any of
     the others has a count (most records carry only the first three; readers take a missing
     kind as 0)."""
-    p = plan()
+    p = _plan
+    if p is None or p.kinds is not KINDS:
+        p = plan()
     if usage_tokens.keys() <= p.always_names:  # the usual record: no other kind has a count
+        if p.always_zero is not None:
+            found = p.always_zero.copy()
+            found.update(usage_tokens)
+            return found
         return {key: usage_tokens.get(name, 0) for name, key in p.always}
     every = any(usage_tokens.get(kind.name) for kind in KINDS if not kind.always_recorded)
     return {kind.record_key: usage_tokens.get(kind.name, 0) for kind in KINDS
