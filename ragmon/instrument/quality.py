@@ -9,6 +9,8 @@ that the report joins to its request by id.
 
 ``record_feedback`` takes a user's thumbs or rating and a short reason for a request id, counts
 it in ``rag_feedback_total{operation, feedback}`` and writes ``{"kind": "feedback", ...}``.
+Both kinds of record go to LOG_DIR/YYYYMMDD_quality.jsonl beside the day's requests (no request
+reader meets them); a request id is checked against the server's request log (known_requests).
 
 Score names and feedback reasons are label values, so both are bounded per catalog
 (MAX_SCORE_NAMES, MAX_FEEDBACK_REASONS): a name past the budget is refused and counted, a
@@ -18,7 +20,6 @@ in the return value.
 """
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -33,8 +34,6 @@ from .records import QUALITY_FILE_SUFFIX, DailyFileSink, iso_utc
 from .runtime import cached_child, current_request_log, default_metrics, recording_failed, safe_name
 from .writers import observer
 
-log = logging.getLogger("ragmon")
-
 # The two scores the library had first: they keep their own record fields and histograms
 # (rag_relevance_score, rag_context_precision) and are also named scores.
 BUILT_IN_SCORES = ("relevance_score", "context_precision")
@@ -44,7 +43,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 MAX_REQUEST_ID_LENGTH = 128
 OTHER_REASON = "other"
 UNKNOWN_OPERATION = "unknown"
-FEEDBACK_CLASSES = ("positive", "negative", "neutral")
 _THUMBS = {"up": "positive", "down": "negative", True: "positive", False: "negative"}
 _REAL = (int, float)
 
