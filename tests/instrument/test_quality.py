@@ -365,3 +365,11 @@ def test_streaming_and_async_queries_carry_their_scores(metrics, sink):
     assert [r["scores"] for r in sink.records] == [{"faithfulness": 0.25}, {"faithfulness": 0.75}]
     assert value(metrics, "rag_evaluation_score_sum", operation="stream",
                  score="faithfulness") == 0.25
+
+
+def test_an_id_of_a_day_already_compacted_is_taken_unverified(metrics, file_sink):
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
+    (file_sink.log_dir / "history" / f"day={day}").mkdir(parents=True)
+    result = record_feedback("from-two-days-ago", thumbs="down", metrics=metrics,
+                             request_log=file_sink)
+    assert result and not result.verified
