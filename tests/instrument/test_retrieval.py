@@ -135,3 +135,12 @@ def test_outside_a_query_it_counts_and_does_not_raise():
     assert record_retrieval(["a"]) is None
     assert ragmon.metrics.registry.get_sample_value(
         "rag_instrumentation_errors_total", {"reason": "no_active_query"}) == before + 1
+
+
+def test_numpy_scores_as_faiss_returns_them(metrics, sink):
+    import numpy as np
+    docs = [(Document(page_content="a"), np.float32(0.25)), (Document(page_content="b"),
+                                                              np.float64(0.5))]
+    assert retrieve(metrics, sink, docs)["top_score"] == pytest.approx(0.5)
+    assert retrieve(metrics, sink, [{"score": np.float32(0.75)}])["top_score"] == \
+        pytest.approx(0.75)
