@@ -141,25 +141,36 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
 _STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
 
 
-def _num(x: str) -> str:
-    """A JSON number as a finite DOUBLE, else NULL (a string holding digits is no number)."""
-    return (f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
-            f"AND isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+def _parse_number(x: str) -> str:
+    """The DOUBLE a JSON value's text spells, else NULL. The engine hands a JSON value over as
+    its minified text, so a number is the only value that parses: a string holding digits keeps
+    its quotes, and true, null, lists and objects are no number. Computed once per field (in
+    the scan's first projection) and used by the tests below, instead of parsing each value
+    again for its JSON type and once more per use."""
+    return f"TRY_CAST({x}::VARCHAR AS DOUBLE)"
 
 
-def _bad_num(x: str) -> str:
-    return f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND {_num(x)} IS NULL)::INT"
+def _num(d: str) -> str:
+    """A parsed number (_parse_number) as a finite DOUBLE, else NULL."""
+    return f"(CASE WHEN isfinite({d}) THEN {d} END)"
 
 
-def _count(x: str) -> str:
-    value = _num(x)
-    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
+def _present(x: str) -> str:
+    """The field holds a value other than JSON null."""
+    return f"({x} IS NOT NULL AND {x}::VARCHAR <> 'null')"
 
 
-def _bad_count(x: str) -> str:
-    value = _num(x)
-    return (f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND "
-            f"coalesce({value} <> floor({value}) OR TRY_CAST({value} AS BIGINT) IS NULL, true))::INT")
+def _bad_num(x: str, d: str) -> str:
+    return f"({_present(x)} AND NOT coalesce(isfinite({d}), false))::INT"
+
+
+def _count(d: str) -> str:
+    return f"coalesce(CASE WHEN {d} = floor({d}) THEN TRY_CAST({d} AS BIGINT) END, 0)"
+
+
+def _bad_count(x: str, d: str) -> str:
+    return (f"({_present(x)} AND "
+            f"coalesce({d} <> floor({d}) OR TRY_CAST({d} AS BIGINT) IS NULL, true))::INT")
 
 
 def _iso_epoch(x: str) -> str:
@@ -238,7 +249,12 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
                   else "TRY_CAST(attributes AS MAP(VARCHAR, JSON))")
     bad_attributes = ("(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))"
                       "::INT + " if types["attributes"] == "JSON" else "")
-    bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in counts.values()])
+    # Every numeric field parsed once, in the first projection (d_<name>), tested below.
+    numbers = {"start_time": "start_time", "total_time": "total_time",
+               **{n: n for n in FLOAT_COLUMNS}, "cost_original": "cost_original", **counts}
+    parsed = ", ".join(f"{_parse_number(x)} AS d_{n}" for n, x in numbers.items())
+    bad = " + ".join([_bad_num(n, f"d_{n}") for n in FLOAT_COLUMNS]
+                     + [_bad_count(x, f"d_{n}") for n, x in counts.items()])
     extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
              "pricing, repriced_at, extra_json" if full else "")
     if typed:
@@ -256,12 +272,13 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
         bad_stages = "(stages IS NOT NULL AND json_type(stages) NOT IN ('OBJECT', 'NULL'))::INT + "
     return f"""
     WITH raw AS (
-        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt, {stages}
-        FROM {source}
+        SELECT *, {parsed} FROM {source}
+    ), shaped AS (
+        SELECT *, {_num('d_start_time')} AS st, {_num('d_total_time')} AS tt, {stages} FROM raw
     ), timed AS (
         SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
                        ELSE {_iso_epoch('timestamp')} END AS end_time
-        FROM raw
+        FROM shaped
     )
     SELECT filename AS file,
            end_time IS NOT NULL AND (NOT stages_object OR (stage_map IS NOT NULL AND
@@ -269,11 +286,11 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
                    v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
            end_time, end_time - tt AS start_time, tt AS total_time, request_id,
            {", ".join(STRING_COLUMNS)},
-           {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
-           {", ".join(f"{_count(p)} AS {n}" for n, p in counts.items())},
+           {", ".join(f"{_num(f'd_{n}')} AS {n}" for n in FLOAT_COLUMNS)},
+           {", ".join(f"{_count(f'd_{n}')} AS {n}" for n in counts)},
            stage_map, {attributes} AS attributes,
            {bad_attributes}{bad_stages}{bad} AS bad_values,
-           {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+           {_num('d_cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
     FROM timed"""
 
 
