@@ -30,6 +30,7 @@ from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
 from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
                       note_unreadable, recording_failed, safe_name)
+from .quality import built_in_score, observe_query
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .streams import (UNFINISHED, MonitoredStream, close_quietly, finish_collected, follow_stream,
                       observe_chunk, stream_outcome)
@@ -116,14 +117,16 @@ class Instrumented:
     def relevance(self):
         child = self._relevance
         if child is None:
-            child = self._relevance = self.metrics.relevance.labels(self.operation)
+            child = self._relevance = built_in_score(self.metrics, self.operation,
+                                                     "relevance_score")
         return child
 
     @property
     def precision(self):
         child = self._precision
         if child is None:
-            child = self._precision = self.metrics.context_precision.labels(self.operation)
+            child = self._precision = built_in_score(self.metrics, self.operation,
+                                                     "context_precision")
         return child
 
     def stage_child(self, name: str):
@@ -210,6 +213,8 @@ class Instrumented:
                 (self._relevance or self.relevance).observe(relevance)
             if precision is not None:
                 (self._precision or self.precision).observe(precision)
+            if extra is not None and extra.quality is not None:
+                observe_query(self.metrics, self.operation, extra.quality)
         except Exception as failure:
             recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                              self.operation, failure)
@@ -350,10 +355,13 @@ class Instrumented:
             else:
                 counts, cost = settlement.record_tokens(), settlement.cost
                 pricing, out_of_bounds = settlement.pricing(), settlement.out_of_bounds
-            ctx.sink.write(build_record(  # make_record's arguments, in its order
+            record = build_record(  # make_record's arguments, in its order
                 ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
                 end - duration, duration, ctx.stages or {}, counts, cost, relevance,
-                precision, first_token, hits, misses, attributes, pricing, out_of_bounds), at=end)
+                precision, first_token, hits, misses, attributes, pricing, out_of_bounds)
+            if extra is not None and extra.quality is not None:
+                extra.quality.add_to(record, end)
+            ctx.sink.write(record, at=end)
         except Exception as failure:
             recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                              failure)
