@@ -8,8 +8,8 @@ per model, with occasional errors and a provider rate limit that drains and rese
 Answer quality, as a service with an LLM judge and a feedback button reports it: every search
 answer carries two judge scores (faithfulness, answer_relevance), a batch judge scores one answer
 in five later by its request id (context_recall), every retrieval reports its documents, best
-similarity and the age of its newest document, and three answers in ten get a thumbs up or down
-a moment later (far more than real users give, so the fast stack's short windows hold enough).
+similarity and the age of its newest document, and half the answers get a thumbs up or down a
+moment later (far more than real users give, so the fast stack's short windows hold enough).
 
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
-    "quality": "a degraded index: judge scores fall by half, 30% of retrievals come back empty, "
-               "~45% of feedback is negative and the newest document used is 5-12 days old",
+    "quality": "a degraded index: judge scores fall by half, 60% of retrievals come back empty, "
+               "~60% of feedback is negative and the newest document used is 5-12 days old",
 }
 
 
@@ -97,8 +97,14 @@ class Scenario:
 
 # Healthy answers score ~0.8 and retrieve from an index fed all day; a degraded index (stale,
 # half its shards missing, a changed embedding model) retrieves less, older and worse context.
-EMPTY_RETRIEVAL_SHARE = {False: 0.02, True: 0.30}
-FEEDBACK_SHARE = 0.3            # answers that get a thumbs up or down
+# The degraded shares are large on purpose: the fast stack judges 20-second windows, and each
+# operation's window must hold the alerts' volume guards (10 empty retrievals, 10 negative
+# feedbacks) for the whole fault, not flicker around them.
+EMPTY_RETRIEVAL_SHARE = {False: 0.02, True: 0.60}
+FEEDBACK_SHARE = 0.5            # answers that get a thumbs up or down
+# A user presses thumbs down when the answer falls below a bar of their own, drawn from 0 to this:
+# ~5% of healthy answers (quality ~0.8), ~60% of a degraded index's.
+USER_BAR = 0.7
 LATE_JUDGE_SHARE = 0.2          # answers the batch judge scores later, by request id
 NEGATIVE_REASONS = {False: ("wrong_answer", "too_vague", "no_answer"),
                     True: ("outdated", "no_answer", "wrong_answer")}
@@ -149,7 +155,7 @@ class AnswerQuality:
                 {"context_recall": recall}, request_id=request_id), context=contextvars.Context())
         if rnd.random() < FEEDBACK_SHARE:
             quality = self.faithfulness if self.faithfulness is not None else self.score((8, 2), (3, 5))
-            negative = rnd.random() < (0.7 if self.empty else 0.5 * (1 - quality))
+            negative = rnd.uniform(0, USER_BAR) > quality
             reason = rnd.choice(NEGATIVE_REASONS[self.degraded]) if negative else None
             loop.call_later(rnd.uniform(0.5, 3.0), lambda: record_feedback(
                 request_id, thumbs="down" if negative else "up", reason=reason),
