@@ -162,6 +162,18 @@ _indexes: dict[str, RequestIndex] = {}
 _indexes_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork() stays held forever in the child; the index is
+    # read again from the files on the child's first lookup.
+    global _indexes_lock
+    _indexes_lock = threading.Lock()
+    _indexes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def index_for(log_dir: Path) -> RequestIndex:
     key = str(log_dir)
     with _indexes_lock:
