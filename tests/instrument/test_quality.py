@@ -373,3 +373,35 @@ def test_an_id_of_a_day_already_compacted_is_taken_unverified(metrics, file_sink
     result = record_feedback("from-two-days-ago", thumbs="down", metrics=metrics,
                              request_log=file_sink)
     assert result and not result.verified
+
+
+def _serve_one(log_dir, ids):
+    """A worker process: answers one query into the shared LOG_DIR and reports its id."""
+    from prometheus_client import CollectorRegistry as Registry
+    metrics = RAGMetrics(registry=Registry(), settings=make_settings())
+    sink = DailyFileSink(log_dir)
+
+    @monitored_query(operation="worker_op", metrics=metrics, request_log=sink)
+    def answer():
+        return m2_3_monitoring.current_request_id()
+
+    ids.put(answer())
+    sink.close()
+
+
+def test_feedback_for_a_request_another_worker_process_served_is_verified(metrics, file_sink):
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    ids = context.Queue()
+    worker = context.Process(target=_serve_one, args=(str(file_sink.log_dir), ids))
+    worker.start()
+    try:
+        rid = ids.get(timeout=60)
+    finally:
+        worker.join(timeout=60)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    assert worker.exitcode == 0
+    result = record_feedback(rid, rating=1, metrics=metrics, request_log=file_sink)
+    assert result.verified and result.operation == "worker_op" and result.feedback == "negative"
