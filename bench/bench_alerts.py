@@ -6,7 +6,8 @@ The demo runs healthy for --healthy-seconds, then with each --fault in turn (def
 until its alert reached the webhook, then recovers. For every alert that fired it prints the
 seconds from the fault to Prometheus firing, to Alertmanager and to the webhook, and from the
 recovery to the resolution at the webhook; then what broke the promise (healthy quiet, each fault
-its own alert within 60 s and only the alerts it implies, resolved within 120 s), if anything.
+its own alert within 60 s, the quality fault the other quality alerts within 90 s, and only the
+alerts it implies, resolved within 120 s), if anything.
 Several --runs run one after another in this process, so their tables compare.
 """
 from __future__ import annotations

@@ -5,6 +5,12 @@ cache lookup, then on a miss retrieval, reranking and generation with realistic 
 per model, with occasional errors and a provider rate limit that drains and resets each minute.
 ``--fault`` makes one alert condition of the product design true within seconds.
 
+Answer quality, as a service with an LLM judge and a feedback button reports it: every search
+answer carries two judge scores (faithfulness, answer_relevance), a batch judge scores one answer
+in five later by its request id (context_recall), every retrieval reports its documents, best
+similarity and the age of its newest document, and half the answers get a thumbs up or down a
+moment later (far more than real users give, so the fast stack's short windows hold enough).
+
 Every query carries attribution keys: its tenant, drawn from a mix of ``--tenants`` tenants in
 which a few heavy ones send most of the traffic, and its feature (``search`` or ``chat``). The
 demo's budgets file (demo_budgets.json, used unless BUDGETS_FILE is set) budgets the heavy
@@ -16,6 +22,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import math
@@ -29,9 +36,12 @@ from dataclasses import dataclass
 
 from .instrument.attribution import attribution
 from .instrument.catalog import RAGMetrics
+from .instrument.context import current_request_id
 from .instrument.decorator import monitored_query
 from .instrument.helpers import record_tokens, track_cache_operation
+from .instrument.quality import record_feedback, record_scores
 from .instrument.ratelimits import track_rate_limit
+from .instrument.retrieval import record_retrieval
 from .instrument.runtime import configure_request_log, default_metrics
 from .instrument.stages import stage
 from .instrument.sdk import record_llm_error
@@ -45,6 +55,8 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
+    "quality": "a degraded index: judge scores fall by half, 60% of retrievals come back empty, "
+               "~60% of feedback is negative and the newest document used is 5-12 days old",
     "tenant-spend": "the heaviest tenant (acme) sends gpt-4 a 200K-token prompt (~$6.70 a "
                     "query), so its spend passes its daily budget (demo_budgets.json)",
 }
@@ -104,6 +116,7 @@ class Scenario:
     expensive: bool = False
     rate_limit_per_minute: dict | None = None
     rate_limit_squeezed: bool = False
+    degraded_index: bool = False
     expensive_tenant: str | None = None
 
     @classmethod
@@ -119,9 +132,78 @@ class Scenario:
             scenario.expensive = True
         elif fault == "ratelimit":
             scenario.rate_limit_squeezed = True
+        elif fault == "quality":
+            scenario.degraded_index = True
         elif fault == "tenant-spend":
             scenario.expensive_tenant = next(iter(HEAVY_TENANTS))
         return scenario
+
+
+# Healthy answers score ~0.8 and retrieve from an index fed all day; a degraded index (stale,
+# half its shards missing, a changed embedding model) retrieves less, older and worse context.
+# The degraded shares are large on purpose: the fast stack judges 20-second windows, and each
+# operation's window must hold the alerts' volume guards (10 empty retrievals, 10 negative
+# feedbacks) for the whole fault, not flicker around them.
+EMPTY_RETRIEVAL_SHARE = {False: 0.02, True: 0.60}
+FEEDBACK_SHARE = 0.5            # answers that get a thumbs up or down
+# A user presses thumbs down when the answer falls below a bar of their own, drawn from 0 to this:
+# ~5% of healthy answers (quality ~0.8), ~60% of a degraded index's.
+USER_BAR = 0.7
+LATE_JUDGE_SHARE = 0.2          # answers the batch judge scores later, by request id
+NEGATIVE_REASONS = {False: ("wrong_answer", "too_vague", "no_answer"),
+                    True: ("outdated", "no_answer", "wrong_answer")}
+
+
+class AnswerQuality:
+    """What the simulated judge, retriever and users say about one answer."""
+
+    def __init__(self, rnd: random.Random, degraded: bool):
+        self.rnd, self.degraded = rnd, degraded
+        self.request_id: str | None = None  # set inside the query
+        self.empty = False
+        self.faithfulness: float | None = None
+
+    def score(self, good: tuple[float, float], bad: tuple[float, float]) -> float:
+        a, b = bad if self.degraded else good
+        value = self.rnd.betavariate(a, b)
+        return min(1.0, value * 0.3 if self.empty else value)
+
+    def retrieval(self) -> None:
+        """Reports the retrieval of the query in progress (ragmon.record_retrieval)."""
+        rnd = self.rnd
+        self.empty = rnd.random() < EMPTY_RETRIEVAL_SHARE[self.degraded]
+        if self.empty:
+            record_retrieval(count=0)
+            return
+        age = (rnd.uniform(5, 12) * 86400 if self.degraded
+               else rnd.lognormvariate(math.log(3 * 3600), 1.0))
+        record_retrieval(count=rnd.randint(3, 8) if self.degraded else rnd.randint(8, 20),
+                         top_score=self.score((8, 3), (4, 5)),
+                         newest_document_time=time.time() - age)
+
+    def judge(self) -> None:
+        """The inline judge's scores for the answer in progress (ragmon.record_scores)."""
+        self.faithfulness = self.score((8, 2), (3, 5))
+        record_scores(faithfulness=self.faithfulness, answer_relevance=self.score((9, 2), (3, 4)))
+
+    def follow_up(self) -> None:
+        """After the answer: maybe a late judge score and a user's thumbs, a moment later and
+        outside the query (a fresh context: they arrive as a later request would)."""
+        request_id = self.request_id
+        if request_id is None:
+            return
+        rnd, loop = self.rnd, asyncio.get_running_loop()
+        if rnd.random() < LATE_JUDGE_SHARE:
+            recall = self.score((7, 2), (3, 5))
+            loop.call_later(rnd.uniform(0.5, 2.0), lambda: record_scores(
+                {"context_recall": recall}, request_id=request_id), context=contextvars.Context())
+        if rnd.random() < FEEDBACK_SHARE:
+            quality = self.faithfulness if self.faithfulness is not None else self.score((8, 2), (3, 5))
+            negative = rnd.uniform(0, USER_BAR) > quality
+            reason = rnd.choice(NEGATIVE_REASONS[self.degraded]) if negative else None
+            loop.call_later(rnd.uniform(0.5, 3.0), lambda: record_feedback(
+                request_id, thumbs="down" if negative else "up", reason=reason),
+                context=contextvars.Context())
 
 
 class RateLimitWindow:
@@ -156,21 +238,25 @@ class SimulatedRAG:
                                       attribution={"feature": "chat"})(self._stream)
         self.calls = 0
 
-    async def _answer(self, query: str, prompt_tokens: int | None = None) -> dict:
+    async def _answer(self, query: str, quality: AnswerQuality,
+                      prompt_tokens: int | None = None) -> dict:
         """`prompt_tokens`: this query sends gpt-4 a prompt this large (a tenant's fault)."""
         s, rnd = self.scenario, self.random
         expensive = prompt_tokens is not None or s.expensive
         prompt_tokens = prompt_tokens or 40_000
+        quality.request_id = current_request_id()
         async with stage("embedding"):
             await asyncio.sleep(rnd.uniform(0.008, 0.03))
         hit = rnd.random() < s.cache_hit_rate
         track_cache_operation(hit=hit, cache_type="semantic", metrics=self.metrics)
         if hit:
-            return {"answer": "(cached)", "relevance_score": min(1.0, rnd.betavariate(8, 2))}
+            quality.judge()
+            return {"answer": "(cached)", "relevance_score": quality.score((8, 2), (3, 5))}
 
         async with stage("retrieval", top_k=20) as retrieval:
             await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
-            retrieval.metadata["documents"] = rnd.randint(8, 20)
+            quality.retrieval()
+            retrieval.metadata["documents"] = 0 if quality.empty else rnd.randint(8, 20)
         embedding_hit = rnd.random() < 0.7
         track_cache_operation(hit=embedding_hit, cache_type="embedding", metrics=self.metrics)
         async with stage("reranking"):
@@ -192,16 +278,18 @@ class SimulatedRAG:
                 record_llm_error(provider, error, metrics=self.metrics)
                 raise error
 
+        quality.judge()
+        precision = rnd.uniform(0.2, 0.6) if s.degraded_index else rnd.uniform(0.55, 0.95)
         if expensive:
             input_tokens, output_tokens, cached = prompt_tokens + rnd.randint(0, 5000), 10_000, 0
             return {"answer": "...", "model": model, "input_tokens": input_tokens,
                     "output_tokens": output_tokens, "cached_input_tokens": cached,
-                    "relevance_score": min(1.0, rnd.betavariate(8, 2)),
-                    "context_precision": rnd.uniform(0.55, 0.95)}
+                    "relevance_score": quality.score((8, 2), (3, 5)),
+                    "context_precision": precision}
         # What the SDK would return (its model_dump()), read by shape like a real response.
         record_tokens(self._response(model, provider), metrics=self.metrics)
-        return {"answer": "...", "relevance_score": min(1.0, rnd.betavariate(8, 2)),
-                "context_precision": rnd.uniform(0.55, 0.95)}
+        return {"answer": "...", "relevance_score": quality.score((8, 2), (3, 5)),
+                "context_precision": precision}
 
     def _pick_model(self, expensive: bool = False) -> tuple[str, str]:
         draw = self.random.random()
@@ -256,13 +344,15 @@ class SimulatedRAG:
         return {"id": f"chatcmpl-{self.calls}", "object": "chat.completion", "model": model,
                 "choices": [], "usage": usage}
 
-    async def _stream(self, query: str):
+    async def _stream(self, query: str, quality: AnswerQuality):
         """A streamed answer: SDK stream chunks/events, as a service relays them. Time to first
         token is the first chunk with content; some OpenAI streams are made without
         include_usage (counted as unreadable), and some clients hang up early (partial usage)."""
         rnd = self.random
+        quality.request_id = current_request_id()
         async with stage("retrieval", top_k=20):
             await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
+            quality.retrieval()
         model, provider = self._pick_model(self.scenario.expensive)
         self._rate_limit_headers(provider)
         self.calls += 1
@@ -300,6 +390,7 @@ class SimulatedRAG:
             yield dict(chunk, choices=[], usage=usage)
 
     async def handle(self, number: int) -> None:
+        quality = AnswerQuality(self.random, self.scenario.degraded_index)
         tenant = self.tenants.pick(self.random) if self.tenants is not None else None
         expensive = self.scenario.expensive or (
             tenant is not None and tenant == self.scenario.expensive_tenant)
@@ -309,18 +400,19 @@ class SimulatedRAG:
         try:
             with keys:
                 if self.random.random() < 0.2 and not expensive:
-                    await self.relay(f"question {number}")
+                    await self.relay(f"question {number}", quality)
                 elif expensive and not self.scenario.expensive:
                     # the whole document base in the prompt: ~$6.70 a query
-                    await self.answer(f"question {number}", prompt_tokens=200_000)
+                    await self.answer(f"question {number}", quality, prompt_tokens=200_000)
                 else:
-                    await self.answer(f"question {number}")
+                    await self.answer(f"question {number}", quality)
         except ERRORS:
-            pass  # counted and logged by then; a real service would answer with an error
+            return  # counted and logged by then; a real service would answer with an error
+        quality.follow_up()
 
-    async def relay(self, query: str) -> None:
+    async def relay(self, query: str, quality: AnswerQuality) -> None:
         """Reads a streamed answer as a client would; one in ten clients hangs up early."""
-        stream = self.stream(query)
+        stream = self.stream(query, quality)
         hang_up = self.random.random() < 0.1
         try:
             async for index, _ in _aenumerate(stream):

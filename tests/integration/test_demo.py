@@ -42,7 +42,8 @@ def total(samples, name, **match):
 
 
 def conditions(before, after, elapsed):
-    """The five product-design alert expressions, evaluated on the scrape deltas."""
+    """The product-design and answer-quality alert expressions, evaluated on the scrape
+    deltas."""
     def delta(name, **match):
         return total(after, name, **match) - total(before, name, **match)
     buckets = {}
@@ -58,7 +59,21 @@ def conditions(before, after, elapsed):
                if n == "rag_budget_spend_dollars_total"}
     tenant_spend = {t: delta("rag_budget_spend_dollars_total", key="tenant", value=t)
                     for t in tenants}
+    scores = {name: delta("rag_evaluation_score_sum", score=name)
+              / max(delta("rag_evaluation_score_count", score=name), 1)
+              for name in ("faithfulness", "answer_relevance", "context_recall")}
+    feedback = delta("rag_feedback_total")
+    aged = delta("rag_retrieval_newest_document_age_seconds_count")
     return {
+        "scores": scores,
+        "late_evaluations": delta("rag_late_evaluations_total"),
+        "empty_retrieval_rate": delta("rag_empty_retrievals_total")
+        / max(delta("rag_retrieval_queries_total"), 1),
+        "feedback": feedback,
+        "negative_feedback_rate": delta("rag_feedback_total", feedback="negative") / max(feedback, 1),
+        # p10 of the newest document's age above 1 day <=> under 10% of queries at le=86400
+        "share_with_a_document_from_the_last_day":
+            delta("rag_retrieval_newest_document_age_seconds_bucket", le="86400.0") / max(aged, 1),
         "queries": queries,
         "p95": Summary.quantile(0.95, buckets),
         "error_rate": delta("rag_queries_total", status="error") / queries,
@@ -78,7 +93,8 @@ def conditions(before, after, elapsed):
 def demo_runs(tmp_path_factory):
     runs = {}
     try:
-        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit", "tenant-spend"):
+        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit", "quality",
+                      "tenant-spend"):
             port = free_port()
             log_dir = tmp_path_factory.mktemp(f"demo-{fault or 'normal'}")
             cmd = [sys.executable, str(ROOT / "m2_3_monitoring.py"), "--port", str(port), "--qps", str(QPS),
@@ -128,6 +144,10 @@ def test_a_normal_run_keeps_every_alert_condition_false(demo_runs):
     assert c["cache_hit_rate"] >= 0.3, c
     assert c["pace_at_default_qps"] < 100, c
     assert c["min_remaining_requests"] >= 100, c
+    assert min(c["scores"].values()) > 0.7 and c["late_evaluations"] > 0, c
+    assert c["empty_retrieval_rate"] < 0.1 and c["feedback"] > 20, c
+    assert c["negative_feedback_rate"] < 0.25, c
+    assert c["share_with_a_document_from_the_last_day"] > 0.5, c
 
 
 DAILY_BUDGETS = {value: periods["daily"]
@@ -159,7 +179,8 @@ def test_the_tenant_spend_fault_puts_only_the_heaviest_tenant_over_its_budget(de
 def test_every_record_names_its_tenant_and_feature(demo_runs):
     [records] = list(Path(demo_runs[None]["log_dir"]).glob("*_performance.jsonl"))
     lines = [json.loads(line) for line in records.read_text().splitlines()]
-    queries = [r for r in lines if r.get("operation") in ("rag_search", "rag_stream")]
+    queries = [r for r in lines if r.get("operation") in ("rag_search", "rag_stream")
+               and r.get("kind") in (None, "query")]
     assert len(queries) > 50
     for record in queries:
         keys = record["attribution"]
@@ -173,9 +194,17 @@ def test_every_record_names_its_tenant_and_feature(demo_runs):
     ("cache", lambda c: c["cache_hit_rate"] < 0.3),
     ("cost", lambda c: c["pace_per_day"] > 100),
     ("ratelimit", lambda c: c["min_remaining_requests"] < 100),
+    ("quality", lambda c: c["empty_retrieval_rate"] > 0.1 and c["negative_feedback_rate"] > 0.25
+     and c["share_with_a_document_from_the_last_day"] < 0.1),
 ])
 def test_each_fault_makes_its_alert_condition_true(demo_runs, fault, check):
     assert check(demo_runs[fault]["conditions"]), demo_runs[fault]["conditions"]
+
+
+def test_the_quality_fault_drops_every_score_by_more_than_the_alerts_20_percent(demo_runs):
+    normal, degraded = (demo_runs[f]["conditions"]["scores"] for f in (None, "quality"))
+    for name, usual in normal.items():
+        assert degraded[name] < 0.8 * usual, (name, usual, degraded[name])
 
 
 def test_sigterm_stops_cleanly_after_printing_summaries(demo_runs):
