@@ -99,7 +99,7 @@ class CallRecorder:
         if self.stage is None:
             return
         if query is not None and m is query.owner.metrics:
-            query.owner.stage_child(self.stage).observe(duration)
+            query.owner.stage_observer(self.stage)(duration)
             query.add_stage(self.stage, duration, {"provider": self.provider})
         else:
             stage = self.stage

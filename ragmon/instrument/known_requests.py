@@ -14,11 +14,15 @@ not "unknown"), at most INDEX_LIMIT of them (dropping the oldest first) and at m
 INITIAL_READ_BYTES of each file on its first read. When ids that are still young enough have been
 dropped or skipped, a missing id cannot be told unknown: it is accepted as unverified.
 
+Days already compacted into the Parquet history are not read: an id missing from them is
+accepted as unverified too.
+
 With records going to stderr, to no file or to a sink of the application's own, nothing can be
 checked: every well-formed id is accepted as unverified.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import threading
@@ -65,6 +69,24 @@ class RequestIndex:
             for name in names:
                 if name >= first:
                     self._read(name)
+            self._compacted_days()
+
+    def _compacted_days(self) -> None:
+        """Days moved to the Parquet history (``m2_3_report.py compact``) are not read here: a
+        missing id of such a day cannot be told unknown."""
+        try:
+            # ragmon.report.compact's layout: LOG_DIR/history/day=YYYY-MM-DD/
+            days = [entry.name[len("day="):] for entry in os.scandir(self.log_dir / "history")
+                    if entry.name.startswith("day=")]
+        except OSError:
+            return
+        for day in days:
+            try:
+                end = calendar.timegm(time.strptime(day, "%Y-%m-%d")) + 86400
+            except ValueError:
+                continue
+            if end > self.complete_after:
+                self.complete_after = end
 
     def _read(self, name: str) -> None:
         path = self.log_dir / name
@@ -138,6 +160,18 @@ class RequestIndex:
 
 _indexes: dict[str, RequestIndex] = {}
 _indexes_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread held at fork() stays held forever in the child; the index is
+    # read again from the files on the child's first lookup.
+    global _indexes_lock
+    _indexes_lock = threading.Lock()
+    _indexes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def index_for(log_dir: Path) -> RequestIndex:

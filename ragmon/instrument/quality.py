@@ -9,6 +9,8 @@ that the report joins to its request by id.
 
 ``record_feedback`` takes a user's thumbs or rating and a short reason for a request id, counts
 it in ``rag_feedback_total{operation, feedback}`` and writes ``{"kind": "feedback", ...}``.
+Both kinds of record go to LOG_DIR/YYYYMMDD_quality.jsonl beside the day's requests (no request
+reader meets them); a request id is checked against the server's request log (known_requests).
 
 Score names and feedback reasons are label values, so both are bounded per catalog
 (MAX_SCORE_NAMES, MAX_FEEDBACK_REASONS): a name past the budget is refused and counted, a
@@ -18,7 +20,6 @@ in the return value.
 """
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -28,10 +29,10 @@ from typing import Mapping
 
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
+from .hooks import HOOKS, on_finish
 from .records import QUALITY_FILE_SUFFIX, DailyFileSink, iso_utc
 from .runtime import cached_child, current_request_log, default_metrics, recording_failed, safe_name
-
-log = logging.getLogger("ragmon")
+from .writers import observer
 
 # The two scores the library had first: they keep their own record fields and histograms
 # (rag_relevance_score, rag_context_precision) and are also named scores.
@@ -42,7 +43,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 MAX_REQUEST_ID_LENGTH = 128
 OTHER_REASON = "other"
 UNKNOWN_OPERATION = "unknown"
-FEEDBACK_CLASSES = ("positive", "negative", "neutral")
 _THUMBS = {"up": "positive", "down": "negative", True: "positive", False: "negative"}
 _REAL = (int, float)
 
@@ -53,22 +53,22 @@ class NameBudget:
 
     def __init__(self, limit, preset: tuple[str, ...] = ()):
         self._limit = limit
-        self._names: set[str] = set(preset)
+        self.names: set[str] = set(preset)  # only grows; read without the lock
         self._lock = threading.Lock()
 
     def admit(self, name: str) -> bool:
-        if name in self._names:
+        if name in self.names:
             return True
         with self._lock:
-            if name in self._names:
+            if name in self.names:
                 return True
-            if len(self._names) < self._limit():
-                self._names.add(name)
+            if len(self.names) < self._limit():
+                self.names.add(name)
                 return True
         return False
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self.names)
 
 
 class QualityState:
@@ -81,17 +81,16 @@ class QualityState:
         self.warned: set[str] = set()
 
 
-_states: "weakref.WeakKeyDictionary[RAGMetrics, QualityState]" = weakref.WeakKeyDictionary()
 _states_lock = threading.Lock()
 
 
 def state_of(metrics: RAGMetrics) -> QualityState:
-    state = _states.get(metrics)
+    state = metrics.quality_state
     if state is None:
         with _states_lock:
-            state = _states.get(metrics)
+            state = metrics.quality_state
             if state is None:
-                state = _states[metrics] = QualityState(metrics)
+                state = metrics.quality_state = QualityState(metrics)
     return state
 
 
@@ -107,48 +106,75 @@ class QueryQuality:
 
     def add_to(self, record: dict, now: float) -> None:
         if self.scores:
-            record["scores"] = dict(self.scores)
+            record["scores"] = self.scores  # the query has ended: nothing adds to it now
         if self.retrieval is not None:
             record["retrieval"] = self.retrieval.record_field(now)
 
 
 def query_quality(query) -> QueryQuality:
+    """The query's QueryQuality, made on first use; the first use in the process registers
+    the finish hook that observes it (hooks.py: nothing is paid before)."""
     extra = query.extras()
     quality = extra.quality
     if quality is None:
         quality = extra.quality = QueryQuality()
+        if finish_query not in HOOKS.finish:
+            on_finish(finish_query)
     return quality
 
 
-class PairedScore:
-    """A built-in score's own histogram and its rag_evaluation_score series, observed together."""
-
-    __slots__ = ("own", "named")
-
-    def __init__(self, own, named):
-        self.own, self.named = own, named
-
-    def observe(self, value: float) -> None:
-        self.own.observe(value)
-        self.named.observe(value)
+def finish_query(ctx, done) -> None:
+    """The finish hook: the named scores and retrieval health the query reported, into the
+    metrics and its record."""
+    extra = ctx.extra
+    if extra is None:
+        return
+    quality = extra.quality
+    if quality is None:
+        return
+    observe_query(ctx.owner.metrics, ctx.operation, quality)
+    if done.record is not None:
+        quality.add_to(done.record, time.time())
 
 
 def built_in_score(metrics: RAGMetrics, operation: str, name: str):
-    """The observer of relevance_score or context_precision for one operation."""
-    own = (metrics.relevance if name == "relevance_score" else metrics.context_precision)
-    return PairedScore(own.labels(operation), metrics.evaluation_score.labels(operation, name))
+    """``observe`` of relevance_score or context_precision for one operation: its own histogram
+    and its rag_evaluation_score series, together."""
+    own = observer((metrics.relevance if name == "relevance_score"
+                    else metrics.context_precision).labels(operation))
+    named = score_writer(metrics, operation, name)
+
+    def observe(value: float) -> None:
+        own(value)
+        named(value)
+    return observe
 
 
-def score_child(metrics: RAGMetrics, operation: str, name: str):
-    return cached_child(metrics, ("evaluation_score", operation, name),
-                        lambda: metrics.evaluation_score.labels(operation, name))
+def score_writers(metrics: RAGMetrics, operation: str) -> dict:
+    """``observe`` of each rag_evaluation_score child of one operation, by score name (at most
+    MAX_SCORE_NAMES of them: only admitted names are looked up)."""
+    return cached_child(metrics, ("evaluation_score", operation), dict)
+
+
+def score_writer(metrics: RAGMetrics, operation: str, name: str):
+    writers = score_writers(metrics, operation)
+    writer = writers.get(name)
+    if writer is None:
+        writer = writers[name] = observer(metrics.evaluation_score.labels(operation, name))
+    return writer
 
 
 def observe_query(metrics: RAGMetrics, operation: str, quality: QueryQuality) -> None:
-    """Called by the finishing query: its named scores and retrieval health into the metrics."""
-    if quality.scores:
-        for name, value in quality.scores.items():
-            score_child(metrics, operation, name).observe(value)
+    """The named scores and retrieval health of a finished query, into the metrics."""
+    scores = quality.scores
+    if scores:
+        writers = score_writers(metrics, operation)
+        for name, value in scores.items():
+            writer = writers.get(name)
+            if writer is None:
+                writer = writers[name] = observer(metrics.evaluation_score.labels(operation,
+                                                                                  name))
+            writer(value)
     if quality.retrieval is not None:
         quality.retrieval.observe(metrics, operation)
 
@@ -168,8 +194,8 @@ def _refuse(metrics: RAGMetrics, reason: str, message: str, *args) -> None:
 
 
 def _checked_scores(metrics: RAGMetrics, scores, named: dict) -> dict[str, float]:
-    """The valid, admitted scores; each refused one counted by reason. Names are never quoted
-    in logs past the pattern check (they may carry user text)."""
+    """The valid, admitted scores; each refused one counted by reason. Names are never logged:
+    a name that should not be one may carry a user id or text."""
     items = []
     if scores is not None:
         if isinstance(scores, Mapping):
@@ -180,19 +206,24 @@ def _checked_scores(metrics: RAGMetrics, scores, named: dict) -> dict[str, float
                     type(scores).__name__)
     items.extend(named.items())
     budget = state_of(metrics).score_names
+    admitted = budget.names
     accepted: dict[str, float] = {}
     for name, value in items:
+        if type(value) is float and 0.0 <= value <= 1.0 and name in admitted:
+            accepted[name] = value  # the usual score: a known name, a float in range
+            continue
         if type(name) is not str or NAME_PATTERN.fullmatch(name) is None:
             _refuse(metrics, "bad_name", "a score name is not an identifier (letters, digits, "
                     "_ . -, at most 64 characters, starting with a letter); refused")
             continue
         if isinstance(value, bool) or not isinstance(value, _REAL) or not 0 <= value <= 1:
-            _refuse(metrics, "bad_value", "score %r is not a number from 0 to 1; refused", name)
+            _refuse(metrics, "bad_value", "a score is not a number from 0 to 1; refused")
             continue
         if not budget.admit(name):
-            _refuse(metrics, "too_many_names", "score %r would pass MAX_SCORE_NAMES=%d distinct "
-                    "names; refused. Is a per-user or per-query value used as a score name?",
-                    name, metrics.settings.MAX_SCORE_NAMES)
+            _refuse(metrics, "too_many_names", "a new score name would pass MAX_SCORE_NAMES=%d "
+                    "distinct names; refused. Is a per-user or per-query value used as a score "
+                    "name? (The name is not logged: it may hold one.)",
+                    metrics.settings.MAX_SCORE_NAMES)
             continue
         accepted[name] = float(value)
     return accepted
@@ -219,9 +250,28 @@ def record_scores(scores: Mapping[str, float] | None = None, /, *, request_id: s
     ``rag_evaluation_scores_refused_total{reason}``.
     """
     try:
+        query = CURRENT_QUERY.get()
+        if (query is not None and scores is None and request_id is None and metrics is None
+                and named):
+            # The usual call: keyword scores inside a query. Names already admitted with float
+            # values in range take no other check; anything else goes the long way.
+            admitted = state_of(query.owner.metrics).score_names.names
+            for name, value in named.items():
+                if (type(value) is not float or not 0.0 <= value <= 1.0 or name not in admitted
+                        or name in BUILT_IN_SCORES):
+                    break
+            else:
+                quality = query_quality(query)
+                if quality.scores is None:
+                    quality.scores = named
+                else:
+                    quality.scores.update(named)
+                return True
         return _record_scores(scores, request_id, operation, metrics, request_log, named)
     except Exception as failure:
-        recording_failed(metrics or default_metrics(), "recording",
+        query = CURRENT_QUERY.get()
+        owner = query.owner.metrics if query is not None and query.owner.ready else None
+        recording_failed(metrics or owner or default_metrics(), "recording",
                          "record_scores() failed: %r", failure)
         return False
 
@@ -257,12 +307,12 @@ def _record_scores(scores, request_id, operation, metrics, request_log, named) -
         return False
     found = find_request(request_id, m, request_log)
     if found.refusal is not None:
-        _refuse(m, found.refusal, "record_scores(request_id=%r): %s", request_id, found.message)
+        _refuse(m, found.refusal, "record_scores(request_id=...): the request %s", found.message)
         return False
     operation = _operation(operation, found)
     now = time.time()
     for name, value in accepted.items():
-        score_child(m, operation, name).observe(value)
+        score_writer(m, operation, name)(value)
     m.late_evaluations.labels(operation).inc()
     _write(m, request_log, {"kind": "evaluation", "request_id": request_id,
                             "operation": operation, "scores": accepted,

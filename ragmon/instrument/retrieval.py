@@ -25,6 +25,7 @@ left out, never recorded as 0.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from datetime import date, datetime, timezone
 from typing import Iterable, Mapping
@@ -32,6 +33,7 @@ from typing import Iterable, Mapping
 from .context import CURRENT_QUERY
 from .quality import query_quality
 from .runtime import cached_child, default_metrics, recording_failed
+from .writers import adder, observer
 
 SCORE_KEYS = ("score", "relevance_score", "similarity", "similarity_score")
 DISTANCE_KEYS = ("distance", "_distance")
@@ -42,6 +44,7 @@ METADATA_ATTRIBUTES = ("metadata", "meta", "payload")
 CLOCK_SKEW_SECONDS = 300.0
 _MILLISECONDS_FROM = 1e11  # epoch seconds of the year 5138: larger values are milliseconds
 _REAL = (int, float)
+_REAL_TYPES = frozenset((int, float))
 
 
 class RetrievalHealth:
@@ -76,19 +79,27 @@ class RetrievalHealth:
                 "newest_document_age_seconds": self.age(time.time() if now is None else now)}
 
     def observe(self, metrics, operation: str) -> None:
-        def child(name, metric):
-            return cached_child(metrics, (name, operation), lambda: metric.labels(operation))
+        queries, documents, empty, top, age = cached_child(
+            metrics, ("retrieval", operation), lambda: _children(metrics, operation))
         if self.documents is not None:  # the empty-retrieval ratio counts only known counts
-            child("retrieval_queries", metrics.retrieval_queries).inc()
-            child("retrieved_documents", metrics.retrieved_documents).observe(self.documents)
-            empty = child("empty_retrievals", metrics.empty_retrievals)  # exported from 0 on
+            queries(1)
+            documents(self.documents)
             if self.documents == 0:
-                empty.inc()
+                empty(1)
         if self.top_score is not None:
-            child("retrieval_top_score", metrics.retrieval_top_score).observe(self.top_score)
-        age = self.age(time.time())
-        if age is not None:
-            child("retrieval_document_age", metrics.retrieval_document_age).observe(age)
+            top(self.top_score)
+        if self.newest_time is not None:
+            age(max(0.0, time.time() - self.newest_time))
+
+
+def _children(metrics, operation: str) -> tuple:
+    """One operation's retrieval series as writers (writers.py), made together, so the empty
+    counter is exported from 0."""
+    return (adder(metrics.retrieval_queries.labels(operation)),
+            observer(metrics.retrieved_documents.labels(operation)),
+            adder(metrics.empty_retrievals.labels(operation)),
+            observer(metrics.retrieval_top_score.labels(operation)),
+            observer(metrics.retrieval_document_age.labels(operation)))
 
 
 class _Reading:
@@ -105,10 +116,11 @@ class _Reading:
     def score(self, value: object, what: str, distance: bool = False) -> None:
         if value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, _REAL) or not math.isfinite(value):
+        if not _is_number(value) or not math.isfinite(value):
             self.bad.append(what)
             return
-        similarity = 1.0 - value if distance else float(value)
+        value = float(value)
+        similarity = 1.0 - value if distance else value
         if not 0.0 <= similarity <= 1.0:
             self.bad.append(what)
             return
@@ -130,10 +142,11 @@ def epoch_of(value: object) -> float | None:
     """Unix seconds of a timestamp as retrievers keep it, or None when it cannot be read."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, _REAL):
+    if _is_number(value):
+        value = float(value)
         if not math.isfinite(value) or value < 0:
             return None
-        return value / 1000.0 if value > _MILLISECONDS_FROM else float(value)
+        return value / 1000.0 if value > _MILLISECONDS_FROM else value
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -152,59 +165,78 @@ def epoch_of(value: object) -> float | None:
 def _metadata_of(item: object) -> Mapping | None:
     for name in METADATA_ATTRIBUTES:
         found = getattr(item, name, None)
-        if isinstance(found, Mapping):
+        if type(found) is dict or isinstance(found, Mapping):
             return found
     node = getattr(item, "node", None)  # LlamaIndex NodeWithScore
     if node is not None:
         found = getattr(node, "metadata", None)
-        if isinstance(found, Mapping):
+        if type(found) is dict or isinstance(found, Mapping):
             return found
     return None
 
 
-def _read_metadata(reading: _Reading, metadata: Mapping, with_scores: bool) -> None:
+def _read_metadata(reading: _Reading, metadata: Mapping, with_scores: bool) -> bool:
+    """Reads a score (when `with_scores`) and a time from `metadata`; True if it had a score."""
+    scored = False
     if with_scores:
         for key in SCORE_KEYS:
             if key in metadata:
-                reading.score(metadata[key], f"metadata[{key!r}]")
+                reading.score(metadata[key], "a document's score")
+                scored = True
                 break
         else:
             for key in DISTANCE_KEYS:
                 if key in metadata:
-                    reading.score(metadata[key], f"metadata[{key!r}]", distance=True)
+                    reading.score(metadata[key], "a document's distance", distance=True)
+                    scored = True
                     break
     for key in TIMESTAMP_KEYS:
         if key in metadata:
-            reading.time(metadata[key], f"metadata[{key!r}]")
+            reading.time(metadata[key], "a document's timestamp")
             break
+    return scored
+
+
+def _is_number(value: object) -> bool:
+    """A real number that is not a bool: int, float, or a numpy scalar (FAISS returns float32)."""
+    return type(value) in _REAL_TYPES or (isinstance(value, numbers.Real)
+                                          and not isinstance(value, bool))
+
+
+def _is_mapping(item: object) -> bool:
+    return type(item) is dict or isinstance(item, Mapping)
 
 
 def _read_item(reading: _Reading, item: object) -> None:
     reading.count = (reading.count or 0) + 1
-    if item is None or isinstance(item, (str, bytes)):
+    kind = type(item)
+    if kind is str or item is None or kind is bytes:
         return
-    if type(item) is tuple and len(item) == 2 and isinstance(item[1], _REAL) \
-            and not isinstance(item[1], bool):
+    if kind is tuple and len(item) == 2 and _is_number(item[1]):
         reading.score(item[1], "a (document, score) pair's score")
         item = item[0]
-        metadata = item if isinstance(item, Mapping) else _metadata_of(item)
+        metadata = item if _is_mapping(item) else _metadata_of(item)
         if metadata is not None:
             _read_metadata(reading, metadata, with_scores=False)
         return
-    if isinstance(item, Mapping):
-        _read_metadata(reading, item, with_scores=True)
+    if _is_mapping(item):
+        scored = _read_metadata(reading, item, with_scores=True)
         for name in METADATA_ATTRIBUTES:
             nested = item.get(name)
-            if isinstance(nested, Mapping):
-                _read_metadata(reading, nested, with_scores=reading.top_score is None)
+            if _is_mapping(nested):
+                _read_metadata(reading, nested, with_scores=not scored)
                 break
+        return
+    if isinstance(item, (str, bytes)):
+        return
+    # A document object: LangChain keeps its score in metadata; LlamaIndex, Haystack and Qdrant
+    # as an attribute (looked up only when the metadata had none: a miss is slow on pydantic).
+    metadata = _metadata_of(item)
+    if metadata is not None and _read_metadata(reading, metadata, with_scores=True):
         return
     score = getattr(item, "score", None)
     if score is not None:
-        reading.score(score, f"{type(item).__name__}.score")
-    metadata = _metadata_of(item)
-    if metadata is not None:
-        _read_metadata(reading, metadata, with_scores=score is None)
+        reading.score(score, "a document's .score")
 
 
 def _is_chroma_result(documents: Mapping) -> bool:

@@ -29,7 +29,6 @@ from .sources import file_date, find_sources, own_regular_file
 
 # Score names shown as columns, the most frequent first; like metric labels they are bounded.
 MAX_SCORE_COLUMNS = 20
-FEEDBACK_CLASSES = ("positive", "negative", "neutral")
 
 
 def _number(x: str) -> str:

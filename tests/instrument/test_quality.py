@@ -7,8 +7,18 @@ import pytest
 import m2_3_monitoring
 from ragmon import (FeedbackResult, RAGMetrics, monitored_query, record_feedback, record_quality,
                     record_scores)
+from ragmon.instrument import hooks
+from ragmon.instrument.quality import finish_query
 from ragmon.instrument.records import DailyFileSink
 from tests.conftest import make_settings
+
+
+@pytest.fixture(autouse=True)
+def quality_hook_removed():
+    """The quality hook registers on first use, for the process: each test leaves none behind
+    (tests/instrument/test_hooks.py checks that no hook is registered before a feature is used)."""
+    yield
+    hooks.remove(finish_query)
 
 
 def value(metrics, name, **labels):
@@ -225,3 +235,173 @@ def test_a_late_score_for_an_unknown_request_is_refused_and_counted(metrics, fil
 def test_without_a_file_log_nothing_can_be_checked_and_feedback_is_unverified(metrics, sink):
     result = record_feedback("anything", thumbs="up", metrics=metrics, request_log=sink)
     assert result and not result.verified
+
+
+def test_promtool_check_metrics_prints_nothing_for_the_quality_metrics(metrics, sink):
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    from ragmon import record_retrieval
+    from tests.conftest import require_binaries
+
+    (promtool,) = require_binaries("promtool")
+
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def answer():
+        record_scores(faithfulness=0.9)
+        record_retrieval([{"score": 0.8, "timestamp": time.time() - 600}])
+        return {"relevance_score": 0.7, "context_precision": 0.6}
+
+    answer()
+    record_scores(faithfulness=0.5, request_id="r1", operation="op", metrics=metrics,
+                  request_log=sink)
+    record_scores(faithfulness=2.0, request_id="r1", metrics=metrics, request_log=sink)
+    record_feedback("r1", thumbs="up", reason="clear", operation="op", metrics=metrics,
+                    request_log=sink)
+    record_feedback("", thumbs="up", metrics=metrics, request_log=sink)
+    result = subprocess.run([promtool, "check", "metrics"], input=generate_latest(metrics.registry),
+                            capture_output=True)
+    assert result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)
+    exposed = metrics.exposed_series_names()
+    for name in ("rag_evaluation_score_bucket", "rag_evaluation_scores_refused_total",
+                 "rag_late_evaluations_total", "rag_feedback_total", "rag_feedback_reasons_total",
+                 "rag_feedback_rejected_total", "rag_retrieved_documents_bucket",
+                 "rag_empty_retrievals_total", "rag_retrieval_queries_total",
+                 "rag_retrieval_top_score_bucket",
+                 "rag_retrieval_newest_document_age_seconds_bucket"):
+        assert name in exposed, name
+
+
+class Hostile(dict):
+    def items(self):
+        raise RuntimeError("boom")
+
+
+class BrokenSink:
+    def write(self, record, at=None):
+        raise OSError(28, "No space left on device")
+
+
+def errors(metrics, reason):
+    return value(metrics, "rag_instrumentation_errors_total", reason=reason) or 0
+
+
+def test_monitoring_failures_never_reach_the_host(metrics, sink):
+    from ragmon import record_retrieval
+
+    def documents():
+        yield {"score": 0.5}
+        raise RuntimeError("the retriever's iterator broke")
+
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def answer():
+        assert record_scores(Hostile(a=0.5)) is False
+        record_retrieval(documents())
+        return "the answer"
+
+    assert answer() == "the answer"
+    assert errors(metrics, "recording") == 2
+    assert sink.records[0]["status"] == "success"
+    # a record that cannot be written: the feedback and the score still count
+    broken = BrokenSink()
+    assert record_feedback("req-1", thumbs="up", operation="op", metrics=metrics,
+                           request_log=broken)
+    assert record_scores(faithfulness=0.5, request_id="req-1", operation="op", metrics=metrics,
+                         request_log=broken)
+    assert errors(metrics, "record_write") == 2
+    assert value(metrics, "rag_feedback_total", operation="op", feedback="positive") == 1
+
+
+def test_the_request_index_is_bounded_and_never_calls_a_dropped_id_unknown(metrics, file_sink,
+                                                                           monkeypatch):
+    from ragmon.instrument import known_requests
+    monkeypatch.setattr(known_requests, "INDEX_LIMIT", 5)
+    monkeypatch.setattr(known_requests, "_indexes", {})
+    now = time.time()
+    for n in range(8):
+        file_sink.write({"request_id": f"r{n}", "start_time": now - 100 + n, "total_time": 0.5,
+                         "operation": "op"}, at=now)
+    assert record_feedback("r7", thumbs="up", metrics=metrics, request_log=file_sink).verified
+    index = known_requests.index_for(file_sink.log_dir)
+    assert len(index.entries) == 5 and "r0" not in index.entries
+    dropped = record_feedback("r0", thumbs="up", metrics=metrics, request_log=file_sink)
+    assert dropped and not dropped.verified  # it may have been served: not refused
+
+
+def test_a_record_still_being_written_is_read_once_it_is_whole(metrics, file_sink):
+    from ragmon.instrument.records import log_file_name
+    now = time.time()
+    file_sink.write({"request_id": "first", "start_time": now - 1, "total_time": 0.5,
+                     "operation": "op"}, at=now)
+    path = file_sink.log_dir / log_file_name(now)
+    line = json.dumps({"request_id": "second", "start_time": now - 1, "total_time": 0.5,
+                       "operation": "op"})
+    with open(path, "a") as f:
+        f.write(line[:20])  # a writer's line, cut mid-way for now
+    assert not record_feedback("second", thumbs="up", metrics=metrics, request_log=file_sink)
+    with open(path, "a") as f:
+        f.write(line[20:] + "\n")
+    assert record_feedback("second", thumbs="up", metrics=metrics, request_log=file_sink).verified
+
+
+def test_streaming_and_async_queries_carry_their_scores(metrics, sink):
+    import asyncio
+
+    @monitored_query(operation="stream", metrics=metrics, request_log=sink)
+    def stream():
+        yield "a"
+        record_scores(faithfulness=0.25)
+        yield "b"
+
+    @monitored_query(operation="async", metrics=metrics, request_log=sink)
+    async def answer():
+        await asyncio.sleep(0)
+        record_scores(faithfulness=0.75)
+        return "ok"
+
+    assert list(stream()) == ["a", "b"]
+    assert asyncio.run(answer()) == "ok"
+    assert [r["scores"] for r in sink.records] == [{"faithfulness": 0.25}, {"faithfulness": 0.75}]
+    assert value(metrics, "rag_evaluation_score_sum", operation="stream",
+                 score="faithfulness") == 0.25
+
+
+def test_an_id_of_a_day_already_compacted_is_taken_unverified(metrics, file_sink):
+    day = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 2 * 86400))
+    (file_sink.log_dir / "history" / f"day={day}").mkdir(parents=True)
+    result = record_feedback("from-two-days-ago", thumbs="down", metrics=metrics,
+                             request_log=file_sink)
+    assert result and not result.verified
+
+
+def _serve_one(log_dir, ids):
+    """A worker process: answers one query into the shared LOG_DIR and reports its id."""
+    from prometheus_client import CollectorRegistry as Registry
+    metrics = RAGMetrics(registry=Registry(), settings=make_settings())
+    sink = DailyFileSink(log_dir)
+
+    @monitored_query(operation="worker_op", metrics=metrics, request_log=sink)
+    def answer():
+        return m2_3_monitoring.current_request_id()
+
+    ids.put(answer())
+    sink.close()
+
+
+def test_feedback_for_a_request_another_worker_process_served_is_verified(metrics, file_sink):
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    ids = context.Queue()
+    worker = context.Process(target=_serve_one, args=(str(file_sink.log_dir), ids))
+    worker.start()
+    try:
+        rid = ids.get(timeout=60)
+    finally:
+        worker.join(timeout=60)
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    assert worker.exitcode == 0
+    result = record_feedback(rid, rating=1, metrics=metrics, request_log=file_sink)
+    assert result.verified and result.operation == "worker_op" and result.feedback == "negative"

@@ -6,6 +6,16 @@ import pytest
 from langchain_core.documents import Document
 
 from ragmon import monitored_query, record_retrieval
+from ragmon.instrument import hooks
+from ragmon.instrument.quality import finish_query
+
+
+@pytest.fixture(autouse=True)
+def quality_hook_removed():
+    """The quality hook registers on first use, for the process: each test leaves none behind
+    (tests/instrument/test_hooks.py checks that no hook is registered before a feature is used)."""
+    yield
+    hooks.remove(finish_query)
 
 
 def value(metrics, name, **labels):
@@ -107,7 +117,7 @@ def test_values_that_cannot_be_read_are_counted_never_recorded_as_zero(metrics, 
     field = retrieve(metrics, sink, documents, **kwargs)
     assert field["top_score"] is None and field["newest_document_age_seconds"] is None
     assert value(metrics, "rag_instrumentation_errors_total", reason="bad_retrieval_value") == 1
-    assert value(metrics, "rag_retrieval_top_score_count", operation="op") is None
+    assert not value(metrics, "rag_retrieval_top_score_count", operation="op")
 
 
 def test_explicit_figures_override_what_the_documents_say(metrics, sink):
@@ -125,3 +135,12 @@ def test_outside_a_query_it_counts_and_does_not_raise():
     assert record_retrieval(["a"]) is None
     assert ragmon.metrics.registry.get_sample_value(
         "rag_instrumentation_errors_total", {"reason": "no_active_query"}) == before + 1
+
+
+def test_numpy_scores_as_faiss_returns_them(metrics, sink):
+    import numpy as np
+    docs = [(Document(page_content="a"), np.float32(0.25)), (Document(page_content="b"),
+                                                              np.float64(0.5))]
+    assert retrieve(metrics, sink, docs)["top_score"] == pytest.approx(0.5)
+    assert retrieve(metrics, sink, [{"score": np.float32(0.75)}])["top_score"] == \
+        pytest.approx(0.75)
