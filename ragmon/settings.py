@@ -105,6 +105,14 @@ class Settings:
     # Budgets per value of a key, daily and monthly, in dollars: a JSON or YAML file
     # {"tenant": {"acme": {"daily": 50, "monthly": 1000}}}. Empty: no budgets.
     BUDGETS_FILE: str = ""
+    # --- answer quality (record_scores, record_feedback) --------------------------------------
+    # Distinct score names (relevance_score and context_precision included) before a new name is
+    # refused and counted: a score name is a label, so a name per user or per query must not pass.
+    MAX_SCORE_NAMES: int = 20
+    # Distinct feedback reasons counted by name; later new reasons are counted as "other".
+    MAX_FEEDBACK_REASONS: int = 20
+    # Feedback or a late score for a request that ended longer ago than this is refused as too_old.
+    FEEDBACK_MAX_AGE_HOURS: float = 168.0
 
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
@@ -179,6 +187,13 @@ def _non_negative_float(name: str, raw: str) -> float:
     if value < 0 or value != value or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number >= 0; set it to a price or "
                           "threshold such as 0.003")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _non_negative_float(name, raw)
+    if value == 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number > 0, e.g. {name}=168")
     return value
 
 
@@ -301,6 +316,9 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "ATTRIBUTION_TOP_K": _int_in(1, 1000),
     "ATTRIBUTION_HEADERS": _mapping(_header_name),
     "BUDGETS_FILE": _any_text,
+    "MAX_SCORE_NAMES": _int_in(2, 1_000),
+    "MAX_FEEDBACK_REASONS": _int_in(1, 1_000),
+    "FEEDBACK_MAX_AGE_HOURS": _positive_float,
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,

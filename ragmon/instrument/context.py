@@ -40,7 +40,7 @@ class QueryExtras:
     chunk's time. Made on first use, so a query that reports nothing this way costs nothing."""
 
     __slots__ = ("relevance_score", "context_precision", "first_token", "cache_hits",
-                 "cache_misses", "attributes", "usages", "chunks", "attribution")
+                 "cache_misses", "attributes", "usages", "chunks", "attribution", "quality")
 
     def __init__(self):
         # LLM usages and streams seen during the query (tokens.Usage / usage.StreamUsage), in
@@ -51,6 +51,7 @@ class QueryExtras:
         self.cache_hits = self.cache_misses = 0
         self.attributes: dict | None = None
         self.attribution = None  # attribution.Keys of the query, when it has any
+        self.quality = None  # quality.QueryQuality: named scores, retrieval health
 
     def add_usage(self, usage) -> None:
         if self.usages is None:
