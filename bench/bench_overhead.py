@@ -368,9 +368,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quality", action="store_true",
                         help="only the answer-quality rows (three scores and retrieval health)")
+    parser.add_argument("--attribution", action="store_true",
+                        help="only the attribution rows (two keys against none)")
     args = parser.parse_args()
     if args.quality:
         quality_rows(args.calls, args.repeats)
+        return
+    if args.attribution:
+        attribution_rows(args.calls, args.repeats)
         return
 
     with tempfile.TemporaryDirectory() as log_dir:
@@ -491,6 +496,7 @@ def attribution_rows(calls: int, repeats: int) -> None:
                 prepare()
                 samples[name].append(wall_and_cpu_per_call(fn, calls))
         sink.close()
+    feature.stop_using()  # the rows measured after these run without its hooks
     print(f"\nAttribution, with the JSON record, median of {repeats} runs x {calls:,} calls "
           "(wall, and CPU time, the steadier figure on a shared machine)\n")
     print(f"| {'variant':36} | {'wall us':>8} | {'vs none':>7} | {'CPU us':>7} | {'vs none':>7} |")

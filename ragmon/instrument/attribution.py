@@ -482,7 +482,7 @@ class AttributionLedger:
                 self.metrics.attribution_invalid_values.labels(
                     key if key in self.heavy else "unconfigured").inc()
         cost = 0.0
-        labelled = ()
+        counts = None  # billed tokens by kind name
         if settlement is not None:
             lines = settlement.lines
             if len(lines) == 1 and settlement.cost is not None:  # the usual query: one model
@@ -496,20 +496,16 @@ class AttributionLedger:
                     for kind, value in line.tokens.items():
                         if value:
                             counts[kind] = counts.get(kind, 0) + value
-            if counts:
-                labels = _TOKEN_LABELS
-                labelled = [(labels[kind], n) for kind, n in counts.items()
-                            if n and labels[kind] is not None]
         values = keys.values
         if self.multiprocess:  # the values live in the files: written now, for every scrape
             with self.lock:
-                self._apply(values, 1, cost, labelled)
+                self._apply(values, 1, cost, _labelled(counts))
         else:
             # Queued (deque appends are atomic), applied in batches by whoever passes
             # BATCH queries or scrapes: a batch pays the lock once and updates each key set
             # it holds once, and a scrape applies every query that finished before it.
             pending = self.pending
-            pending.append((values, cost, labelled))
+            pending.append((values, cost, counts))
             if len(pending) >= self.BATCH:
                 with self.lock:
                     self._apply_pending()
@@ -536,20 +532,21 @@ class AttributionLedger:
         groups: dict[int, list] = {}
         while pending:
             try:
-                values, cost, labelled = pop()
+                values, cost, counts = pop()
             except IndexError:
                 break
             group = groups.get(id(values))
             if group is None:
-                groups[id(values)] = [values, 1, cost, dict(labelled)]
+                groups[id(values)] = [values, 1, cost, dict(counts) if counts else {}]
             else:
                 group[1] += 1
                 group[2] += cost
-                tokens = group[3]
-                for label, n in labelled:
-                    tokens[label] = tokens.get(label, 0) + n
+                if counts:
+                    tokens = group[3]
+                    for kind, n in counts.items():
+                        tokens[kind] = tokens.get(kind, 0) + n
         for values, queries, cost, tokens in groups.values():
-            self._apply(values, queries, cost, tokens.items())
+            self._apply(values, queries, cost, _labelled(tokens))
 
     def _apply(self, values: dict, queries: int, cost: float, labelled) -> None:
         """Counts `queries` queries of the key set `values`, their cost and billed tokens."""
@@ -591,6 +588,14 @@ def _token_label(kind_name: str) -> str | None:
     except KeyError:
         return None
     return kind.metric_label if kind.counter == "tokens" else None
+
+
+def _labelled(counts: dict | None) -> list:
+    """(token_type, count) of the billed kinds among `counts` (by kind name)."""
+    if not counts:
+        return []
+    labels = _TOKEN_LABELS
+    return [(labels[kind], n) for kind, n in counts.items() if n and labels[kind] is not None]
 
 
 class _TokenLabels(dict):
