@@ -29,7 +29,7 @@ from .exemplars import ExemplarSampler, latency_exemplar
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
 from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
-                      note_unreadable, recording_failed, safe_name)
+                      note_unreadable, recording_failed, safe_name, sync_otel)
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .streams import (UNFINISHED, MonitoredStream, close_quietly, finish_collected, follow_stream,
                       observe_chunk, stream_outcome)
@@ -90,6 +90,7 @@ class Instrumented:
             self.by_model: dict = BoundedCache(CHILD_CACHE_SIZE)
             self.stages: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             current_request_log()  # resolve the process default now, where a failure is caught
+            sync_otel(settings)
             self.ready = True
         except Exception as exc:
             self._retry_at = time.monotonic() + 60
@@ -214,9 +215,13 @@ class Instrumented:
             recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                              self.operation, failure)
             return
+        otel = STATE.otel  # OpenTelemetry output (otel.py), None unless OTEL_ENABLED
+        ids = None if otel is None else otel.query_finished(
+            self, ctx, duration, end, status, error_type, model, settlement, usages, relevance,
+            precision, first_token)
         if ctx.sink is not None:
             self._write_record(ctx, duration, status, error_type, model, settlement, relevance,
-                               precision, first_token)
+                               precision, first_token, ids)
 
     def _read_dict(self, result: Mapping) -> tuple:
         """(relevance, precision, the usage it reports or None, raw refused values or None, its
@@ -336,7 +341,7 @@ class Instrumented:
     def _write_record(self, ctx: QueryContext, duration: float, status: str,
                       error_type: str | None, model: str | None, settlement: Settlement | None,
                       relevance: float | None, precision: float | None,
-                      first_token: float | None) -> None:
+                      first_token: float | None, ids: tuple[str, str] | None = None) -> None:
         extra = ctx.extra
         try:
             end = time.time()
@@ -350,10 +355,13 @@ class Instrumented:
             else:
                 counts, cost = settlement.record_tokens(), settlement.cost
                 pricing, out_of_bounds = settlement.pricing(), settlement.out_of_bounds
-            ctx.sink.write(build_record(  # make_record's arguments, in its order
+            record = build_record(  # make_record's arguments, in its order
                 ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
                 end - duration, duration, ctx.stages or {}, counts, cost, relevance,
-                precision, first_token, hits, misses, attributes, pricing, out_of_bounds), at=end)
+                precision, first_token, hits, misses, attributes, pricing, out_of_bounds)
+            if ids is not None:  # the query's OpenTelemetry span, when OTEL_ENABLED
+                record["trace_id"], record["span_id"] = ids
+            ctx.sink.write(record, at=end)
         except Exception as failure:
             recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                              failure)
