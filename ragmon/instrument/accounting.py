@@ -436,7 +436,7 @@ def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: 
                         lambda name, day: series_for(m, operation, name, day))
     count(settlement, m, operation, first_token)
     if STATE.otel is not None and not settlement.out_of_bounds:
-        STATE.otel.usage_counted(usage, operation)
+        STATE.otel.usage_counted(usage, operation, settlement.cost)
     if incomplete_stream:
         note_unreadable(m, "stream_without_usage", STREAM_WITHOUT_USAGE_HINT)
     if settlement.out_of_bounds:

@@ -206,6 +206,9 @@ class Telemetry:
         self.query_cost = histogram(
             "rag.query.cost", unit="{USD}", description="Dollars one RAG query cost.",
             explicit_bucket_boundaries_advisory=list(COST_BUCKETS))
+        self.spend = meter.create_counter(
+            "rag.spend", unit="{USD}", description="Dollars spent on LLM calls (as "
+            "rag_spend_dollars_total), inside queries and outside them.")
         self.query_first_chunk = histogram(
             "rag.query.time_to_first_chunk", unit="s",
             description="Time from a query's start to its first streamed content chunk.",
@@ -241,8 +244,8 @@ class Telemetry:
         self._lock = threading.Lock()
         self.meter_provider = self.tracer_provider = None
         for name in ("tracer", "token_usage", "operation_duration", "first_chunk", "per_chunk",
-                     "query_duration", "stage_duration", "query_cost", "query_first_chunk",
-                     "quality", "counters"):
+                     "query_duration", "stage_duration", "query_cost", "spend",
+                     "query_first_chunk", "quality", "counters"):
             self.__dict__.pop(name, None)
         gc.collect()  # the SDK restarts a reader's thread after fork only while it is alive
 
@@ -310,11 +313,14 @@ class Telemetry:
             self._call_span(call, None, now_perf, now_ns)
 
     @_never_raises
-    def usage_counted(self, usage, operation: str) -> None:
+    def usage_counted(self, usage, operation: str, cost: float | None) -> None:
         """One usage counted outside a query (record_tokens, an instrumented client)."""
         self.ensure()
         self._token_usage(usage, None)
         self._rag_tokens(usage.tokens, usage.model, operation)
+        if cost:
+            self.spend.add(cost, {"rag.operation": operation,
+                                  "gen_ai.request.model": usage.model or "unknown"})
 
     @_never_raises
     def query_finished(self, owner, ctx, duration: float, end: float, status: str,
@@ -345,7 +351,10 @@ class Telemetry:
                     continue
                 label = name if name is not None else "unknown"
                 self._rag_tokens(line.tokens, label, operation)
-                self.query_cost.record(line.cost, {**by_operation, "gen_ai.request.model": label})
+                by_model = {**by_operation, "gen_ai.request.model": label}
+                self.query_cost.record(line.cost, by_model)
+                if line.cost:
+                    self.spend.add(line.cost, by_model)
         if first_token is not None:
             self.query_first_chunk.record(first_token, by_operation)
         if relevance is not None:
