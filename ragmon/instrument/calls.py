@@ -11,7 +11,8 @@ from .accounting import record_usage
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
 from .ratelimits import record_rate_limits
-from .runtime import STATE, cached_child, default_metrics, note_unreadable, recording_failed
+from .runtime import (STATE, cached_child, default_metrics, note_unreadable, recording_failed,
+                      sync_otel)
 from .streams import follow_stream
 from .usage import StreamUsage, Unreadable, is_stream, read_usage
 
@@ -57,6 +58,10 @@ class CallRecorder:
         self.stage = stage
         self.deployments = deployments
         self.error_type = error_type
+        try:  # OTEL_ENABLED from the environment: the output starts with the first client
+            sync_otel((metrics or default_metrics()).settings)
+        except Exception as failure:  # a bad setting is reported where settings are used
+            recording_failed(metrics, "setup", "reading the settings failed: %r", failure)
 
     @staticmethod
     def current_query():

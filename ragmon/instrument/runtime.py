@@ -39,7 +39,6 @@ def default_metrics() -> RAGMetrics:
     metrics = STATE.metrics
     if metrics is None:
         metrics = STATE.metrics = RAGMetrics()
-        sync_otel(metrics.settings)
     return metrics
 
 
