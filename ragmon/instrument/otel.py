@@ -168,7 +168,7 @@ class Telemetry:
 
         self.pid = os.getpid()
         self.instance_id = str(uuid.uuid4())
-        attributes = {"service.instance.id": self.instance_id,
+        attributes = {"service.instance.id": self.instance_id, "process.pid": self.pid,
                       "deployment.environment.name": self.env}
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = self.service
