@@ -233,6 +233,55 @@ def main() -> None:
           f"with record <= 2.50x (b): {with_record / ref:.2f}x {'met' if with_record / ref <= 2.5 else 'MISSED'}")
     written = args.calls * args.repeats + 2000
     print(f"Records written: {written:,}, {record_bytes / written:.0f} bytes each on average")
+    bench_opentelemetry(max(args.calls // 5, 1000), args.repeats)
+
+
+# --- OpenTelemetry output on (OTEL_ENABLED) ------------------------------------------------------
+
+def bench_opentelemetry(calls: int, repeats: int) -> None:
+    """The added cost per query of OTel output (GenAI metrics, rag.* metrics, a query span and
+    its stage span), exporting over OTLP/HTTP to a receiver in another process, against the
+    same query with it off, interleaved in this process."""
+    import subprocess
+
+    from ragmon.instrument import otel
+    from ragmon.instrument.runtime import STATE
+
+    receiver = subprocess.Popen([sys.executable, "-m", "ragmon.testing.otlp_receiver"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = receiver.stdout.readline().strip()
+        telemetry = otel.Telemetry("bench", "development", url)
+        query = make_ours(False)
+        states = {"@monitored_query, no record, OTel off": None,
+                  "@monitored_query, no record, OTel on": telemetry}
+        samples: dict[str, list[float]] = {name: [] for name in states}
+        bare: list[float] = []
+        for name, state in states.items():  # warm up
+            STATE.otel = state
+            time_per_call(query, 2000)
+        for _ in range(repeats):
+            bare.append(time_per_call(noop, calls))
+            for name, state in states.items():
+                STATE.otel = state
+                samples[name].append(time_per_call(query, calls))
+        STATE.otel = None
+        telemetry.flush()
+        telemetry.shutdown()
+    finally:
+        STATE.otel = None
+        receiver.stdin.close()
+        receiver.wait(timeout=30)
+    base = statistics.median(bare)
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    off = median["@monitored_query, no record, OTel off"] - base
+    print(f"\nOpenTelemetry output, median of {repeats} runs x {calls:,} calls (export to an "
+          "OTLP/HTTP receiver in another process)\n")
+    print(f"| {'variant':44} | {'us/call':>8} | {'overhead us':>11} | {'added us':>8} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 13}|{'-' * 10}|")
+    for name, value in median.items():
+        print(f"| {name:44} | {value * 1e6:8.2f} | {(value - base) * 1e6:11.2f} | "
+              f"{(value - base - off) * 1e6:8.2f} |")
 
 
 if __name__ == "__main__":

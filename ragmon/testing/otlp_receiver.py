@@ -31,13 +31,14 @@ def attributes_of(key_values) -> dict:
 class OTLPReceiver:
     """Receives OTLP/HTTP protobuf exports on 127.0.0.1; every request decoded and kept."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, keep: bool = True):
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
             ExportMetricsServiceRequest, ExportMetricsServiceResponse)
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
             ExportTraceServiceRequest, ExportTraceServiceResponse)
         self.metric_requests: list = []
         self.trace_requests: list = []
+        self.received = 0  # export requests decoded
         self._lock = threading.Lock()
         receiver = self
         messages = {"/v1/metrics": (ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -61,7 +62,9 @@ class OTLPReceiver:
                 request = request_type()
                 request.ParseFromString(body)
                 with receiver._lock:
-                    kept.append(request)
+                    receiver.received += 1
+                    if keep:
+                        kept.append(request)
                 reply = response_type().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -135,3 +138,20 @@ class OTLPReceiver:
                     for span in scope.spans:
                         found.append((resource, span))
         return found
+
+
+def main() -> None:
+    """``python -m ragmon.testing.otlp_receiver``: a receiver in its own process (benchmarks),
+    printing its URL; it counts what arrives and keeps nothing."""
+    import sys
+
+    receiver = OTLPReceiver(keep=False)
+    print(receiver.url, flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        receiver.stop()
+
+
+if __name__ == "__main__":
+    main()
