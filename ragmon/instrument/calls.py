@@ -111,6 +111,8 @@ class CallRecorder:
         if query is not None and m is query.owner.metrics:
             query.owner.stage_child(self.stage).observe(duration)
             query.add_stage(self.stage, duration, {"provider": self.provider})
+            if STATE.otel is not None:  # the stage's span, holding the call's
+                STATE.otel.stage_ended(query, self.stage, duration)
         else:
             stage = self.stage
             cached_child(m, ("stage", "none", stage),

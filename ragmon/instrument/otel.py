@@ -302,6 +302,8 @@ class Telemetry:
                 record = self.per_chunk.record
                 for gap in gaps:
                     record(gap, attributes)
+        if usage is not None and requested:
+            usage.requested_model = requested  # for gen_ai.request.model when the query ends
         call = LLMCall(start, end, gen_provider, requested, usage, error_type, first_chunk)
         if query is not None:
             extra = query.extras()
@@ -342,9 +344,11 @@ class Telemetry:
                     self.stage_duration.record(item[2] - item[1],
                                                {"rag.operation": operation, "rag.stage": item[0]})
         if usages:
+            requested = {item.usage.response_id: item.requested for item in timeline or ()
+                         if type(item) is LLMCall and item.usage is not None and item.requested}
             kept, _ = unique(usages)
             for usage in kept:
-                self._token_usage(usage, model)
+                self._token_usage(usage, model, requested.get(usage.response_id))
         if settlement is not None:
             for name, line in settlement.lines.items():
                 if line.cost is None:
@@ -366,16 +370,17 @@ class Telemetry:
 
     # --- metrics ---------------------------------------------------------------------------
 
-    def _token_usage(self, usage, query_model: str | None) -> None:
+    def _token_usage(self, usage, query_model: str | None, requested: str | None = None) -> None:
         prompt, completion = whole_counts(usage.tokens)
         gen_provider = provider_name(usage.provider)
         attributes = {"gen_ai.operation.name": OPERATION_NAMES.get(gen_provider, "chat"),
                       "gen_ai.provider.name": gen_provider}
-        model = usage.model or query_model
+        model = (requested or getattr(usage, "requested_model", None) or usage.model
+                 or query_model)
         if model:
             attributes["gen_ai.request.model"] = model
-            if usage.model:
-                attributes["gen_ai.response.model"] = usage.model
+        if usage.model:
+            attributes["gen_ai.response.model"] = usage.model
         if prompt:
             self.token_usage.record(prompt, {**attributes, "gen_ai.token.type": "input"})
         if completion:
@@ -428,8 +433,9 @@ class Telemetry:
         for item in timeline or ():
             if type(item) is not tuple:
                 within = parent
+                middle = (item.start + item.end) / 2  # a client's own stage ends just after it
                 for start, stage_end, stage_span in stages:
-                    if start <= item.start and item.end <= stage_end:
+                    if start <= middle <= stage_end:
                         within = trace.set_span_in_context(stage_span)
                 self._call_span(item, within, now_perf, now_ns)
         for start, stage_end, stage_span in stages:

@@ -83,6 +83,9 @@ class OTLPReceiver:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops serving; a second call does nothing."""
+        if not self._thread.is_alive():
+            return
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

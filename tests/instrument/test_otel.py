@@ -332,3 +332,29 @@ def test_a_missing_sdk_is_counted_not_raised(monkeypatch, catalog):
         monkeypatch.undo()
         ragmon.configure(OTEL_ENABLED=False, REQUEST_LOG_DESTINATION="none")
         set_settings(None)
+
+
+def test_the_requested_and_the_answering_model_are_told_apart(otel_on, catalog):
+    with LLMTestServer() as dated:  # answers as gpt-4o-mini-2024-07-18, as OpenAI does
+        client = client_for(dated, catalog, stage="generation")
+        messages = [{"role": "user", "content": "hello"}]
+
+        @ragmon.monitored_query("dated", metrics=catalog, request_log=False)
+        def ask():
+            client.chat.completions.create(model=MODEL, messages=messages)
+            for _chunk in client.chat.completions.create(
+                    model=MODEL, messages=messages, stream=True,
+                    stream_options={"include_usage": True}):
+                pass
+
+        ask()
+        assert otel_flush()
+    found = {(a["gen_ai.request.model"], a["gen_ai.response.model"])
+             for a, _ in otel_on.points("gen_ai.client.token.usage")}
+    assert len(found) == 1 and next(iter(found))[0] == MODEL, found
+    assert next(iter(found))[1].startswith(MODEL + "-"), found
+    spans = [span for _, span in otel_on.spans()]
+    generation = [s for s in spans if s.name == "rag.stage generation"]
+    calls = [s for s in spans if s.name == "chat gpt-4o-mini"]
+    assert len(generation) == 2 and len(calls) == 2
+    assert {c.parent_span_id for c in calls} == {g.span_id for g in generation}
