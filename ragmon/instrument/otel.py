@@ -29,6 +29,8 @@ import time
 import uuid
 
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -163,9 +165,6 @@ class Telemetry:
         return self.endpoint.rstrip("/") + f"/v1/{signal}"
 
     def _start(self) -> None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         self.pid = os.getpid()
         self.instance_id = str(uuid.uuid4())
         attributes = {"service.instance.id": self.instance_id, "process.pid": self.pid,
@@ -232,7 +231,12 @@ class Telemetry:
             return True
         with self._lock:
             if not self._ready:
-                self._start()
+                try:
+                    self._start()
+                except Exception:
+                    if STATE.otel is self:  # counted once, not retried on every query
+                        STATE.otel = None
+                    raise
         return True
 
     def forget_after_fork(self) -> None:
