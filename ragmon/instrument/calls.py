@@ -83,7 +83,7 @@ class CallRecorder:
         found = self.error_type(exc) if self.error_type is not None else None
         return found or sdk_error_type(exc)
 
-    def failed(self, exc: BaseException, start: float, query) -> None:
+    def failed(self, exc: BaseException, start: float, query, args=(), kwargs=None) -> None:
         try:
             m = self.metrics_for(query)
             error_type = self.counted_error(exc)
@@ -91,8 +91,8 @@ class CallRecorder:
             end = _perf()
             self.timed(m, query, end - start)
             if STATE.otel is not None:
-                STATE.otel.llm_call(query, self.provider, None, start, end,
-                                    error_type=error_type)
+                STATE.otel.llm_call(query, self.provider, requested_model(args, kwargs or {}),
+                                    start, end, error_type=error_type)
         except Exception as failure:
             recording_failed(self._metrics, "recording", "counting an SDK error failed: %r",
                              failure)

@@ -358,3 +358,27 @@ def test_the_requested_and_the_answering_model_are_told_apart(otel_on, catalog):
     calls = [s for s in spans if s.name == "chat gpt-4o-mini"]
     assert len(generation) == 2 and len(calls) == 2
     assert {c.parent_span_id for c in calls} == {g.span_id for g in generation}
+
+
+def test_a_failed_call_carries_its_error_type_on_duration_and_span(otel_on, llm, catalog):
+    client = client_for(llm, catalog)
+    llm.fail_next(429)
+
+    @ragmon.monitored_query("limited", model=MODEL, metrics=catalog, request_log=False)
+    def ask():
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user",
+                                                                      "content": "hi"}])
+
+    with pytest.raises(openai.RateLimitError):
+        ask()
+    assert otel_flush()
+    durations = [found for found, _ in otel_on.points("gen_ai.client.operation.duration")]
+    assert durations == [{"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                          "gen_ai.request.model": MODEL, "error.type": "RateLimitError"}]
+    assert catalog.registry.get_sample_value(
+        "rag_llm_errors_total", {"provider": "openai", "error_type": "RateLimitError"}) == 1
+    spans = {span.name: span for _, span in otel_on.spans()}
+    call = spans["chat gpt-4o-mini"]
+    assert call.status.code == call.status.STATUS_CODE_ERROR
+    assert call.parent_span_id == spans["rag.query limited"].span_id
+    assert not otel_on.points("gen_ai.client.token.usage")
