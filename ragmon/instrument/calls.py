@@ -109,7 +109,7 @@ class CallRecorder:
         if self.stage is None:
             return
         if query is not None and m is query.owner.metrics:
-            query.owner.stage_child(self.stage).observe(duration)
+            query.owner.stage_observer(self.stage)(duration)
             query.add_stage(self.stage, duration, {"provider": self.provider})
             if STATE.otel is not None:  # the stage's span, holding the call's
                 STATE.otel.stage_ended(query, self.stage, duration)

@@ -58,6 +58,12 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 FIXED_VOCABULARY_LABELS = frozenset({"status", "token_type", "result"})
 
 
+def tokens_help() -> str:
+    """rag_tokens_total's help text, naming the billed kinds of tokens.KINDS (the one table)."""
+    return (f"LLM tokens billed, by model and type ({', '.join(billed_labels())}); the types "
+            "never overlap.")
+
+
 def _label_value(value: object) -> str:
     if type(value) is str and len(value) <= MAX_LABEL_LENGTH and value.isprintable():
         return value
@@ -232,8 +238,7 @@ class RAGMetrics:
         self.errors = counter(
             f"{P}errors_total", "Failed queries by exception type.", ["operation", "error_type"])
         self.tokens = counter(
-            f"{P}tokens_total", "LLM tokens billed, by model and type (input, output, cached_input, "
-            "cache_write_5m, cache_write_1h); the types never overlap.", ["model", "token_type"])
+            f"{P}tokens_total", tokens_help(), ["model", "token_type"])
         self.reasoning_tokens = counter(
             f"{P}reasoning_tokens_total", "Reasoning tokens by model: a part of the output tokens "
             "already counted in rag_tokens_total{token_type=\"output\"}, never to be added to them.",

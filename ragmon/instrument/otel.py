@@ -39,9 +39,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import tokens
+from . import hooks
 from .accounting import unique
 from .catalog import QUERY_LATENCY_BUCKETS
 from .runtime import STATE, recording_failed
+from .tokens import Usage
+from .usage import StreamUsage
 
 log = logging.getLogger("ragmon")
 
@@ -153,6 +156,9 @@ class Telemetry:
         self.pid = None
         self.instance_id = None
         self.meter_provider = self.tracer_provider = None
+        # One bound method, kept: hooks.remove() finds it by identity. A failure in it is counted
+        # by the hook runner (reason "hook"); ensure() failures too.
+        self.finish_hook = self.query_finished
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -236,6 +242,7 @@ class Telemetry:
                 except Exception:
                     if STATE.otel is self:  # counted once, not retried on every query
                         STATE.otel = None
+                    hooks.remove(self.finish_hook)
                     raise
         return True
 
@@ -262,6 +269,7 @@ class Telemetry:
         return bool(spans and metrics)
 
     def shutdown(self) -> None:
+        hooks.remove(self.finish_hook)
         if self._ready:
             self._ready = False
             try:
@@ -329,11 +337,12 @@ class Telemetry:
                                   "gen_ai.request.model": usage.model or "unknown"})
 
     @_never_raises
-    def query_finished(self, owner, ctx, duration: float, end: float, status: str,
-                       error_type: str | None, model: str | None, settlement, usages: list,
-                       relevance, precision, first_token) -> tuple[str, str] | None:
-        """Metrics and spans of one finished query; returns its (trace_id, span_id) in hex."""
+    def query_finished(self, ctx, done) -> None:
+        """The finish hook (hooks.on_finish) of every monitored query: its metrics and spans;
+        the record, when the query writes one, gains the query span's trace_id and span_id."""
         self.ensure()
+        duration, status, error_type = done.duration, done.status, done.error_type
+        settlement, model = done.settlement, done.model
         operation = ctx.operation
         base = {"rag.operation": operation, "rag.status": status}
         if error_type is not None:
@@ -342,18 +351,12 @@ class Telemetry:
         by_operation = {"rag.operation": operation}
         extra = ctx.extra
         timeline = extra.timeline if extra is not None else None
-        if timeline:
-            for item in timeline:
-                if type(item) is tuple:
-                    self.stage_duration.record(item[2] - item[1],
-                                               {"rag.operation": operation, "rag.stage": item[0]})
-        if usages:
-            requested = {item.usage.response_id: item.requested for item in timeline or ()
-                         if type(item) is LLMCall and item.usage is not None and item.requested}
-            kept, _ = unique(usages)
-            for usage in kept:
-                self._token_usage(usage, model, requested.get(usage.response_id))
-        if settlement is not None:
+        for item in timeline or ():
+            if type(item) is tuple:
+                self.stage_duration.record(item[2] - item[1],
+                                           {"rag.operation": operation, "rag.stage": item[0]})
+        if settlement is not None and settlement.lines:
+            self._query_token_usage(extra, timeline, settlement, model)
             for name, line in settlement.lines.items():
                 if line.cost is None:
                     continue
@@ -363,14 +366,54 @@ class Telemetry:
                 self.query_cost.record(line.cost, by_model)
                 if line.cost:
                     self.spend.add(line.cost, by_model)
+        record = done.record
+        first_token = extra.first_token if extra is not None else None
+        relevance = precision = None
+        if record is not None:
+            first_token = record.get("time_to_first_token")
+            relevance, precision = record.get("relevance_score"), record.get("context_precision")
+        elif extra is not None:
+            relevance, precision = extra.relevance_score, extra.context_precision
         if first_token is not None:
             self.query_first_chunk.record(first_token, by_operation)
         if relevance is not None:
             self.quality.record(relevance, {**by_operation, "rag.score.name": "relevance_score"})
         if precision is not None:
             self.quality.record(precision, {**by_operation, "rag.score.name": "context_precision"})
-        return self._query_spans(ctx, duration, end, status, error_type, model, settlement,
-                                 timeline)
+        ids = self._query_spans(ctx, duration, ctx.start + duration, status, error_type, model,
+                                settlement, timeline)
+        if record is not None:
+            record["trace_id"], record["span_id"] = ids
+
+    def _query_token_usage(self, extra, timeline, settlement, model) -> None:
+        """gen_ai.client.token.usage of a query: one value per LLM response it reported while it
+        ran (instrumented clients, streams, record_tokens), each once as the settlement counts
+        it, and one for what its result reported (a returned SDK response or dict): the rest of
+        the settled tokens."""
+        reported = []
+        if extra is not None:
+            sources = list(extra.usages or ())
+            if extra.chunks is not None:
+                sources.append(extra.chunks)
+            for source in sources:
+                if isinstance(source, StreamUsage):
+                    if source is extra.chunks and not (source.final or source.usage.response_id):
+                        continue  # yielded chunks that carried no usage
+                    reported.append(source.snapshot())
+                else:
+                    reported.append(source)
+        requested = {item.usage.response_id: item.requested for item in timeline or ()
+                     if type(item) is LLMCall and item.usage is not None and item.requested}
+        kept, _ = unique(reported)
+        rest = dict(settlement.tokens or {})
+        for usage in kept:
+            self._token_usage(usage, model, requested.get(usage.response_id))
+            for kind, value in usage.tokens.items():
+                rest[kind] = rest.get(kind, 0) - value
+        rest = {kind: value for kind, value in rest.items() if value > 0}
+        if rest:
+            returned = Usage(rest, model=model, provider=settlement.provider)
+            self._token_usage(returned, model)
 
     # --- metrics ---------------------------------------------------------------------------
 
@@ -484,5 +527,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def start(settings) -> Telemetry:
-    """The Telemetry for `settings`; its providers are made on first use."""
-    return Telemetry(settings.SERVICE_NAME, settings.ENV, settings.OTEL_EXPORTER_OTLP_ENDPOINT)
+    """The Telemetry for `settings`, its finish hook registered; its providers are made on
+    first use."""
+    telemetry = Telemetry(settings.SERVICE_NAME, settings.ENV,
+                          settings.OTEL_EXPORTER_OTLP_ENDPOINT)
+    hooks.on_finish(telemetry.finish_hook)
+    return telemetry

@@ -101,8 +101,10 @@ def _read(obj: Any) -> Usage | Unreadable | None:
     rid = _get(obj, "id")
     found.response_id = rid if isinstance(rid, str) else None
     found.provider = _provider_of(obj, usage)
-    if found.provider == "openai":
-        tier = openai.service_tier_of(obj)
+    provider = found.provider
+    if provider is not None:
+        tier = (openai.service_tier_of(obj) if provider == "openai"
+                else anthropic.service_tier_of(usage))
         if tier is not None:
             found.service_tier = tier
     return found
@@ -231,6 +233,9 @@ class StreamUsage:
             usage = _get(message, "usage")
             if usage is not None:
                 self._take(anthropic.usage_from_messages(usage, final=False), final=False)
+                tier = anthropic.service_tier_of(usage)
+                if tier is not None:
+                    self.usage.service_tier = tier
             self.provider = self.provider or "anthropic"
         elif kind == "content_block_delta":
             self._content()

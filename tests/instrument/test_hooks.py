@@ -1,0 +1,78 @@
+"""Per-query hooks: a feature joins the query path in one place, and costs nothing unused."""
+import pytest
+
+from ragmon import monitored_query
+from ragmon.instrument import hooks
+
+
+@pytest.fixture
+def registered():
+    added = []
+
+    def add(start=None, finish=None):
+        if start is not None:
+            hooks.on_start(start)
+            added.append(start)
+        if finish is not None:
+            hooks.on_finish(finish)
+            added.append(finish)
+
+    yield add
+    for fn in added:
+        hooks.remove(fn)
+    assert hooks.HOOKS.start == () and hooks.HOOKS.finish == ()
+
+
+def test_no_hook_is_registered_until_a_feature_is_used():
+    assert hooks.HOOKS.start == () and hooks.HOOKS.finish == ()
+
+
+def test_a_finish_hook_sees_the_outcome_and_adds_its_record_fields(metrics, sink, registered):
+    seen = []
+
+    def start(ctx):
+        ctx.extras().attributes = {"started": ctx.operation}
+
+    def finish(ctx, done):
+        seen.append((done.status, done.model, done.settlement.cost > 0, done.duration >= 0))
+        done.record["feature"] = {"n": 1}
+
+    registered(start, finish)
+    registered(start, finish)  # registering twice runs each once
+
+    @monitored_query(operation="op", model="gpt-4o-mini", metrics=metrics, request_log=sink)
+    def answer():
+        return {"input_tokens": 10, "output_tokens": 5}
+
+    answer()
+    assert seen == [("success", "gpt-4o-mini", True, True)]
+    [record] = sink.records
+    assert record["feature"] == {"n": 1} and record["attributes"] == {"started": "op"}
+
+
+def test_a_failing_hook_is_counted_and_the_query_and_its_record_go_on(metrics, sink, registered):
+    def finish(ctx, done):
+        raise RuntimeError("feature bug")
+
+    registered(finish=finish)
+
+    @monitored_query(operation="op", metrics=metrics, request_log=sink)
+    def answer():
+        return "ok"
+
+    assert answer() == "ok"
+    assert len(sink.records) == 1
+    assert metrics.registry.get_sample_value(
+        "rag_instrumentation_errors_total", {"reason": "hook"}) == 1
+
+
+def test_a_finish_hook_of_a_query_without_record_gets_none(metrics, registered):
+    records = []
+    registered(finish=lambda ctx, done: records.append(done.record))
+
+    @monitored_query(operation="op", metrics=metrics, request_log=False)
+    def answer():
+        return "ok"
+
+    answer()
+    assert records == [None]
