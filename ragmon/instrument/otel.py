@@ -3,8 +3,9 @@ semantic-convention metrics and spans, and the library's own ``rag.*`` measureme
 over OTLP/HTTP (protobuf) with the SDK's periodic reader and batch span processor.
 
 This module is imported only when OTel output is turned on (``runtime.sync_otel``): without it
-no ``opentelemetry`` package is loaded. The per-query path reaches it through one attribute,
-``runtime.STATE.otel`` (None when off), so a query pays nothing more than that check.
+no ``opentelemetry`` package is loaded. A query reaches it through its finish hook
+(``hooks.on_finish``, registered when the output starts, removed when it stops); stages and LLM
+calls through one attribute, ``runtime.STATE.otel`` (None when off). Off, they cost that check.
 
 Spans are made when their query ends, with the start and end times measured while it ran, as
 children of the OpenTelemetry span current at that moment (for a function: the caller's, e.g.
