@@ -259,6 +259,17 @@ def make_ours(request_log):
     return query
 
 
+# Per-query features add their rows here, each in a function of its own decorated with
+# @feature_rows: it gets the file sink and returns {row name: query function}; the rows run
+# interleaved with the others and are compared with (b) and (d) like ours.
+FEATURE_ROWS: list = []
+
+
+def feature_rows(make):
+    FEATURE_ROWS.append(make)
+    return make
+
+
 def time_per_call(fn, calls: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) per call."""
     cpu, wall = time.thread_time(), perf()
@@ -291,6 +302,8 @@ def main() -> None:
             OURS: make_ours(False),
             OURS_RECORD: make_ours(sink),
         }
+        for make in FEATURE_ROWS:
+            variants.update(make(sink))
         parts = composite_updates()
         for fn in (*variants.values(), *parts.values()):  # warm up: first-call resolution, file open
             time_per_call(fn, 2000)

@@ -8,8 +8,10 @@ Two promises shape this module:
 - The per-query cost stays small. Labelled children are resolved once per operation/model and
   cached; a query costs one context switch-in/out plus the metric updates themselves.
 
-Tokens and dollars are settled by ``accounting.settle`` and the record is built from its result;
-stages live in ``stages``, the helpers a query calls in ``helpers``, streams in ``streams``.
+Tokens and dollars are settled by ``accounting.settle`` (the usual returned dict by its one-pass
+``settle_plain``) and the record is built from its result; stages live in ``stages``, the
+helpers a query calls in ``helpers``, streams in ``streams``; metric updates go through
+``writers``. A per-query feature joins through ``hooks`` (see there how, at no cost when unused).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .context import CURRENT_QUERY, QueryContext
 from .exemplars import sampled_observer
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
-from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
+from .runtime import (STATE, UNSET, current_request_log, default_metrics, is_safe_label,
                       note_unreadable, recording_failed, safe_name, sync_otel)
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .hooks import HOOKS, Finished, run_finish_hooks, run_start_hooks
@@ -112,10 +114,20 @@ class Instrumented:
         sink = self._request_log
         if sink is None:
             sink = STATE.request_log  # resolved by resolve(); configure_request_log() may change it
+            if sink is UNSET:  # configure() since: resolved again from the new settings
+                sink = self._process_sink()
         ctx = QueryContext(self, self.operation, self.model, _perf(), sink or None)
         if HOOKS.start:
             run_start_hooks(ctx)
         return ctx
+
+    def _process_sink(self):
+        try:
+            return current_request_log()
+        except Exception as failure:
+            recording_failed(self.metrics, "setup", "the request log could not be opened: %r",
+                             failure)
+            return None
 
     def series(self, model: str | None, day: int):
         """The priced metric children of `model` for this operation (accounting.ModelSeries)."""

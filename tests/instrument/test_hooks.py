@@ -1,4 +1,9 @@
 """Per-query hooks: a feature joins the query path in one place, and costs nothing unused."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from ragmon import monitored_query
@@ -20,11 +25,23 @@ def registered():
     yield add
     for fn in added:
         hooks.remove(fn)
-    assert hooks.HOOKS.start == () and hooks.HOOKS.finish == ()
+    assert not set(added) & {*hooks.HOOKS.start, *hooks.HOOKS.finish}
 
 
-def test_no_hook_is_registered_until_a_feature_is_used():
-    assert hooks.HOOKS.start == () and hooks.HOOKS.finish == ()
+def test_no_hook_is_registered_by_importing_and_querying():
+    """A fresh interpreter: features register their hooks when first used, never at import."""
+    probe = ("import ragmon, m2_3_monitoring\n"
+             "from ragmon.instrument.hooks import HOOKS\n"
+             "@ragmon.monitored_query('op', request_log=False)\n"
+             "def answer():\n"
+             "    return {'input_tokens': 3, 'output_tokens': 1}\n"
+             "answer()\n"
+             "print(len(HOOKS.start), len(HOOKS.finish))\n")
+    root = Path(__file__).resolve().parents[2]
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["0", "0"]
 
 
 def test_a_finish_hook_sees_the_outcome_and_adds_its_record_fields(metrics, sink, registered):
