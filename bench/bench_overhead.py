@@ -16,7 +16,11 @@ repetition (the variants of one repetition ran side by side) and summarized as m
 range. Targets: ours without the record <= 1.2x (b) and (d); ours with one JSON record per
 query (daily JSONL file) <= 2.5x (b) and (d).
 
-    python bench/bench_overhead.py [--calls 20000] [--repeats 9]
+    python bench/bench_overhead.py [--calls 20000] [--repeats 9] [--quality]
+
+The answer-quality rows (``--quality`` alone): the same query also recording three named scores
+and its retrieval health, against the query without them, CPU time per repetition. Target: within
+1.10x.
 """
 from __future__ import annotations
 
@@ -270,6 +274,80 @@ def feature_rows(make):
     return make
 
 
+def make_ours_with_quality(request_log, documents: bool = False):
+    """The same query, also recording three named scores and its retrieval health: as figures
+    (count, top score, newest document time), or read from five LangChain-shaped documents."""
+    from ragmon import record_retrieval, record_scores
+    settings = load_settings({"MODEL_PRICES_FILE": "", "COST_PER_1K_INPUT_TOKENS": str(PRICE_IN),
+                              "COST_PER_1K_OUTPUT_TOKENS": str(PRICE_OUT)})
+    prices = PriceTable(ModelPrice(PRICE_IN, PRICE_OUT, PRICE_IN),
+                        {MODEL: ModelPrice(PRICE_IN, PRICE_OUT, PRICE_IN / 2)})
+    m = RAGMetrics(registry=CollectorRegistry(), settings=settings, price_table=prices)
+    newest = time.time() - 3600
+
+    class Document:  # langchain_core's shape, without importing it
+        def __init__(self, score):
+            self.page_content, self.metadata = "text", {"score": score, "timestamp": newest}
+
+    docs = [Document(0.9 - n / 10) for n in range(5)]
+
+    @monitored_query(operation=OP, model=MODEL, metrics=m, request_log=request_log)
+    def query(question):
+        with stage("retrieval"):
+            if documents:
+                record_retrieval(docs)
+            else:
+                record_retrieval(count=5, top_score=0.9, newest_document_time=newest)
+        record_scores(faithfulness=0.9, answer_relevancy=0.8, context_recall=0.7)
+        return RESULT
+    return query
+
+
+def quality_rows(calls: int, repeats: int) -> None:
+    """Three scores and retrieval health against the same query without them, in one process,
+    interleaved; CPU time per call, each ratio taken within one repetition. Target: within 1.10x
+    of the query without them (with its record)."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        sink = DailyFileSink(log_dir)
+        variants = {
+            "@monitored_query, no record": make_ours(False),
+            "  + 3 scores + retrieval figures": make_ours_with_quality(False),
+            "@monitored_query + JSON record (file)": make_ours(sink),
+            "  + 3 scores + retrieval figures ": make_ours_with_quality(sink),
+            "  + 3 scores + 5 documents read": make_ours_with_quality(sink, documents=True),
+        }
+        for fn in variants.values():
+            time_per_call(fn, 2000)
+        time.sleep(2.1)  # see main(): the sink's directory check
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                cpu[name].append(time_per_call(fn, calls)[0])
+        sink.close()
+    pairs = {"  + 3 scores + retrieval figures": "@monitored_query, no record",
+             "  + 3 scores + retrieval figures ": "@monitored_query + JSON record (file)",
+             "  + 3 scores + 5 documents read": "@monitored_query + JSON record (file)"}
+    print(f"\nAnswer quality: three named scores and retrieval health per query, CPU time, "
+          f"median of {repeats} repetitions x {calls:,} calls\n")
+    print(f"| {'variant':44} | {'CPU us':>6} | {'vs without':>18} |")
+    print(f"|{'-' * 46}|{'-' * 8}|{'-' * 20}|")
+    verdict = {}
+    for name, times in cpu.items():
+        against = pairs.get(name)
+        shown = ""
+        if against:
+            ratios = [v / r for v, r in zip(times, cpu[against]) if r > 0]
+            verdict[name] = statistics.median(ratios)
+            shown = f"{verdict[name]:5.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+        print(f"| {name:44} | {statistics.median(times) * 1e6:6.2f} | {shown:>18} |")
+    with_record = verdict["  + 3 scores + retrieval figures "]
+    print(f"\nTarget: a query with 3 scores + retrieval health (record written) within 1.10x of "
+          f"one without: {with_record:.2f}x {'met' if with_record <= 1.10 else 'MISSED'}")
+
+# Answer quality is not a @feature_rows row: its finish hook, registered on first use, would
+# then run for the base rows measured after it. Its rows come after the main table (quality_rows).
+
+
 def time_per_call(fn, calls: int) -> tuple[float, float]:
     """(CPU seconds, wall seconds) per call."""
     cpu, wall = time.thread_time(), perf()
@@ -288,7 +366,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--quality", action="store_true",
+                        help="only the answer-quality rows (three scores and retrieval health)")
+    parser.add_argument("--otel", action="store_true",
+                        help="only the OpenTelemetry rows (OTel output off and on)")
     args = parser.parse_args()
+    if args.quality:
+        quality_rows(args.calls, args.repeats)
+        return
+    if args.otel:
+        bench_opentelemetry(max(args.calls // 5, 1000), args.repeats)
+        return
 
     with tempfile.TemporaryDirectory() as log_dir:
         sink = DailyFileSink(log_dir)
@@ -367,6 +455,7 @@ def main() -> None:
               f"(worst repetition {b_max:.2f}x, {d_max:.2f}x): {verdict}")
     written = (args.calls * args.repeats) + 2000
     print(f"Records written: {written:,}, {record_bytes / written:.0f} bytes each on average")
+    quality_rows(args.calls, args.repeats)
     bench_opentelemetry(max(args.calls // 5, 1000), args.repeats)
 
 

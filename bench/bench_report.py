@@ -1,7 +1,7 @@
 """Benchmark: write N realistic request records, then analyze them with `m2_3_report.py report`.
 
     .venv/bin/python bench/bench_report.py [--records 1000000] [--keep DIR] [--old-ref COMMIT]
-                                           [--history 10000000] [--compact]
+                                           [--history 10000000] [--compact] [--no-day]
 
 Records are written through the real path (ragmon.instrument.records.make_record + DailyFileSink, one
 os.write per line) with 3 stages with metadata, 3 models, errors, cache, quality scores and
@@ -10,12 +10,16 @@ its peak memory is measured alone and includes interpreter and imports. In the s
 
 * a bare DuckDB scan of the same JSONL files (the floor for the engine; target: the report
   within 1.5x of it, peak under 1 GB), and with --old-ref COMMIT the report of an older commit
-  (the hand-built reader) on the same files;
+  on the same files (in both tables);
 * the report over --history records (default 10M) written straight to the Parquet history
   layout, with the rollups `compact` writes beside each day, plus the JSONL day (target: under
   10 s, under 2 GB, within 1.5x the bare scan of the JSONL day), and once with --exact (every
   record read);
 * with --compact, `compact` of one past day of --records records.
+
+Each table gives wall and CPU seconds, the peak RSS of the process tree, the mean 1-minute load
+average while the run lasted, and the ratio to the bare scan run in the same process: on a
+shared machine the CPU ratio is the steadier one.
 """
 from __future__ import annotations
 
@@ -110,8 +114,10 @@ def measure(command: list[str]) -> dict:
     stdout, stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT)
     tree_peak = 0
+    loads = [os.getloadavg()[0]]
     parent = psutil.Process(proc.pid)
     while proc.poll() is None:
+        loads.append(os.getloadavg()[0])
         try:
             rss = parent.memory_info().rss + sum(
                 child.memory_info().rss for child in parent.children(recursive=True))
@@ -129,7 +135,8 @@ def measure(command: list[str]) -> dict:
     return {"seconds": seconds,
             "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
             "maxrss_mib": after.ru_maxrss / 1024,  # KiB on Linux; the largest process
-            "tree_peak_mib": tree_peak / 2**20, "output": out.decode()}
+            "tree_peak_mib": tree_peak / 2**20, "load": sum(loads) / len(loads),
+            "output": out.decode()}
 
 
 def report_command(log_dir: Path, hours: float, tree: Path = ROOT, exact: bool = False) -> list[str]:
@@ -215,10 +222,6 @@ def write_history_rollups(log_dir: Path) -> None:
         write_rollup(partition, settings)
 
 
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{'measure'.ljust(width)} | value", f"{'-' * width}-+-{'-' * 34}"]
@@ -233,9 +236,28 @@ def median_run(results: list[dict]) -> dict:
             for key in results[0]}
 
 
-def run_row(name: str, result: dict, target: str = "") -> tuple[str, str]:
-    return (name, f"{result['seconds']:.2f} s wall, {result['cpu']:.1f} s CPU, "
-                  f"peak {result['tree_peak_mib']:,.0f} MiB{target}")
+def results_table(rows: list[tuple[str, dict]], bare: dict) -> str:
+    """One line per run: wall and CPU seconds, peak RSS of the process tree, the mean 1-minute
+    load average while it ran, and its wall and CPU time over the bare scan's in the same run
+    (CPU time is the steadier figure when other work shares the cores)."""
+    head = ("run", "wall s", "CPU s", "peak MiB", "load", "x bare wall", "x bare CPU")
+    lines = [[label, f"{r['seconds']:.2f}", f"{r['cpu']:.2f}", f"{r['tree_peak_mib']:,.0f}",
+              f"{r['load']:.1f}", f"{r['seconds'] / bare['seconds']:.2f}",
+              f"{r['cpu'] / bare['cpu']:.2f}"] for label, r in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(head, *lines)]
+    fmt = lambda cells: " | ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), "-+-".join("-" * w for w in widths)] + [fmt(c) for c in lines])
+
+
+def history_report_row(log_dir: Path) -> tuple[str, list[str]]:
+    return "report --hours 288 (rollups + JSONL)", report_command(log_dir, 24 * 12)
+
+
+# The history benchmark's rows besides the bare scan, each measured as often as the scan and
+# interleaved with it: a function of the log directory giving (label, command). A new report
+# option adds its own function here.
+HISTORY_ROWS = [history_report_row]
 
 
 def main(argv=None) -> None:
@@ -243,8 +265,8 @@ def main(argv=None) -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--keep", metavar="DIR", help="write into DIR and keep it (default: a temp dir)")
     parser.add_argument("--old-ref", metavar="COMMIT",
-                        help="also run the report of this commit (e.g. the last one with the "
-                        "hand-built reader) on the same files, side by side")
+                        help="also run the report of this commit on the same files, side by side "
+                        "(both tables)")
     parser.add_argument("--history", type=int, default=10_000_000,
                         help="records in the Parquet history benchmark (0: skip it)")
     parser.add_argument("--compact", action="store_true", help="also time compacting one day of "
@@ -252,6 +274,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each 1M measurement, interleaved (default 3; medians)")
     parser.add_argument("--show-report", action="store_true", help="print the text report too")
+    parser.add_argument("--no-day", action="store_true",
+                        help="skip the report of the JSONL day alone (the first table)")
     args = parser.parse_args(argv)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_report_"))
     log_dir = base / "jsonl"
@@ -269,30 +293,34 @@ def main(argv=None) -> None:
                 ("generate + write time", f"{write_s:.1f} s"),
                 ("  of which DailyFileSink.write (encode + os.write)",
                  f"{sink_s:.1f} s ({args.records / sink_s:,.0f} records/s)")]
-        # Interleaved and repeated, medians reported: the machine may be shared.
-        commands = {"bare": bare_scan_command(log_dir), "new": report_command(log_dir, 24)}
+        old_tree = None
         if args.old_ref:
-            tree = old_reader_tree(args.old_ref)
-            cleanup.append(tree)
-            commands["old"] = report_command(log_dir, 24, tree)
-        runs: dict = {name: [] for name in commands}
-        for _ in range(args.repeat):
-            for name, command in commands.items():
-                runs[name].append(measure(command))
-        bare, new = median_run(runs["bare"]), median_run(runs["new"])
-        rows.append(("runs of each (interleaved; medians below)", str(args.repeat)))
-        rows.append(run_row("bare DuckDB scan (read_json -> Arrow)", bare))
-        rows.append(run_row("report --hours 24, DuckDB engine", new,
-                            f"; {new['seconds'] / bare['seconds']:.2f}x the bare scan "
-                            "(target <= 1.5x, peak < 1024 MiB)"))
-        if args.old_ref:
-            old = median_run(runs["old"])
-            rows.append(run_row(f"report --hours 24, reader of {args.old_ref}", old,
-                                f"; new/old {new['seconds'] / old['seconds']:.2f}x"))
-        rows.append(("cpus", str(os.cpu_count())))
-        print(table(rows))
-        out = new["output"]
-        print("\n" + ("\n".join(out.splitlines()[:12]) if not args.show_report else out))
+            old_tree = old_reader_tree(args.old_ref)
+            cleanup.append(old_tree)
+        if args.no_day:
+            print(table(rows))
+        else:
+            # Interleaved and repeated, medians reported: the machine may be shared.
+            commands = {"bare": bare_scan_command(log_dir), "new": report_command(log_dir, 24)}
+            if old_tree:
+                commands["old"] = report_command(log_dir, 24, old_tree)
+            runs: dict = {name: [] for name in commands}
+            for _ in range(args.repeat):
+                for name, command in commands.items():
+                    runs[name].append(measure(command))
+            bare, new = median_run(runs["bare"]), median_run(runs["new"])
+            rows.append(("runs of each (interleaved; medians below)", str(args.repeat)))
+            rows.append(("cpus", str(os.cpu_count())))
+            print(table(rows))
+            runs_24 = [("bare DuckDB scan (read_json -> Arrow)", bare),
+                       ("report --hours 24 (every record)", new)]
+            if args.old_ref:
+                runs_24.append((f"report --hours 24, reader of {args.old_ref}", median_run(runs["old"])))
+            print()
+            print(results_table(runs_24, bare))
+            print("targets: the report <= 1.5x the bare scan, peak < 1024 MiB")
+            out = new["output"]
+            print("\n" + ("\n".join(out.splitlines()[:12]) if not args.show_report else out))
 
         if args.history:
             start = time.perf_counter()
@@ -302,18 +330,28 @@ def main(argv=None) -> None:
                 write_parquet_history(log_dir, args.history, 10, today - 86400)
             gen = time.perf_counter() - start
             start = time.perf_counter()
-            write_history_rollups(log_dir)
-            rollup_s = time.perf_counter() - start
+            partitions = list((log_dir / "history").glob("day=*"))
+            if kept and all((d / "rollup" / "rollup.json").exists() for d in partitions):
+                rollup_s = float("nan")  # reused (a report checks each one's fingerprint)
+            else:
+                write_history_rollups(log_dir)
+                rollup_s = time.perf_counter() - start
             size = sum(p.stat().st_size for p in (log_dir / "history").rglob("records.parquet"))
             rollup_size = sum(p.stat().st_size for p in (log_dir / "history").rglob("rollup/*"))
-            hist_runs, bare_runs = [], []
+            rows_of = [row(log_dir) for row in HISTORY_ROWS]
+            if old_tree:
+                rows_of.append((f"report --hours 288 of {args.old_ref}",
+                                report_command(log_dir, 24 * 12, old_tree)))
+            bare_runs: list = []
+            hist_runs: dict = {label: [] for label, _ in rows_of}
             for _ in range(args.repeat):  # interleaved, medians: the machine may be shared
                 bare_runs.append(measure(bare_scan_command(log_dir)))
-                hist_runs.append(measure(report_command(log_dir, 24 * 12)))
-            hist, bare = median_run(hist_runs), median_run(bare_runs)
-            load_fast = load_average()
+                for label, command in rows_of:
+                    hist_runs[label].append(measure(command))
+            bare = median_run(bare_runs)
+            measured = [(label, median_run(hist_runs[label])) for label, _ in rows_of]
+            hist = measured[0][1]
             exact = measure(report_command(log_dir, 24 * 12, exact=True))  # once: it is long
-            load_exact = load_average()
             print()
             print(table([("Parquet history", f"{args.history:,} records, 10 day partitions, "
                                              f"{size / 2**20:,.0f} MiB "
@@ -321,15 +359,13 @@ def main(argv=None) -> None:
                          ("rollups (compact writes them)", f"{rollup_size / 2**20:,.1f} MiB, "
                                                            f"built in {rollup_s:.1f} s"),
                          ("plus JSONL", f"{args.records:,} records"),
-                         ("runs of each (interleaved; medians below)", str(args.repeat)),
-                         run_row("bare DuckDB scan of the JSONL day", bare),
-                         run_row("report --hours 288 (rollups + JSONL)", hist,
-                                 f"; {hist['seconds'] / bare['seconds']:.2f}x the bare scan "
-                                 "(target < 10 s, < 2048 MiB, <= 1.5x)"),
-                         ("  load average (1, 5, 15 min) after it", load_fast),
-                         run_row("report --hours 288 --exact (every record), once", exact,
-                                 f"; {exact['seconds'] / hist['seconds']:.2f}x the rollups'"),
-                         ("  load average (1, 5, 15 min) after it", load_exact)]))
+                         ("runs of each (interleaved; medians)", str(args.repeat))]))
+            print()
+            print(results_table([("bare DuckDB scan of the JSONL day", bare), *measured,
+                                 ("report --hours 288 --exact (every record), once", exact)],
+                                bare))
+            print("targets: the report over rollups + JSONL < 10 s wall, < 2048 MiB, "
+                  "<= 1.5x the bare scan")
             print("\n".join(hist["output"].splitlines()[3:8]))
             if not args.keep:
                 shutil.rmtree(log_dir / "history", ignore_errors=True)
@@ -346,7 +382,9 @@ def main(argv=None) -> None:
             print()
             print(table([("compact: one day", f"{args.records:,} records, {size / 2**20:,.0f} MiB "
                                               f"JSONL -> {parquet / 2**20:,.0f} MiB Parquet"),
-                         run_row("compact", result)]))
+                         ("compact", f"{result['seconds']:.2f} s wall, {result['cpu']:.1f} s CPU, "
+                                     f"peak {result['tree_peak_mib']:,.0f} MiB, "
+                                     f"load {result['load']:.1f}")]))
             shutil.rmtree(day_dir, ignore_errors=True)
     finally:
         for path in cleanup:

@@ -88,6 +88,15 @@ class Settings:
     # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
     SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
 
+    # --- answer quality (record_scores, record_feedback) --------------------------------------
+    # Distinct score names (relevance_score and context_precision included) before a new name is
+    # refused and counted: a score name is a label, so a name per user or per query must not pass.
+    MAX_SCORE_NAMES: int = 20
+    # Distinct feedback reasons counted by name; later new reasons are counted as "other".
+    MAX_FEEDBACK_REASONS: int = 20
+    # Feedback or a late score for a request that ended longer ago than this is refused as too_old.
+    FEEDBACK_MAX_AGE_HOURS: float = 168.0
+
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
     VERY_SLOW_QUERY_SECONDS: float = 30.0
@@ -172,6 +181,13 @@ def _non_negative_float(name: str, raw: str) -> float:
     if value < 0 or value != value or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number >= 0; set it to a price or "
                           "threshold such as 0.003")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _non_negative_float(name, raw)
+    if value == 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number > 0, e.g. {name}=168")
     return value
 
 
@@ -260,6 +276,9 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
     "MAX_SERIES_PER_HISTOGRAM": _int_in(1, 1_000_000),
     "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
+    "MAX_SCORE_NAMES": _int_in(2, 1_000),
+    "MAX_FEEDBACK_REASONS": _int_in(1, 1_000),
+    "FEEDBACK_MAX_AGE_HOURS": _positive_float,
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,

@@ -32,6 +32,7 @@ from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
 from .runtime import (STATE, UNSET, current_request_log, default_metrics, is_safe_label,
                       note_unreadable, recording_failed, safe_name, sync_otel)
+from .quality import built_in_score
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .hooks import HOOKS, Finished, run_finish_hooks, run_start_hooks
 from .streams import (UNFINISHED, MonitoredStream, close_quietly, finish_collected, follow_stream,
@@ -140,18 +141,20 @@ class Instrumented:
 
     @property
     def relevance(self):
-        """``observe`` of this operation's relevance histogram child."""
+        """``observe`` of this operation's relevance score: its own histogram and its
+        rag_evaluation_score series (quality.built_in_score)."""
         writer = self._relevance
         if writer is None:
-            writer = self._relevance = observer(self.metrics.relevance.labels(self.operation))
+            writer = self._relevance = built_in_score(self.metrics, self.operation,
+                                                      "relevance_score")
         return writer
 
     @property
     def precision(self):
         writer = self._precision
         if writer is None:
-            writer = self._precision = observer(
-                self.metrics.context_precision.labels(self.operation))
+            writer = self._precision = built_in_score(self.metrics, self.operation,
+                                                      "context_precision")
         return writer
 
     def stage_observer(self, name: str):

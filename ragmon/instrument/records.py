@@ -55,6 +55,10 @@ def status_of(exc: BaseException) -> str:
 
 LOG_FILE_SUFFIX = "_performance.jsonl"
 LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
+# Late evaluations and user feedback (ragmon.instrument.quality) go to a file of their own per
+# day beside the requests', so no reader of request records ever meets them.
+QUALITY_FILE_SUFFIX = "_quality.jsonl"
+QUALITY_FILE_GLOB = "[0-9]" * 8 + QUALITY_FILE_SUFFIX
 _SEPARATORS = (",", ":")
 
 
@@ -241,8 +245,8 @@ def add_stage(stages: dict, name: str, duration: float, metadata: dict | None) -
             entry["metadata"].update(metadata)
 
 
-def log_file_name(epoch: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(epoch)) + LOG_FILE_SUFFIX
+def log_file_name(epoch: float, suffix: str = LOG_FILE_SUFFIX) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(epoch)) + suffix
 
 
 class RecordSink(Protocol):
@@ -307,13 +311,18 @@ class DailyFileSink:
     _OPEN_DAYS = 2
     _QUIET_NS = 2_000_000_000  # how old LOG_DIR's times must be before they stand for its files
 
-    def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0):
+    def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0, *,
+                 file_suffix: str = LOG_FILE_SUFFIX):
+        if file_suffix not in (LOG_FILE_SUFFIX, QUALITY_FILE_SUFFIX):
+            raise ValueError(f"file_suffix={file_suffix!r} is not {LOG_FILE_SUFFIX!r} (request "
+                             f"records) or {QUALITY_FILE_SUFFIX!r} (evaluations and feedback)")
         if (type(path_check_interval) not in (int, float) or not path_check_interval >= 0
                 or path_check_interval == math.inf):
             raise ValueError(f"path_check_interval={path_check_interval!r} must be a finite "
                              "number of seconds >= 0, e.g. 1.0 (0 compares before every write)")
         self.log_dir = Path(log_dir).expanduser()
         self.path_check_interval = float(path_check_interval)
+        self.file_suffix = file_suffix
         self._files: dict[int, _DayFile] = {}
         self._dir_fd: int | None = None  # LOG_DIR, opened with the first file
         # LOG_DIR's (mtime, ctime) when every open file was last seen linked; None: not trusted.
@@ -358,7 +367,7 @@ class DailyFileSink:
             self._forget(day)  # rotated or replaced: write to the file at the path
             file = None
         if file is None:
-            file = self._open(day, str(self.log_dir / log_file_name(at)))
+            file = self._open(day, str(self.log_dir / log_file_name(at, self.file_suffix)))
         if file.torn:
             data = b"\n" + data
         done = os.write(file.fd, data)  # the usual case: the whole line at once

@@ -22,7 +22,7 @@ def attribute_names(df) -> list[str]:
     return [c[len(ATTR_PREFIX):] for c in df.columns if c.startswith(ATTR_PREFIX)]
 
 
-def _f(value) -> float | None:
+def json_float(value) -> float | None:
     """A JSON-able float: None for NaN/inf/None."""
     if value is None:
         return None
@@ -30,7 +30,7 @@ def _f(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _iso(ts) -> str | None:
+def iso_time(ts) -> str | None:
     if ts is None:
         return None
     try:  # epoch floats carry ~0.1 us of noise: round it away
@@ -47,7 +47,7 @@ def report_header(settings, hours: float | None, now: float | None, read: dict |
     report: dict = {
         "generated_at": generated.isoformat(),
         "period": {"hours": hours,
-                   "since": (_iso(generated.timestamp() - hours * 3600) if hours is not None
+                   "since": (iso_time(generated.timestamp() - hours * 3600) if hours is not None
                              else None),
                    "until": generated.isoformat(), "first": None, "last": None},
         "read": read,

@@ -209,7 +209,7 @@ def _reprice_jsonl(path: Path, table: PriceTable, name: str, stamp: str, day: da
     kept as it was. Records of the day in progress are only counted. Returns the records
     repriced (or that would be)."""
     from ..instrument.records import encode
-    from .reader import _copy_line, bounded_lines, line_problem
+    from .reader import copy_line, bounded_lines, line_problem
 
     write = write and not in_progress
     changed = 0
@@ -221,7 +221,7 @@ def _reprice_jsonl(path: Path, table: PriceTable, name: str, stamp: str, day: da
             for lineno, line in bounded_lines(path):
                 if line is None:  # longer than any record: copied in pieces, as it was
                     if write:
-                        _copy_line(path, lineno, out)
+                        copy_line(path, lineno, out)
                     continue
                 reason, record = line_problem(line) if line.strip() else ("blank", None)
                 done = _repriced(record, table, name, stamp, day) if reason is None else None

@@ -12,25 +12,25 @@ from pathlib import Path
 def frame_trends(df, bucket: str | None = None) -> dict | None:
     """timeline.trends() of a load_records() DataFrame."""
     from .analysis import stage_names
-    from .summary import _run, frame_rows
+    from .summary import frame_rows, runner
     from .timeline import trends
 
     with frame_rows(df) as (con, inside, _):
-        return trends(_run(con), inside, bucket, stage_names(df))
+        return trends(runner(con), inside, bucket, stage_names(df))
 
 
 def log_trends(log_dir, hours: float | None, bucket: str | None = None, *,
                now: float | None = None) -> tuple[dict | None, dict]:
     """(timeline.trends() of the log's last `hours` hours, the read stats as a dict)."""
     from .reader import MAX_STAGE_NAMES
-    from .summary import _bounded, _run, log_rows
+    from .summary import bounded_keys, log_rows, runner
     from .timeline import trends
 
     with log_rows(log_dir, hours, now=now) as (con, inside, stats):
         if con is None:
             return None, stats.as_dict()
-        run = _run(con)
-        keys = _bounded({k for (k,) in run(f"SELECT DISTINCT unnest(map_keys(stage_map)) "
+        run = runner(con)
+        keys = bounded_keys({k for (k,) in run(f"SELECT DISTINCT unnest(map_keys(stage_map)) "
                                            f"FROM all_rows WHERE {inside}")},
                         MAX_STAGE_NAMES, "stage", stats)
         data = trends(run, inside, bucket, keys)

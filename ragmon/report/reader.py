@@ -24,9 +24,7 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import Iterator
 # LogDirNotFound and file_date are imported from here by the CLI, retention and notebooks.
 from ..checks import check_positive_int
 from ..instrument.tokens import KINDS as TOKEN_KINDS
+from .progress import QueryProgress
 from .sources import LogDirNotFound, Sources, file_date, find_sources  # noqa: F401
 
 # A record is one line of about 1 KB; 16 MiB (DuckDB's largest JSON object by default) leaves
@@ -108,6 +107,12 @@ class ReadStats:
     def example_texts(self) -> list[str]:
         return [f"{name}:{line}: {_REASON_WORDS[reason]}" for name, line, reason in self.examples]
 
+    @classmethod
+    def of(cls, log_dir, sources: Sources) -> "ReadStats":
+        """The empty stats of a read of `log_dir` (a directory, or several: named by `sources`)."""
+        return cls(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
+                   else ", ".join(str(d) for d in sources.dirs))
+
     def as_dict(self) -> dict:
         return {"log_dir": self.log_dir, "files": list(self.files), "lines": self.lines,
                 "records": self.records, "outside_period": self.outside_period,
@@ -136,25 +141,36 @@ def since_hours(hours: float | None, now: float | None = None) -> float | None:
 _STAGE_MAP = "MAP(VARCHAR, STRUCT(duration DOUBLE))"
 
 
-def _num(x: str) -> str:
-    """A JSON number as a finite DOUBLE, else NULL (a string holding digits is no number)."""
-    return (f"(CASE WHEN json_type({x}) IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
-            f"AND isfinite(TRY_CAST({x} AS DOUBLE)) THEN TRY_CAST({x} AS DOUBLE) END)")
+def _parse_number(x: str) -> str:
+    """The DOUBLE a JSON value's text spells, else NULL. The engine hands a JSON value over as
+    its minified text, so a number is the only value that parses: a string holding digits keeps
+    its quotes, and true, null, lists and objects are no number. Computed once per field (in
+    the scan's first projection) and used by the tests below, instead of parsing each value
+    again for its JSON type and once more per use."""
+    return f"TRY_CAST({x}::VARCHAR AS DOUBLE)"
 
 
-def _bad_num(x: str) -> str:
-    return f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND {_num(x)} IS NULL)::INT"
+def _num(d: str) -> str:
+    """A parsed number (_parse_number) as a finite DOUBLE, else NULL."""
+    return f"(CASE WHEN isfinite({d}) THEN {d} END)"
 
 
-def _count(x: str) -> str:
-    value = _num(x)
-    return f"coalesce(CASE WHEN {value} = floor({value}) THEN TRY_CAST({value} AS BIGINT) END, 0)"
+def _present(x: str) -> str:
+    """The field holds a value other than JSON null."""
+    return f"({x} IS NOT NULL AND {x}::VARCHAR <> 'null')"
 
 
-def _bad_count(x: str) -> str:
-    value = _num(x)
-    return (f"({x} IS NOT NULL AND json_type({x}) <> 'NULL' AND "
-            f"coalesce({value} <> floor({value}) OR TRY_CAST({value} AS BIGINT) IS NULL, true))::INT")
+def _bad_num(x: str, d: str) -> str:
+    return f"({_present(x)} AND NOT coalesce(isfinite({d}), false))::INT"
+
+
+def _count(d: str) -> str:
+    return f"coalesce(CASE WHEN {d} = floor({d}) THEN TRY_CAST({d} AS BIGINT) END, 0)"
+
+
+def _bad_count(x: str, d: str) -> str:
+    return (f"({_present(x)} AND "
+            f"coalesce({d} <> floor({d}) OR TRY_CAST({d} AS BIGINT) IS NULL, true))::INT")
 
 
 def _iso_epoch(x: str) -> str:
@@ -233,7 +249,12 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
                   else "TRY_CAST(attributes AS MAP(VARCHAR, JSON))")
     bad_attributes = ("(attributes IS NOT NULL AND json_type(attributes) NOT IN ('OBJECT', 'NULL'))"
                       "::INT + " if types["attributes"] == "JSON" else "")
-    bad = " + ".join([_bad_num(n) for n in FLOAT_COLUMNS] + [_bad_count(p) for p in counts.values()])
+    # Every numeric field parsed once, in the first projection (d_<name>), tested below.
+    numbers = {"start_time": "start_time", "total_time": "total_time",
+               **{n: n for n in FLOAT_COLUMNS}, "cost_original": "cost_original", **counts}
+    parsed = ", ".join(f"{_parse_number(x)} AS d_{n}" for n, x in numbers.items())
+    bad = " + ".join([_bad_num(n, f"d_{n}") for n in FLOAT_COLUMNS]
+                     + [_bad_count(x, f"d_{n}") for n, x in counts.items()])
     extra = (", stages AS stages_json, attributes AS attributes_json, timestamp AS timestamp_text, "
              "pricing, repriced_at, extra_json" if full else "")
     if typed:
@@ -251,12 +272,13 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
         bad_stages = "(stages IS NOT NULL AND json_type(stages) NOT IN ('OBJECT', 'NULL'))::INT + "
     return f"""
     WITH raw AS (
-        SELECT *, {_num('start_time')} AS st, {_num('total_time')} AS tt, {stages}
-        FROM {source}
+        SELECT *, {parsed} FROM {source}
+    ), shaped AS (
+        SELECT *, {_num('d_start_time')} AS st, {_num('d_total_time')} AS tt, {stages} FROM raw
     ), timed AS (
         SELECT *, CASE WHEN tt IS NULL OR tt < 0 THEN NULL WHEN st IS NOT NULL THEN st + tt
                        ELSE {_iso_epoch('timestamp')} END AS end_time
-        FROM raw
+        FROM shaped
     )
     SELECT filename AS file,
            end_time IS NOT NULL AND (NOT stages_object OR (stage_map IS NOT NULL AND
@@ -264,11 +286,11 @@ def _jsonl_select(files_sql: str, full: bool, typed: bool = True) -> str:
                    v -> coalesce(isfinite(v.duration), false))), true))) AS valid,
            end_time, end_time - tt AS start_time, tt AS total_time, request_id,
            {", ".join(STRING_COLUMNS)},
-           {", ".join(f"{_num(n)} AS {n}" for n in FLOAT_COLUMNS)},
-           {", ".join(f"{_count(p)} AS {n}" for n, p in counts.items())},
+           {", ".join(f"{_num(f'd_{n}')} AS {n}" for n in FLOAT_COLUMNS)},
+           {", ".join(f"{_count(f'd_{n}')} AS {n}" for n in counts)},
            stage_map, {attributes} AS attributes,
            {bad_attributes}{bad_stages}{bad} AS bad_values,
-           {_num('cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
+           {_num('d_cost_original')} AS cost_original, {_price_match()} AS price_match{extra}
     FROM timed"""
 
 
@@ -347,7 +369,7 @@ def bounded_lines(path: Path, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int
                 yield lineno, line
 
 
-def _copy_line(path: Path, number: int, out) -> None:
+def copy_line(path: Path, number: int, out) -> None:
     """Copies line `number` of `path` to `out` in pieces (it may be any length)."""
     with open(path, "rb") as f:
         for _ in range(number - 1):
@@ -375,7 +397,7 @@ def _without_long_lines(path: Path, into: Path, stats: ReadStats, counted: Count
                 stats.skip(path, lineno, TOO_LONG)
                 counted[str(path)] += 1
                 if keep_rejected is not None:
-                    _copy_line(path, lineno, keep_rejected)
+                    copy_line(path, lineno, keep_rejected)
             else:
                 out.write(line)
     return copy
@@ -445,7 +467,7 @@ def second_pass(path: Path, rejected: set[int], rows: int, stats: ReadStats, rec
         if line is None:
             stats.skip(path, lineno, TOO_LONG)
             if keep_rejected is not None:
-                _copy_line(path, lineno, keep_rejected)
+                copy_line(path, lineno, keep_rejected)
             continue
         reason, _ = line_problem(line)
         if reason is not None:
@@ -460,42 +482,6 @@ def second_pass(path: Path, rejected: set[int], rows: int, stats: ReadStats, rec
 
 
 # --- reading ----------------------------------------------------------------------------------------
-
-class _Progress:
-    """A tqdm bar following DuckDB's own progress of the running query, shown only when stderr
-    is a terminal and the query runs long enough to be worth one."""
-
-    def __init__(self, con, description: str, delay: float = 1.0):
-        self.con, self.description, self.delay = con, description, delay
-        self.done = threading.Event()
-        self.thread = None
-        # A bar over several queries: each moves it from `base` by its progress times `scale`.
-        self.base, self.scale = 0.0, 1.0
-
-    def __enter__(self):
-        if sys.stderr.isatty():
-            self.thread = threading.Thread(target=self._follow, daemon=True)
-            self.thread.start()
-        return self
-
-    def _follow(self) -> None:
-        from tqdm import tqdm
-
-        if self.done.wait(self.delay):
-            return
-        with tqdm(total=100, desc=self.description, unit="%", leave=False) as bar:
-            while not self.done.wait(0.2):
-                try:
-                    percent = max(0.0, self.con.query_progress())
-                except Exception:  # no query running on this connection at this instant
-                    percent = 0.0
-                bar.update(max(0, int(self.base + percent * self.scale) - bar.n))
-
-    def __exit__(self, *exc):
-        self.done.set()
-        if self.thread is not None:
-            self.thread.join()
-
 
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
@@ -562,7 +548,7 @@ def _load_jsonl(con, sources: Sources, inside: str, in_future: str, full: bool, 
         while True:
             sql = _jsonl_select(sql_list(list(readable.values())), full)
             try:
-                with _Progress(con, progress or "reading", delay=1.0 if progress else 1e9):
+                with QueryProgress(con, progress or "reading", delay=1.0 if progress else 1e9):
                     con.execute(f"CREATE OR REPLACE TABLE log_rows AS {sql}")
                 break
             except Exception as exc:  # duckdb.InvalidInputException: a line past the limit
@@ -586,8 +572,7 @@ def read_table(log_dir, since: float | None = None, until: float | None = None, 
     import pyarrow.compute as pc
 
     sources = find_sources(log_dir, since, until)
-    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
-                      else ", ".join(str(d) for d in sources.dirs))
+    stats = ReadStats.of(log_dir, sources)
     con, inside, stats = load_rows(sources, since, until, full=full, workers=workers,
                                    progress=progress, stats=stats)
     if con is None:
@@ -620,8 +605,7 @@ def export_csv(log_dir, target: Path, since: float | None = None, *,
     attribute cell holds a string as it is and any other value as JSON (a list reads back
     with json.loads). Returns (records written, ReadStats)."""
     sources = find_sources(log_dir, since, None)
-    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
-                      else ", ".join(str(d) for d in sources.dirs))
+    stats = ReadStats.of(log_dir, sources)
     with tempfile.TemporaryDirectory(prefix="ragmon-export-") as spill:
         con, inside, stats = load_rows(sources, since, None, workers=workers, progress=progress,
                                        stats=stats, spill_dir=Path(spill))
@@ -817,7 +801,7 @@ def _attribute_column(texts, n: int):
     encoded = pc.dictionary_encode(texts).combine_chunks() if isinstance(
         texts, pa.ChunkedArray) else pc.dictionary_encode(texts)
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype("int64")
-    decoded = [_decode(u) for u in encoded.dictionary.to_pylist()]
+    decoded = [decode_json(u) for u in encoded.dictionary.to_pylist()]
     kinds = {type(v) for v in decoded}
     if kinds <= {int, float, type(None)}:
         lookup = np.array([np.nan if v is None else v for v in decoded] + [np.nan], dtype="float64")
@@ -833,11 +817,11 @@ def _attribute_column(texts, n: int):
         return np.array(names + [None], dtype=object)[full]
     objects = np.empty(len(decoded) + 1, dtype=object)
     for i, value in enumerate(decoded):
-        objects[i] = _hashable(value)
+        objects[i] = hashable(value)
     return objects[codes]
 
 
-def _decode(text):
+def decode_json(text):
     if text is None:
         return None
     try:
@@ -846,7 +830,7 @@ def _decode(text):
         return text
 
 
-def _hashable(value):
+def hashable(value):
     return tuple(value) if type(value) is list else value
 
 
@@ -854,8 +838,8 @@ def _hashable(value):
 
 def record_from_row(row: dict) -> dict:
     """A record dict (the format of ragmon.instrument.records) from a read_table(full=True) row."""
-    stages = _decode(row.get("stages_json")) if row.get("stages_json") is not None else None
-    attributes = _decode(row.get("attributes_json")) if row.get("attributes_json") else None
+    stages = decode_json(row.get("stages_json")) if row.get("stages_json") is not None else None
+    attributes = decode_json(row.get("attributes_json")) if row.get("attributes_json") else None
     record = {
         "timestamp": row.get("timestamp_text"),
         "start_time": row["start_time"], "total_time": row["total_time"],
@@ -880,8 +864,8 @@ def record_from_row(row: dict) -> dict:
     if row.get("price_match") is not None:
         record["price_match"] = row["price_match"]
     if row.get("pricing") is not None:
-        record["pricing"] = _decode(row["pricing"])
-    extra = _decode(row.get("extra_json"))
+        record["pricing"] = decode_json(row["pricing"])
+    extra = decode_json(row.get("extra_json"))
     if isinstance(extra, dict):  # keys a writer added that the format does not know
         for key, value in extra.items():
             record.setdefault(key, value)

@@ -31,7 +31,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .reader import TOKEN_KEYS, sql_quote
+from .analysis import TOP_VALUES
+from .reader import TOKEN_KEYS, sql_list, sql_quote
 from .sources import PARQUET_NAME
 
 ROLLUP_DIR = "rollup"
@@ -43,6 +44,11 @@ ROLLUP_TOP = 100  # requests kept per day by total time and by cost (the report 
 TABLES = ("groups", "sketch", "stages", "attributes", "top")
 QUALITY_COLUMNS = ("relevance_score", "context_precision", "time_to_first_token")
 _NUMBER_KINDS = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+
+
+class NeedsRecords(Exception):
+    """A figure the rollups cannot give (e.g. an attribute of mixed value types): the report
+    reads the records instead."""
 
 
 def thresholds(settings) -> dict:
@@ -266,3 +272,114 @@ def quantile_sql(table: str, qs) -> str:
                + (h - floor(h)) * arg_min(v, cum) FILTER (cum > ceil(h)) AS value
         FROM ranks r JOIN cumulative c USING (metric, grp)
         GROUP BY r.metric, r.grp, r.q, r.h"""
+
+
+def merge_rollups(con, partitions: list[Path], raw_rows: str | None, settings) -> None:
+    """Creates on `con` the tables m_<table> for each of TABLES: the rollups of `partitions`
+    merged with the rollup of `raw_rows` (a FROM item of rows as reader's ``all_rows``, or
+    None), computed here."""
+    if raw_rows is not None:
+        prepare, queries = rollup_queries(raw_rows, settings)
+        for statement in prepare:
+            con.execute(statement)
+        for name, sql in queries.items():
+            con.execute(f"CREATE TABLE raw_{name} AS {sql}")
+    for name in TABLES:
+        files = sql_list([partition / ROLLUP_DIR / f"{name}.parquet" for partition in partitions])
+        parts = [f"SELECT * FROM read_parquet({files}, union_by_name=true)"]
+        if raw_rows is not None:
+            parts.append(f"SELECT * FROM raw_{name}")
+        con.execute(f"CREATE TABLE m_{name} AS " + " UNION ALL BY NAME ".join(parts))
+
+
+def merged_results(con, top: int, history_in_period: int) -> dict:
+    """The rows of each report query (as ragmon.report.summary assembles them), computed from
+    the merged rollup tables m_* that merge_rollups() made; `history_in_period`: the history
+    rows they cover."""
+    def run(sql: str, params=None):
+        return con.execute(sql, params or []).fetchall()
+
+    quantiles: dict = {}
+    for metric, grp, q, value in run(quantile_sql("m_sketch", (0.5, 0.95, 0.99))):
+        quantiles.setdefault((metric, grp), {})[round(float(q), 4)] = value
+
+    def q(metric, grp, *levels):
+        found = quantiles.get((metric, grp), {})
+        return [found.get(level) for level in levels]
+
+    token = {k: f"coalesce(sum({k}_tokens), 0)" for k in ("input", "output", "cached_input")}
+    [main] = run(f"""
+        SELECT coalesce(sum(n), 0), min(first_end), max(last_end),
+               coalesce(sum(n) FILTER (status = 'success'), 0),
+               coalesce(sum(n) FILTER (status = 'error'), 0),
+               coalesce(sum(n) FILTER (status = 'cancelled'), 0),
+               sum(time_sum) / sum(n), NULL, max(time_max), sum(slow), sum(very_slow),
+               coalesce(sum(cost_sum), 0), sum(n_cost),
+               {token['input']}, {token['output']}, {token['cached_input']},
+               coalesce(sum(cache_hits), 0), coalesce(sum(cache_misses), 0),
+               sum(n_cost_original), coalesce(sum(cost_original_sum), 0),
+               coalesce(sum(cost_repriced_sum), 0),
+               coalesce(sum(n) FILTER (model IS NOT NULL), 0),
+               coalesce(sum(n) FILTER (operation IS NOT NULL), 0), ?
+        FROM m_groups""", [history_in_period])
+    main = list(main)
+    main[7] = q("total_time", "", 0.5, 0.95, 0.99)
+    [quality] = run("SELECT " + ", ".join(
+        f"sum({c}_n), sum({c}_sum) / nullif(sum({c}_n), 0)" for c in QUALITY_COLUMNS)
+        + " FROM m_groups")
+    quality_row = []
+    for i, column in enumerate(QUALITY_COLUMNS):
+        measured, mean = quality[2 * i: 2 * i + 2]
+        quality_row += [measured, mean, q(column, "", 0.5, 0.95) if measured else None]
+    stages = [(stage, n, d_sum / n if n else None, q("stage", stage, 0.5, 0.95, 0.99), d_max,
+               d_sum, share / n if n else None, t_sum, bottlenecks, by_share, by_budget)
+              for stage, n, d_sum, d_max, share, t_sum, bottlenecks, by_share, by_budget in run(
+                  "SELECT stage, sum(n), sum(d_sum), max(d_max), sum(share_sum), sum(t_sum), "
+                  "sum(bottlenecks), sum(by_share), sum(by_budget) FROM m_stages GROUP BY stage")]
+    models = [(m, n, cost, priced, tin, tout, tcached, q("model", m, 0.95)[0], errors, unnamed,
+               *rest)
+              for m, n, cost, priced, tin, tout, tcached, errors, unnamed, *rest in run(f"""
+        SELECT coalesce(model, '(none)') AS m, sum(n), coalesce(sum(cost_sum), 0), sum(n_cost),
+               {token['input']}, {token['output']}, {token['cached_input']},
+               coalesce(sum(n) FILTER (status = 'error'), 0), model IS NULL AS unnamed,
+               coalesce(sum(n_cost) FILTER (price_match = 'default'), 0),
+               coalesce(sum(cost_sum) FILTER (price_match = 'default'), 0),
+               coalesce(sum(n_cost) FILTER (price_match IS NULL), 0),
+               coalesce(sum(cost_sum) FILTER (price_match IS NULL), 0)
+        FROM m_groups GROUP BY m, unnamed ORDER BY min(first_end), m""")]
+    operations = [(op, n, q("operation", op, 0.95)[0], errors) for op, n, errors in run("""
+        SELECT operation, sum(n), coalesce(sum(n) FILTER (status = 'error'), 0) FROM m_groups
+        WHERE operation IS NOT NULL GROUP BY operation
+        ORDER BY sum(n) DESC, min(first_end), operation""")]
+    errors = run("""
+        SELECT coalesce(error_type, '(none)') AS e, sum(n) FROM m_groups
+        WHERE status IS DISTINCT FROM 'success' GROUP BY e
+        ORDER BY sum(n) DESC, min(first_end), e""")
+    attributes = []
+    for key, text, kind, xn, xsum, xmax, n, ok, distinct, present in run(f"""
+        WITH groups AS (
+            SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, sum(n) AS n,
+                   sum(xn) AS xn, sum(xsum) AS xsum, max(xmax) AS xmax, sum(ok) AS ok,
+                   min(first_end) AS first_end
+            FROM m_attributes GROUP BY key, text),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY key ORDER BY text IS NULL, n DESC,
+                                                   first_end, text) AS rank,
+                   count(text) OVER (PARTITION BY key) AS distinct_texts,
+                   sum(CASE WHEN text IS NOT NULL THEN n END) OVER (PARTITION BY key) AS present,
+                   bool_and(text IS NULL OR kind = 'VARCHAR') OVER (PARTITION BY key) AS strings
+            FROM groups)
+        SELECT key, text, kind, xn, xsum, xmax, n, ok / n, distinct_texts, present
+        FROM ranked WHERE text IS NULL OR rank <= {TOP_VALUES} OR NOT strings
+        ORDER BY key, rank"""):
+        numbers = q("attribute", key, 0.5, 0.95) if text is None and xn else None
+        p95 = q("attribute_value", f"{key}\0{text}", 0.95)[0] if text is not None else None
+        attributes.append((key, text, kind, xn, xsum, numbers, xmax, n, p95, ok, distinct,
+                           present))
+    slowest = run("""
+        SELECT total_time, end_time, request_id, status, error_type, model, operation, stage_map
+        FROM m_top WHERE ranking = 'total_time' ORDER BY total_time DESC, end_time, seq
+        LIMIT ?""", [max(0, int(top))])
+    return {"main": [main], "quality": [quality_row], "stages": stages, "models": models,
+            "operations": operations, "errors": errors, "attributes": attributes,
+            "slowest": slowest}

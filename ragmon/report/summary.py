@@ -1,29 +1,41 @@
-"""The report computed inside DuckDB: every aggregate of ragmon.report.analysis.build_report in
-SQL over the log's rows, so that only small result sets reach Python.
+"""The performance report, computed inside DuckDB: only small result sets reach Python.
 
-``build_report(load_records())`` holds one pandas row per request: fine for a notebook's day,
-not for a history of ten million records. ``report_from_log()`` reads the same files with the
-same rules (ragmon.report.reader.load_rows: torn lines skipped and named, wrong types counted)
-and returns the same dict, figure for figure: percentiles are exact (``quantile_cont``, the
-linear interpolation of numpy's percentile), sums are compensated (``fsum``), and ties are
-broken by first appearance, as pandas' groupby does. The rows never leave the engine, whose
-memory is bounded (``memory_limit``, spilling to a temporary directory past it).
+The rows come from the log (``log_rows``: the JSONL files and the Parquet history, read by
+ragmon.report.reader with its rules: torn lines skipped and named, wrong types counted) or from
+a load_records() DataFrame (``frame_rows``); the engine's memory is bounded (``memory_limit``,
+spilling to a temporary directory past it). Percentiles are exact (``quantile_cont``, numpy's
+linear interpolation), sums compensated (``fsum``), ties broken by first appearance. Over a
+long history, whole days are read from their rollups (ragmon.report.rollups): counts and sums
+exact, percentiles within the rollups' stated relative error; ``exact=True`` reads every record.
+
+Adding a section to the report (e.g. ``report["quality_feedback"]``):
+
+1. Its query over the rows: a ``_<name>_query(inside)`` returning (SQL, params) that reads
+   ``all_rows WHERE {inside}``, added to the ``queries`` of ``_report`` (they run two at a time).
+2. The same rows from the rollups: a rollup table or column in ragmon.report.rollups
+   (``rollup_queries``, merged by ``merge_rollups``) and its entry in ``merged_results`` under the
+   same name; or, for a figure no rollup can give, raise ``NeedsRecords`` there (the report then
+   reads the records).
+3. Its shape in the report: a few lines in ``_assemble`` taking ``results["<name>"]``, and its
+   text in ragmon.report.formatting (and html.py for the page).
+
+A section needing its own grouping (``report --by KEY``) takes the same path with the key in
+its GROUP BY.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from pathlib import Path
 
-from .analysis import TOP_VALUES, _f, report_header
-from .analysis import _iso as _analysis_iso
-from .reader import (MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, _Progress, _decode,
-                     _hashable, sql_quote, find_sources, load_rows, since_hours)
-from .reader import HISTORY_END
+from .analysis import TOP_VALUES, iso_time, json_float, report_header
+from .progress import QueryProgress
+from .reader import (HISTORY_END, MAX_ATTRIBUTE_KEYS, MAX_STAGE_NAMES, ReadStats, decode_json,
+                     find_sources, hashable, load_rows, since_hours, sql_quote)
+from .rollups import RELATIVE_ERROR, NeedsRecords, merge_rollups, merged_results, usable
 
 # DuckDB's share of the report's memory; past it, large aggregates spill to a temporary directory.
 MEMORY_LIMIT = "1GB"
@@ -46,7 +58,7 @@ def _timestamp(epoch: float):
 
 
 def _iso(epoch) -> str | None:
-    return None if epoch is None else _analysis_iso(_timestamp(float(epoch)))
+    return None if epoch is None else iso_time(_timestamp(float(epoch)))
 
 
 def _sql_in(values) -> str:
@@ -57,7 +69,7 @@ class _Steps:
     """Runs the report's queries, each on a cursor of its own (so that two may run at once),
     and moves one progress bar by each query's share."""
 
-    def __init__(self, progress: _Progress, steps: int):
+    def __init__(self, progress: QueryProgress, steps: int):
         self.progress, self.con, self.steps, self.done = progress, progress.con, steps, 0
         self.lock = threading.Lock()
         progress.scale = 1.0 / steps
@@ -79,21 +91,24 @@ class _Steps:
 
 
 @contextlib.contextmanager
-def log_rows(log_dir, hours: float | None = None, *, now: float | None = None,
-             workers: int | None = None, progress: bool = False,
-             memory_limit: str = MEMORY_LIMIT):
-    """(connection with the view ``all_rows`` or None when there is no file, SQL condition of
-    the period's valid rows, ReadStats) of the requests that ended in the last `hours` hours in
-    `log_dir` (the JSONL files and the Parquet history)."""
-    since = since_hours(hours, now)
-    sources = find_sources(log_dir, since, None)
-    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
-                      else ", ".join(str(d) for d in sources.dirs))
+def opened_rows(log_dir, sources, since: float | None, *, workers: int | None = None,
+                progress: bool = False, memory_limit: str = MEMORY_LIMIT,
+                empty_view: bool = False):
+    """(connection with the view ``all_rows``, SQL condition of the period's valid rows,
+    ReadStats) of `sources` (found in `log_dir`), read with the engine's memory bounded by
+    `memory_limit` and spilling to a temporary directory past it. The connection is None when
+    there is no file to read, unless `empty_view`: then ``all_rows`` is an empty view."""
+    from .reader import connect
+
+    stats = ReadStats.of(log_dir, sources)
     with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
         con, inside, stats = load_rows(sources, since, None, workers=workers,
                                        progress="reading" if progress else None, stats=stats,
                                        spill_dir=Path(spill), memory_limit=memory_limit,
                                        count_history=False)
+        if con is None and empty_view:
+            con = connect(workers, Path(spill), memory_limit)
+            con.execute("CREATE VIEW all_rows AS SELECT * FROM (SELECT NULL::DOUBLE AS x) WHERE false")
         try:
             if con is not None:
                 # Every query orders what it returns: the scans need not keep the read order.
@@ -102,6 +117,19 @@ def log_rows(log_dir, hours: float | None = None, *, now: float | None = None,
         finally:
             if con is not None:
                 con.close()
+
+
+@contextlib.contextmanager
+def log_rows(log_dir, hours: float | None = None, *, now: float | None = None,
+             workers: int | None = None, progress: bool = False,
+             memory_limit: str = MEMORY_LIMIT):
+    """(connection with the view ``all_rows`` or None when there is no file, SQL condition of
+    the period's valid rows, ReadStats) of the requests that ended in the last `hours` hours in
+    `log_dir` (the JSONL files and the Parquet history)."""
+    since = since_hours(hours, now)
+    with opened_rows(log_dir, find_sources(log_dir, since, None), since, workers=workers,
+                     progress=progress, memory_limit=memory_limit) as opened:
+        yield opened
 
 
 @contextlib.contextmanager
@@ -131,7 +159,7 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
         try:
             report = _rollup_report(log_dir, settings, hours=hours, top=top, now=now,
                                     workers=workers, progress=progress, memory_limit=memory_limit)
-        except _NeedsRecords:
+        except NeedsRecords:
             report = None
         if report is not None:
             return report
@@ -162,11 +190,11 @@ def figures(con, inside: str, settings, *, hours=None, top: int = 10, now=None,
     """The report of the rows of ``all_rows`` matching `inside` (con None: no rows)."""
     if con is None:
         return _header(settings, hours, now, stats, 0)
-    with _Progress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
+    with QueryProgress(con, "summarising", delay=PROGRESS_DELAY if progress else 1e9) as bar:
         return _report(con, inside, settings, hours, top, now, stats, _Steps(bar, 1))
 
 
-def _run(con):
+def runner(con):
     def run(sql: str, params=None):
         cursor = con.cursor()
         try:
@@ -184,7 +212,7 @@ def stats_of(con, inside: str, settings, report: dict, bucket: str | None = None
 
     if report["empty"]:
         return report
-    run = _run(con)
+    run = runner(con)
     first, last = timeline.span(run, inside)
     stage_keys = [s["stage"] for s in report["stages"]]
     bucket = timeline.choose_bucket(first, last, bucket)
@@ -192,9 +220,9 @@ def stats_of(con, inside: str, settings, report: dict, bucket: str | None = None
     report["distributions"] = timeline.distributions(run, inside, sorted(stage_keys))
     report["bucket"] = bucket
     report["series"] = [{"bucket_start": timeline.iso(r["bucket_start"]),
-                         "requests": r["requests"], "error_rate": _f(r["error_rate"]),
-                         "p50": _f(r["p50"]), "p95": _f(r["p95"]), "p99": _f(r["p99"]),
-                         "cost": _f(r["cost"]), "cost_per_hour": _f(r["cost_per_hour"])}
+                         "requests": r["requests"], "error_rate": json_float(r["error_rate"]),
+                         "p50": json_float(r["p50"]), "p95": json_float(r["p95"]), "p99": json_float(r["p99"]),
+                         "cost": json_float(r["cost"]), "cost_per_hour": json_float(r["cost_per_hour"])}
                         for r in rows]
     return report
 
@@ -230,7 +258,7 @@ def _price_table(settings):
         return None
 
 
-def _bounded(keys, limit: int, kind: str, stats: ReadStats) -> list[str]:
+def bounded_keys(keys, limit: int, kind: str, stats: ReadStats) -> list[str]:
     """The first `limit` of the sorted `keys`; the rest are named in stats.ignored_names (as
     reader._keys does: like metric labels, stage names and attribute keys must be bounded)."""
     keys = sorted(k for k in keys if k is not None)
@@ -282,7 +310,7 @@ def _assemble(results: dict, settings, hours, now, stats: ReadStats, *, attribut
     values = list(values)
     n, first, last, success, error, cancelled = values[:6]
     stage_rows = results["stages"]
-    stage_keys = _bounded({r[0] for r in stage_rows}, MAX_STAGE_NAMES, "stage", stats)
+    stage_keys = bounded_keys({r[0] for r in stage_rows}, MAX_STAGE_NAMES, "stage", stats)
     stats.outside_period += stats.history_rows - values[23]  # history rows not in the period
     report = _header(settings, hours, now, stats, int(n))
     if not n:
@@ -299,19 +327,19 @@ def _assemble(results: dict, settings, hours, now, stats: ReadStats, *, attribut
         "requests": n, "success": success, "error": error, "cancelled": cancelled,
         "other": n - success - error - cancelled, "success_rate": success / n,
         "error_rate": error / n, "requests_per_hour": n / span_hours}
-    report["latency"] = {"mean": _f(mean), "p50": _f(p50), "p95": _f(p95), "p99": _f(p99),
-                         "max": _f(longest), "slow": slow, "very_slow": very_slow,
+    report["latency"] = {"mean": json_float(mean), "p50": json_float(p50), "p95": json_float(p95), "p99": json_float(p99),
+                         "max": json_float(longest), "slow": slow, "very_slow": very_slow,
                          "slow_share": slow / n}
     report["stages"] = _stages(stage_rows, stage_keys, settings)
     report["models"] = _models(results["models"]) if with_model else []
     table = _price_table(settings)
-    cost = {"total": _f(cost_sum) if priced else 0.0,
-            "per_request": _f(cost_sum / priced) if priced else None,
+    cost = {"total": json_float(cost_sum) if priced else 0.0,
+            "per_request": json_float(cost_sum / priced) if priced else None,
             "requests_without_cost": n - priced}
     if table is not None:
         cost.update(_pricing(results["models"], table, priced))
-    cost["repriced"] = {"requests": repriced, "cost_before": _f(before) if repriced else 0.0,
-                        "cost_after": _f(after) if repriced else 0.0}
+    cost["repriced"] = {"requests": repriced, "cost_before": json_float(before) if repriced else 0.0,
+                        "cost_after": json_float(after) if repriced else 0.0}
     report["cost"] = cost
     report["tokens"] = {"input": int(tok_in), "output": int(tok_out), "cached_input": int(tok_cached)}
     hits, misses = int(hits), int(misses)
@@ -321,8 +349,8 @@ def _assemble(results: dict, settings, hours, now, stats: ReadStats, *, attribut
     for i, (_, key) in enumerate(_QUALITY):
         measured, average, quantiles = quality[3 * i: 3 * i + 3]
         q50, q95 = quantiles if quantiles is not None else (None, None)
-        report["quality"][key] = {"measured": measured, "mean": _f(average) if measured else None,
-                                  "p50": _f(q50), "p95": _f(q95)}
+        report["quality"][key] = {"measured": measured, "mean": json_float(average) if measured else None,
+                                  "p50": json_float(q50), "p95": json_float(q95)}
     report["errors"] = _errors(results["errors"], n)
     report["operations"] = _operations(results["operations"]) if with_operation else []
     report["attributes"] = attributes(results["attributes"], n)
@@ -362,9 +390,9 @@ def _stages(rows, keys: list[str], settings) -> list[dict]:
             continue
         p50, p95, p99 = quantiles
         out.append({
-            "stage": stage, "requests": requests, "mean": _f(mean), "p50": _f(p50),
-            "p95": _f(p95), "p99": _f(p99), "max": _f(longest), "total_time": _f(total),
-            "mean_share": _f(mean_share), "time_share": _f(total / total_t) if total_t else None,
+            "stage": stage, "requests": requests, "mean": json_float(mean), "p50": json_float(p50),
+            "p95": json_float(p95), "p99": json_float(p99), "max": json_float(longest), "total_time": json_float(total),
+            "mean_share": json_float(mean_share), "time_share": json_float(total / total_t) if total_t else None,
             "budget": budgets.get(stage), "bottlenecks": bottlenecks,
             "bottlenecks_by_share": by_share, "bottlenecks_by_budget": by_budget})
     out.sort(key=lambda s: s["total_time"] or 0, reverse=True)
@@ -385,10 +413,10 @@ def _models_query(inside: str):
 
 
 def _models(rows) -> list[dict]:
-    out = [{"model": str(model), "requests": requests, "cost": _f(cost),
-            "mean_cost": _f(cost / priced) if priced else None,
+    out = [{"model": str(model), "requests": requests, "cost": json_float(cost),
+            "mean_cost": json_float(cost / priced) if priced else None,
             "input_tokens": int(tok_in), "output_tokens": int(tok_out),
-            "cached_input_tokens": int(tok_cached), "p95_latency": _f(p95),
+            "cached_input_tokens": int(tok_cached), "p95_latency": json_float(p95),
             "error_rate": errors / requests}
            for model, requests, cost, priced, tok_in, tok_out, tok_cached, p95, errors, *_ in rows]
     out.sort(key=lambda m: (m["cost"] or 0, m["requests"]), reverse=True)
@@ -412,9 +440,9 @@ def _pricing(rows, table, priced: int) -> dict:
         if count and not unnamed:
             models.add(str(model))
     default = math.fsum(spend)
-    return {"default_priced": {"requests": requests, "cost": _f(default) if requests else 0.0,
+    return {"default_priced": {"requests": requests, "cost": json_float(default) if requests else 0.0,
                                "models": sorted(models)},
-            "table_priced": _f(math.fsum(total) - default) if priced - requests else 0.0}
+            "table_priced": json_float(math.fsum(total) - default) if priced - requests else 0.0}
 
 
 def _errors_query(inside: str):
@@ -439,7 +467,7 @@ def _operations_query(inside: str):
 
 
 def _operations(rows) -> list[dict]:
-    return [{"value": str(value), "requests": requests, "p95_latency": _f(p95),
+    return [{"value": str(value), "requests": requests, "p95_latency": json_float(p95),
              "error_rate": errors / requests} for value, requests, p95, errors in rows]
 
 
@@ -488,7 +516,7 @@ def _attributes(steps: "_Steps", inside: str, rows, stats: ReadStats, n: int) ->
     by_key: dict[str, list] = {}
     for row in rows:
         by_key.setdefault(row[0], []).append(row[1:])
-    keys = _bounded(by_key, MAX_ATTRIBUTE_KEYS, "attribute", stats)
+    keys = bounded_keys(by_key, MAX_ATTRIBUTE_KEYS, "attribute", stats)
     out: dict = {}
     mixed_lists, others = [], []
     for key in keys:
@@ -500,15 +528,15 @@ def _attributes(steps: "_Steps", inside: str, rows, stats: ReadStats, n: int) ->
             present = present or 0
             q50, q95 = quantiles if quantiles is not None else (None, None)
             out[key] = {"kind": "number", "requests": present,
-                        "mean": _f(total / present) if present else None, "p50": _f(q50),
-                        "p95": _f(q95), "max": _f(largest) if present else None,
-                        "sum": _f(total) if present else None}
+                        "mean": json_float(total / present) if present else None, "p50": json_float(q50),
+                        "p95": json_float(q95), "max": json_float(largest) if present else None,
+                        "sum": json_float(total) if present else None}
         elif kinds == {"VARCHAR"}:
             distinct, present = texts[0][9], texts[0][10]
             shown = texts[:TOP_VALUES]
             out[key] = {"kind": "category", "requests": present, "distinct": distinct,
                         "values": [{"value": _label(g[0]), "requests": g[6], "share": g[6] / n,
-                                    "p95_latency": _f(g[7]), "success_rate": _f(g[8])}
+                                    "p95_latency": json_float(g[7]), "success_rate": json_float(g[8])}
                                    for g in shown],
                         "other": present - sum(g[6] for g in shown)}
         elif kinds == {"ARRAY"}:
@@ -539,9 +567,9 @@ def _list_items(distinct) -> dict:
     ties come out as they do there."""
     counts: Counter = Counter()
     for text, times in distinct:
-        value = _decode(text)
+        value = decode_json(text)
         for item in (value if isinstance(value, list) else [value]):
-            counts[str(_hashable(item))] += times
+            counts[str(hashable(item))] += times
     top = counts.most_common(TOP_VALUES)
     return {"kind": "list", "requests": sum(times for _, times in distinct),
             "distinct": len(counts), "values": [{"value": k, "requests": v} for k, v in top],
@@ -582,15 +610,15 @@ def _mixed_categories(steps: "_Steps", inside: str, keys: list[str], n: int) -> 
         out[key] = {"kind": "category", "requests": sum(g[1] for g in groups),
                     "distinct": len(groups),
                     "values": [{"value": str(value), "requests": size, "share": size / n,
-                                "p95_latency": _f(p95), "success_rate": _f(ok)}
+                                "p95_latency": json_float(p95), "success_rate": json_float(ok)}
                                for value, size, p95, ok in groups[:TOP_VALUES]],
                     "other": sum(g[1] for g in groups[TOP_VALUES:])}
     return out
 
 
 def _label(text: str) -> str:
-    value = _decode(text)
-    return value if isinstance(value, str) else str(_hashable(value))
+    value = decode_json(text)
+    return value if isinstance(value, str) else str(hashable(value))
 
 
 def _slowest_query(inside: str, top: int):
@@ -628,7 +656,7 @@ def _slowest_entries(rows, stage_keys: list[str]) -> list[dict]:
                     slowest_duration is None or d > slowest_duration):
                 slowest_stage, slowest_duration = name, float(d)
         out.append({"request_id": None if request_id is None else str(request_id),
-                    "timestamp": _iso(end), "total_time": _f(total),
+                    "timestamp": _iso(end), "total_time": json_float(total),
                     "status": status, "error_type": error_type, "model": model,
                     "operation": operation, "slowest_stage": slowest_stage,
                     "slowest_stage_duration": slowest_duration})
@@ -637,12 +665,12 @@ def _slowest_entries(rows, stage_keys: list[str]) -> list[dict]:
 
 def costliest(con, inside: str, top: int) -> list[dict]:
     """The `top` requests that cost the most (ties: the earlier first), with their ids."""
-    rows = _run(con)(f"""
+    rows = runner(con)(f"""
         SELECT request_id, end_time, cost, model, total_time, status FROM all_rows
         WHERE {inside} AND cost IS NOT NULL ORDER BY cost DESC, end_time, seq LIMIT ?""",
                      [max(0, int(top))])
     return [{"request_id": None if rid is None else str(rid), "timestamp": _iso(end),
-             "cost": _f(cost), "model": model, "total_time": _f(total), "status": status}
+             "cost": json_float(cost), "model": model, "total_time": json_float(total), "status": status}
             for rid, end, cost, model, total, status in rows]
 
 
@@ -661,21 +689,16 @@ def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 1
         if report["empty"]:
             return format_html(report)
         stages = sorted(s["stage"] for s in report["stages"])
-        return format_html(report, trends(_run(con), inside, bucket, stages),
+        return format_html(report, trends(runner(con), inside, bucket, stages),
                            costliest(con, inside, top))
 
 
 # --- the report over rollups ---------------------------------------------------------------------
 
-class _NeedsRecords(Exception):
-    """A figure the rollups cannot give (an attribute of mixed value types): read the records."""
-
-
 def _rollup_sources(log_dir, settings, since, top):
     """(every source, [(partition, its rollup.json)] of the rollups covering whole days of the
     period, the sources of the rest)."""
     from .reader import future_bound
-    from .rollups import usable
     from .sources import Sources
 
     sources = find_sources(log_dir, since, None)
@@ -692,148 +715,28 @@ def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, mem
     """The report from the rollups of the whole days of history in the period plus the raw
     records of the rest (JSONL days, partial days, days without a valid rollup); None when no
     rollup applies."""
-    from .reader import connect, sql_list
-    from .rollups import RELATIVE_ERROR, ROLLUP_DIR, TABLES, rollup_queries
-
     since = since_hours(hours, now)
     sources, rolled, raw = _rollup_sources(log_dir, settings, since, top)
     if not rolled:
         return None
-    stats = ReadStats(str(log_dir) if isinstance(log_dir, (str, os.PathLike))
-                      else ", ".join(str(d) for d in sources.dirs))
-    with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
-        con, inside, stats = load_rows(raw, since, None, workers=workers,
-                                       progress="reading" if progress else None, stats=stats,
-                                       spill_dir=Path(spill), memory_limit=memory_limit,
-                                       count_history=False)
-        if con is None:
-            con = connect(workers, Path(spill), memory_limit)
-            con.execute("CREATE VIEW all_rows AS SELECT * FROM (SELECT NULL::DOUBLE AS x) WHERE false")
-            raw_sql = None
-        else:
-            raw_sql = f"(SELECT * FROM all_rows WHERE {inside})"
-        try:
-            con.execute("SET preserve_insertion_order = false")
-            raw_history = 0
-            if raw_sql is not None:
-                [(raw_history,)] = con.execute(
-                    f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
-            if raw_sql:
-                prepare, queries = rollup_queries(raw_sql, settings)
-                for statement in prepare:
-                    con.execute(statement)
-                for name, sql in queries.items():
-                    con.execute(f"CREATE TABLE raw_{name} AS {sql}")
-            for name in TABLES:
-                parts = [f"SELECT * FROM read_parquet("
-                         f"{sql_list([f.path.parent / ROLLUP_DIR / (name + '.parquet') for f, _ in rolled])}, "
-                         "union_by_name=true)"]
-                if raw_sql:
-                    parts.append(f"SELECT * FROM raw_{name}")
-                con.execute(f"CREATE TABLE m_{name} AS " + " UNION ALL BY NAME ".join(parts))
-            rows = sum(meta["rows"] for _, meta in rolled)
-            stats.files = [str(f.path) for f in sources.files]
-            stats.lines += rows
-            stats.history_rows += rows
-            report = _assemble(_rollup_results(con, top, rows + raw_history), settings, hours, now, stats,
-                               attributes=lambda rows, n: _rollup_attributes(rows, stats, n),
-                               slowest=_slowest_entries)
-        finally:
-            con.close()
+    with opened_rows(log_dir, raw, since, workers=workers, progress=progress,
+                     memory_limit=memory_limit, empty_view=True) as (con, inside, stats):
+        raw_rows, raw_history = None, 0
+        if raw.files:
+            raw_rows = f"(SELECT * FROM all_rows WHERE {inside})"
+            [(raw_history,)] = con.execute(
+                f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
+        merge_rollups(con, [f.path.parent for f, _ in rolled], raw_rows, settings)
+        rows = sum(meta["rows"] for _, meta in rolled)
+        stats.files = [str(f.path) for f in sources.files]
+        stats.lines += rows
+        stats.history_rows += rows
+        report = _assemble(merged_results(con, top, rows + raw_history), settings, hours, now,
+                           stats, attributes=lambda rows, n: _rollup_attributes(rows, stats, n),
+                           slowest=_slowest_entries)
     report["rollups"] = {"days": len(rolled), "raw_files": len(raw.files),
                          "quantile_relative_error": RELATIVE_ERROR}
     return report
-
-
-def _rollup_results(con, top: int, history_in_period: int) -> dict:
-    """The rows _assemble takes, computed from the merged rollup tables m_*."""
-    from .rollups import QUALITY_COLUMNS, quantile_sql
-
-    run = _run(con)
-    quantiles: dict = {}
-    for metric, grp, q, value in run(quantile_sql("m_sketch", (0.5, 0.95, 0.99))):
-        quantiles.setdefault((metric, grp), {})[round(float(q), 4)] = value
-
-    def q(metric, grp, *levels):
-        found = quantiles.get((metric, grp), {})
-        return [found.get(level) for level in levels]
-
-    token = {k: f"coalesce(sum({k}_tokens), 0)" for k in ("input", "output", "cached_input")}
-    [main] = run(f"""
-        SELECT coalesce(sum(n), 0), min(first_end), max(last_end),
-               coalesce(sum(n) FILTER (status = 'success'), 0),
-               coalesce(sum(n) FILTER (status = 'error'), 0),
-               coalesce(sum(n) FILTER (status = 'cancelled'), 0),
-               sum(time_sum) / sum(n), NULL, max(time_max), sum(slow), sum(very_slow),
-               coalesce(sum(cost_sum), 0), sum(n_cost),
-               {token['input']}, {token['output']}, {token['cached_input']},
-               coalesce(sum(cache_hits), 0), coalesce(sum(cache_misses), 0),
-               sum(n_cost_original), coalesce(sum(cost_original_sum), 0),
-               coalesce(sum(cost_repriced_sum), 0),
-               coalesce(sum(n) FILTER (model IS NOT NULL), 0),
-               coalesce(sum(n) FILTER (operation IS NOT NULL), 0), ?
-        FROM m_groups""", [history_in_period])
-    main = list(main)
-    main[7] = q("total_time", "", 0.5, 0.95, 0.99)
-    [quality] = run("SELECT " + ", ".join(
-        f"sum({c}_n), sum({c}_sum) / nullif(sum({c}_n), 0)" for c in QUALITY_COLUMNS)
-        + " FROM m_groups")
-    quality_row = []
-    for i, column in enumerate(QUALITY_COLUMNS):
-        measured, mean = quality[2 * i: 2 * i + 2]
-        quality_row += [measured, mean, q(column, "", 0.5, 0.95) if measured else None]
-    stages = [(stage, n, d_sum / n if n else None, q("stage", stage, 0.5, 0.95, 0.99), d_max,
-               d_sum, share / n if n else None, t_sum, bottlenecks, by_share, by_budget)
-              for stage, n, d_sum, d_max, share, t_sum, bottlenecks, by_share, by_budget in run(
-                  "SELECT stage, sum(n), sum(d_sum), max(d_max), sum(share_sum), sum(t_sum), "
-                  "sum(bottlenecks), sum(by_share), sum(by_budget) FROM m_stages GROUP BY stage")]
-    models = [(m, n, cost, priced, tin, tout, tcached, q("model", m, 0.95)[0], errors, unnamed,
-               *rest)
-              for m, n, cost, priced, tin, tout, tcached, errors, unnamed, *rest in run(f"""
-        SELECT coalesce(model, '(none)') AS m, sum(n), coalesce(sum(cost_sum), 0), sum(n_cost),
-               {token['input']}, {token['output']}, {token['cached_input']},
-               coalesce(sum(n) FILTER (status = 'error'), 0), model IS NULL AS unnamed,
-               coalesce(sum(n_cost) FILTER (price_match = 'default'), 0),
-               coalesce(sum(cost_sum) FILTER (price_match = 'default'), 0),
-               coalesce(sum(n_cost) FILTER (price_match IS NULL), 0),
-               coalesce(sum(cost_sum) FILTER (price_match IS NULL), 0)
-        FROM m_groups GROUP BY m, unnamed ORDER BY min(first_end), m""")]
-    operations = [(op, n, q("operation", op, 0.95)[0], errors) for op, n, errors in run("""
-        SELECT operation, sum(n), coalesce(sum(n) FILTER (status = 'error'), 0) FROM m_groups
-        WHERE operation IS NOT NULL GROUP BY operation
-        ORDER BY sum(n) DESC, min(first_end), operation""")]
-    errors = run("""
-        SELECT coalesce(error_type, '(none)') AS e, sum(n) FROM m_groups
-        WHERE status IS DISTINCT FROM 'success' GROUP BY e
-        ORDER BY sum(n) DESC, min(first_end), e""")
-    attributes = []
-    for key, text, kind, xn, xsum, xmax, n, ok, distinct, present in run(f"""
-        WITH groups AS (
-            SELECT key, text, any_value(kind) FILTER (text IS NOT NULL) AS kind, sum(n) AS n,
-                   sum(xn) AS xn, sum(xsum) AS xsum, max(xmax) AS xmax, sum(ok) AS ok,
-                   min(first_end) AS first_end
-            FROM m_attributes GROUP BY key, text),
-        ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY key ORDER BY text IS NULL, n DESC,
-                                                   first_end, text) AS rank,
-                   count(text) OVER (PARTITION BY key) AS distinct_texts,
-                   sum(CASE WHEN text IS NOT NULL THEN n END) OVER (PARTITION BY key) AS present,
-                   bool_and(text IS NULL OR kind = 'VARCHAR') OVER (PARTITION BY key) AS strings
-            FROM groups)
-        SELECT key, text, kind, xn, xsum, xmax, n, ok / n, distinct_texts, present
-        FROM ranked WHERE text IS NULL OR rank <= {TOP_VALUES} OR NOT strings
-        ORDER BY key, rank"""):
-        numbers = q("attribute", key, 0.5, 0.95) if text is None and xn else None
-        p95 = q("attribute_value", f"{key}\0{text}", 0.95)[0] if text is not None else None
-        attributes.append((key, text, kind, xn, xsum, numbers, xmax, n, p95, ok, distinct,
-                           present))
-    slowest = run("""
-        SELECT total_time, end_time, request_id, status, error_type, model, operation, stage_map
-        FROM m_top WHERE ranking = 'total_time' ORDER BY total_time DESC, end_time, seq
-        LIMIT ?""", [max(0, int(top))])
-    return {"main": [main], "quality": [quality_row], "stages": stages, "models": models,
-            "operations": operations, "errors": errors, "attributes": attributes,
-            "slowest": slowest}
 
 
 def _rollup_attributes(rows, stats: ReadStats, n: int) -> dict:
@@ -845,5 +748,5 @@ def _rollup_attributes(rows, stats: ReadStats, n: int) -> dict:
     for found in kinds.values():
         found.discard(None)
         if not (found <= {"DOUBLE"} or found == {"VARCHAR"} or found == {"ARRAY"}):
-            raise _NeedsRecords()
+            raise NeedsRecords()
     return _attributes(None, "false", rows, stats, n)

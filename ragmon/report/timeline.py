@@ -125,7 +125,7 @@ def cost_by_model(run, inside: str, bucket: str, first: float) -> list[tuple]:
 
 def distributions(run, inside: str, stage_keys: list[str]) -> dict:
     """count, mean, std, min, p50, p90, p95, p99, max of total_time and of each stage."""
-    from .analysis import _f
+    from .analysis import json_float
 
     quantiles = "[" + ", ".join(map(str, DISTRIBUTION_QUANTILES)) + "]"
     figures = lambda x: (f"count({x}), fsum({x}) / count({x}), stddev_pop({x}), "  # noqa: E731
@@ -139,9 +139,9 @@ def distributions(run, inside: str, stage_keys: list[str]) -> dict:
         if not n:
             continue
         mn, p50, p90, p95, p99, mx = qs
-        out[label] = {"count": n, "mean": _f(mean), "std": _f(std), "min": _f(mn),
-                      "p50": _f(p50), "p90": _f(p90), "p95": _f(p95), "p99": _f(p99),
-                      "max": _f(mx)}
+        out[label] = {"count": n, "mean": json_float(mean), "std": json_float(std),
+                      "min": json_float(mn), "p50": json_float(p50), "p90": json_float(p90),
+                      "p95": json_float(p95), "p99": json_float(p99), "max": json_float(mx)}
     return out
 
 
