@@ -377,10 +377,14 @@ class Telemetry:
             relevance, precision = extra.relevance_score, extra.context_precision
         if first_token is not None:
             self.query_first_chunk.record(first_token, by_operation)
+        quality = getattr(extra, "quality", None)  # named scores (record_scores), when reported
+        scores = dict(quality.scores or {}) if quality is not None else {}
         if relevance is not None:
-            self.quality.record(relevance, {**by_operation, "rag.score.name": "relevance_score"})
+            scores.setdefault("relevance_score", relevance)
         if precision is not None:
-            self.quality.record(precision, {**by_operation, "rag.score.name": "context_precision"})
+            scores.setdefault("context_precision", precision)
+        for name, value in scores.items():
+            self.quality.record(value, {**by_operation, "rag.score.name": name})
         ids = self._query_spans(ctx, duration, ctx.start + duration, status, error_type, model,
                                 settlement, timeline)
         if record is not None:

@@ -382,3 +382,15 @@ def test_a_failed_call_carries_its_error_type_on_duration_and_span(otel_on, llm,
     assert call.status.code == call.status.STATUS_CODE_ERROR
     assert call.parent_span_id == spans["rag.query limited"].span_id
     assert not otel_on.points("gen_ai.client.token.usage")
+
+
+def test_named_scores_are_quality_scores(otel_on, catalog):
+    @ragmon.monitored_query("judged", metrics=catalog, request_log=ListSink())
+    def judged():
+        ragmon.record_scores(faithfulness=0.9, answer_relevance=0.6)
+        return {"answer": "ok", "relevance_score": 0.7}
+
+    judged()
+    assert otel_flush()
+    found = {a["rag.score.name"]: p.sum for a, p in otel_on.points("rag.quality.score")}
+    assert found == {"faithfulness": 0.9, "answer_relevance": 0.6, "relevance_score": 0.7}
