@@ -11,6 +11,7 @@ yaml, genai_prices or pydantic loaded.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -21,14 +22,22 @@ start, cpu = time.perf_counter(), time.process_time()
 import {module}
 elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
 heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{"pandas", "numpy", "matplotlib", "yaml",
-                                                    "genai_prices", "pydantic"}})
+                                                    "genai_prices", "pydantic", "opentelemetry"}})
 print(elapsed, cpu, ",".join(heavy) or "-")
 """
 
 
-def probe(module: str) -> tuple[float, float, str]:
+# The rows: a label, the module imported, environment variables set for it. OTEL_ENABLED is read
+# at the first query, never at import: its row must match plain `ragmon`.
+ROWS = {"prometheus_client": ("prometheus_client", None), "ragmon": ("ragmon", None),
+        "m2_3_monitoring": ("m2_3_monitoring", None),
+        "ragmon, OTEL_ENABLED": ("ragmon", {"OTEL_ENABLED": "true"})}
+
+
+def probe(module: str, env: dict | None = None) -> tuple[float, float, str]:
     out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True,
-                         text=True, check=True).stdout.split()
+                         text=True, check=True,
+                         env={**os.environ, **env} if env else None).stdout.split()
     return float(out[0]) * 1000, float(out[1]) * 1000, out[2]
 
 
@@ -36,21 +45,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
-    modules = ("prometheus_client", "ragmon", "m2_3_monitoring")
+    modules = tuple(ROWS)
     wall: dict[str, list[float]] = {m: [] for m in modules}
     cpu: dict[str, list[float]] = {m: [] for m in modules}
     heavy: dict[str, str] = {}
     for _ in range(args.runs):
         for module in modules:
-            w, c, h = probe(module)
+            w, c, h = probe(*ROWS[module])
             wall[module].append(w)
             cpu[module].append(c)
             heavy[module] = h
     print(f"\nImport time, median (range) of {args.runs} fresh interpreters\n")
-    print("| module            | wall ms (median) | CPU ms (median) | CPU ms range  | heavy modules loaded |")
-    print("|-------------------|------------------|-----------------|---------------|----------------------|")
+    print("| module               | wall ms (median) | CPU ms (median) | CPU ms range  | heavy modules loaded |")
+    print("|----------------------|------------------|-----------------|---------------|----------------------|")
     for module in modules:
-        print(f"| {module:17} | {statistics.median(wall[module]):16.1f} | "
+        print(f"| {module:20} | {statistics.median(wall[module]):16.1f} | "
               f"{statistics.median(cpu[module]):15.1f} | "
               f"{min(cpu[module]):5.1f}-{max(cpu[module]):6.1f} | {heavy[module]:20} |")
     ragmon_wall, ragmon_cpu = statistics.median(wall["ragmon"]), statistics.median(cpu["ragmon"])

@@ -370,12 +370,17 @@ def main() -> None:
                         help="only the answer-quality rows (three scores and retrieval health)")
     parser.add_argument("--attribution", action="store_true",
                         help="only the attribution rows (two keys against none)")
+    parser.add_argument("--otel", action="store_true",
+                        help="only the OpenTelemetry rows (OTel output off and on)")
     args = parser.parse_args()
     if args.quality:
         quality_rows(args.calls, args.repeats)
         return
     if args.attribution:
         attribution_rows(args.calls, args.repeats)
+        return
+    if args.otel:
+        bench_opentelemetry(max(args.calls // 5, 1000), args.repeats)
         return
 
     with tempfile.TemporaryDirectory() as log_dir:
@@ -457,6 +462,66 @@ def main() -> None:
     print(f"Records written: {written:,}, {record_bytes / written:.0f} bytes each on average")
     attribution_rows(args.calls, args.repeats)
     quality_rows(args.calls, args.repeats)
+    bench_opentelemetry(max(args.calls // 5, 1000), args.repeats)
+
+
+# --- OpenTelemetry output on (OTEL_ENABLED) ------------------------------------------------------
+
+def bench_opentelemetry(calls: int, repeats: int) -> None:
+    """The added cost per query of OTel output (GenAI metrics, rag.* metrics, a query span and
+    its stage span), exporting over OTLP/HTTP to a receiver in another process, against the
+    same query with it off, interleaved in this process. Wall time leads: the SDK's exporter
+    threads (encoding, sending) work beside the query and their CPU time is not the query's
+    thread's."""
+    import subprocess
+
+    from ragmon.instrument import hooks, otel
+    from ragmon.instrument.runtime import STATE
+
+    receiver = subprocess.Popen([sys.executable, "-m", "ragmon.testing.otlp_receiver"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    telemetry = None
+    try:
+        url = receiver.stdout.readline().strip()
+        telemetry = otel.Telemetry("bench", "development", url)
+        query = make_ours(False)
+        off, on = "@monitored_query, no record, OTel off", "@monitored_query, no record, OTel on"
+
+        def switch(enabled: bool) -> None:
+            STATE.otel = telemetry if enabled else None
+            (hooks.on_finish if enabled else hooks.remove)(telemetry.finish_hook)
+
+        states = {off: False, on: True}
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in states}
+        bare: list[tuple[float, float]] = []
+        for name, enabled in states.items():  # warm up
+            switch(enabled)
+            time_per_call(query, 2000)
+        for _ in range(repeats):
+            bare.append(time_per_call(noop, calls))
+            for name, enabled in states.items():
+                switch(enabled)
+                samples[name].append(time_per_call(query, calls))
+        switch(False)
+        telemetry.flush()
+    finally:
+        if telemetry is not None:
+            STATE.otel = None
+            telemetry.shutdown()
+        receiver.stdin.close()
+        receiver.wait(timeout=30)
+    base_cpu = statistics.median(c for c, _ in bare)
+    base_wall = statistics.median(w for _, w in bare)
+    cpu = {name: statistics.median(c for c, _ in values) - base_cpu for name, values in samples.items()}
+    wall = {name: statistics.median(w for _, w in values) - base_wall for name, values in samples.items()}
+    print(f"\nOpenTelemetry output, median of {repeats} runs x {calls:,} calls (export to an "
+          "OTLP/HTTP receiver in another process)\n")
+    print(f"| {'variant':44} | {'wall us':>7} | {'added wall us':>13} | {'CPU us':>6} | "
+          f"{'added CPU us':>12} |")
+    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 15}|{'-' * 8}|{'-' * 14}|")
+    for name in samples:
+        print(f"| {name:44} | {wall[name] * 1e6:7.2f} | {(wall[name] - wall[off]) * 1e6:13.2f} | "
+              f"{cpu[name] * 1e6:6.2f} | {(cpu[name] - cpu[off]) * 1e6:12.2f} |")
 
 
 def attribution_rows(calls: int, repeats: int) -> None:

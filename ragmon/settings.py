@@ -123,6 +123,17 @@ class Settings:
     STAGE_BUDGETS: Mapping[str, float] = field(default_factory=dict)
     LOG_RETENTION_DAYS: int = 30
 
+    # --- OpenTelemetry (docs/opentelemetry.md) ----------------------------------------------
+    # Also export GenAI semantic-convention metrics and spans over OTLP/HTTP, beside the
+    # Prometheus metrics (which stay as they are). Needs `pip install 'ragmon[otel]'`. Off: no
+    # OpenTelemetry package is imported.
+    OTEL_ENABLED: bool = False
+    # Where to send them: the Collector's OTLP/HTTP base URL (/v1/metrics and /v1/traces are
+    # added). Empty: the exporter's own defaults (OTEL_EXPORTER_OTLP_* variables, else
+    # http://localhost:4318). The standard OTEL_* variables (headers, timeout, export interval,
+    # temporality, resource attributes) are honoured as usual.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""
+
     # --- local monitoring stack (m2_3_stack.py, docker compose) -----------------------------
     PROMETHEUS_PORT: int = 9090
     ALERTMANAGER_PORT: int = 9093
@@ -324,6 +335,8 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "BOTTLENECK_SHARE": _share,
     "STAGE_BUDGETS": _mapping(_non_negative_float),
     "LOG_RETENTION_DAYS": _int_in(1, 36_500),
+    "OTEL_ENABLED": _bool,
+    "OTEL_EXPORTER_OTLP_ENDPOINT": _any_text,
     "PROMETHEUS_PORT": _PORT,
     "ALERTMANAGER_PORT": _PORT,
     "PUSHGATEWAY_PORT": _PORT,

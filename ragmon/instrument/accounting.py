@@ -21,7 +21,8 @@ from typing import Any, Callable
 from ..checks import MAX_COST_DOLLARS, MAX_TOKENS
 from . import tokens
 from .catalog import RAGMetrics
-from .runtime import cached_child, default_metrics, note_unreadable, recording_failed, safe_name
+from .runtime import (STATE, cached_child, default_metrics, note_unreadable, recording_failed,
+                      safe_name)
 from .tokens import PartsExceedWhole, Usage
 from .writers import adder, observer
 
@@ -472,6 +473,8 @@ def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: 
     settlement = settle([usage], model, today(),
                         lambda name, day: series_for(m, operation, name, day))
     count(settlement, m, operation, first_token)
+    if STATE.otel is not None and not settlement.out_of_bounds:
+        STATE.otel.usage_counted(usage, operation, settlement.cost)
     if incomplete_stream:
         note_unreadable(m, "stream_without_usage", STREAM_WITHOUT_USAGE_HINT)
     if settlement.out_of_bounds:

@@ -40,7 +40,8 @@ class QueryExtras:
     chunk's time. Made on first use, so a query that reports nothing this way costs nothing."""
 
     __slots__ = ("relevance_score", "context_precision", "first_token", "cache_hits",
-                 "cache_misses", "attributes", "usages", "chunks", "attribution", "quality")
+                 "cache_misses", "attributes", "usages", "chunks", "attribution", "quality",
+                 "timeline")
 
     def __init__(self):
         # LLM usages and streams seen during the query (tokens.Usage / usage.StreamUsage), in
@@ -52,6 +53,8 @@ class QueryExtras:
         self.attributes: dict | None = None
         self.attribution = None  # attribution.Keys of the query, when it has any
         self.quality = None  # quality.QueryQuality: named scores, retrieval health
+        # Stages and LLM calls with their times, kept only while OpenTelemetry output is on.
+        self.timeline: list | None = None
 
     def add_usage(self, usage) -> None:
         if self.usages is None:

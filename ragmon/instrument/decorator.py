@@ -31,7 +31,7 @@ from .exemplars import sampled_observer
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
 from .runtime import (STATE, UNSET, current_request_log, default_metrics, is_safe_label,
-                      note_unreadable, recording_failed, safe_name)
+                      note_unreadable, recording_failed, safe_name, sync_otel)
 from .quality import built_in_score
 from .gc_safe import call_outside_collection, in_collection, start_finisher
 from .attribution import fixed_keys
@@ -105,6 +105,7 @@ class Instrumented:
             self.by_model: dict = BoundedCache(CHILD_CACHE_SIZE)
             self.stages: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             current_request_log()  # resolve the process default now, where a failure is caught
+            sync_otel(settings)  # OTEL_ENABLED: the OpenTelemetry output registers its hook
             self.ready = True
         except Exception as exc:
             self._retry_at = time.monotonic() + 60

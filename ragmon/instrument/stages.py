@@ -33,6 +33,8 @@ def record_stage(name: str, duration: float, metadata: Mapping | None,
                   attach: bool = True) -> None:
     """observe_stage without the argument checks, for callers whose arguments are known good."""
     query = CURRENT_QUERY.get() if attach else None
+    if query is not None and STATE.otel is not None:
+        STATE.otel.stage_ended(query, name, duration)
     try:
         if query is not None and metrics is None and operation is None:  # inlined in stage.__exit__
             query.owner.stage_observer(name)(duration)
@@ -100,6 +102,8 @@ class stage:
         if query is None or self.metrics is not None:
             record_stage(self.name, duration, self.metadata, self.metrics)
             return
+        if STATE.otel is not None:  # OpenTelemetry output on: the stage's span
+            STATE.otel.stage_ended(query, self.name, duration)
         # The usual case: _record_stage's first branch, inlined because it runs for every stage.
         try:
             owner = query.owner

@@ -388,6 +388,8 @@ def format_request(record: dict) -> str:
              f"  status     {record.get('status')}"
              + (f"  error {record['error_type']}" if record.get("error_type") else ""),
              f"  total      {record.get('total_time', 0):.3f} s"]
+    if record.get("trace_id"):  # written when OpenTelemetry output is on: the query's span
+        lines.append(f"  trace      {record['trace_id']}  span {record.get('span_id')}")
     for name, stage in stages.items():
         lines.append(f"    {name:<20} {stage.get('duration', 0):8.3f} s"
                      + (f"  {json.dumps(stage['metadata'], sort_keys=True)}" if stage.get("metadata") else ""))
