@@ -37,6 +37,7 @@ bench: $(VENV)/.dev-installed
 	$(PY) bench/bench_prices.py
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_cardinality.py
+	$(PY) bench/bench_quality_cardinality.py
 	$(PY) bench/bench_workers.py
 
 ## bench-ha: the HA stack with 1, 4 and 16 app replicas (a few minutes; prints a table)

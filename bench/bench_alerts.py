@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/bench_alerts.py [--healthy-seconds 240] [--fault errors ...] [--runs 1]
 
-The demo runs healthy for --healthy-seconds, then with each --fault in turn (default: all five)
+The demo runs healthy for --healthy-seconds, then with each --fault in turn (default: all six)
 until its alert reached the webhook, then recovers. For every alert that fired it prints the
 seconds from the fault to Prometheus firing, to Alertmanager and to the webhook, and from the
 recovery to the resolution at the webhook; then what broke the promise (healthy quiet, each fault
-its own alert within 60 s and only the alerts it implies, resolved within 120 s), if anything.
+its own alert within 60 s, the quality fault the other quality alerts within 90 s, and only the
+alerts it implies, resolved within 120 s), if anything.
 Several --runs run one after another in this process, so their tables compare.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--healthy-seconds", type=float, default=HEALTHY_SECONDS)
     parser.add_argument("--fault", action="append", choices=sorted(EXPECTED),
-                        help="a fault to run (repeat; default: all five)")
+                        help="a fault to run (repeat; default: all six)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--qps", type=float, default=5.0)
     args = parser.parse_args()

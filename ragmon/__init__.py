@@ -31,6 +31,8 @@ from .instrument.helpers import record_quality, record_tokens, set_attributes, t
 from .instrument.jsonlog import StructuredLogger, redact
 from .instrument.performance import PerformanceMonitor
 from .instrument.pricing import PriceTable
+from .instrument.quality import FeedbackResult, record_feedback, record_scores
+from .instrument.retrieval import record_retrieval
 from .instrument.records import DailyFileSink
 from .instrument.ratelimits import track_rate_limit
 from .instrument.runtime import configure, configure_request_log, default_metrics
@@ -47,6 +49,7 @@ metrics: RAGMetrics = default_metrics()
 __all__ = [
     # measuring a query
     "monitored_query", "stage", "observe_stage", "record_tokens", "record_quality",
+    "record_scores", "record_retrieval", "record_feedback", "FeedbackResult",
     "set_attributes", "track_cache_operation", "track_rate_limit", "current_request_id",
     "request_context", "instrument_openai", "instrument_anthropic", "instrument_gemini",
     # the metrics and the records

@@ -5,11 +5,18 @@ cache lookup, then on a miss retrieval, reranking and generation with realistic 
 per model, with occasional errors and a provider rate limit that drains and resets each minute.
 ``--fault`` makes one alert condition of the product design true within seconds.
 
+Answer quality, as a service with an LLM judge and a feedback button reports it: every search
+answer carries two judge scores (faithfulness, answer_relevance), a batch judge scores one answer
+in five later by its request id (context_recall), every retrieval reports its documents, best
+similarity and the age of its newest document, and half the answers get a thumbs up or down a
+moment later (far more than real users give, so the fast stack's short windows hold enough).
+
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import math
 import os
 import random
@@ -20,9 +27,12 @@ import time
 from dataclasses import dataclass
 
 from .instrument.catalog import RAGMetrics
+from .instrument.context import current_request_id
 from .instrument.decorator import monitored_query
 from .instrument.helpers import record_tokens, track_cache_operation
+from .instrument.quality import record_feedback, record_scores
 from .instrument.ratelimits import track_rate_limit
+from .instrument.retrieval import record_retrieval
 from .instrument.runtime import configure_request_log, default_metrics
 from .instrument.stages import stage
 from .instrument.sdk import record_llm_error
@@ -36,6 +46,8 @@ FAULTS = {
     # A normal run is on pace for about $25/day at 5 q/s.
     "cost": "uncached queries use gpt-4 with a huge prompt (~$2), so spend is on pace for >$100/day",
     "ratelimit": "the provider reports fewer than 100 requests left in the window",
+    "quality": "a degraded index: judge scores fall by half, 60% of retrievals come back empty, "
+               "~60% of feedback is negative and the newest document used is 5-12 days old",
 }
 
 
@@ -63,6 +75,7 @@ class Scenario:
     expensive: bool = False
     rate_limit_per_minute: dict | None = None
     rate_limit_squeezed: bool = False
+    degraded_index: bool = False
 
     @classmethod
     def with_fault(cls, fault: str | None) -> "Scenario":
@@ -77,7 +90,76 @@ class Scenario:
             scenario.expensive = True
         elif fault == "ratelimit":
             scenario.rate_limit_squeezed = True
+        elif fault == "quality":
+            scenario.degraded_index = True
         return scenario
+
+
+# Healthy answers score ~0.8 and retrieve from an index fed all day; a degraded index (stale,
+# half its shards missing, a changed embedding model) retrieves less, older and worse context.
+# The degraded shares are large on purpose: the fast stack judges 20-second windows, and each
+# operation's window must hold the alerts' volume guards (10 empty retrievals, 10 negative
+# feedbacks) for the whole fault, not flicker around them.
+EMPTY_RETRIEVAL_SHARE = {False: 0.02, True: 0.60}
+FEEDBACK_SHARE = 0.5            # answers that get a thumbs up or down
+# A user presses thumbs down when the answer falls below a bar of their own, drawn from 0 to this:
+# ~5% of healthy answers (quality ~0.8), ~60% of a degraded index's.
+USER_BAR = 0.7
+LATE_JUDGE_SHARE = 0.2          # answers the batch judge scores later, by request id
+NEGATIVE_REASONS = {False: ("wrong_answer", "too_vague", "no_answer"),
+                    True: ("outdated", "no_answer", "wrong_answer")}
+
+
+class AnswerQuality:
+    """What the simulated judge, retriever and users say about one answer."""
+
+    def __init__(self, rnd: random.Random, degraded: bool):
+        self.rnd, self.degraded = rnd, degraded
+        self.request_id: str | None = None  # set inside the query
+        self.empty = False
+        self.faithfulness: float | None = None
+
+    def score(self, good: tuple[float, float], bad: tuple[float, float]) -> float:
+        a, b = bad if self.degraded else good
+        value = self.rnd.betavariate(a, b)
+        return min(1.0, value * 0.3 if self.empty else value)
+
+    def retrieval(self) -> None:
+        """Reports the retrieval of the query in progress (ragmon.record_retrieval)."""
+        rnd = self.rnd
+        self.empty = rnd.random() < EMPTY_RETRIEVAL_SHARE[self.degraded]
+        if self.empty:
+            record_retrieval(count=0)
+            return
+        age = (rnd.uniform(5, 12) * 86400 if self.degraded
+               else rnd.lognormvariate(math.log(3 * 3600), 1.0))
+        record_retrieval(count=rnd.randint(3, 8) if self.degraded else rnd.randint(8, 20),
+                         top_score=self.score((8, 3), (4, 5)),
+                         newest_document_time=time.time() - age)
+
+    def judge(self) -> None:
+        """The inline judge's scores for the answer in progress (ragmon.record_scores)."""
+        self.faithfulness = self.score((8, 2), (3, 5))
+        record_scores(faithfulness=self.faithfulness, answer_relevance=self.score((9, 2), (3, 4)))
+
+    def follow_up(self) -> None:
+        """After the answer: maybe a late judge score and a user's thumbs, a moment later and
+        outside the query (a fresh context: they arrive as a later request would)."""
+        request_id = self.request_id
+        if request_id is None:
+            return
+        rnd, loop = self.rnd, asyncio.get_running_loop()
+        if rnd.random() < LATE_JUDGE_SHARE:
+            recall = self.score((7, 2), (3, 5))
+            loop.call_later(rnd.uniform(0.5, 2.0), lambda: record_scores(
+                {"context_recall": recall}, request_id=request_id), context=contextvars.Context())
+        if rnd.random() < FEEDBACK_SHARE:
+            quality = self.faithfulness if self.faithfulness is not None else self.score((8, 2), (3, 5))
+            negative = rnd.uniform(0, USER_BAR) > quality
+            reason = rnd.choice(NEGATIVE_REASONS[self.degraded]) if negative else None
+            loop.call_later(rnd.uniform(0.5, 3.0), lambda: record_feedback(
+                request_id, thumbs="down" if negative else "up", reason=reason),
+                context=contextvars.Context())
 
 
 class RateLimitWindow:
@@ -110,18 +192,21 @@ class SimulatedRAG:
                                       metrics=metrics)(self._stream)
         self.calls = 0
 
-    async def _answer(self, query: str) -> dict:
+    async def _answer(self, query: str, quality: AnswerQuality) -> dict:
         s, rnd = self.scenario, self.random
+        quality.request_id = current_request_id()
         async with stage("embedding"):
             await asyncio.sleep(rnd.uniform(0.008, 0.03))
         hit = rnd.random() < s.cache_hit_rate
         track_cache_operation(hit=hit, cache_type="semantic", metrics=self.metrics)
         if hit:
-            return {"answer": "(cached)", "relevance_score": min(1.0, rnd.betavariate(8, 2))}
+            quality.judge()
+            return {"answer": "(cached)", "relevance_score": quality.score((8, 2), (3, 5))}
 
         async with stage("retrieval", top_k=20) as retrieval:
             await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
-            retrieval.metadata["documents"] = rnd.randint(8, 20)
+            quality.retrieval()
+            retrieval.metadata["documents"] = 0 if quality.empty else rnd.randint(8, 20)
         embedding_hit = rnd.random() < 0.7
         track_cache_operation(hit=embedding_hit, cache_type="embedding", metrics=self.metrics)
         async with stage("reranking"):
@@ -143,16 +228,18 @@ class SimulatedRAG:
                 record_llm_error(provider, error, metrics=self.metrics)
                 raise error
 
+        quality.judge()
+        precision = rnd.uniform(0.2, 0.6) if s.degraded_index else rnd.uniform(0.55, 0.95)
         if s.expensive:
             input_tokens, output_tokens, cached = 40_000 + rnd.randint(0, 5000), 10_000, 0
             return {"answer": "...", "model": model, "input_tokens": input_tokens,
                     "output_tokens": output_tokens, "cached_input_tokens": cached,
-                    "relevance_score": min(1.0, rnd.betavariate(8, 2)),
-                    "context_precision": rnd.uniform(0.55, 0.95)}
+                    "relevance_score": quality.score((8, 2), (3, 5)),
+                    "context_precision": precision}
         # What the SDK would return (its model_dump()), read by shape like a real response.
         record_tokens(self._response(model, provider), metrics=self.metrics)
-        return {"answer": "...", "relevance_score": min(1.0, rnd.betavariate(8, 2)),
-                "context_precision": rnd.uniform(0.55, 0.95)}
+        return {"answer": "...", "relevance_score": quality.score((8, 2), (3, 5)),
+                "context_precision": precision}
 
     def _pick_model(self) -> tuple[str, str]:
         draw = self.random.random()
@@ -207,13 +294,15 @@ class SimulatedRAG:
         return {"id": f"chatcmpl-{self.calls}", "object": "chat.completion", "model": model,
                 "choices": [], "usage": usage}
 
-    async def _stream(self, query: str):
+    async def _stream(self, query: str, quality: AnswerQuality):
         """A streamed answer: SDK stream chunks/events, as a service relays them. Time to first
         token is the first chunk with content; some OpenAI streams are made without
         include_usage (counted as unreadable), and some clients hang up early (partial usage)."""
         rnd = self.random
+        quality.request_id = current_request_id()
         async with stage("retrieval", top_k=20):
             await asyncio.sleep(rnd.lognormvariate(math.log(0.12), 0.4))
+            quality.retrieval()
         model, provider = self._pick_model()
         self._rate_limit_headers(provider)
         self.calls += 1
@@ -251,17 +340,19 @@ class SimulatedRAG:
             yield dict(chunk, choices=[], usage=usage)
 
     async def handle(self, number: int) -> None:
+        quality = AnswerQuality(self.random, self.scenario.degraded_index)
         try:
             if self.random.random() < 0.2 and not self.scenario.expensive:
-                await self.relay(f"question {number}")
+                await self.relay(f"question {number}", quality)
             else:
-                await self.answer(f"question {number}")
+                await self.answer(f"question {number}", quality)
         except ERRORS:
-            pass  # counted and logged by then; a real service would answer with an error
+            return  # counted and logged by then; a real service would answer with an error
+        quality.follow_up()
 
-    async def relay(self, query: str) -> None:
+    async def relay(self, query: str, quality: AnswerQuality) -> None:
         """Reads a streamed answer as a client would; one in ten clients hangs up early."""
-        stream = self.stream(query)
+        stream = self.stream(query, quality)
         hang_up = self.random.random() < 0.1
         try:
             async for index, _ in _aenumerate(stream):

@@ -88,6 +88,15 @@ class Settings:
     # Per-metric series budgets, the one place to change them: "rag_stage_duration_seconds=2000".
     SERIES_LIMITS: Mapping[str, int] = field(default_factory=dict)
 
+    # --- answer quality (record_scores, record_feedback) --------------------------------------
+    # Distinct score names (relevance_score and context_precision included) before a new name is
+    # refused and counted: a score name is a label, so a name per user or per query must not pass.
+    MAX_SCORE_NAMES: int = 20
+    # Distinct feedback reasons counted by name; later new reasons are counted as "other".
+    MAX_FEEDBACK_REASONS: int = 20
+    # Feedback or a late score for a request that ended longer ago than this is refused as too_old.
+    FEEDBACK_MAX_AGE_HOURS: float = 168.0
+
     # --- request analysis (PerformanceMonitor, m2_3_report.py) ------------------------------
     SLOW_QUERY_SECONDS: float = 5.0
     VERY_SLOW_QUERY_SECONDS: float = 30.0
@@ -96,6 +105,17 @@ class Settings:
     # ...or more than its own budget in seconds, e.g. "retrieval=1.0,generation=5.0".
     STAGE_BUDGETS: Mapping[str, float] = field(default_factory=dict)
     LOG_RETENTION_DAYS: int = 30
+
+    # --- OpenTelemetry (docs/opentelemetry.md) ----------------------------------------------
+    # Also export GenAI semantic-convention metrics and spans over OTLP/HTTP, beside the
+    # Prometheus metrics (which stay as they are). Needs `pip install 'ragmon[otel]'`. Off: no
+    # OpenTelemetry package is imported.
+    OTEL_ENABLED: bool = False
+    # Where to send them: the Collector's OTLP/HTTP base URL (/v1/metrics and /v1/traces are
+    # added). Empty: the exporter's own defaults (OTEL_EXPORTER_OTLP_* variables, else
+    # http://localhost:4318). The standard OTEL_* variables (headers, timeout, export interval,
+    # temporality, resource attributes) are honoured as usual.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str = ""
 
     # --- local monitoring stack (m2_3_stack.py, docker compose) -----------------------------
     PROMETHEUS_PORT: int = 9090
@@ -161,6 +181,13 @@ def _non_negative_float(name: str, raw: str) -> float:
     if value < 0 or value != value or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number >= 0; set it to a price or "
                           "threshold such as 0.003")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _non_negative_float(name, raw)
+    if value == 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number > 0, e.g. {name}=168")
     return value
 
 
@@ -249,11 +276,16 @@ _PARSERS: dict[str, Callable[[str, str], object]] = {
     "MAX_SERIES_PER_METRIC": _int_in(1, 1_000_000),
     "MAX_SERIES_PER_HISTOGRAM": _int_in(1, 1_000_000),
     "SERIES_LIMITS": _mapping(_int_in(1, 1_000_000)),
+    "MAX_SCORE_NAMES": _int_in(2, 1_000),
+    "MAX_FEEDBACK_REASONS": _int_in(1, 1_000),
+    "FEEDBACK_MAX_AGE_HOURS": _positive_float,
     "SLOW_QUERY_SECONDS": _non_negative_float,
     "VERY_SLOW_QUERY_SECONDS": _non_negative_float,
     "BOTTLENECK_SHARE": _share,
     "STAGE_BUDGETS": _mapping(_non_negative_float),
     "LOG_RETENTION_DAYS": _int_in(1, 36_500),
+    "OTEL_ENABLED": _bool,
+    "OTEL_EXPORTER_OTLP_ENDPOINT": _any_text,
     "PROMETHEUS_PORT": _PORT,
     "ALERTMANAGER_PORT": _PORT,
     "PUSHGATEWAY_PORT": _PORT,

@@ -21,8 +21,10 @@ from typing import Any, Callable
 from ..checks import MAX_COST_DOLLARS, MAX_TOKENS
 from . import tokens
 from .catalog import RAGMetrics
-from .runtime import cached_child, default_metrics, note_unreadable, recording_failed, safe_name
+from .runtime import (STATE, cached_child, default_metrics, note_unreadable, recording_failed,
+                      safe_name)
 from .tokens import PartsExceedWhole, Usage
+from .writers import adder, observer
 
 log = logging.getLogger("ragmon")
 
@@ -153,7 +155,7 @@ class ModelSeries:
             counter = getattr(self.metrics, kind.counter)
             child = (counter.labels(self.label, kind.metric_label)
                      if kind.metric_label is not None else counter.labels(self.label))
-            inc = self.incs[name] = child.inc
+            inc = self.incs[name] = adder(child)
         return inc
 
     def child(self, name: str):
@@ -162,10 +164,10 @@ class ModelSeries:
             m = self.metrics
             if name == "cost":
                 found = m.query_cost.labels(self.label)
-                self.observe_cost = found.observe
+                self.observe_cost = observer(found)
             elif name == "spend":
                 found = m.spend.labels(self.label)
-                self.inc_spend = found.inc
+                self.inc_spend = adder(found)
             elif name == "partial":
                 found = m.partial_usage.labels(self.label)
             else:
@@ -378,6 +380,43 @@ def settle(usages: list[Usage], model: str | None, day: int,
     return result
 
 
+def settle_plain(counts: dict[str, int], series: ModelSeries,
+                 metrics: RAGMetrics) -> Settlement | None:
+    """``settle()`` and ``count()`` of the usual query in one pass: one usage of wholes alone
+    (``{"input": n, "output": m}``, counts > 0, as a returned dict gives them) at `series`'
+    price. None, with nothing counted, when that price has long-context tiers or a count or the
+    cost is past its bound: the caller then takes the whole way, which prices tiers, keeps such
+    values out of the metrics and counts them."""
+    if series.tiered:
+        return None
+    rates = series.rates
+    one = 0.0
+    for kind, value in counts.items():
+        if value > MAX_TOKENS:
+            return None
+        rate = rates.get(kind)
+        if rate is not None:
+            one += value * rate
+    one /= 1000.0
+    if one > MAX_COST_DOLLARS:
+        return None
+    incs = series.incs
+    for kind, value in counts.items():
+        (incs.get(kind) or series.kind_inc(kind))(value)
+    (series.observe_cost or series.child("cost").observe)(one)
+    if one:
+        (series.inc_spend or series.child("spend").inc)(one)
+    if not series.known:
+        metrics.note_unknown_model(series.model)
+    line = _new(Line)  # Settlement(...) and Line(...) without their __init__ frames
+    line.series, line.tokens, line.cost = series, counts, one
+    result = _new(Settlement)
+    result.model, result.lines = series.model, {series.model: line}
+    result.cost = one
+    result.tokens = counts
+    return result
+
+
 def count(settlement: Settlement, metrics: RAGMetrics, operation: str,
           first_token: float | None = None) -> None:
     """Puts a settlement into the metrics: tokens by kind, cost, spend, partial usage, the
@@ -434,6 +473,8 @@ def record_usage(usage: Usage, *, metrics: RAGMetrics | None = None, operation: 
     settlement = settle([usage], model, today(),
                         lambda name, day: series_for(m, operation, name, day))
     count(settlement, m, operation, first_token)
+    if STATE.otel is not None and not settlement.out_of_bounds:
+        STATE.otel.usage_counted(usage, operation, settlement.cost)
     if incomplete_stream:
         note_unreadable(m, "stream_without_usage", STREAM_WITHOUT_USAGE_HINT)
     if settlement.out_of_bounds:

@@ -11,7 +11,8 @@ from .accounting import record_usage
 from .catalog import RAGMetrics
 from .context import CURRENT_QUERY
 from .ratelimits import record_rate_limits
-from .runtime import cached_child, default_metrics, note_unreadable, recording_failed
+from .runtime import (STATE, cached_child, default_metrics, note_unreadable, recording_failed,
+                      sync_otel)
 from .streams import follow_stream
 from .usage import StreamUsage, Unreadable, is_stream, read_usage
 
@@ -57,6 +58,10 @@ class CallRecorder:
         self.stage = stage
         self.deployments = deployments
         self.error_type = error_type
+        try:  # OTEL_ENABLED from the environment: the output starts with the first client
+            sync_otel((metrics or default_metrics()).settings)
+        except Exception as failure:  # a bad setting is reported where settings are used
+            recording_failed(metrics, "setup", "reading the settings failed: %r", failure)
 
     @staticmethod
     def current_query():
@@ -78,11 +83,16 @@ class CallRecorder:
         found = self.error_type(exc) if self.error_type is not None else None
         return found or sdk_error_type(exc)
 
-    def failed(self, exc: BaseException, start: float, query) -> None:
+    def failed(self, exc: BaseException, start: float, query, args=(), kwargs=None) -> None:
         try:
             m = self.metrics_for(query)
-            m.llm_errors.labels(self.provider, self.counted_error(exc)).inc()
-            self.timed(m, query, _perf() - start)
+            error_type = self.counted_error(exc)
+            m.llm_errors.labels(self.provider, error_type).inc()
+            end = _perf()
+            self.timed(m, query, end - start)
+            if STATE.otel is not None:
+                STATE.otel.llm_call(query, self.provider, requested_model(args, kwargs or {}),
+                                    start, end, error_type=error_type)
         except Exception as failure:
             recording_failed(self._metrics, "recording", "counting an SDK error failed: %r",
                              failure)
@@ -99,8 +109,10 @@ class CallRecorder:
         if self.stage is None:
             return
         if query is not None and m is query.owner.metrics:
-            query.owner.stage_child(self.stage).observe(duration)
+            query.owner.stage_observer(self.stage)(duration)
             query.add_stage(self.stage, duration, {"provider": self.provider})
+            if STATE.otel is not None:  # the stage's span, holding the call's
+                STATE.otel.stage_ended(query, self.stage, duration)
         else:
             stage = self.stage
             cached_child(m, ("stage", "none", stage),
@@ -128,14 +140,18 @@ class CallRecorder:
         """One whole response (an SDK object or its JSON) of a call that began at `start`."""
         try:
             m = self.metrics_for(query)
-            self.timed(m, query, _perf() - start)
+            end = _perf()
+            self.timed(m, query, end - start)
             usage = read_usage(response)
-            if usage is None:
-                return
             if isinstance(usage, Unreadable):
                 note_unreadable(m, usage.shape)
+                usage = None
+            if usage is not None:
+                self._name(usage, requested)
+            if STATE.otel is not None:  # OpenTelemetry output on: the call's span and duration
+                STATE.otel.llm_call(query, self.provider, requested, start, end, usage)
+            if usage is None:
                 return
-            self._name(usage, requested)
             if query is not None and m is query.owner.metrics:
                 query.extras().add_usage(usage)
             else:
@@ -162,6 +178,8 @@ class CallRecorder:
 
     def follow(self, tracker: StreamUsage, m: RAGMetrics, query, start: float,
                requested: str | None) -> None:
+        if STATE.otel is not None:
+            tracker.chunk_gaps = []  # time_per_output_chunk
         if query is not None and m is query.owner.metrics:
             query.extras().add_usage(tracker)
         tracker.on_end.append(lambda t: self._stream_ended(t, m, query, start, requested))
@@ -174,11 +192,17 @@ class CallRecorder:
     def _stream_ended(self, tracker, m: RAGMetrics, query, start: float,
                       requested: str | None) -> None:
         try:
-            self.timed(m, query, _perf() - start)
+            end = _perf()
+            self.timed(m, query, end - start)
             self._name(tracker.usage, requested)
+            error_type = None
             if tracker.error is not None and not isinstance(tracker.error, GeneratorExit):
+                error_type = self.counted_error(tracker.error)
                 if self.error_type is None:  # adapters that feed the tracker count their own
                     m.llm_errors.labels(self.provider, sdk_error_type(tracker.error)).inc()
+            if STATE.otel is not None:
+                STATE.otel.llm_call(query, self.provider, requested, start, end,
+                                    tracker.snapshot(), error_type, tracker)
             if query is None or m is not query.owner.metrics:
                 usage = tracker.snapshot()
                 record_usage(usage, metrics=m, first_token=tracker.first_content,

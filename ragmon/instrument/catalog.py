@@ -42,6 +42,11 @@ TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 COST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1.0, 5.0)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# Documents one retrieval returned: 0 is its own bucket (an empty retrieval), then top-k sizes.
+RETRIEVED_DOCUMENT_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 20, 50, 100)
+# Age of the newest document a query used: a minute to three months; the stale-index alert
+# compares against an hour-to-week edge.
+DOCUMENT_AGE_BUCKETS = (60, 300, 900, 3600, 21600, 86400, 259200, 604800, 2592000, 7776000)
 
 # Billed token kinds; they never overlap, so sum() over rag_tokens_total is what was billed.
 # "cached_input" is prompt tokens read from the provider's cache; cache writes are split by the
@@ -55,7 +60,13 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # Labels whose values the library chooses from a fixed list; an overflowing series keeps them, so
 # rag_queries_total{status="error"} still adds up when the operations past the budget are merged.
-FIXED_VOCABULARY_LABELS = frozenset({"status", "token_type", "result"})
+FIXED_VOCABULARY_LABELS = frozenset({"status", "token_type", "result", "feedback"})
+
+
+def tokens_help() -> str:
+    """rag_tokens_total's help text, naming the billed kinds of tokens.KINDS (the one table)."""
+    return (f"LLM tokens billed, by model and type ({', '.join(billed_labels())}); the types "
+            "never overlap.")
 
 
 def _label_value(value: object) -> str:
@@ -206,6 +217,8 @@ class RAGMetrics:
         # Labelled children looked up by the helpers in decorator.py, keyed by purpose+labels.
         # Keys are safe label values; the cache is emptied when it reaches CHILD_CACHE_SIZE.
         self.child_cache: dict[tuple, object] = BoundedCache(CHILD_CACHE_SIZE)
+        # The admitted score names and feedback reasons (quality.QualityState), made on first use.
+        self.quality_state = None
 
         def histogram(name, doc, labels, buckets, **kw):
             return Histogram(name, doc, labels, registry=self.registry, buckets=buckets, **kw)
@@ -232,8 +245,7 @@ class RAGMetrics:
         self.errors = counter(
             f"{P}errors_total", "Failed queries by exception type.", ["operation", "error_type"])
         self.tokens = counter(
-            f"{P}tokens_total", "LLM tokens billed, by model and type (input, output, cached_input, "
-            "cache_write_5m, cache_write_1h); the types never overlap.", ["model", "token_type"])
+            f"{P}tokens_total", tokens_help(), ["model", "token_type"])
         self.reasoning_tokens = counter(
             f"{P}reasoning_tokens_total", "Reasoning tokens by model: a part of the output tokens "
             "already counted in rag_tokens_total{token_type=\"output\"}, never to be added to them.",
@@ -252,6 +264,42 @@ class RAGMetrics:
         self.context_precision = histogram(
             f"{P}context_precision", "Share of retrieved context that was relevant, 0..1.",
             ["operation"], SCORE_BUCKETS)
+        self.evaluation_score = histogram(
+            f"{P}evaluation_score", "Named quality scores 0..1 (an LLM judge, a heuristic, ragas; "
+            "relevance_score and context_precision among them), observed when the query ends or, "
+            "for a late evaluation, when the score arrives.", ["operation", "score"], SCORE_BUCKETS)
+        self.evaluation_scores_refused = counter(
+            f"{P}evaluation_scores_refused_total", "Scores left out of the metrics and the records, "
+            "by reason (too_many_names, bad_name, bad_value, unknown_request, no_active_query).",
+            ["reason"])
+        self.late_evaluations = counter(
+            f"{P}late_evaluations_total", "Evaluations attached to a request by its id after the "
+            "answer (an asynchronous judge, a batch evaluation), one per record_scores call.",
+            ["operation"])
+        self.feedback = counter(
+            f"{P}feedback_total", "User feedback accepted, by operation and class (positive, "
+            "negative, neutral).", ["operation", "feedback"])
+        self.feedback_reasons = counter(
+            f"{P}feedback_reasons_total", "Reasons given with user feedback; past MAX_FEEDBACK_"
+            "REASONS distinct reasons new ones are counted as other.", ["reason"])
+        self.feedback_rejected = counter(
+            f"{P}feedback_rejected_total", "User feedback refused, by reason (malformed_request_id, "
+            "unknown_request, too_old, bad_value).", ["reason"])
+        self.retrieved_documents = histogram(
+            f"{P}retrieved_documents", "Documents one retrieval returned to the query.",
+            ["operation"], RETRIEVED_DOCUMENT_BUCKETS)
+        self.empty_retrievals = counter(
+            f"{P}empty_retrievals_total", "Queries whose retrieval returned no document.",
+            ["operation"])
+        self.retrieval_queries = counter(
+            f"{P}retrieval_queries_total", "Queries that reported their retrieval health (the "
+            "denominator of the empty-retrieval ratio).", ["operation"])
+        self.retrieval_top_score = histogram(
+            f"{P}retrieval_top_score", "Similarity score 0..1 of the best document a query "
+            "retrieved.", ["operation"], SCORE_BUCKETS)
+        self.retrieval_document_age = histogram(
+            f"{P}retrieval_newest_document_age_seconds", "Age of the newest document a query "
+            "retrieved (index freshness), in seconds.", ["operation"], DOCUMENT_AGE_BUCKETS)
         self.cache_operations = counter(
             f"{P}cache_operations_total", "Cache lookups by cache type and result (hit, miss).",
             ["cache_type", "result"])
@@ -318,7 +366,10 @@ class RAGMetrics:
                      "cache_operations", "in_flight", "rate_limit_requests", "rate_limit_tokens",
                      "reasoning_tokens", "partial_usage", "rate_limit_reset", "llm_errors",
                      "unreadable_responses", "duplicate_usage", "queries_without_usage",
-                     "http_requests", "http_latency", "http_stream"):
+                     "http_requests", "http_latency", "http_stream", "evaluation_score",
+                     "late_evaluations", "feedback", "feedback_reasons", "retrieved_documents",
+                     "empty_retrievals", "retrieval_queries", "retrieval_top_score",
+                     "retrieval_document_age"):
             setattr(self, attr, GuardedMetric(getattr(self, attr), self.guard))
 
     # --- catalog facts -----------------------------------------------------------------------

@@ -39,7 +39,7 @@ class QueryExtras:
     chunk's time. Made on first use, so a query that reports nothing this way costs nothing."""
 
     __slots__ = ("relevance_score", "context_precision", "first_token", "cache_hits",
-                 "cache_misses", "attributes", "usages", "chunks")
+                 "cache_misses", "attributes", "usages", "chunks", "quality", "timeline")
 
     def __init__(self):
         # LLM usages and streams seen during the query (tokens.Usage / usage.StreamUsage), in
@@ -49,6 +49,9 @@ class QueryExtras:
         self.relevance_score = self.context_precision = self.first_token = None
         self.cache_hits = self.cache_misses = 0
         self.attributes: dict | None = None
+        self.quality = None  # quality.QueryQuality: named scores, retrieval health
+        # Stages and LLM calls with their times, kept only while OpenTelemetry output is on.
+        self.timeline: list | None = None
 
     def add_usage(self, usage) -> None:
         if self.usages is None:

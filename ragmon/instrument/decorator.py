@@ -8,8 +8,10 @@ Two promises shape this module:
 - The per-query cost stays small. Labelled children are resolved once per operation/model and
   cached; a query costs one context switch-in/out plus the metric updates themselves.
 
-Tokens and dollars are settled by ``accounting.settle`` and the record is built from its result;
-stages live in ``stages``, the helpers a query calls in ``helpers``, streams in ``streams``.
+Tokens and dollars are settled by ``accounting.settle`` (the usual returned dict by its one-pass
+``settle_plain``) and the record is built from its result; stages live in ``stages``, the
+helpers a query calls in ``helpers``, streams in ``streams``; metric updates go through
+``writers``. A per-query feature joins through ``hooks`` (see there how, at no cost when unused).
 """
 from __future__ import annotations
 
@@ -22,23 +24,33 @@ from typing import Any, Callable, Mapping
 from ..checks import MAX_LABEL_LENGTH, check_count, check_name, check_score, safe_label
 from . import tokens
 from .accounting import (STREAM_WITHOUT_USAGE_HINT, ModelSeries, Settlement, count, refused,
-                         settle, today)
-from .catalog import CHILD_CACHE_SIZE, QUERY_LATENCY_BUCKETS, BoundedCache, RAGMetrics
+                         settle, settle_plain)
+from .catalog import CHILD_CACHE_SIZE, BoundedCache, RAGMetrics
 from .context import CURRENT_QUERY, QueryContext
-from .exemplars import ExemplarSampler, latency_exemplar
+from .exemplars import sampled_observer
 from .providers.fields import PLAIN
 from .records import CANCELLED_EXCEPTIONS, build_record
-from .runtime import (STATE, current_request_log, default_metrics, is_safe_label,
-                      note_unreadable, recording_failed, safe_name)
+from .runtime import (STATE, UNSET, current_request_log, default_metrics, is_safe_label,
+                      note_unreadable, recording_failed, safe_name, sync_otel)
+from .quality import built_in_score
 from .gc_safe import call_outside_collection, in_collection, start_finisher
+from .hooks import HOOKS, Finished, run_finish_hooks, run_start_hooks
 from .streams import (UNFINISHED, MonitoredStream, close_quietly, finish_collected, follow_stream,
                       observe_chunk, stream_outcome)
 from .tokens import PartsExceedWhole, Usage
 from .usage import StreamUsage, Unreadable, is_stream, read_usage
+from .writers import adder, observer
 
 log = logging.getLogger("ragmon")
 _perf = time.perf_counter
+_time = time.time
 _REAL = (int, float)
+_new = object.__new__
+
+
+def _good_name(name: str) -> bool:
+    """Whether a returned model name is labelled and recorded as it is."""
+    return bool(name) and not name.isspace() and len(name) <= MAX_LABEL_LENGTH and name.isprintable()
 
 _warned_without_usage: set[str] = set()
 
@@ -81,15 +93,17 @@ class Instrumented:
             self.succeeded = m.queries.labels(op, "success")
             self.failed = m.queries.labels(op, "error")
             self.cancelled = m.queries.labels(op, "cancelled")
-            # Bound methods of the hottest calls, looked up once instead of on every query.
-            self._observe_latency = self.latency.observe
-            self._exemplar_due = ExemplarSampler(QUERY_LATENCY_BUCKETS).due
-            self._count_success = self.succeeded.inc
+            # The hottest updates as plain functions, made once (writers.py).
+            self.observe_latency = sampled_observer(self.latency)
+            self.add_in_flight = adder(self.in_flight)
+            self.series_of = self.series  # the bound method settle() is given, made once
+            self.count_success = adder(self.succeeded)
             # Keyed by safe, length-capped values and emptied when full: bounded in count and size.
             self.errors_by_type: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             self.by_model: dict = BoundedCache(CHILD_CACHE_SIZE)
             self.stages: dict[str, Any] = BoundedCache(CHILD_CACHE_SIZE)
             current_request_log()  # resolve the process default now, where a failure is caught
+            sync_otel(settings)  # OTEL_ENABLED: the OpenTelemetry output registers its hook
             self.ready = True
         except Exception as exc:
             self._retry_at = time.monotonic() + 60
@@ -101,7 +115,20 @@ class Instrumented:
         sink = self._request_log
         if sink is None:
             sink = STATE.request_log  # resolved by resolve(); configure_request_log() may change it
-        return QueryContext(self, self.operation, self.model, _perf(), sink or None)
+            if sink is UNSET:  # configure() since: resolved again from the new settings
+                sink = self._process_sink()
+        ctx = QueryContext(self, self.operation, self.model, _perf(), sink or None)
+        if HOOKS.start:
+            run_start_hooks(ctx)
+        return ctx
+
+    def _process_sink(self):
+        try:
+            return current_request_log()
+        except Exception as failure:
+            recording_failed(self.metrics, "setup", "the request log could not be opened: %r",
+                             failure)
+            return None
 
     def series(self, model: str | None, day: int):
         """The priced metric children of `model` for this operation (accounting.ModelSeries)."""
@@ -114,61 +141,80 @@ class Instrumented:
 
     @property
     def relevance(self):
-        child = self._relevance
-        if child is None:
-            child = self._relevance = self.metrics.relevance.labels(self.operation)
-        return child
+        """``observe`` of this operation's relevance score: its own histogram and its
+        rag_evaluation_score series (quality.built_in_score)."""
+        writer = self._relevance
+        if writer is None:
+            writer = self._relevance = built_in_score(self.metrics, self.operation,
+                                                      "relevance_score")
+        return writer
 
     @property
     def precision(self):
-        child = self._precision
-        if child is None:
-            child = self._precision = self.metrics.context_precision.labels(self.operation)
-        return child
+        writer = self._precision
+        if writer is None:
+            writer = self._precision = built_in_score(self.metrics, self.operation,
+                                                      "context_precision")
+        return writer
 
-    def stage_child(self, name: str):
-        child = self.stages.get(name)
-        if child is None:
-            child = self.stages[safe_name(name)] = self.metrics.stage_latency.labels(
-                self.operation, name)
-        return child
+    def stage_observer(self, name: str):
+        """``observe`` of stage `name`'s latency child for this operation."""
+        writer = self.stages.get(name)
+        if writer is None:
+            writer = self.stages[safe_name(name)] = observer(self.metrics.stage_latency.labels(
+                self.operation, name))
+        return writer
 
     def finish(self, ctx: QueryContext, result: object, exc: BaseException | None) -> None:
         end = _perf()
         duration = end - ctx.start
         try:
-            if self._exemplar_due(duration, end):  # the request id, for the spike's drill-down
-                self._observe_latency(duration, latency_exemplar(ctx.request_id))
-            else:
-                self._observe_latency(duration)
+            self.observe_latency(duration, end, ctx)  # with the request id now and then
             if exc is None:
-                status, error_type = "success", None
-                self._count_success()
-            elif isinstance(exc, CANCELLED_EXCEPTIONS):
-                status, error_type = "cancelled", type(exc).__name__
-                self.cancelled.inc()
+                status = "success"
+                error_type = None
+                self.count_success(1)
             else:
-                status, error_type = "error", type(exc).__name__
-                if not is_safe_label(error_type):
-                    error_type = safe_label(error_type)
-                self.failed.inc()
-                counter = self.errors_by_type.get(error_type)
-                if counter is None:
-                    counter = self.errors_by_type[error_type] = self.metrics.errors.labels(
-                        self.operation, error_type)
-                counter.inc()
+                status, error_type = self._count_failure(exc)
 
-            relevance = precision = first_token = hand = raw = returned = r_model = None
-            usages: list = []
-            if type(result) is dict or (result is not None and isinstance(result, Mapping)):
-                relevance, precision, hand, raw, r_model = self._read_dict(result)
-                if hand is None and (
-                        "usage" in result if type(result) is dict
-                        else self._careful_get(result)("usage") is not None):
+            # The usages of the query, in order: what it reported while it ran, then its result.
+            usages = relevance = precision = hand = raw = r_model = returned = plain = None
+            if type(result) is dict:  # _read_dict, inlined for the usual result
+                get = result.get
+                relevance, precision, r_model = (get("relevance_score"),
+                                                 get("context_precision"), get("model"))
+                if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
+                        and (precision is None
+                             or (type(precision) in _REAL and 0 <= precision <= 1))
+                        and (r_model is None or type(r_model) is str and _good_name(r_model))):
+                    relevance, precision, r_model = self._checked(
+                        (relevance, precision, r_model), _SCORE_FIELDS)
+                p = tokens.plan()
+                present = result.keys() & p.field_set
+                if present:
+                    name_of = p.name_of
+                    counts = {}  # read straight into kind names: no second pass over them
+                    for field in present:
+                        value = get(field)
+                        if type(value) is not int or value < 0:
+                            value = self._count_of(field, value)
+                        if value:
+                            counts[name_of[field]] = value
+                    if len(counts) <= 2 and len(counts) == ("input" in counts) + ("output" in counts):
+                        plain = counts  # wholes alone: no part to check against them
+                    else:
+                        hand, raw = self._usage_of(counts, r_model)
+                elif "usage" in result:
                     returned = read_usage(result)  # a model_dump() of an SDK response
-            elif result is not None and type(result) not in PLAIN:
-                returned = read_usage(result)  # an SDK response, by shape
+            elif result is not None:
+                if isinstance(result, Mapping):
+                    relevance, precision, hand, raw, r_model = self._read_dict(result)
+                    if hand is None and self._careful_get(result)("usage") is not None:
+                        returned = read_usage(result)
+                elif type(result) not in PLAIN:
+                    returned = read_usage(result)  # an SDK response, by shape
             extra = ctx.extra  # what the query reported while it ran (streams, record_*())
+            first_token = None
             cache_hits = 0
             if extra is not None:
                 if relevance is None:
@@ -185,21 +231,44 @@ class Instrumented:
                 if isinstance(returned, Unreadable):
                     if not usages:  # an instrumented client may already have read the same call
                         note_unreadable(self.metrics, returned.shape)
+                elif usages is None:
+                    usages = [returned]
                 else:
                     usages.append(returned)
-            if hand is not None:
-                usages.append(hand)
+            if hand is not None:  # the counts of its returned dict
+                if usages is None:
+                    usages = [hand]
+                else:
+                    usages.append(hand)
+            now = _time()
+            day = int(now // 86400)
             model = ctx.model if r_model is None else r_model
-            if usages:
-                settlement = settle(usages, model, today(), self.series)
+            settlement = None
+            if plain is not None:
+                if usages is None and first_token is None:
+                    # The usual query: input and output from its returned dict, nothing else.
+                    settlement = settle_plain(plain, self.series_of(model, day), self.metrics)
+                if settlement is None:  # the whole way: settle() and count()
+                    hand = _new(Usage)  # Usage.of_kinds of wholes alone, inlined
+                    hand.tokens, hand.by_hand = plain, True
+                    if r_model is not None:
+                        hand.model = r_model
+                    if usages is None:
+                        usages = [hand]
+                    else:
+                        usages.append(hand)
+            if settlement is not None:
+                pass
+            elif usages:
+                settlement = settle(usages, model, day, self.series_of)
                 count(settlement, self.metrics, self.operation, first_token)
-                if not settlement.lines and first_token is not None:
-                    self.series(model, today()).child("ttft").observe(first_token)
+                if first_token is not None and not settlement.lines:
+                    self.series(model, day).child("ttft").observe(first_token)
                 model = settlement.model
             else:
                 settlement = None
                 if first_token is not None:
-                    self.series(model, today()).child("ttft").observe(first_token)
+                    self.series(model, day).child("ttft").observe(first_token)
                 if (model is not None and exc is None and returned is None and raw is None
                         and not cache_hits):
                     self._without_usage(model)
@@ -207,16 +276,43 @@ class Instrumented:
                 settlement = settlement or Settlement(model)
                 settlement.out_of_bounds = {**raw, **(settlement.out_of_bounds or {})}
             if relevance is not None:
-                (self._relevance or self.relevance).observe(relevance)
+                (self._relevance or self.relevance)(relevance)
             if precision is not None:
-                (self._precision or self.precision).observe(precision)
+                (self._precision or self.precision)(precision)
         except Exception as failure:
             recording_failed(self.metrics, "recording", "recording query %r failed: %r",
                              self.operation, failure)
             return
         if ctx.sink is not None:
-            self._write_record(ctx, duration, status, error_type, model, settlement, relevance,
-                               precision, first_token)
+            record = self._record(ctx, now, duration, status, error_type, model, settlement,
+                                  relevance, precision, first_token)
+        else:
+            record = None
+        if HOOKS.finish:
+            run_finish_hooks(ctx, Finished(status, error_type, duration, model, settlement,
+                                           record), self.metrics)
+        if record is not None:
+            try:
+                ctx.sink.write(record, at=now)
+            except Exception as failure:
+                recording_failed(self.metrics, "record_write",
+                                 "writing the request record failed: %r", failure)
+
+    def _count_failure(self, exc: BaseException) -> tuple[str, str]:
+        """Counts a query that raised: (status, error type)."""
+        if isinstance(exc, CANCELLED_EXCEPTIONS):
+            self.cancelled.inc()
+            return "cancelled", type(exc).__name__
+        error_type = type(exc).__name__
+        if not is_safe_label(error_type):
+            error_type = safe_label(error_type)
+        self.failed.inc()
+        counter = self.errors_by_type.get(error_type)
+        if counter is None:
+            counter = self.errors_by_type[error_type] = self.metrics.errors.labels(
+                self.operation, error_type)
+        counter.inc()
+        return "error", error_type
 
     def _read_dict(self, result: Mapping) -> tuple:
         """(relevance, precision, the usage it reports or None, raw refused values or None, its
@@ -227,34 +323,39 @@ class Instrumented:
                                          get("model"))
         if not ((relevance is None or (type(relevance) in _REAL and 0 <= relevance <= 1))
                 and (precision is None or (type(precision) in _REAL and 0 <= precision <= 1))
-                and (r_model is None or (type(r_model) is str and r_model
-                                         and not r_model.isspace()
-                                         and len(r_model) <= MAX_LABEL_LENGTH
-                                         and r_model.isprintable()))):
+                and (r_model is None or type(r_model) is str and _good_name(r_model))):
             relevance, precision, r_model = self._checked((relevance, precision, r_model),
                                                           _SCORE_FIELDS)
         # A dict's keys say which fields it has; a Mapping of the application's own is asked
         # for each field (its keys() may not tell, or raise).
-        present = (result.keys() & tokens.plan().field_set if type(result) is dict
-                   else tokens.fields())
+        p = tokens.plan()
+        present = result.keys() & p.field_set if type(result) is dict else p.fields
         if not present:
             return relevance, precision, None, None, r_model
-        counts = {}
+        name_of = p.name_of
+        counts = {}  # read straight into kind names: no second pass over them
         for field in present:
             value = get(field)
             if type(value) is not int or value < 0:
-                if value is None:
-                    continue
-                value = self._checked((value,), ((field, check_count),))[0]
-                if value is None:
-                    continue
-            counts[field] = value
+                value = self._count_of(field, value)
+            if value:
+                counts[name_of[field]] = value
+        hand, raw = self._usage_of(counts, r_model)
+        return relevance, precision, hand, raw, r_model
+
+    def _count_of(self, field: str, value: object) -> int | None:
+        """A returned token count that is not a plain int >= 0: checked (a bad one logged,
+        counted and left out)."""
+        if value is None:
+            return None
+        return self._checked((value,), ((field, check_count),))[0]
+
+    def _usage_of(self, counts: dict, r_model: str | None) -> tuple:
+        """(the Usage of counts by kind name, None) or (None, the raw counts refused)."""
         try:
-            usage = Usage.reported(counts, model=r_model, by_hand=True)
+            return Usage.of_kinds(counts, r_model, None, True), None
         except PartsExceedWhole as problem:
-            return (relevance, precision, None, refused(self.metrics, self.operation, problem),
-                    r_model)
-        return relevance, precision, usage, None, r_model
+            return None, refused(self.metrics, self.operation, problem)
 
     def _checked(self, values: tuple, checks: tuple) -> list:
         """Each bad value logged, counted and replaced by None."""
@@ -333,13 +434,13 @@ class Instrumented:
                              failure)
             return False
 
-    def _write_record(self, ctx: QueryContext, duration: float, status: str,
-                      error_type: str | None, model: str | None, settlement: Settlement | None,
-                      relevance: float | None, precision: float | None,
-                      first_token: float | None) -> None:
+    def _record(self, ctx: QueryContext, now: float, duration: float, status: str,
+                error_type: str | None, model: str | None, settlement: Settlement | None,
+                relevance: float | None, precision: float | None,
+                first_token: float | None) -> dict | None:
+        """The query's request record (None, counted, if it cannot be built)."""
         extra = ctx.extra
         try:
-            end = time.time()
             if extra is None:
                 hits = misses = 0
                 attributes = None
@@ -350,13 +451,14 @@ class Instrumented:
             else:
                 counts, cost = settlement.record_tokens(), settlement.cost
                 pricing, out_of_bounds = settlement.pricing(), settlement.out_of_bounds
-            ctx.sink.write(build_record(  # make_record's arguments, in its order
+            return build_record(  # make_record's arguments, in its order
                 ctx.request_id, self.service, self.env, ctx.operation, model, status, error_type,
-                end - duration, duration, ctx.stages or {}, counts, cost, relevance,
-                precision, first_token, hits, misses, attributes, pricing, out_of_bounds), at=end)
+                now - duration, duration, ctx.stages or {}, counts, cost, relevance,
+                precision, first_token, hits, misses, attributes, pricing, out_of_bounds)
         except Exception as failure:
             recording_failed(self.metrics, "record_write", "writing the request record failed: %r",
                              failure)
+            return None
 
 
 # --- the decorator -------------------------------------------------------------------------------
@@ -412,20 +514,20 @@ def _wrap_function(inst: Instrumented, fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         ctx = inst.start()
         token = CURRENT_QUERY.set(ctx)
-        in_flight = inst.in_flight
-        in_flight.inc()
+        add_in_flight = inst.add_in_flight
+        add_in_flight(1)
         # Counted first, out of flight after: a scrape in between never misses the query.
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             CURRENT_QUERY.reset(token)
             inst.finish(ctx, None, exc)
-            in_flight.dec()
+            add_in_flight(-1)
             raise
         CURRENT_QUERY.reset(token)
         if type(result) in _NEVER_STREAMS or not is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
-        in_flight.dec()
+        add_in_flight(-1)
         return result
     return monitored
 
@@ -437,20 +539,20 @@ def _wrap_coroutine(inst: Instrumented, fn: Callable) -> Callable:
             return await fn(*args, **kwargs)
         ctx = inst.start()
         token = CURRENT_QUERY.set(ctx)
-        in_flight = inst.in_flight
-        in_flight.inc()
+        add_in_flight = inst.add_in_flight
+        add_in_flight(1)
         # Counted first, out of flight after: a scrape in between never misses the query.
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             CURRENT_QUERY.reset(token)
             inst.finish(ctx, None, exc)
-            in_flight.dec()
+            add_in_flight(-1)
             raise
         CURRENT_QUERY.reset(token)
         if type(result) in _NEVER_STREAMS or not is_stream(result) or not inst.defer(ctx, result):
             inst.finish(ctx, result, None)
-        in_flight.dec()
+        add_in_flight(-1)
         return result
     return monitored
 

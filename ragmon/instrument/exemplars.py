@@ -18,6 +18,8 @@ import sys
 from bisect import bisect_left
 from typing import Sequence
 
+from .writers import histogram_parts
+
 # OpenMetrics allows 128 UTF-8 characters for an exemplar's label names and values together;
 # prometheus_client raises beyond that, so a longer custom request id goes without exemplar.
 MAX_EXEMPLAR_CHARS = 128
@@ -69,3 +71,36 @@ class ExemplarSampler:
             return False
         self._due[index] = now + self.interval
         return True
+
+
+def sampled_observer(child, interval: float = 1.0):
+    """``observe(amount, now, query)`` of a latency histogram child, as ExemplarSampler and
+    writers.observer together with one bisection: the query's request id rides along as the
+    exemplar when the bucket is due, else the plain value-level write."""
+    parts = histogram_parts(child)
+    with_exemplar = child.observe
+    if parts is None:
+        due = ExemplarSampler(child._upper_bounds[:-1], interval).due
+
+        def observe_public(amount: float, now: float, query) -> None:
+            if due(amount, now):
+                with_exemplar(amount, latency_exemplar(query.request_id))
+            else:
+                with_exemplar(amount)
+        return observe_public
+    bounds, bucket_incs, sum_inc = parts
+    due_at = [float("-inf")] * len(bounds)
+
+    def observe(amount: float, now: float, query, _bisect=bisect_left, _bounds=bounds,
+                _incs=bucket_incs, _sum=sum_inc, _last=len(bounds) - 1) -> None:
+        i = _bisect(_bounds, amount)
+        if i <= _last and amount <= _bounds[i]:
+            if now >= due_at[i]:  # races between threads at worst attach one exemplar more
+                due_at[i] = now + interval
+                with_exemplar(amount, latency_exemplar(query.request_id))
+                return
+            _sum(amount)
+            _incs[i](1)
+        else:
+            with_exemplar(amount)  # NaN: as prometheus_client has it
+    return observe

@@ -83,7 +83,11 @@ def record_tokens(input_tokens: Any = 0, output_tokens: int = 0, cached_input_to
 
 
 def record_quality(relevance_score: float | None = None, context_precision: float | None = None) -> None:
-    """Sets the current query's quality scores (0..1) when they are not in its return value."""
+    """Sets the current query's quality scores (0..1) when they are not in its return value.
+
+    The two are named scores (``record_scores(relevance_score=..., context_precision=...)``):
+    observed in rag_relevance_score / rag_context_precision and in rag_evaluation_score.
+    Unlike record_scores it raises on a bad value or outside a query, as it always has."""
     relevance = None if relevance_score is None else check_score("relevance_score", relevance_score)
     precision = None if context_precision is None else check_score("context_precision", context_precision)
     query = CURRENT_QUERY.get()

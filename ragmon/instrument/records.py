@@ -55,6 +55,10 @@ def status_of(exc: BaseException) -> str:
 
 LOG_FILE_SUFFIX = "_performance.jsonl"
 LOG_FILE_GLOB = "[0-9]" * 8 + LOG_FILE_SUFFIX
+# Late evaluations and user feedback (ragmon.instrument.quality) go to a file of their own per
+# day beside the requests', so no reader of request records ever meets them.
+QUALITY_FILE_SUFFIX = "_quality.jsonl"
+QUALITY_FILE_GLOB = "[0-9]" * 8 + QUALITY_FILE_SUFFIX
 _SEPARATORS = (",", ":")
 
 
@@ -71,11 +75,12 @@ def iso_utc(epoch: float) -> str:
     micros = round((epoch - second) * 1e6)  # datetime's own rounding, carry included
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    cached_second, prefix = _second_cache
-    if second != cached_second:
-        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
-        _second_cache = (second, prefix)
-    return prefix + _THREE_DIGITS[micros // 1000] + _THREE_DIGITS[micros % 1000] + "+00:00"
+    cached = _second_cache
+    if second != cached[0]:
+        cached = _second_cache = (
+            second, datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S."))
+    high, low = divmod(micros, 1000)
+    return f"{cached[1]}{_THREE_DIGITS[high]}{_THREE_DIGITS[low]}+00:00"
 
 
 _orjson = None  # the orjson module once imported; False when it is not installed
@@ -92,7 +97,7 @@ def encode(record: dict) -> bytes:
         orjson = _import_orjson()
     if orjson:
         try:
-            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            return _orjson_dumps(record, option=_APPEND_NEWLINE)
         except (TypeError, ValueError):
             # A key that is not a string or a value orjson does not know (attributes or
             # metadata): OPT_NON_STR_KEYS writes such keys as JSON would and default=str the
@@ -105,10 +110,14 @@ def encode(record: dict) -> bytes:
     return _json_dumps(record)
 
 
+_orjson_dumps = _APPEND_NEWLINE = None  # orjson.dumps and its option, once imported
+
+
 def _import_orjson():
-    global _orjson
+    global _orjson, _orjson_dumps, _APPEND_NEWLINE
     try:
         import orjson
+        _orjson_dumps, _APPEND_NEWLINE = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         _orjson = orjson
     except ImportError:
         _orjson = False
@@ -236,8 +245,8 @@ def add_stage(stages: dict, name: str, duration: float, metadata: dict | None) -
             entry["metadata"].update(metadata)
 
 
-def log_file_name(epoch: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(epoch)) + LOG_FILE_SUFFIX
+def log_file_name(epoch: float, suffix: str = LOG_FILE_SUFFIX) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(epoch)) + suffix
 
 
 class RecordSink(Protocol):
@@ -257,6 +266,7 @@ class _DayFile:
 
 
 _live_sinks: "weakref.WeakSet[DailyFileSink]" = weakref.WeakSet()
+_fstat, _os_write, _monotonic = os.fstat, os.write, time.monotonic
 
 
 def _after_fork_in_child() -> None:
@@ -301,13 +311,18 @@ class DailyFileSink:
     _OPEN_DAYS = 2
     _QUIET_NS = 2_000_000_000  # how old LOG_DIR's times must be before they stand for its files
 
-    def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0):
+    def __init__(self, log_dir: str | os.PathLike, path_check_interval: float = 1.0, *,
+                 file_suffix: str = LOG_FILE_SUFFIX):
+        if file_suffix not in (LOG_FILE_SUFFIX, QUALITY_FILE_SUFFIX):
+            raise ValueError(f"file_suffix={file_suffix!r} is not {LOG_FILE_SUFFIX!r} (request "
+                             f"records) or {QUALITY_FILE_SUFFIX!r} (evaluations and feedback)")
         if (type(path_check_interval) not in (int, float) or not path_check_interval >= 0
                 or path_check_interval == math.inf):
             raise ValueError(f"path_check_interval={path_check_interval!r} must be a finite "
                              "number of seconds >= 0, e.g. 1.0 (0 compares before every write)")
         self.log_dir = Path(log_dir).expanduser()
         self.path_check_interval = float(path_check_interval)
+        self.file_suffix = file_suffix
         self._files: dict[int, _DayFile] = {}
         self._dir_fd: int | None = None  # LOG_DIR, opened with the first file
         # LOG_DIR's (mtime, ctime) when every open file was last seen linked; None: not trusted.
@@ -320,10 +335,25 @@ class DailyFileSink:
     def write(self, record: dict, at: float | None = None) -> None:
         data = encode(record)
         at = time.time() if at is None else at
-        day = int(at // 86400)
         with self._lock:
             try:
-                self._write(day, at, data)
+                # The usual write, inlined: the directory unchanged since its files were last
+                # seen linked (one fstat), the day's file open, its path checked within the
+                # interval, the whole line written at once.
+                stamp = self._dir_stamp
+                if stamp is not None:
+                    st = _fstat(self._dir_fd)
+                    if st.st_nlink > 0 and (st.st_mtime_ns, st.st_ctime_ns) == stamp:
+                        file = self._files.get(int(at // 86400))
+                        if (file is not None and not file.torn
+                                and _monotonic() - file.path_checked_at
+                                < self.path_check_interval):
+                            done = _os_write(file.fd, data)
+                            if done != len(data):
+                                self._write_rest(file, data, done)
+                            self.written += 1
+                            return
+                self._write(int(at // 86400), at, data)
             except BaseException:
                 self.lost += 1
                 raise
@@ -337,14 +367,20 @@ class DailyFileSink:
             self._forget(day)  # rotated or replaced: write to the file at the path
             file = None
         if file is None:
-            file = self._open(day, str(self.log_dir / log_file_name(at)))
-        path = file.path
+            file = self._open(day, str(self.log_dir / log_file_name(at, self.file_suffix)))
         if file.torn:
             data = b"\n" + data
         done = os.write(file.fd, data)  # the usual case: the whole line at once
         if done == len(data):
             file.torn = False
             return
+        self._write_rest(file, data, done)
+
+    @staticmethod
+    def _write_rest(file: _DayFile, data: bytes, done: int) -> None:
+        """Finishes a short write of `data` (`done` bytes of it written), or raises with the
+        cut-off line fenced before the next record."""
+        path = file.path
         view = memoryview(data)
         while done < len(data):
             try:

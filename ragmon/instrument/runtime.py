@@ -22,11 +22,13 @@ class ProcessState:
     """What one process monitors with: the default catalog (made on first use) and the sink of
     request records (``UNSET`` until resolved from settings on first use)."""
 
-    __slots__ = ("metrics", "request_log")
+    __slots__ = ("metrics", "request_log", "otel")
 
     def __init__(self):
         self.metrics: RAGMetrics | None = None
         self.request_log: Any = UNSET
+        # The OpenTelemetry output (otel.Telemetry) when OTEL_ENABLED; None costs a query one check.
+        self.otel: Any = None
 
 
 STATE = ProcessState()
@@ -38,6 +40,33 @@ def default_metrics() -> RAGMetrics:
     if metrics is None:
         metrics = STATE.metrics = RAGMetrics()
     return metrics
+
+
+def sync_otel(settings, turn_off: bool = False) -> None:
+    """Starts the OpenTelemetry output when `settings` turn it on (importing the OpenTelemetry
+    SDK only then); with ``turn_off``, also stops it when they do not. A missing SDK is logged
+    and counted, never raised: monitoring never stops the host."""
+    try:
+        if getattr(settings, "OTEL_ENABLED", False):
+            if STATE.otel is None:
+                from .otel import start
+                STATE.otel = start(settings)
+        elif turn_off and STATE.otel is not None:
+            telemetry, STATE.otel = STATE.otel, None
+            telemetry.shutdown()
+    except ImportError as missing:
+        recording_failed(STATE.metrics, "otel", "OTEL_ENABLED is set but %s; install it with "
+                         "pip install 'ragmon[otel]'. Prometheus metrics are unaffected", missing)
+    except Exception as failure:
+        recording_failed(STATE.metrics, "otel", "starting the OpenTelemetry output failed: %r",
+                         failure)
+
+
+def otel_flush(timeout_seconds: float = 10.0) -> bool:
+    """Exports the pending OpenTelemetry metrics and spans now (a short-lived script before it
+    exits, a test). True when there was nothing to do or everything was sent."""
+    telemetry = STATE.otel
+    return True if telemetry is None else telemetry.flush(int(timeout_seconds * 1000))
 
 
 def configure_request_log(destination: str | None = None, log_dir: str | None = None, sink=None):
@@ -79,6 +108,7 @@ def configure(settings=None, **values):
     STATE.request_log = UNSET
     if STATE.metrics is not None:
         STATE.metrics.settings_changed()
+    sync_otel(settings, turn_off=True)
     return settings
 
 

@@ -90,7 +90,7 @@ def _instrument(client, provider: str, metrics: RAGMetrics | None, stage: str | 
             try:
                 result = await original(*args, **kwargs)
             except Exception as exc:
-                calls.failed(exc, start, query)
+                calls.failed(exc, start, query, args, kwargs)
                 raise
             calls.answered_call(result, start, query, args, kwargs)
             return result
@@ -104,7 +104,7 @@ def _instrument(client, provider: str, metrics: RAGMetrics | None, stage: str | 
             try:
                 result = original(*args, **kwargs)
             except Exception as exc:
-                calls.failed(exc, start, query)
+                calls.failed(exc, start, query, args, kwargs)
                 raise
             calls.answered_call(result, start, query, args, kwargs)
             return result

@@ -33,9 +33,11 @@ def record_stage(name: str, duration: float, metadata: Mapping | None,
                   attach: bool = True) -> None:
     """observe_stage without the argument checks, for callers whose arguments are known good."""
     query = CURRENT_QUERY.get() if attach else None
+    if query is not None and STATE.otel is not None:
+        STATE.otel.stage_ended(query, name, duration)
     try:
         if query is not None and metrics is None and operation is None:  # inlined in stage.__exit__
-            query.owner.stage_child(name).observe(duration)
+            query.owner.stage_observer(name)(duration)
             query.add_stage(name, duration, metadata)
             return
         m = metrics or (query.owner.metrics if query is not None else default_metrics())
@@ -46,6 +48,20 @@ def record_stage(name: str, duration: float, metadata: Mapping | None,
     except Exception as failure:
         owner_metrics = metrics or (query.owner.metrics if query is not None else STATE.metrics)
         recording_failed(owner_metrics, "recording", "recording stage %r failed: %r", name, failure)
+
+
+_GOOD_NAMES: set = set()  # stage names used as they are; bounded (cleared when full)
+
+
+def _checked_stage_name(name) -> str:
+    if type(name) is not str or not name or name.isspace():
+        check_name("stage", name, "retrieval")  # raises with the full explanation
+    if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
+        return safe_label(name)
+    if len(_GOOD_NAMES) >= 1000:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
+    return name
 
 
 class stage:
@@ -65,10 +81,12 @@ class stage:
     __slots__ = ("name", "metadata", "metrics", "_start")
 
     def __init__(self, name: str, *, metrics: RAGMetrics | None = None, **metadata):
-        if type(name) is not str or not name or name.isspace():
-            check_name("stage", name, "retrieval")  # raises with the full explanation
-        if len(name) > MAX_LABEL_LENGTH or not name.isprintable():
-            name = safe_label(name)
+        try:
+            known = type(name) is str and name in _GOOD_NAMES  # seen before: one set lookup
+        except TypeError:
+            known = False
+        if not known:
+            name = _checked_stage_name(name)
         self.name = name
         self.metadata = metadata
         self.metrics = metrics
@@ -84,10 +102,12 @@ class stage:
         if query is None or self.metrics is not None:
             record_stage(self.name, duration, self.metadata, self.metrics)
             return
+        if STATE.otel is not None:  # OpenTelemetry output on: the stage's span
+            STATE.otel.stage_ended(query, self.name, duration)
         # The usual case: _record_stage's first branch, inlined because it runs for every stage.
         try:
             owner = query.owner
-            (owner.stages.get(self.name) or owner.stage_child(self.name)).observe(duration)
+            (owner.stages.get(self.name) or owner.stage_observer(self.name))(duration)
             if query.sink is not None:
                 query.add_stage(self.name, duration, self.metadata)
         except Exception as failure:

@@ -83,6 +83,9 @@ class Plan(NamedTuple):
     parts: tuple[tuple[str, str, bool], ...]  # (part, whole, billed apart) of each part kind
     always: tuple[tuple[str, str], ...]  # (kind name, record key) of the kinds always recorded
     always_names: frozenset
+    # {record key: 0} of the kinds always recorded, in table order, when each is recorded under
+    # its own name (then a record's usual ``tokens`` is a copy of it updated with the counts).
+    always_zero: dict | None
 
 
 _plan: Plan | None = None
@@ -100,7 +103,9 @@ def plan() -> Plan:
                                    for kind in KINDS if kind.part_of is not None),
                              tuple((kind.name, kind.record_key) for kind in KINDS
                                    if kind.always_recorded),
-                             frozenset(kind.name for kind in KINDS if kind.always_recorded))
+                             frozenset(kind.name for kind in KINDS if kind.always_recorded),
+                             {kind.record_key: 0 for kind in KINDS if kind.always_recorded}
+                             if all(kind.record_key == kind.name for kind in KINDS) else None)
     return found
 
 
@@ -186,17 +191,22 @@ class Usage:
                  provider: str | None = None, by_hand: bool = False) -> "Usage":
         """A Usage from counts under the way-in names (``input_tokens`` the whole prompt,
         ``output_tokens`` the whole completion, parts inside them); kinds without a count are
-        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole.
-        This runs for every query that returns its counts: it is written for speed."""
-        p = _plan
-        if p is None or p.kinds is not KINDS:
-            p = plan()
-        name_of = p.name_of
+        left out of ``tokens`` (read them with ``usage[name]``). Raises PartsExceedWhole."""
+        name_of = plan().name_of
         tokens = {}
         for field, value in counts.items():
             if value:
                 tokens[name_of[field]] = value
+        return cls.of_kinds(tokens, model, provider, by_hand)
+
+    @classmethod
+    def of_kinds(cls, tokens: dict[str, int], model: str | None = None,
+                 provider: str | None = None, by_hand: bool = False) -> "Usage":
+        """``reported`` for counts already keyed by kind name (each > 0, wholes including
+        their parts): the dict is taken, not copied. Raises PartsExceedWhole. The usual
+        usage (input and output only) is made without looking at the parts."""
         if len(tokens) > 2 or not tokens.keys() <= _WHOLES:
+            p = plan()
             wholes: dict[str, int] = {}
             for part, whole, _ in p.parts:
                 value = tokens.get(part)
@@ -212,7 +222,7 @@ class Usage:
                     tokens[whole] -= tokens[part]
                     if not tokens[whole]:
                         del tokens[whole]
-        usage = cls.__new__(cls)
+        usage = _new(cls)  # without __init__'s frame and table defaults: every query makes one
         usage.tokens = tokens
         if model is not None:
             usage.model = model
@@ -266,6 +276,7 @@ class Usage:
 
 
 _WHOLES = frozenset(("input", "output"))
+_new = object.__new__
 
 
 def by_name(name: str) -> TokenKind:
@@ -279,8 +290,14 @@ def record_tokens_field(usage_tokens: Mapping[str, int]) -> dict[str, int]:
     """The request record's ``tokens``: the kinds always recorded, and every kind when any of
     the others has a count (most records carry only the first three; readers take a missing
     kind as 0)."""
-    p = plan()
+    p = _plan
+    if p is None or p.kinds is not KINDS:
+        p = plan()
     if usage_tokens.keys() <= p.always_names:  # the usual record: no other kind has a count
+        if p.always_zero is not None:
+            found = p.always_zero.copy()
+            found.update(usage_tokens)
+            return found
         return {key: usage_tokens.get(name, 0) for name, key in p.always}
     every = any(usage_tokens.get(kind.name) for kind in KINDS if not kind.always_recorded)
     return {kind.record_key: usage_tokens.get(kind.name, 0) for kind in KINDS

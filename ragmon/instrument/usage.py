@@ -101,8 +101,10 @@ def _read(obj: Any) -> Usage | Unreadable | None:
     rid = _get(obj, "id")
     found.response_id = rid if isinstance(rid, str) else None
     found.provider = _provider_of(obj, usage)
-    if found.provider == "openai":
-        tier = openai.service_tier_of(obj)
+    provider = found.provider
+    if provider is not None:
+        tier = (openai.service_tier_of(obj) if provider == "openai"
+                else anthropic.service_tier_of(usage))
         if tier is not None:
             found.service_tier = tier
     return found
@@ -131,7 +133,7 @@ class StreamUsage:
 
     __slots__ = ("started", "first_content", "first_content_at", "usage", "final",
                  "content_chunks", "done", "completed", "error", "on_end", "provider",
-                 "__weakref__")
+                 "chunk_gaps", "last_content_at", "__weakref__")
 
     def __init__(self, started: float | None = None, provider: str | None = None):
         self.started = _perf() if started is None else started
@@ -145,6 +147,8 @@ class StreamUsage:
         self.error: BaseException | None = None
         self.on_end: list[Callable[["StreamUsage"], None]] = []
         self.provider = provider
+        # Seconds between content chunks, kept only while OpenTelemetry output is on (a list).
+        self.chunk_gaps: list | None = None
 
     def feed(self, item: Any) -> None:
         if type(item) is str:
@@ -192,8 +196,12 @@ class StreamUsage:
     def _content(self) -> None:
         self.content_chunks += 1
         if self.first_content is None:
-            self.first_content_at = _perf()
+            self.first_content_at = self.last_content_at = _perf()
             self.first_content = self.first_content_at - self.started
+        elif self.chunk_gaps is not None:
+            now = _perf()
+            self.chunk_gaps.append(now - self.last_content_at)
+            self.last_content_at = now
 
     def _identify(self, obj: Any) -> None:
         if self.usage.response_id is None and isinstance(_get(obj, "id"), str):
@@ -225,6 +233,9 @@ class StreamUsage:
             usage = _get(message, "usage")
             if usage is not None:
                 self._take(anthropic.usage_from_messages(usage, final=False), final=False)
+                tier = anthropic.service_tier_of(usage)
+                if tier is not None:
+                    self.usage.service_tier = tier
             self.provider = self.provider or "anthropic"
         elif kind == "content_block_delta":
             self._content()

@@ -7,6 +7,7 @@
     python m2_3_report.py cleanup [--days N] [--dry-run]
     python m2_3_report.py plot    [--output trends.png] [--hours 24] [--bucket 1h]
     python m2_3_report.py show    REQUEST_ID [--hours H] [--format text|json]
+    python m2_3_report.py quality [--hours 24] [--top 10] [--format text|json]
     python m2_3_report.py compact                  # whole past days -> LOG_DIR/history (Parquet)
     python m2_3_report.py reprice   --prices FILE [--since DATE] [--dry-run]
     python m2_3_report.py reconcile --invoice FILE.csv [--tolerance 0.02] [--since DATE]
@@ -42,9 +43,24 @@ from .retention import check_days, cleanup_logs
 
 __all__ = ["load_records", "build_report", "build_stats", "format_text", "format_csv",
            "format_stats_text", "export_records", "cleanup_logs", "plot_trends", "main",
-           "EXPORT_FORMATS"]
+           "EXPORT_FORMATS", "quality_report", "format_quality_text"]
 
 EXPORT_FORMATS = (".json", ".jsonl", ".csv")
+
+
+def quality_report(log_dir=None, hours: float | None = 24.0, *, top: int = 10, settings=None,
+                   now: float | None = None) -> dict:
+    """Answer quality of the requests that ended in the last `hours` hours: scores by
+    operation, model and day, feedback joined to its requests, the worst-rated requests
+    (ragmon.report.quality; docs/quality.md)."""
+    from .quality import quality_report as build
+    return build(_log_dirs(log_dir, settings), _settings(settings), hours=_check_hours(hours),
+                 top=top, now=now)
+
+
+def format_quality_text(report: dict) -> str:
+    from .quality import format_quality_text as render
+    return render(report)
 
 
 def _settings(settings=None):
@@ -309,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only look this far back (default: the whole log)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
+    p = sub.add_parser("quality", parents=[common],
+                       help="answer quality: scores by operation, model and day, feedback "
+                       "joined to its requests, the worst-rated requests")
+    p.add_argument("--hours", type=_hours_arg, default=24.0, help="period (default 24)")
+    p.add_argument("--top", type=_positive_int, default=10,
+                   help="feedback entries and worst-rated requests to list")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
     p = sub.add_parser("plot", parents=[common], help="trend charts to an image file")
     p.add_argument("--output", default="trends.png", metavar="FILE",
                    help="image to write, .png/.svg/.pdf (default trends.png)")
@@ -356,6 +380,8 @@ def format_request(record: dict) -> str:
              f"  status     {record.get('status')}"
              + (f"  error {record['error_type']}" if record.get("error_type") else ""),
              f"  total      {record.get('total_time', 0):.3f} s"]
+    if record.get("trace_id"):  # written when OpenTelemetry output is on: the query's span
+        lines.append(f"  trace      {record['trace_id']}  span {record.get('span_id')}")
     for name, stage in stages.items():
         lines.append(f"    {name:<20} {stage.get('duration', 0):8.3f} s"
                      + (f"  {json.dumps(stage['metadata'], sort_keys=True)}" if stage.get("metadata") else ""))
@@ -521,6 +547,13 @@ def _run(args, out, err) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, dpi=110)
         out.write(f"wrote {output} ({trends['requests']:,} requests, last {args.hours:g} h)\n")
+        return 0
+
+    if command == "quality":
+        report = quality_report(log_dir, args.hours, top=args.top, settings=settings)
+        _warn_skipped(report["read"], err)
+        out.write(json.dumps(report, indent=2) + "\n" if args.format == "json"
+                  else format_quality_text(report))
         return 0
 
     if command == "report":

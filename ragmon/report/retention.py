@@ -3,8 +3,9 @@
 The Parquet history's day partitions (``history/day=YYYY-MM-DD/``, see ``compact``) follow the
 same rule, and a partition is removed only when it holds nothing but the files compaction writes.
 
-Only regular files directly in the log directory whose names match LOG_FILE_GLOB and parse as a
-date (``YYYYMMDD_performance.jsonl``) are ever considered; anything else - other files, a
+Only regular files directly in the log directory whose names match LOG_FILE_GLOB or
+QUALITY_FILE_GLOB and parse as a date (``YYYYMMDD_performance.jsonl``, and the evaluations and
+feedback of ``YYYYMMDD_quality.jsonl``) are ever considered; anything else - other files, a
 misnamed file, a symlink, a subdirectory - is left alone, so pointing LOG_DIR at a shared
 directory by mistake cannot delete other data.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from .sources import (HISTORY_DIR, LogDirNotFound, file_date, own_regular_file, parquet_files)
 from ..checks import check_positive_int
 from .rollups import ROLLUP_DIR, own_files
-from ..instrument.records import LOG_FILE_GLOB
+from ..instrument.records import LOG_FILE_GLOB, QUALITY_FILE_GLOB
 
 # The only files a history partition may hold (besides its rollup directory, see
 # ragmon.report.rollups); a partition holding anything else is left alone.
@@ -60,7 +61,7 @@ def cleanup_logs(log_dir: str | Path, days: int, *, now: float | None = None,
     now = time.time() if now is None else now
     cutoff = now - days * 86400
     result = CleanupResult(str(log_dir), days, cutoff, dry_run=dry_run)
-    for path in sorted(log_dir.glob(LOG_FILE_GLOB)):
+    for path in sorted([*log_dir.glob(LOG_FILE_GLOB), *log_dir.glob(QUALITY_FILE_GLOB)]):
         day = file_date(path)
         if day is None or path.is_symlink() or not path.is_file():
             continue

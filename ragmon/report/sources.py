@@ -26,14 +26,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from ..instrument.records import LOG_FILE_GLOB, LOG_FILE_SUFFIX
+from ..instrument.records import LOG_FILE_GLOB, LOG_FILE_SUFFIX, QUALITY_FILE_SUFFIX
 
 HISTORY_DIR = "history"
 PARTITION_PREFIX = "day="
 PARQUET_NAME = "records.parquet"
 # Beside a partition: the JSONL file it was made of and that file's size (see compact).
 SOURCE_NAME = "source.json"
-_FILE_RE = re.compile(r"^(\d{8})" + re.escape(LOG_FILE_SUFFIX) + "$")
+# Request records, and the evaluations and feedback written beside them (same days, same rules).
+_FILE_RE = re.compile(r"^(\d{8})(?:" + re.escape(LOG_FILE_SUFFIX) + "|"
+                      + re.escape(QUALITY_FILE_SUFFIX) + ")$")
 _PARTITION_RE = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 _GLOB_CHARS = re.compile(r"[*?[]")
 
@@ -52,7 +54,8 @@ class LogDirNotFound(FileNotFoundError):
 
 
 def file_date(path: Path) -> datetime | None:
-    """The UTC date in a JSONL log file's name, or None if it is not a valid log file name."""
+    """The UTC date in a JSONL log file's name (requests or quality records), or None if it is
+    not a valid log file name."""
     match = _FILE_RE.match(path.name)
     if not match:
         return None

@@ -64,6 +64,9 @@ FAST_ALERTMANAGER_TIMERS = {"group_wait": "1s", "group_interval": "2s", "repeat_
 FAST_HA_GROUP_INTERVAL = "15s"
 
 _RANGE = re.compile(r"\[(\d+[smhdwy])\]")
+# An offset shortens with the windows: a baseline "[3d] offset 5m" ends where the 5m window it is
+# compared with begins, in fast mode too.
+_OFFSET = re.compile(r"\boffset\s+(\d+[smhdwy])\b")
 
 
 class StackConfigError(ValueError):
@@ -87,15 +90,15 @@ def dump_yaml(data: dict, source: Path) -> str:
 # --- rules ---------------------------------------------------------------------------------------
 
 def fast_expr(expr: str) -> str:
-    def shorten(match: re.Match) -> str:
-        window = match.group(1)
+    def fast(window: str, what: str) -> str:
         if window not in FAST_WINDOWS:
             raise StackConfigError(
-                f"range window [{window}] in rule expression {expr.strip()!r} has no fast-mode "
+                f"{what} in rule expression {expr.strip()!r} has no fast-mode "
                 f"equivalent; add it to FAST_WINDOWS in ragmon/stack/render.py "
                 f"(known: {', '.join(FAST_WINDOWS)})")
-        return f"[{FAST_WINDOWS[window]}]"
-    return _RANGE.sub(shorten, expr)
+        return FAST_WINDOWS[window]
+    expr = _RANGE.sub(lambda m: f"[{fast(m.group(1), f'range window [{m.group(1)}]')}]", expr)
+    return _OFFSET.sub(lambda m: f"offset {fast(m.group(1), f'offset {m.group(1)}')}", expr)
 
 
 def fast_for(duration: str) -> str:

@@ -29,7 +29,9 @@ prompt), ``cache_write_tokens`` (cache writes, OpenAI and Anthropic) / ``cache_w
 (Anthropic's 1-hour writes),
 ``reasoning_tokens``, ``first_token_delay`` (seconds between the role-only first chunk and the
 first content chunk), ``chunk_delay``, ``model_suffix`` (the dated snapshot appended to the
-requested model name in responses, as the APIs do), ``request_limit`` and ``token_limit``.
+requested model name in responses, as the APIs do), ``anthropic_service_tier`` (the tier
+Anthropic's ``usage.service_tier`` names: ``standard``, ``priority`` or ``batch``; OpenAI
+answers the tier asked for), ``request_limit`` and ``token_limit``.
 ``fail_next(status)`` answers the next request(s) with an error, ``stall_next(seconds)`` delays
 them (to provoke client timeouts). ``billed()`` tallies the tokens billed per model and kind.
 
@@ -79,6 +81,9 @@ _ERRORS = {  # status -> (OpenAI error type, Anthropic error type, Gemini status
 }
 
 
+_ANTHROPIC_TIERS = ("standard", "priority", "batch")
+
+
 class LLMTestServer:
     """The OpenAI + Anthropic test server; a context manager (``with``) or start()/stop()."""
 
@@ -86,7 +91,7 @@ class LLMTestServer:
                  cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0,
                  reasoning_tokens: int = 0, first_token_delay: float = 0.0,
                  chunk_delay: float = 0.0, model_suffix: str | None = "auto",
-                 request_limit: int = 10_000, token_limit: int = 2_000_000,
+                 anthropic_service_tier: str = "standard", request_limit: int = 10_000, token_limit: int = 2_000_000,
                  host: str = "127.0.0.1", port: int = 0):
         self._lock = threading.Lock()
         self._knobs: dict[str, Any] = {}
@@ -95,7 +100,7 @@ class LLMTestServer:
                        cache_write_1h_tokens=cache_write_1h_tokens,
                        reasoning_tokens=reasoning_tokens, first_token_delay=first_token_delay,
                        chunk_delay=chunk_delay, model_suffix=model_suffix,
-                       request_limit=request_limit, token_limit=token_limit)
+                       anthropic_service_tier=anthropic_service_tier, request_limit=request_limit, token_limit=token_limit)
         self._host, self._port = host, port
         self._failures: list[tuple[int, float]] = []
         self._stalls: list[float] = []
@@ -168,11 +173,14 @@ class LLMTestServer:
             elif name.endswith("_delay"):
                 if not isinstance(value, (int, float)) or value < 0:
                     raise ValueError(f"{name}={value!r} must be seconds >= 0")
+            elif name == "anthropic_service_tier":
+                if value not in _ANTHROPIC_TIERS:
+                    raise ValueError(f"{name}={value!r} must be one of {', '.join(_ANTHROPIC_TIERS)}")
             elif name not in ("reply", "model_suffix"):
                 raise ValueError(f"unknown knob {name!r}; known: reply, cached_tokens, "
                                  "cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, "
-                                 "first_token_delay, chunk_delay, model_suffix, request_limit, "
-                                 "token_limit")
+                                 "first_token_delay, chunk_delay, model_suffix, "
+                                 "anthropic_service_tier, request_limit, token_limit")
         with self._lock:
             self._knobs.update(knobs)
 
@@ -386,6 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
             # OpenAI says which service tier processed the request: the one asked for, else
             # "default" (what OpenAI answers for its standard tier).
             "service_tier": str(body.get("service_tier") or "default"),
+            # Anthropic names the tier in the usage: standard, priority, or batch (a batch result).
+            "anthropic_service_tier": knobs["anthropic_service_tier"],
         }
         state._bill(model, input=plan["input"], cached_input=plan["cached"],
                     cache_write_5m=plan["write_5m"], cache_write_1h=plan["write_1h"])
@@ -513,7 +523,7 @@ def _anthropic_usage(plan: dict, output: int) -> dict:
             "cache_creation_input_tokens": plan["write_5m"] + plan["write_1h"],
             "cache_creation": {"ephemeral_5m_input_tokens": plan["write_5m"],
                                "ephemeral_1h_input_tokens": plan["write_1h"]},
-            "service_tier": "standard",
+            "service_tier": plan["anthropic_service_tier"],
             "output_tokens_details": {"thinking_tokens": plan["reasoning"]} if plan["reasoning"] else None}
 
 

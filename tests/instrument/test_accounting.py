@@ -288,6 +288,7 @@ SEVENTH_KIND = textwrap.dedent('''
         "report": table.column("audio_input_tokens").to_pylist(),
         "history": history.column("audio_input_tokens").to_pylist(),
         "history_files": len(list(log_dir.glob("history/*"))),
+        "help": [m.documentation for m in metrics.registry.collect() if m.name == "rag_tokens"],
     }))
 ''')
 
@@ -310,6 +311,8 @@ def test_a_seventh_token_kind_is_one_row_in_tokens_py(tmp_path):
     assert seen["record"]["audio_input"] == 50 and seen["record"]["input"] == 100
     assert seen["report"] == [50]
     assert seen["history"] == [50] and seen["history_files"] >= 1
+    [help_text] = seen["help"]  # rag_tokens_total's help names the kinds of the table
+    assert "(input, output, cached_input, cache_write_5m, cache_write_1h, audio_input)" in help_text
 
 
 def test_a_price_with_long_context_tiers_prices_each_call_by_its_own_prompt(records):
@@ -354,3 +357,49 @@ def test_the_record_says_which_long_context_tier_priced_a_call(records):
     assert long["pricing"]["tier"] == tiered.tier
     assert long["pricing"]["price_id"] == tiered.price.id
     assert long["cost"] == pytest.approx(tiered.price.cost(300_000, 100))
+
+
+def _settled_both_ways(model: str, returned: dict) -> list[tuple]:
+    """(metric samples, record's tokens, cost and pricing) of one query returning `returned`,
+    settled the usual way (a plain returned dict: one pass) and the whole way (the same counts
+    reported with record_tokens, so settle() and count() run)."""
+    from ragmon.settings import SHIPPED_PRICES_FILE
+    from tests.conftest import make_settings
+
+    seen = []
+    for by_hand in (False, True):
+        metrics = RAGMetrics(registry=CollectorRegistry(),
+                             settings=make_settings(MODEL_PRICES_FILE=SHIPPED_PRICES_FILE))
+        sink = ListSink()
+
+        @monitored_query("answer", model=model, metrics=metrics, request_log=sink)
+        def answer():
+            if by_hand:
+                ragmon.record_tokens(returned.get("input_tokens", 0),
+                                     returned.get("output_tokens", 0))
+                return {"answer": "ok"}
+            return dict(returned, answer="ok")
+
+        answer()
+        samples = sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                         for m in metrics.registry.collect() for s in m.samples
+                         if s.name.startswith(("rag_tokens", "rag_spend", "rag_query_cost",
+                                               "rag_unknown_model"))
+                         and not s.name.endswith("_created"))
+        [record] = sink.records
+        seen.append((samples, record["tokens"], record["cost"], record["pricing"],
+                     record.get("out_of_bounds")))
+    return seen
+
+
+@pytest.mark.parametrize("model, returned", [
+    ("gpt-4o-mini", {"input_tokens": 500, "output_tokens": 150}),
+    ("gpt-4o-mini", {"output_tokens": 7}),
+    ("my-own-model", {"input_tokens": 500, "output_tokens": 150}),  # unknown: default, counted
+    ("gemini-2.5-pro", {"input_tokens": 300_000, "output_tokens": 10}),  # long-context tier
+    ("gpt-4o-mini", {"input_tokens": 10**30, "output_tokens": 10}),  # past the bound
+])
+def test_the_usual_returned_dict_is_settled_as_the_whole_way_settles_it(model, returned):
+    usual, whole_way = _settled_both_ways(model, returned)
+    assert usual == whole_way
+    assert usual[0]  # something was counted

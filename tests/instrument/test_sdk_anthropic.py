@@ -206,3 +206,30 @@ def test_async_client_stream_and_message(server, priced, records):
     assert metric_tokens(priced, model) == {k: billed[k] for k in (
         "input", "output", "cached_input", "cache_write_5m", "cache_write_1h", "reasoning")}
     assert records.records[0]["cost"] == pytest.approx(records.records[1]["cost"])
+
+
+@pytest.mark.parametrize("tier", ["standard", "priority", "batch"])
+@pytest.mark.parametrize("way", [returns_message, returns_raw_stream, returns_text],
+                         ids=lambda w: w.__name__)
+def test_the_service_tier_anthropic_names_prices_the_call_as_genai_prices_does(
+        way, tier, server, priced, records):
+    from decimal import Decimal
+
+    from genai_prices import Usage as GenaiUsage, calc_price
+
+    server.configure(anthropic_service_tier=tier, cache_write_1h_tokens=0)
+    run(way, sync_client(server, priced), priced, records)
+    model, billed = only_model(server)
+    record = records.records[0]
+    prompt = billed["input"] + billed["cached_input"] + billed["cache_write_5m"]
+    usage = GenaiUsage(input_tokens=prompt, cache_read_tokens=billed["cached_input"],
+                       cache_write_tokens=billed["cache_write_5m"], output_tokens=billed["output"])
+    context = {"processing": "batch"} if tier == "batch" else {"service_tier": tier}
+    theirs = calc_price(usage, model, provider_id="anthropic", price_context=context).total_price
+    assert abs(Decimal(repr(record["cost"])) - theirs) <= theirs * Decimal("1e-9"), (record, theirs)
+    assert record["pricing"]["service_tier"] == tier
+    spend = priced.registry.get_sample_value("rag_spend_dollars_total", {"model": model})
+    assert spend == pytest.approx(record["cost"], rel=1e-12)
+    if tier == "batch":  # half the standard price: a batch result priced as standard fails here
+        standard = calc_price(usage, model, provider_id="anthropic").total_price
+        assert theirs < standard and record["pricing"]["tier"] == "batch"

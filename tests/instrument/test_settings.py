@@ -187,3 +187,36 @@ def test_a_dotenv_that_is_not_utf8_is_a_config_error_naming_the_byte(tmp_path):
     path.write_bytes(b"SERVICE_NAME=\xff\xfe\n")
     with pytest.raises(ConfigError, match=r"\.env is not UTF-8: byte 0xff at offset 13 \(line 1\)"):
         load_settings({}, dotenv_path=path)
+
+
+RECONFIGURED = """
+import glob, json, os, sys
+import ragmon
+from ragmon.instrument.runtime import STATE
+first, second = sys.argv[1], sys.argv[2]
+ragmon.configure(LOG_DIR=first)
+
+@ragmon.monitored_query("answer")
+def answer():
+    return "ok"
+
+answer()
+ragmon.configure(LOG_DIR=second)  # a function already in use follows the new settings
+answer()
+print(json.dumps({
+    "first": sum(1 for p in glob.glob(first + "/*.jsonl") for _ in open(p)),
+    "second": sum(1 for p in glob.glob(second + "/*.jsonl") for _ in open(p)),
+    "lost": STATE.metrics.registry.get_sample_value(
+        "rag_instrumentation_errors_total", {"reason": "record_write"}),
+}))
+"""
+
+
+def test_a_monitored_function_in_use_writes_its_records_where_configure_points_next(tmp_path):
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.path.abspath(root)}
+    result = subprocess.run([sys.executable, "-c", RECONFIGURED, str(tmp_path / "a"),
+                             str(tmp_path / "b")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"first": 1, "second": 1, "lost": None}

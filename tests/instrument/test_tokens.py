@@ -27,6 +27,26 @@ def test_reported_input_includes_cache_reads_and_writes_and_output_includes_reas
     assert usage.as_reported()["input_tokens"] == 1000
 
 
+@pytest.mark.parametrize("counts", [
+    {"input_tokens": 500, "output_tokens": 150},
+    {"input_tokens": 1000, "cached_input_tokens": 600, "output_tokens": 200,
+     "reasoning_tokens": 120},
+    {"input_tokens": 0, "output_tokens": 7},
+    {},
+])
+def test_counts_keyed_by_kind_name_make_the_usage_the_way_in_names_make(counts):
+    by_kind = {tokens.by_field(field).name: value for field, value in counts.items() if value}
+    made = Usage.of_kinds(by_kind, "m", None, True)
+    assert made == Usage.reported(counts, model="m", by_hand=True)
+    assert made.tokens == Usage.reported(counts).tokens  # the same kinds left out, none as 0
+
+
+def test_counts_keyed_by_kind_name_with_a_part_larger_than_its_whole_are_refused():
+    with pytest.raises(PartsExceedWhole) as refused:
+        Usage.of_kinds({"input": 100, "cache_write_5m": 101})
+    assert "cache_write_tokens=101" in str(refused.value)
+
+
 @pytest.mark.parametrize("counts, whole", [
     ({"input_tokens": 100, "cached_input_tokens": 101}, "input"),
     ({"input_tokens": 100, "cached_input_tokens": 60, "cache_write_tokens": 41}, "input"),

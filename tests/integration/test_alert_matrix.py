@@ -1,13 +1,15 @@
 """The live alert matrix (tests/alert_matrix.py): the fast local stack over the demo, 4 minutes
-healthy, then each of the five faults in turn. Healthy traffic fires nothing but the watchdog;
+healthy, then each of the six faults in turn. Healthy traffic fires nothing but the watchdog;
 each fault's own alert reaches the webhook within 60 s and resolves within 120 s of recovery;
-no fault fires an alert it does not imply (EXPECTED). About 10 minutes: it runs once, and the
-tests below read its phases."""
+the quality fault fires the other quality alerts too (ALSO_FIRES, within 90 s); no fault fires
+an alert it does not imply (EXPECTED). About 11 minutes: it runs once, and the tests below read
+its phases."""
 from __future__ import annotations
 
 import pytest
 
-from tests.alert_matrix import EXPECTED, FIRE_WITHIN, RESOLVE_WITHIN, problems, run_matrix, table
+from tests.alert_matrix import (ALSO_FIRE_WITHIN, ALSO_FIRES, EXPECTED, FIRE_WITHIN, RESOLVE_WITHIN,
+                                problems, run_matrix, table)
 from tests.conftest import require_binaries
 
 
@@ -34,6 +36,15 @@ def test_each_fault_fires_its_own_alert_and_only_what_it_implies(phases, fault):
         table([phase])
     assert times.prometheus is not None and times.prometheus <= times.webhook
     assert set(phase.alerts) <= {own} | implied, table([phase])
+
+
+@pytest.mark.parametrize("fault", ALSO_FIRES)
+def test_a_fault_fires_the_other_alerts_it_must_imply(phases, fault):
+    phase = phases[fault]
+    for name in ALSO_FIRES[fault]:
+        times = phase.alerts.get(name)
+        assert times is not None and times.webhook is not None \
+            and times.webhook <= ALSO_FIRE_WITHIN, table([phase])
 
 
 @pytest.mark.parametrize("fault", EXPECTED)

@@ -40,7 +40,8 @@ def total(samples, name, **match):
 
 
 def conditions(before, after, elapsed):
-    """The five product-design alert expressions, evaluated on the scrape deltas."""
+    """The product-design and answer-quality alert expressions, evaluated on the scrape
+    deltas."""
     def delta(name, **match):
         return total(after, name, **match) - total(before, name, **match)
     buckets = {}
@@ -52,7 +53,21 @@ def conditions(before, after, elapsed):
     lookups = delta("rag_cache_operations_total", cache_type="semantic")
     spend = delta("rag_spend_dollars_total")
     remaining = [v for (n, labels), v in after.items() if n == "rag_rate_limit_remaining_requests"]
+    scores = {name: delta("rag_evaluation_score_sum", score=name)
+              / max(delta("rag_evaluation_score_count", score=name), 1)
+              for name in ("faithfulness", "answer_relevance", "context_recall")}
+    feedback = delta("rag_feedback_total")
+    aged = delta("rag_retrieval_newest_document_age_seconds_count")
     return {
+        "scores": scores,
+        "late_evaluations": delta("rag_late_evaluations_total"),
+        "empty_retrieval_rate": delta("rag_empty_retrievals_total")
+        / max(delta("rag_retrieval_queries_total"), 1),
+        "feedback": feedback,
+        "negative_feedback_rate": delta("rag_feedback_total", feedback="negative") / max(feedback, 1),
+        # p10 of the newest document's age above 1 day <=> under 10% of queries at le=86400
+        "share_with_a_document_from_the_last_day":
+            delta("rag_retrieval_newest_document_age_seconds_bucket", le="86400.0") / max(aged, 1),
         "queries": queries,
         "p95": Summary.quantile(0.95, buckets),
         "error_rate": delta("rag_queries_total", status="error") / queries,
@@ -67,7 +82,7 @@ def conditions(before, after, elapsed):
 def demo_runs(tmp_path_factory):
     runs = {}
     try:
-        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit"):
+        for fault in (None, "latency", "errors", "cache", "cost", "ratelimit", "quality"):
             port = free_port()
             log_dir = tmp_path_factory.mktemp(f"demo-{fault or 'normal'}")
             cmd = [sys.executable, str(ROOT / "m2_3_monitoring.py"), "--port", str(port), "--qps", str(QPS),
@@ -117,6 +132,10 @@ def test_a_normal_run_keeps_every_alert_condition_false(demo_runs):
     assert c["cache_hit_rate"] >= 0.3, c
     assert c["pace_at_default_qps"] < 100, c
     assert c["min_remaining_requests"] >= 100, c
+    assert min(c["scores"].values()) > 0.7 and c["late_evaluations"] > 0, c
+    assert c["empty_retrieval_rate"] < 0.1 and c["feedback"] > 20, c
+    assert c["negative_feedback_rate"] < 0.25, c
+    assert c["share_with_a_document_from_the_last_day"] > 0.5, c
 
 
 @pytest.mark.parametrize("fault, check", [
@@ -125,9 +144,17 @@ def test_a_normal_run_keeps_every_alert_condition_false(demo_runs):
     ("cache", lambda c: c["cache_hit_rate"] < 0.3),
     ("cost", lambda c: c["pace_per_day"] > 100),
     ("ratelimit", lambda c: c["min_remaining_requests"] < 100),
+    ("quality", lambda c: c["empty_retrieval_rate"] > 0.1 and c["negative_feedback_rate"] > 0.25
+     and c["share_with_a_document_from_the_last_day"] < 0.1),
 ])
 def test_each_fault_makes_its_alert_condition_true(demo_runs, fault, check):
     assert check(demo_runs[fault]["conditions"]), demo_runs[fault]["conditions"]
+
+
+def test_the_quality_fault_drops_every_score_by_more_than_the_alerts_20_percent(demo_runs):
+    normal, degraded = (demo_runs[f]["conditions"]["scores"] for f in (None, "quality"))
+    for name, usual in normal.items():
+        assert degraded[name] < 0.8 * usual, (name, usual, degraded[name])
 
 
 def test_sigterm_stops_cleanly_after_printing_summaries(demo_runs):

@@ -20,3 +20,13 @@ def usage_from_messages(usage: Any, final: bool = True) -> Usage:
         counts["cache_write_tokens"] = max(written - counts["cache_write_1h_tokens"], 0)
         counts["cache_write_1h_tokens"] = written - counts["cache_write_tokens"]
     return Usage.reported(counts)
+
+
+def service_tier_of(usage: Any) -> str | None:
+    """The tier Anthropic's ``usage.service_tier`` says the request was processed in
+    ("standard", "priority", "batch"), priced as genai-prices prices it; None when absent."""
+    tier = get(usage, "service_tier")
+    if tier is None:
+        return None
+    tier = str(getattr(tier, "value", tier)).strip().lower()
+    return tier if 0 < len(tier) <= 32 and tier.isprintable() else None
