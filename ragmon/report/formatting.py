@@ -52,12 +52,20 @@ def _read_note(report: dict) -> list[str]:
                      f"file(s), {read.get('lines', 0):,} lines, in {read.get('log_dir')}")
         lines += [problem[0].upper() + problem[1:] for problem in read_problems(read)]
         lines += [f"  e.g. {example}" for example in read.get("skipped_examples", [])[:3]]
-    rollups = report.get("rollups")
-    if rollups:
-        lines.append(f"{rollups['days']} whole day(s) of history read from their rollups: "
-                     f"percentiles within {rollups['quantile_relative_error']:.0%}, counts and "
-                     "sums exact (--exact reads every record)")
+    note = rollup_note(report)
+    if note:
+        lines.append(note)
     return lines
+
+
+def rollup_note(report: dict) -> str | None:
+    """What the report read from rollups and how exact that is (None: every record read)."""
+    rollups = report.get("rollups")
+    if not rollups:
+        return None
+    return (f"{rollups['days']} whole day(s) of history read from their rollups: "
+            f"percentiles within {rollups['quantile_relative_error']:.0%}, counts and "
+            "sums exact (--exact reads every record)")
 
 
 def format_text(report: dict) -> str:

@@ -10,7 +10,7 @@ import html
 import io
 import re
 
-from .formatting import duration, money, percent
+from .formatting import duration, money, percent, rollup_note
 from .reader import read_problems
 from .timeline import bucket_seconds
 
@@ -101,6 +101,8 @@ def format_html(report: dict, trends: dict | None = None, costliest: list[dict] 
              ("per request", money(cost["per_request"])), ("cache hit rate", percent(cache["hit_rate"]))]
     out.append(f"<p>Requests from {html.escape(str(period.get('first')))} to "
                f"{html.escape(str(period.get('last')))}</p>")
+    if rollup_note(report):
+        out.append(f'<p class="note">{html.escape(rollup_note(report))}</p>')
     out.append('<div class="cards">' + "".join(
         f'<div class="card"><span>{html.escape(k)}</span><b>{html.escape(v)}</b></div>'
         for k, v in cards) + "</div>")

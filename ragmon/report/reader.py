@@ -504,6 +504,16 @@ def second_pass(path: Path, rejected: set[int], rows: int, stats: ReadStats, rec
 
 # --- reading ----------------------------------------------------------------------------------------
 
+def parquet_rows(con, parquet, full: bool = False) -> str:
+    """The SELECT of the rows of the history partitions `parquet` (LogFiles), normalized as
+    ``all_rows`` has them (the partitions' columns are looked up on `con`)."""
+    files = sql_list([f.path for f in parquet])
+    described = {name: kind for name, kind, *_ in con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
+    return _parquet_select(files, full, token_kinds(described.get("tokens", "")),
+                           "extra" in described, "attribution" in described)
+
+
 def load_rows(sources: Sources, since: float | None = None, until: float | None = None, *,
               full: bool = False, workers: int | None = None, progress: str | None = None,
               stats: ReadStats | None = None, keep_rejected=None, spill_dir: Path | None = None,
@@ -537,11 +547,7 @@ def load_rows(sources: Sources, since: float | None = None, until: float | None 
     parts = []
     if sources.parquet:
         files = sql_list([f.path for f in sources.parquet])
-        described = {name: kind for name, kind, *_ in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({files}, union_by_name=true)").fetchall()}
-        parquet = _parquet_select(files, full, token_kinds(described.get("tokens", "")),
-                                  "extra" in described, "attribution" in described)
-        con.execute(f"CREATE VIEW history_rows AS {parquet}")
+        con.execute(f"CREATE VIEW history_rows AS {parquet_rows(con, sources.parquet, full)}")
         parts.append("SELECT * FROM history_rows")
         if count_history:
             rows, outside, ahead = con.execute(

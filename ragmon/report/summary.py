@@ -25,6 +25,7 @@ its GROUP BY.
 from __future__ import annotations
 
 import contextlib
+import copy
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -92,23 +93,17 @@ class _Steps:
 
 @contextlib.contextmanager
 def opened_rows(log_dir, sources, since: float | None, *, workers: int | None = None,
-                progress: bool = False, memory_limit: str = MEMORY_LIMIT,
-                empty_view: bool = False):
+                progress: bool = False, memory_limit: str = MEMORY_LIMIT):
     """(connection with the view ``all_rows``, SQL condition of the period's valid rows,
     ReadStats) of `sources` (found in `log_dir`), read with the engine's memory bounded by
     `memory_limit` and spilling to a temporary directory past it. The connection is None when
-    there is no file to read, unless `empty_view`: then ``all_rows`` is an empty view."""
-    from .reader import connect
-
+    there is no file to read."""
     stats = ReadStats.of(log_dir, sources)
     with tempfile.TemporaryDirectory(prefix="ragmon-report-") as spill:
         con, inside, stats = load_rows(sources, since, None, workers=workers,
                                        progress="reading" if progress else None, stats=stats,
                                        spill_dir=Path(spill), memory_limit=memory_limit,
                                        count_history=False)
-        if con is None and empty_view:
-            con = connect(workers, Path(spill), memory_limit)
-            con.execute("CREATE VIEW all_rows AS SELECT * FROM (SELECT NULL::DOUBLE AS x) WHERE false")
         try:
             if con is not None:
                 # Every query orders what it returns: the scans need not keep the read order.
@@ -155,18 +150,52 @@ def report_from_log(log_dir, settings, *, hours: float | None = None, top: int =
     `log_dir`, aggregated in DuckDB. Whole days of the Parquet history are read from their
     rollups (ragmon.report.rollups: counts and sums exact, quantiles within a relative
     RELATIVE_ERROR); `exact` reads every record."""
-    if not exact:
-        try:
-            report = _rollup_report(log_dir, settings, hours=hours, top=top, now=now,
-                                    workers=workers, progress=progress, memory_limit=memory_limit)
-        except NeedsRecords:
-            report = None
-        if report is not None:
-            return report
-    with log_rows(log_dir, hours, now=now, workers=workers, progress=progress,
-                  memory_limit=memory_limit) as (con, inside, stats):
-        return figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
-                       progress=progress)
+    with period_rows(log_dir, settings, hours, now=now, top=top, exact=exact, workers=workers,
+                     progress=progress, memory_limit=memory_limit) as period:
+        return period.report(top)
+
+
+class Period:
+    """The log's rows of one period, open on a DuckDB connection: ``con`` (None: no file),
+    ``inside`` (the SQL condition of the period's valid rows of ``all_rows``: every record,
+    the history's too), ``stats``, and the history days whose rollups stand in for their
+    records in the report's figures (``rolled``)."""
+
+    def __init__(self, con, inside: str, stats: ReadStats, settings, hours, now, rolled,
+                 raw_parquet, has_jsonl: bool, progress: bool):
+        self.con, self.inside, self.stats, self.settings = con, inside, stats, settings
+        self.hours, self.now, self.rolled, self.raw_parquet = hours, now, rolled, raw_parquet
+        self.has_jsonl, self.progress = has_jsonl, progress
+
+    def report(self, top: int) -> dict:
+        """The report's figures: from the rollups and the rest's records when rollups apply
+        (and can give every figure), else from every record."""
+        if self.con is not None and self.rolled:
+            read_so_far = copy.deepcopy(self.stats)
+            try:
+                return _rollup_report(self, top)
+            except NeedsRecords:  # the stats as they were before the attempt
+                self.stats.__dict__.update(read_so_far.__dict__)
+        return figures(self.con, self.inside, self.settings, hours=self.hours, top=top,
+                       now=self.now, stats=self.stats, progress=self.progress)
+
+
+@contextlib.contextmanager
+def period_rows(log_dir, settings, hours: float | None = None, *, now: float | None = None,
+                top: int = 10, exact: bool = False, workers: int | None = None,
+                progress: bool = False, memory_limit: str = MEMORY_LIMIT):
+    """The Period of the requests that ended in the last `hours` hours in `log_dir`, its files
+    read once (the JSONL into the engine; the Parquet history in place, where only the days
+    without a usable rollup are scanned for the report's figures)."""
+    since = since_hours(hours, now)
+    sources = find_sources(log_dir, since, None)
+    rolled = [] if exact else _rolled_days(sources, settings, since, top)
+    rolled_paths = {str(f.path) for f, _ in rolled}
+    raw_parquet = [f for f in sources.parquet if str(f.path) not in rolled_paths]
+    with opened_rows(log_dir, sources, since, workers=workers, progress=progress,
+                     memory_limit=memory_limit) as (con, inside, stats):
+        yield Period(con, inside, stats, settings, hours, now, rolled, raw_parquet,
+                     bool(sources.jsonl), progress)
 
 
 def report_from_frame(df, settings, *, hours: float | None = None, top: int = 10,
@@ -229,10 +258,11 @@ def stats_of(con, inside: str, settings, report: dict, bucket: str | None = None
 
 def stats_from_log(log_dir, settings, *, hours: float | None = None, bucket: str | None = None,
                    now: float | None = None, progress: bool = False) -> dict:
-    with log_rows(log_dir, hours, now=now, progress=progress) as (con, inside, stats):
-        report = figures(con, inside, settings, hours=hours, top=5, now=now, stats=stats,
-                         progress=progress)
-        return stats_of(con, inside, settings, report, bucket)
+    """The stats of the log's last `hours` hours: the report's figures as report_from_log()
+    reads them (rollups for whole days of history), the time table and the distributions
+    over every record."""
+    with period_rows(log_dir, settings, hours, now=now, top=5, progress=progress) as period:
+        return stats_of(period.con, period.inside, settings, period.report(5), bucket)
 
 
 def stats_from_frame(df, settings, *, hours: float | None = None, bucket: str | None = None,
@@ -683,13 +713,13 @@ def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 1
     from .html import format_html
     from .timeline import trends
 
-    with log_rows(log_dir, hours, now=now, progress=progress) as (con, inside, stats):
-        report = figures(con, inside, settings, hours=hours, top=top, now=now, stats=stats,
-                         progress=progress)
+    with period_rows(log_dir, settings, hours, now=now, top=top, progress=progress) as period:
+        report = period.report(top)
         if report["empty"]:
             return format_html(report)
         stages = sorted(s["stage"] for s in report["stages"])
         from .attribution import who_spends
+        con, inside = period.con, period.inside
         return format_html(report, trends(runner(con), inside, bucket, stages),
                            costliest(con, inside, top),
                            who_spends=who_spends(con, inside, settings.ATTRIBUTION_KEYS))
@@ -697,46 +727,44 @@ def html_from_log(log_dir, settings, *, hours: float | None = None, top: int = 1
 
 # --- the report over rollups ---------------------------------------------------------------------
 
-def _rollup_sources(log_dir, settings, since, top):
-    """(every source, [(partition, its rollup.json)] of the rollups covering whole days of the
-    period, the sources of the rest)."""
+def _rolled_days(sources, settings, since, top) -> list:
+    """[(LogFile, its rollup.json)] of the history days whose rollups cover whole days of the
+    period."""
     from .reader import future_bound
-    from .sources import Sources
 
-    sources = find_sources(log_dir, since, None)
     bound = future_bound(since)
-    metas = {str(f.path): usable(f.path.parent, settings, since, bound, top)
-             for f in sources.parquet}
-    rolled = [(f, metas[str(f.path)]) for f in sources.parquet if metas[str(f.path)]]
-    raw = Sources(sources.dirs, [f for f in sources.files if not metas.get(str(f.path))],
-                  sources.ignored)
-    return sources, rolled, raw
+    rolled = [(f, usable(f.path.parent, settings, since, bound, top)) for f in sources.parquet]
+    return [(f, meta) for f, meta in rolled if meta]
 
 
-def _rollup_report(log_dir, settings, *, hours, top, now, workers, progress, memory_limit):
-    """The report from the rollups of the whole days of history in the period plus the raw
-    records of the rest (JSONL days, partial days, days without a valid rollup); None when no
-    rollup applies."""
-    since = since_hours(hours, now)
-    sources, rolled, raw = _rollup_sources(log_dir, settings, since, top)
-    if not rolled:
-        return None
-    with opened_rows(log_dir, raw, since, workers=workers, progress=progress,
-                     memory_limit=memory_limit, empty_view=True) as (con, inside, stats):
-        raw_rows, raw_history = None, 0
-        if raw.files:
-            raw_rows = f"(SELECT * FROM all_rows WHERE {inside})"
+def _rollup_report(period: Period, top: int) -> dict:
+    """The report from the rollups of the whole days of history in the period plus the records
+    of the rest (JSONL days, partial days, days without a valid rollup)."""
+    from .reader import parquet_rows
+
+    con, inside, stats = period.con, period.inside, period.stats
+    parts = []
+    if period.raw_parquet:
+        con.execute(f"CREATE OR REPLACE VIEW raw_history AS "
+                    f"{parquet_rows(con, period.raw_parquet)}")
+        parts.append("SELECT * FROM raw_history")
+    if period.has_jsonl:
+        parts.append(f"SELECT *, {HISTORY_END} + rowid AS seq FROM log_rows")
+    raw_rows, raw_history = None, 0
+    if parts:
+        con.execute("CREATE OR REPLACE VIEW raw_rows AS " + " UNION ALL BY NAME ".join(parts))
+        raw_rows = f"(SELECT * FROM raw_rows WHERE {inside})"
+        if period.raw_parquet:
             [(raw_history,)] = con.execute(
-                f"SELECT count(*) FROM all_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
-        merge_rollups(con, [f.path.parent for f, _ in rolled], raw_rows, settings)
-        rows = sum(meta["rows"] for _, meta in rolled)
-        stats.files = [str(f.path) for f in sources.files]
-        stats.lines += rows
-        stats.history_rows += rows
-        report = _assemble(merged_results(con, top, rows + raw_history), settings, hours, now,
-                           stats, attributes=lambda rows, n: _rollup_attributes(rows, stats, n),
-                           slowest=_slowest_entries)
-    report["rollups"] = {"days": len(rolled), "raw_files": len(raw.files),
+                f"SELECT count(*) FROM raw_rows WHERE {inside} AND seq < {HISTORY_END}").fetchall()
+    merge_rollups(con, [f.path.parent for f, _ in period.rolled], raw_rows, period.settings)
+    rows = sum(meta["rows"] for _, meta in period.rolled)
+    report = _assemble(merged_results(con, top, rows + raw_history), period.settings,
+                       period.hours, period.now, stats,
+                       attributes=lambda found, n: _rollup_attributes(found, stats, n),
+                       slowest=_slowest_entries)
+    report["rollups"] = {"days": len(period.rolled),
+                         "raw_files": len(stats.files) - len(period.rolled),
                          "quantile_relative_error": RELATIVE_ERROR}
     return report
 

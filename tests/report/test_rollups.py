@@ -265,3 +265,35 @@ def test_a_history_without_jsonl_and_a_longer_top_list(tmp_path):
     assert_same_figures(fast, exact)
     # More slowest requests than a day's rollup keeps: every record is read.
     assert "rollups" not in report_from_log(tmp_path, settings, hours=None, now=NOW, top=101)
+
+
+def test_stats_and_the_html_page_take_the_reports_figures_from_the_rollups(history):
+    from ragmon.report.summary import html_from_log, stats_from_log
+
+    log_dir, settings = history
+    stats = stats_from_log(log_dir, settings, hours=None, now=NOW)
+    report = report_from_log(log_dir, settings, hours=None, now=NOW, top=5)
+    exact = report_from_log(log_dir, settings, hours=None, now=NOW, top=5, exact=True)
+    assert stats["rollups"] == report["rollups"] and stats["rollups"]["days"] == 3
+    assert_same_figures(stats, exact)
+    # The time table and the distributions still count every record.
+    assert sum(row["requests"] for row in stats["series"]) == exact["totals"]["requests"]
+    assert stats["distributions"]["total_time"]["count"] == exact["totals"]["requests"]
+    assert stats["read"] == exact["read"]
+    page = html_from_log(log_dir, settings, hours=None, now=NOW)
+    assert "3 whole day(s) of history read from their rollups" in page
+
+
+def test_an_attribute_of_mixed_value_types_reads_every_record_and_counts_each_line_once(tmp_path):
+    settings = make_settings(**THRESHOLDS)
+    records = [rec(n, ago=3 * DAY + 60 * n, attributes={"tags": ["a", "b"] if n % 2 else "a"})
+               for n in range(20)]
+    records += [rec(100 + n, ago=60 + n) for n in range(5)]
+    write_records(tmp_path, records)
+    compact_logs(tmp_path, now=NOW, settings=settings)
+    assert list(tmp_path.glob(f"history/*/{ROLLUP_DIR}"))
+    fast = report_from_log(tmp_path, settings, hours=None, now=NOW)
+    exact = report_from_log(tmp_path, settings, hours=None, now=NOW, exact=True)
+    assert "rollups" not in fast
+    assert fast["read"] == exact["read"] and fast["read"]["lines"] == 25
+    assert fast["attributes"] == exact["attributes"]
