@@ -497,16 +497,20 @@ def draw_panel(ax, panel: PanelData) -> None:
 
 
 def draw_dashboard(dashboard: dict, panels: list[PanelData], *, width_inches: float = 18.0,
-                   row_height_inches: float = 0.45, title: str | None = None):
+                   row_height_inches: float = 0.45, max_height_inches: float = 42.0,
+                   title: str | None = None):
     """Draws the fetched panels on one matplotlib figure laid out by each panel's gridPos.
 
-    Grid rows become `row_height_inches` each; every panel keeps room inside its cell for its
-    title above and its time axis below, as Grafana does.
+    Grid rows become `row_height_inches` each, or less when the dashboard would be taller than
+    `max_height_inches` (a picture a notebook can still store and a screen can still scroll);
+    every panel keeps room inside its cell for its title above and its time axis below, as
+    Grafana does.
     """
     import matplotlib.pyplot as plt
 
     bottom = max((p.grid.get("y", 0) + p.grid.get("h", 1)) for p in panels) if panels else 1
     header = 0.7  # inches for the dashboard title
+    row_height_inches = min(row_height_inches, (max_height_inches - header) / bottom)
     height = bottom * row_height_inches + header
     fig = plt.figure(figsize=(width_inches, height))
     fig.suptitle(title or dashboard.get("title", "dashboard"), fontsize=15, y=1 - 0.25 / height)
