@@ -77,14 +77,20 @@ def _main_operation(alert: dict) -> bool:
     return _ours(alert) and alert["labels"].get("operation") == "rag_search"
 
 
+def _of_incident(alert: dict, started: float) -> bool:
+    """Our alert, begun in the incident that started at `started` (Unix time)."""
+    begun = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
+    return _ours(alert) and begun >= started - 1.0
+
+
 def notifications(hook: WebhookReceiver, since: int = 0, started: float = 0.0) -> list[dict]:
     """Notifications from the extra webhook receiver that carry our alert, of an incident that
-    started at `started` (Unix time): a late re-send of an earlier incident's alerts is not one."""
-    def of_this_incident(alert: dict) -> bool:
-        begun = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
-        return _ours(alert) and begun >= started - 1.0
-    return [n for n in hook.notifications[since:]
-            if n.get("receiver") == "extra-webhooks" and any(of_this_incident(a) for a in n.get("alerts", []))]
+    started at `started`: a late re-send of an earlier incident's alerts is not one. Each is
+    marked with `started`, since one may still carry the earlier incident's resolved alert next
+    to this one's (Alertmanager keeps a resolved alert in its group until it was notified)."""
+    return [dict(n, _incident_started=started) for n in hook.notifications[since:]
+            if n.get("receiver") == "extra-webhooks"
+            and any(_of_incident(a, started) for a in n.get("alerts", []))]
 
 
 def duplicates(found: list[dict]) -> list[dict]:
@@ -117,7 +123,7 @@ def statuses(found: list[dict]) -> list[str]:
     changes: list[str] = []
     for note in found:
         for alert in note["alerts"]:
-            if _main_operation(alert):
+            if _main_operation(alert) and _of_incident(alert, note.get("_incident_started", 0.0)):
                 if (not changes or changes[-1] != alert["status"]
                         or any(note is copy for copy in repeated)):
                     changes.append(alert["status"])
